@@ -1,0 +1,633 @@
+//! `SqliteStorage`: the store in one SQLite database in WAL mode.
+//!
+//! Layout: `<path>/seqsync.sqlite3` (plus SQLite's `-wal` and `-shm` files)
+//! and the directory lock `<path>/seqsync.lock`.
+//!
+//! One writer connection behind a mutex runs every commit as a
+//! `BEGIN IMMEDIATE` transaction; readers take connections from a small pool,
+//! and WAL lets them read a consistent snapshot while a commit is under way.
+//!
+//! Durability, honestly:
+//! - `immediate`: `synchronous = FULL`. The WAL is fsynced at every commit;
+//!   a commit that returned survives a process crash and a power loss.
+//! - `eventual`: `synchronous = NORMAL`. The WAL is fsynced only at
+//!   checkpoints; a commit that returned survives a process crash (it is in the
+//!   OS page cache) but the last commits may be lost on power loss or an OS
+//!   crash. The database is never corrupted either way.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use seqsync_engine::{
+    check_batch_shape, plan_collection_write, snapshot_change, Change, ChangeKind, ChangesPage,
+    CollectionMeta, CollectionName, CollectionWrite, DocId, DocumentInfo, Durability, Epoch,
+    PeerId, PeerRecord, Seq, Storage, StorageError, WriteBase, WriteBatch,
+};
+
+use crate::dir_lock::DirLock;
+
+const BACKEND: &str = "sqlite";
+/// File name of the database inside the storage directory.
+pub const SQLITE_FILE_NAME: &str = "seqsync.sqlite3";
+/// Version of the table layout below. Bump it with a migration when the
+/// layout changes.
+const FORMAT_VERSION: u64 = 1;
+/// Idle reader connections kept for reuse; more may exist while busy.
+const MAX_IDLE_READERS: usize = 8;
+/// How long a connection waits on SQLite's own locks (checkpoints).
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+const SCHEMA: &str = "
+CREATE TABLE seqsync_format (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE collections (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    epoch BLOB NOT NULL,
+    head INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE changes (
+    cid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    origin TEXT,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (cid, seq)
+);
+CREATE INDEX changes_by_doc ON changes (cid, doc, seq);
+CREATE TABLE peers (
+    cid INTEGER NOT NULL,
+    peer TEXT NOT NULL,
+    acked INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (cid, peer)
+) WITHOUT ROWID;
+";
+
+/// A [`Storage`] on SQLite. See the module docs for layout and durability.
+pub struct SqliteStorage {
+    path: PathBuf,
+    durability: Durability,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    _lock: DirLock,
+}
+
+impl SqliteStorage {
+    /// Opens or creates the store in directory `dir`.
+    ///
+    /// Blocking. Errors: [`StorageError::AlreadyOpen`] if another engine has
+    /// it open, [`StorageError::NotAStore`] if the file is not a seqsync SQLite
+    /// store, [`StorageError::UnsupportedFormat`] for a newer format.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StorageError> {
+        let lock = DirLock::acquire(dir, BACKEND)?;
+        let path = dir.join(SQLITE_FILE_NAME);
+        let not_a_store = |detail: String| StorageError::NotAStore {
+            backend: BACKEND,
+            path: path.clone(),
+            detail,
+        };
+        let writer = Connection::open(&path).map_err(|e| not_a_store(e.to_string()))?;
+        writer
+            .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(|e| sql_error("configuring", e))?;
+        // The first statement that reads the file tells a foreign file apart.
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| not_a_store(e.to_string()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(not_a_store(format!(
+                "cannot switch to WAL (journal mode {mode})"
+            )));
+        }
+        let synchronous = match durability {
+            Durability::Immediate => "FULL",
+            Durability::Eventual => "NORMAL",
+        };
+        writer
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF;"
+            ))
+            .map_err(|e| sql_error("configuring", e))?;
+        check_or_create_schema(&writer, &path)?;
+        Ok(Self {
+            path,
+            durability,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn file_path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let pooled = lock(&self.readers)?.pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| sql_error("opening a reader", e))?;
+                conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+                    .map_err(|e| sql_error("opening a reader", e))?;
+                conn
+            }
+        };
+        // One read transaction per call: every statement sees one snapshot.
+        let result = {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(|e| sql_error("beginning a read", e))?;
+            let result = f(&tx);
+            tx.finish().map_err(|e| sql_error("ending a read", e))?;
+            result
+        };
+        let mut idle = lock(&self.readers)?;
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn check_or_create_schema(conn: &Connection, path: &Path) -> Result<(), StorageError> {
+    let has_format: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'seqsync_format'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(|e| sql_error("reading the schema", e))?
+        > 0;
+    if has_format {
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM seqsync_format WHERE key = 'format'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| sql_error("reading the format version", e))?;
+        let found = found.ok_or_else(|| StorageError::NotAStore {
+            backend: BACKEND,
+            path: path.to_owned(),
+            detail: "seqsync_format table without a format version".to_owned(),
+        })?;
+        if found != FORMAT_VERSION as i64 {
+            return Err(StorageError::UnsupportedFormat {
+                backend: BACKEND,
+                path: path.to_owned(),
+                found: found as u64,
+                supported: FORMAT_VERSION,
+            });
+        }
+        return Ok(());
+    }
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(|e| sql_error("reading the schema", e))?;
+    if tables > 0 {
+        return Err(StorageError::NotAStore {
+            backend: BACKEND,
+            path: path.to_owned(),
+            detail: "an SQLite database with other tables".to_owned(),
+        });
+    }
+    conn.execute_batch(&format!(
+        "BEGIN; {SCHEMA} INSERT INTO seqsync_format (key, value) VALUES ('format', {FORMAT_VERSION}); COMMIT;"
+    ))
+    .map_err(|e| sql_error("creating the schema", e))
+}
+
+impl Storage for SqliteStorage {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn collection(&self, name: &CollectionName) -> Result<Option<CollectionMeta>, StorageError> {
+        self.with_reader(|tx| Ok(read_meta(tx, name)?.map(|(_, meta)| meta)))
+    }
+
+    fn list_collections(
+        &self,
+        after: Option<&CollectionName>,
+        limit: usize,
+    ) -> Result<Vec<(CollectionName, CollectionMeta)>, StorageError> {
+        self.with_reader(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT name, epoch, head, schema_version, created_ms FROM collections \
+                     WHERE name > ?1 ORDER BY name LIMIT ?2",
+                )
+                .map_err(|e| sql_error("listing collections", e))?;
+            let rows = stmt
+                .query_map(
+                    params![after.map_or("", |a| a.as_str()), clamp_limit(limit)],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, Vec<u8>>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                            row.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
+                .map_err(|e| sql_error("listing collections", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, epoch, head, schema, created) =
+                    row.map_err(|e| sql_error("listing collections", e))?;
+                let name = CollectionName::new(name).map_err(|e| corrupt(e.to_string()))?;
+                out.push((name, meta_from_row(&epoch, head, schema, created)?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn read_changes(
+        &self,
+        name: &CollectionName,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        self.with_reader(|tx| {
+            let Some((cid, meta)) = read_meta(tx, name)? else {
+                return Ok(None);
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                     WHERE cid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(|e| sql_error("reading changes", e))?;
+            let changes = collect_changes(
+                stmt.query(params![
+                    cid,
+                    to_i64(after.min(i64::MAX as u64))?,
+                    clamp_limit(limit)
+                ])
+                .map_err(|e| sql_error("reading changes", e))?,
+            )?;
+            Ok(Some(ChangesPage { meta, changes }))
+        })
+    }
+
+    fn document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+    ) -> Result<Vec<Change>, StorageError> {
+        self.with_reader(|tx| {
+            let Some((cid, _)) = read_meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                     WHERE cid = ?1 AND doc = ?2 ORDER BY seq",
+                )
+                .map_err(|e| sql_error("reading a document", e))?;
+            let rows = stmt
+                .query(params![cid, doc.as_str()])
+                .map_err(|e| sql_error("reading a document", e))?;
+            let changes = collect_changes(rows)?;
+            Ok(changes)
+        })
+    }
+
+    fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
+        self.with_reader(|tx| {
+            let Some((cid, _)) = read_meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT doc, max(seq), max(kind = ?2) FROM changes WHERE cid = ?1 \
+                     GROUP BY doc ORDER BY doc",
+                )
+                .map_err(|e| sql_error("listing documents", e))?;
+            let rows = stmt
+                .query_map(params![cid, ChangeKind::Delete.code()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, bool>(2)?,
+                    ))
+                })
+                .map_err(|e| sql_error("listing documents", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (doc, last_seq, deleted) =
+                    row.map_err(|e| sql_error("listing documents", e))?;
+                out.push(DocumentInfo {
+                    doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+                    last_seq: last_seq as u64,
+                    deleted,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
+        self.with_reader(|tx| {
+            let Some((cid, _)) = read_meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT peer, acked, last_seen_ms FROM peers WHERE cid = ?1 ORDER BY peer",
+                )
+                .map_err(|e| sql_error("listing peers", e))?;
+            let rows = stmt
+                .query_map(params![cid], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| sql_error("listing peers", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (peer, acked, last_seen) = row.map_err(|e| sql_error("listing peers", e))?;
+                out.push(PeerRecord {
+                    peer: PeerId::new(peer).map_err(|e| corrupt(e.to_string()))?,
+                    acked: acked as u64,
+                    last_seen_ms: last_seen as u64,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        check_batch_shape(batch)?;
+        let mut conn = lock(&self.writer)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error("beginning a commit", e))?;
+        for write in &batch.writes {
+            // An error returns early; dropping `tx` rolls everything back.
+            apply_write(&tx, write)?;
+        }
+        tx.commit().map_err(|e| sql_error("committing", e))
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        if self.durability == Durability::Immediate {
+            return Ok(());
+        }
+        // A full checkpoint fsyncs the WAL and the database file.
+        let conn = lock(&self.writer)?;
+        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+            .map_err(|e| sql_error("checkpointing", e))
+    }
+}
+
+fn apply_write(
+    tx: &rusqlite::Transaction<'_>,
+    write: &CollectionWrite,
+) -> Result<(), StorageError> {
+    let stored = read_meta(tx, &write.collection)?;
+    let meta = plan_collection_write(write, stored.as_ref().map(|(_, meta)| meta))?;
+    let cid = match (stored, write.base) {
+        (Some((cid, _)), _) => cid,
+        (None, WriteBase::Create { .. }) => {
+            tx.prepare_cached(
+                "INSERT INTO collections (name, epoch, head, schema_version, created_ms) \
+                 VALUES (?1, ?2, 0, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    write.collection.as_str(),
+                    &meta.epoch.0[..],
+                    meta.schema_version,
+                    to_i64(meta.created_ms).unwrap_or(i64::MAX)
+                ])
+            })
+            .map_err(|e| sql_error("creating a collection", e))?;
+            tx.last_insert_rowid()
+        }
+        (None, _) => {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {} does not exist",
+                write.collection
+            )))
+        }
+    };
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO changes (cid, seq, doc, kind, schema_version, origin, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(|e| sql_error("appending", e))?;
+        let mut insert_change = |change: &Change| -> Result<(), StorageError> {
+            insert
+                .execute(params![
+                    cid,
+                    to_i64(change.seq)?,
+                    change.doc.as_str(),
+                    change.kind.code(),
+                    change.schema_version,
+                    change.origin.as_ref().map(|p| p.as_str()),
+                    &change.payload
+                ])
+                .map_err(|e| sql_error("appending", e))?;
+            Ok(())
+        };
+        for change in &write.append {
+            insert_change(change)?;
+        }
+        for compaction in &write.compact {
+            if compaction.snapshot.is_some() {
+                let target: Option<(String, u8)> = tx
+                    .prepare_cached("SELECT doc, kind FROM changes WHERE cid = ?1 AND seq = ?2")
+                    .and_then(|mut s| {
+                        s.query_row(
+                            params![cid, to_i64(compaction.through).unwrap_or(-1)],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .optional()
+                    })
+                    .map_err(|e| sql_error("compacting", e))?;
+                let replaceable = target.is_some_and(|(doc, kind)| {
+                    doc == compaction.doc.as_str()
+                        && matches!(
+                            ChangeKind::from_code(kind),
+                            Some(ChangeKind::Update | ChangeKind::Snapshot)
+                        )
+                });
+                if !replaceable {
+                    return Err(StorageError::InvalidWrite(format!(
+                        "collection {}: no update of {} at seq {} for the snapshot to replace",
+                        write.collection, compaction.doc, compaction.through
+                    )));
+                }
+            }
+            tx.prepare_cached(
+                "DELETE FROM changes WHERE cid = ?1 AND doc = ?2 AND seq <= ?3 \
+                 AND kind IN (?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    cid,
+                    compaction.doc.as_str(),
+                    to_i64(compaction.through).unwrap_or(i64::MAX),
+                    ChangeKind::Update.code(),
+                    ChangeKind::Snapshot.code()
+                ])
+            })
+            .map_err(|e| sql_error("compacting", e))?;
+            if let Some(snapshot) = snapshot_change(compaction) {
+                insert_change(&snapshot)?;
+            }
+        }
+    }
+    for peer in &write.peers {
+        tx.prepare_cached(
+            "INSERT INTO peers (cid, peer, acked, last_seen_ms) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (cid, peer) DO UPDATE SET acked = max(acked, excluded.acked), \
+             last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                cid,
+                peer.peer.as_str(),
+                to_i64(peer.acked).unwrap_or(i64::MAX),
+                to_i64(peer.last_seen_ms).unwrap_or(i64::MAX)
+            ])
+        })
+        .map_err(|e| sql_error("updating peers", e))?;
+    }
+    tx.prepare_cached("UPDATE collections SET head = ?2, schema_version = ?3 WHERE id = ?1")
+        .and_then(|mut s| {
+            s.execute(params![
+                cid,
+                to_i64(meta.head).unwrap_or(i64::MAX),
+                meta.schema_version
+            ])
+        })
+        .map_err(|e| sql_error("updating the head", e))?;
+    Ok(())
+}
+
+fn read_meta(
+    tx: &rusqlite::Transaction<'_>,
+    name: &CollectionName,
+) -> Result<Option<(i64, CollectionMeta)>, StorageError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT id, epoch, head, schema_version, created_ms FROM collections WHERE name = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![name.as_str()], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(|e| sql_error("reading collection metadata", e))?;
+    match row {
+        None => Ok(None),
+        Some((cid, epoch, head, schema, created)) => {
+            Ok(Some((cid, meta_from_row(&epoch, head, schema, created)?)))
+        }
+    }
+}
+
+fn meta_from_row(
+    epoch: &[u8],
+    head: i64,
+    schema: i64,
+    created: i64,
+) -> Result<CollectionMeta, StorageError> {
+    let epoch: [u8; 16] = epoch
+        .try_into()
+        .map_err(|_| corrupt(format!("epoch of {} bytes", epoch.len())))?;
+    Ok(CollectionMeta {
+        epoch: Epoch(epoch),
+        head: u64::try_from(head).map_err(|_| corrupt(format!("negative head {head}")))?,
+        schema_version: u32::try_from(schema)
+            .map_err(|_| corrupt(format!("schema version {schema}")))?,
+        created_ms: u64::try_from(created).unwrap_or(0),
+    })
+}
+
+fn collect_changes(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Change>, StorageError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| sql_error("reading changes", e))? {
+        let read = |e| sql_error("reading changes", e);
+        let seq: i64 = row.get(0).map_err(read)?;
+        let doc: String = row.get(1).map_err(read)?;
+        let kind: u8 = row.get(2).map_err(read)?;
+        let schema_version: u32 = row.get(3).map_err(read)?;
+        let origin: Option<String> = row.get(4).map_err(read)?;
+        let payload: Vec<u8> = row.get(5).map_err(read)?;
+        out.push(Change {
+            seq: u64::try_from(seq).map_err(|_| corrupt(format!("negative seq {seq}")))?,
+            doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+            kind: ChangeKind::from_code(kind)
+                .ok_or_else(|| corrupt(format!("change {seq} has unknown kind {kind}")))?,
+            payload,
+            schema_version,
+            origin: origin
+                .map(PeerId::new)
+                .transpose()
+                .map_err(|e| corrupt(e.to_string()))?,
+        });
+    }
+    Ok(out)
+}
+
+/// SQLite's LIMIT is an i64; "everything" from a caller is `usize::MAX`.
+fn clamp_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn to_i64(value: u64) -> Result<i64, StorageError> {
+    i64::try_from(value)
+        .map_err(|_| StorageError::InvalidWrite(format!("{value} does not fit SQLite's INTEGER")))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StorageError> {
+    mutex
+        .lock()
+        .map_err(|_| StorageError::backend(BACKEND, "locking a connection", "poisoned by a panic"))
+}
+
+fn sql_error(during: &'static str, err: rusqlite::Error) -> StorageError {
+    StorageError::backend(BACKEND, during, err)
+}
+
+fn corrupt(detail: String) -> StorageError {
+    StorageError::Corrupt {
+        backend: BACKEND,
+        detail,
+    }
+}

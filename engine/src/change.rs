@@ -1,0 +1,201 @@
+//! The log's vocabulary: sequence numbers, epochs, changes, peers and
+//! collection metadata.
+//!
+//! A collection is an append-only log of [`Change`]s numbered by [`Seq`] from 1
+//! without gaps. Everything a client learns is "the changes after cursor c";
+//! everything the server keeps is that log plus, per collection, a
+//! [`CollectionMeta`] (head, epoch, schema version) and a table of
+//! [`PeerRecord`]s. These types are plain data shared by the runtime and every
+//! storage backend.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::name::{DocId, PeerId};
+
+/// A position in a collection's log. The first change has seq 1; `0` means
+/// "before everything" when used as a cursor.
+pub type Seq = u64;
+
+/// What a change does to its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChangeKind {
+    /// A Yjs v1 update for the document.
+    Update,
+    /// A tombstone: the document is deleted; later pushes to it are refused.
+    Delete,
+    /// The document's merged state (a Yjs v1 update) replacing every earlier
+    /// `Update`/`Snapshot` change of the document, stored at the seq of the last
+    /// change it covers (BRIEF §5).
+    Snapshot,
+}
+
+impl ChangeKind {
+    /// Stable one-byte code used by the backends' on-disk formats. Never reuse
+    /// a retired code.
+    pub fn code(self) -> u8 {
+        match self {
+            ChangeKind::Update => 1,
+            ChangeKind::Delete => 2,
+            ChangeKind::Snapshot => 3,
+        }
+    }
+
+    /// Inverse of [`ChangeKind::code`]; `None` for an unknown code (a corrupt
+    /// or newer store).
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(ChangeKind::Update),
+            2 => Some(ChangeKind::Delete),
+            3 => Some(ChangeKind::Snapshot),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name used in JSON and logs: `update`, `delete`, `snapshot`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+            ChangeKind::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// One entry of a collection's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Position in the collection's log; unique, assigned at commit.
+    pub seq: Seq,
+    /// The document the change belongs to.
+    pub doc: DocId,
+    /// Update, tombstone or snapshot.
+    pub kind: ChangeKind,
+    /// Yjs v1 update bytes for `Update` and `Snapshot`; empty for `Delete`.
+    pub payload: Vec<u8>,
+    /// Schema version of the collection the change was written under.
+    pub schema_version: u32,
+    /// The peer that pushed it, when the client said who it is.
+    pub origin: Option<PeerId>,
+}
+
+/// A collection's identity in time: a random id given at creation and replaced
+/// whenever the collection's history is replaced (restore, import). Seqs are
+/// only comparable within one epoch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub [u8; 16]);
+
+impl Epoch {
+    /// A fresh random epoch from the operating system's generator.
+    ///
+    /// Errors: the OS generator failed (only on exotic platforms); the caller
+    /// must not create a collection then, as two collections could collide.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)?;
+        Ok(Epoch(bytes))
+    }
+
+    /// Parses the 32-hex-digit form produced by `Display`. `None` when `text`
+    /// is not exactly that.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Epoch(bytes))
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({self})")
+    }
+}
+
+/// What the server keeps about one collection besides its log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionMeta {
+    /// The collection's epoch (see [`Epoch`]).
+    pub epoch: Epoch,
+    /// Highest seq ever committed; 0 for an empty collection. Compaction never
+    /// lowers it (a snapshot takes the seq of the last change it covers).
+    pub head: Seq,
+    /// Schema version the collection's documents are stored at.
+    pub schema_version: u32,
+    /// When the collection was created, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// How far one peer of a collection got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The peer's id.
+    pub peer: PeerId,
+    /// Highest seq the peer acknowledged. Never goes backwards in storage.
+    pub acked: Seq,
+    /// Last time the peer acked or pushed, milliseconds since the Unix epoch.
+    pub last_seen_ms: u64,
+}
+
+/// A document as listed by [`crate::Storage::documents`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentInfo {
+    /// The document's id.
+    pub doc: DocId,
+    /// Seq of the document's latest change.
+    pub last_seq: Seq,
+    /// Whether the document has a tombstone.
+    pub deleted: bool,
+}
+
+/// Milliseconds since the Unix epoch by the system clock (0 if the clock is
+/// before 1970). Used for `created_ms` and `last_seen_ms`, never for ordering.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients echo the epoch back as hex; the round trip must be exact and a
+    /// malformed string must not parse to some other epoch.
+    #[test]
+    fn epoch_hex_round_trips_and_rejects_garbage() {
+        let epoch = Epoch::random().unwrap();
+        assert_eq!(Epoch::parse_hex(&epoch.to_string()), Some(epoch));
+        assert_eq!(Epoch::parse_hex("xyz"), None);
+        assert_eq!(Epoch::parse_hex(&"g".repeat(32)), None);
+        assert_eq!(Epoch::parse_hex(&"é".repeat(16)), None);
+    }
+
+    /// The kind codes are an on-disk format: they must round trip and never
+    /// change meaning.
+    #[test]
+    fn change_kind_codes_are_stable() {
+        for kind in [ChangeKind::Update, ChangeKind::Delete, ChangeKind::Snapshot] {
+            assert_eq!(ChangeKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(ChangeKind::Update.code(), 1);
+        assert_eq!(ChangeKind::Delete.code(), 2);
+        assert_eq!(ChangeKind::Snapshot.code(), 3);
+        assert_eq!(ChangeKind::from_code(0), None);
+    }
+}

@@ -1,0 +1,469 @@
+//! `EngineConfig`: one TOML file, every key optional, overridden by
+//! `SEQSYNC_<SECTION>_<KEY>` environment variables (BRIEF §8).
+//!
+//! Unknown keys are errors rather than silently ignored: a typo such as
+//! `max_delta_byte` would otherwise leave a limit at its default without anyone
+//! noticing. Environment overrides are applied to the TOML tree of the current
+//! config and the tree is deserialized again, so a bad value from the
+//! environment fails with the same checks, and the error names the variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "SEQSYNC_";
+
+/// The whole configuration of an engine and of the host example.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `[storage]`: which backend, where, how durable.
+    pub storage: StorageConfig,
+    /// `[compaction]`: when documents are compacted.
+    pub compaction: CompactionConfig,
+    /// `[limits]`: sizes of inputs and pages.
+    pub limits: LimitsConfig,
+    /// `[actors]`: the runtime's memory and queue bounds.
+    pub actors: ActorsConfig,
+    /// `[server]`: read by the host server, ignored by the engine.
+    pub server: ServerConfig,
+}
+
+/// Which storage backend an engine uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// SQLite in WAL mode (rusqlite), file `seqsync.sqlite3` under `path`.
+    #[default]
+    Sqlite,
+    /// redb, file `seqsync.redb` under `path`.
+    Redb,
+    /// In memory; nothing survives the process. For tests.
+    Memory,
+}
+
+/// When a commit counts as done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A commit returns only once it is on stable storage (fsync per commit
+    /// group). An acked push survives power loss.
+    #[default]
+    Immediate,
+    /// A commit may return before it reaches stable storage; the OS (SQLite)
+    /// or a periodic flush (redb) decides. See each backend for what a crash
+    /// can lose.
+    Eventual,
+}
+
+/// `[storage]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Backend; default `sqlite`.
+    pub backend: BackendKind,
+    /// Data directory, created if missing; default `./seqsync-data`.
+    pub path: PathBuf,
+    /// Durability of commits; default `immediate`.
+    pub durability: Durability,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::Sqlite,
+            path: PathBuf::from("./seqsync-data"),
+            durability: Durability::Immediate,
+        }
+    }
+}
+
+/// `[compaction]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Compact a document once its deltas since the last snapshot exceed this
+    /// many bytes; default 1 MiB.
+    pub max_delta_bytes: u64,
+    /// ... or this many deltas; default 1000.
+    pub max_deltas: u64,
+    /// A peer not seen for this long is inactive and no longer holds
+    /// compaction back; default 300.
+    pub peer_timeout_secs: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            max_delta_bytes: 1 << 20,
+            max_deltas: 1000,
+            peer_timeout_secs: 300,
+        }
+    }
+}
+
+/// `[limits]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted update, in bytes; default 8 MiB.
+    pub max_update_bytes: u64,
+    /// Most updates in one batch push; default 1000.
+    pub max_batch_updates: u64,
+    /// Most changes in one page of `changes`; larger requests are clamped;
+    /// default 1000.
+    pub stream_page_limit: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_update_bytes: 8 << 20,
+            max_batch_updates: 1000,
+            stream_page_limit: 1000,
+        }
+    }
+}
+
+/// `[actors]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorsConfig {
+    /// Unload a collection idle for this long from memory; default 60.
+    pub idle_unload_secs: u64,
+    /// Bound of every actor's mailbox and of each subscriber's buffer;
+    /// default 1024.
+    pub mailbox_capacity: u64,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self {
+            idle_unload_secs: 60,
+            mailbox_capacity: 1024,
+        }
+    }
+}
+
+/// `[server]` section: used by the host server, not by the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket address to listen on; default `127.0.0.1:8787`.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8787".to_owned(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Reads `file` if given (else starts from the defaults), then applies the
+    /// process's `SEQSYNC_*` environment variables, then validates.
+    ///
+    /// Blocking (reads a file). Errors: [`ConfigError`] naming the file, key
+    /// or variable at fault.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let base = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.to_owned(),
+                    source: Arc::new(e),
+                })?;
+                Self::from_toml_str(&text, &path.display().to_string())?
+            }
+            None => Self::default(),
+        };
+        base.with_env(std::env::vars())
+    }
+
+    /// Parses and validates a TOML document. `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.message().to_owned() + &span_hint(text, e.span()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies every `SEQSYNC_<SECTION>_<KEY>` variable of `vars` (others are
+    /// ignored) and validates the result. A variable that names no key, or a
+    /// value of the wrong type, is an error naming the variable.
+    pub fn with_env(
+        self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = self;
+        let mut overrides: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (var, raw) in overrides {
+            config = config.with_override(&var, &raw)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn with_override(&self, var: &str, raw: &str) -> Result<Self, ConfigError> {
+        let unknown = || ConfigError::UnknownEnv {
+            var: var.to_owned(),
+        };
+        let mut tree = toml::Table::try_from(self).map_err(|e| ConfigError::Parse {
+            origin: var.to_owned(),
+            message: e.to_string(),
+        })?;
+        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let (section, key) = rest.split_once('_').ok_or_else(unknown)?;
+        let section = tree
+            .get_mut(section)
+            .and_then(|s| s.as_table_mut())
+            .ok_or_else(unknown)?;
+        let current = section.get(key).ok_or_else(unknown)?;
+        // Strings stay verbatim (a path may look like a number); everything
+        // else is read as a TOML value so `1024` is an integer.
+        let value = if current.is_str() {
+            toml::Value::String(raw.to_owned())
+        } else {
+            let parsed: toml::Table =
+                toml::from_str(&format!("v = {raw}")).map_err(|_| ConfigError::Parse {
+                    origin: var.to_owned(),
+                    message: format!("{raw:?} is not a valid {}", current.type_str()),
+                })?;
+            parsed.get("v").cloned().ok_or_else(unknown)?
+        };
+        section.insert(key.to_owned(), value);
+        toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: var.to_owned(),
+                message: e.message().to_owned(),
+            })
+    }
+
+    /// Checks ranges the types cannot express. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 7] = [
+            (
+                "compaction.max_delta_bytes",
+                self.compaction.max_delta_bytes,
+            ),
+            ("compaction.max_deltas", self.compaction.max_deltas),
+            ("limits.max_update_bytes", self.limits.max_update_bytes),
+            ("limits.max_batch_updates", self.limits.max_batch_updates),
+            ("limits.stream_page_limit", self.limits.stream_page_limit),
+            ("actors.mailbox_capacity", self.actors.mailbox_capacity),
+            ("actors.idle_unload_secs", self.actors.idle_unload_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        let bounded: [(&'static str, u64, u64); 4] = [
+            (
+                "limits.max_update_bytes",
+                self.limits.max_update_bytes,
+                1 << 30,
+            ),
+            (
+                "limits.max_batch_updates",
+                self.limits.max_batch_updates,
+                100_000,
+            ),
+            (
+                "limits.stream_page_limit",
+                self.limits.stream_page_limit,
+                1_000_000,
+            ),
+            (
+                "actors.mailbox_capacity",
+                self.actors.mailbox_capacity,
+                1 << 20,
+            ),
+        ];
+        for (key, value, max) in bounded {
+            if value > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{value} is above the maximum of {max}"),
+                });
+            }
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.path",
+                message: "must not be empty".to_owned(),
+            });
+        }
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "server.listen",
+                message: format!(
+                    "{:?} is not a socket address such as 127.0.0.1:8787",
+                    self.server.listen
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) if span.start <= text.len() => {
+            let line = text[..span.start].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Every key is optional: an empty file is the documented defaults.
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = EngineConfig::from_toml_str("", "test").unwrap();
+        assert_eq!(config, EngineConfig::default());
+        assert_eq!(config.storage.backend, BackendKind::Sqlite);
+        assert_eq!(config.storage.path, PathBuf::from("./seqsync-data"));
+        assert_eq!(config.compaction.max_delta_bytes, 1_048_576);
+        assert_eq!(config.limits.max_update_bytes, 8_388_608);
+        assert_eq!(config.server.listen, "127.0.0.1:8787");
+    }
+
+    /// The brief's example file must parse as written.
+    #[test]
+    fn full_file_from_the_brief_parses() {
+        let text = r#"
+            [storage]
+            backend = "redb"
+            path = "/tmp/x"
+            durability = "eventual"
+            [compaction]
+            max_delta_bytes = 10
+            max_deltas = 5
+            peer_timeout_secs = 7
+            [limits]
+            max_update_bytes = 100
+            max_batch_updates = 3
+            stream_page_limit = 50
+            [actors]
+            idle_unload_secs = 2
+            mailbox_capacity = 8
+            [server]
+            listen = "127.0.0.1:9000"
+        "#;
+        let config = EngineConfig::from_toml_str(text, "test").unwrap();
+        assert_eq!(config.storage.backend, BackendKind::Redb);
+        assert_eq!(config.storage.durability, Durability::Eventual);
+        assert_eq!(config.compaction.max_deltas, 5);
+        assert_eq!(config.actors.mailbox_capacity, 8);
+    }
+
+    /// A typo must not silently leave a limit at its default.
+    #[test]
+    fn unknown_key_and_bad_value_name_the_key() {
+        let err = EngineConfig::from_toml_str("[limits]\nmax_update_byte = 5\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_update_byte") && err.contains("f.toml"),
+            "{err}"
+        );
+        let err = EngineConfig::from_toml_str("[storage]\nbackend = \"mysql\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mysql"), "{err}");
+        let err =
+            EngineConfig::from_toml_str("[limits]\nstream_page_limit = 0\n", "f.toml").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "limits.stream_page_limit",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err =
+            EngineConfig::from_toml_str("[server]\nlisten = \"nope\"\n", "f.toml").unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                key: "server.listen",
+                ..
+            }
+        ));
+    }
+
+    /// Environment variables override file values, keep strings verbatim, and
+    /// a bad one is reported by its variable name.
+    #[test]
+    fn env_overrides_apply_and_errors_name_the_variable() {
+        let config = EngineConfig::default()
+            .with_env(env(&[
+                ("SEQSYNC_STORAGE_BACKEND", "redb"),
+                ("SEQSYNC_STORAGE_PATH", "1234"),
+                ("SEQSYNC_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("SEQSYNC_COMPACTION_MAX_DELTAS", "42"),
+                ("PATH", "/usr/bin"),
+            ]))
+            .unwrap();
+        assert_eq!(config.storage.backend, BackendKind::Redb);
+        assert_eq!(config.storage.path, PathBuf::from("1234"));
+        assert_eq!(config.server.listen, "127.0.0.1:9000");
+        assert_eq!(config.compaction.max_deltas, 42);
+
+        let err = EngineConfig::default()
+            .with_env(env(&[("SEQSYNC_LIMITS_MAX_UPDATE_BYTES", "lots")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("SEQSYNC_LIMITS_MAX_UPDATE_BYTES"),
+            "{err}"
+        );
+        let err = EngineConfig::default()
+            .with_env(env(&[("SEQSYNC_STORAGE_BACKEND", "oracle")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("SEQSYNC_STORAGE_BACKEND"), "{err}");
+        let err = EngineConfig::default()
+            .with_env(env(&[("SEQSYNC_STORAGE_COLOR", "red")]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv { .. }), "{err}");
+        let err = EngineConfig::default()
+            .with_env(env(&[("SEQSYNC_ACTORS_MAILBOX_CAPACITY", "0")]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                key: "actors.mailbox_capacity",
+                ..
+            }
+        ));
+    }
+}

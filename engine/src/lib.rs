@@ -1,0 +1,35 @@
+//! seqsync-engine: the runtime-free core of seqsync.
+//!
+//! This crate holds what every other part agrees on: validated names
+//! ([`CollectionName`], [`DocId`], [`PeerId`]), the log's vocabulary
+//! ([`Change`], [`Seq`], [`Epoch`], [`CollectionMeta`], [`PeerRecord`]), typed
+//! errors, the [`EngineConfig`], and the [`Storage`] trait that backends
+//! implement.
+//!
+//! **This crate depends on neither actix nor tokio.** Everything here is plain
+//! data and synchronous logic, so it can be tested without a runtime and used
+//! by any runtime, including a future client replica.
+
+#![deny(missing_docs)]
+
+mod change;
+mod config;
+mod error;
+mod name;
+mod storage;
+
+pub use change::{
+    now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
+};
+pub use config::{
+    ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
+    ServerConfig, StorageConfig, ENV_PREFIX,
+};
+pub use error::{ConfigError, InvalidName, NameKind, StorageError};
+pub use name::{
+    CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
+};
+pub use storage::{
+    check_batch_shape, is_covered, plan_collection_write, snapshot_change, ChangesPage,
+    CollectionWrite, Compaction, Storage, WriteBase, WriteBatch,
+};

@@ -1,0 +1,333 @@
+//! The `Storage` trait: everything the engine needs from a backend.
+//!
+//! The trait is synchronous and blocking on purpose. Backends are embedded
+//! databases (SQLite, redb) whose calls block on disk I/O; the runtime calls
+//! them from dedicated threads, never from an async executor or an actor's
+//! arbiter. A future network backend (PostgreSQL protocol) fits the same shape
+//! with a blocking client.
+//!
+//! Writes go through one call, [`Storage::commit`], that takes a
+//! [`WriteBatch`]: the appends, compactions and peer updates of any number of
+//! collections, committed in **one** transaction (one fsync). That is what
+//! lets the runtime group-commit many pushes from many collections. Each
+//! [`CollectionWrite`] names the state it was computed against
+//! ([`WriteBase`]); a backend refuses the whole batch if the stored state
+//! differs, so two writers can never interleave seqs, and it refuses any write
+//! that would break the log's invariants (gaps, snapshots that replace
+//! nothing). The checks every backend shares live in [`plan_collection_write`].
+//!
+//! Reads are consistent snapshots: a page of changes and the collection head
+//! returned with it come from one read transaction, so a reader never sees
+//! seq `s + 1` without `s`.
+
+use std::collections::HashSet;
+
+use crate::change::{
+    now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
+};
+use crate::config::Durability;
+use crate::error::StorageError;
+use crate::name::{CollectionName, DocId};
+
+/// A page of a collection's log with the metadata it was read under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangesPage {
+    /// The collection's metadata in the same snapshot as `changes`.
+    pub meta: CollectionMeta,
+    /// Changes with seq > the requested cursor, in seq order, at most the
+    /// requested limit.
+    pub changes: Vec<Change>,
+}
+
+/// Everything committed by one call of [`Storage::commit`], atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// One entry per collection; a collection may appear at most once.
+    pub writes: Vec<CollectionWrite>,
+}
+
+/// The writes to one collection within a [`WriteBatch`], applied in order:
+/// appends, then compactions, then peer updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionWrite {
+    /// The collection written.
+    pub collection: CollectionName,
+    /// The stored state this write was computed against.
+    pub base: WriteBase,
+    /// New changes; their seqs must continue the head without a gap.
+    pub append: Vec<Change>,
+    /// Snapshots replacing covered changes.
+    pub compact: Vec<Compaction>,
+    /// Peer records to upsert: acked and last-seen become the max of stored
+    /// and given values.
+    pub peers: Vec<PeerRecord>,
+}
+
+/// The state a [`CollectionWrite`] expects to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteBase {
+    /// The collection must not exist yet; it is created with this epoch and
+    /// schema version.
+    Create {
+        /// Epoch of the new collection.
+        epoch: Epoch,
+        /// Schema version of the new collection.
+        schema_version: u32,
+    },
+    /// The collection must exist with exactly this epoch and head.
+    Existing {
+        /// Expected epoch.
+        epoch: Epoch,
+        /// Expected head.
+        head: Seq,
+    },
+}
+
+/// Replace a document's covered history by one snapshot (BRIEF §5).
+///
+/// Every change of `doc` with seq ≤ `through` whose kind is `Update` or
+/// `Snapshot` is removed. If `snapshot` is given, a `Snapshot` change with seq
+/// `through` and that payload takes their place; then a change of `doc` with
+/// seq `through` (kind `Update` or `Snapshot`) must exist, otherwise the
+/// batch is refused. `Delete` changes (tombstones) are never removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// The document compacted.
+    pub doc: DocId,
+    /// Highest seq covered.
+    pub through: Seq,
+    /// The merged state (Yjs v1 update), or `None` to drop the covered
+    /// changes without replacement (a tombstoned document).
+    pub snapshot: Option<Vec<u8>>,
+    /// Schema version recorded on the snapshot change.
+    pub schema_version: u32,
+}
+
+/// A storage backend. See the module docs for the model.
+///
+/// Every method blocks the calling thread on I/O. Implementations must be
+/// safe to call from many threads at once; reads may run concurrently with a
+/// commit and see either all or nothing of it.
+pub trait Storage: Send + Sync + 'static {
+    /// Short backend name for logs and metrics (`sqlite`, `redb`, `memory`).
+    fn backend(&self) -> &'static str;
+
+    /// The durability [`Storage::commit`] provides.
+    fn durability(&self) -> Durability;
+
+    /// The collection's metadata, `None` if it does not exist.
+    fn collection(&self, name: &CollectionName) -> Result<Option<CollectionMeta>, StorageError>;
+
+    /// Up to `limit` collections in name order, starting after `after`.
+    /// Paged so that 100,000 collections never have to sit in memory at once.
+    fn list_collections(
+        &self,
+        after: Option<&CollectionName>,
+        limit: usize,
+    ) -> Result<Vec<(CollectionName, CollectionMeta)>, StorageError>;
+
+    /// Up to `limit` changes with seq > `after`, in seq order, with the
+    /// metadata of the same snapshot. `None` if the collection does not exist.
+    fn read_changes(
+        &self,
+        name: &CollectionName,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError>;
+
+    /// Every stored change of one document, in seq order (empty if none).
+    fn document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+    ) -> Result<Vec<Change>, StorageError>;
+
+    /// Every document of the collection that has at least one stored change,
+    /// in id order.
+    fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError>;
+
+    /// The collection's peers in id order.
+    fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError>;
+
+    /// Commits the whole batch in one transaction, or nothing of it.
+    ///
+    /// Returns once the batch is committed with [`Storage::durability`]. On
+    /// error nothing of the batch is stored. Errors: [`StorageError::Conflict`]
+    /// when a base does not match, [`StorageError::InvalidWrite`] when the
+    /// batch breaks an invariant, otherwise the backend's failure.
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError>;
+
+    /// Makes every commit so far durable, whatever the durability mode (the
+    /// engine calls it at shutdown). A no-op with `immediate` durability.
+    fn sync(&self) -> Result<(), StorageError>;
+}
+
+/// Checks one [`CollectionWrite`] against the stored metadata and returns the
+/// metadata to store after it. Shared by every backend so they refuse the same
+/// writes with the same errors.
+///
+/// Does not check what needs the stored changes (that a compaction's target
+/// exists): backends do that themselves.
+pub fn plan_collection_write(
+    write: &CollectionWrite,
+    stored: Option<&CollectionMeta>,
+) -> Result<CollectionMeta, StorageError> {
+    let conflict = |detail: String| StorageError::Conflict {
+        collection: write.collection.to_string(),
+        detail,
+    };
+    let mut meta = match (write.base, stored) {
+        (WriteBase::Create { .. }, Some(found)) => {
+            return Err(conflict(format!(
+                "expected no collection, found one with epoch {} and head {}",
+                found.epoch, found.head
+            )))
+        }
+        (
+            WriteBase::Create {
+                epoch,
+                schema_version,
+            },
+            None,
+        ) => CollectionMeta {
+            epoch,
+            head: 0,
+            schema_version,
+            created_ms: now_ms(),
+        },
+        (WriteBase::Existing { epoch, head }, None) => {
+            return Err(conflict(format!(
+                "expected epoch {epoch} at head {head}, found no collection"
+            )))
+        }
+        (WriteBase::Existing { epoch, head }, Some(found)) => {
+            if found.epoch != epoch || found.head != head {
+                return Err(conflict(format!(
+                    "expected epoch {epoch} at head {head}, found epoch {} at head {}",
+                    found.epoch, found.head
+                )));
+            }
+            found.clone()
+        }
+    };
+    for change in &write.append {
+        let expected = meta.head + 1;
+        if change.seq != expected {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: appended seq {} where {expected} was next",
+                write.collection, change.seq
+            )));
+        }
+        if change.kind == ChangeKind::Delete && !change.payload.is_empty() {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: delete at seq {} carries a payload",
+                write.collection, change.seq
+            )));
+        }
+        meta.head = expected;
+    }
+    let mut compacted = HashSet::new();
+    for compaction in &write.compact {
+        if compaction.through == 0 || compaction.through > meta.head {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: compaction of {} through seq {} outside 1..={}",
+                write.collection, compaction.doc, compaction.through, meta.head
+            )));
+        }
+        if !compacted.insert(&compaction.doc) {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: document {} compacted twice in one write",
+                write.collection, compaction.doc
+            )));
+        }
+    }
+    for peer in &write.peers {
+        if peer.acked > meta.head {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: peer {} acked {} beyond head {}",
+                write.collection, peer.peer, peer.acked, meta.head
+            )));
+        }
+    }
+    Ok(meta)
+}
+
+/// Refuses a batch that names a collection twice. Call before applying.
+pub fn check_batch_shape(batch: &WriteBatch) -> Result<(), StorageError> {
+    let mut seen = HashSet::new();
+    for write in &batch.writes {
+        if !seen.insert(&write.collection) {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {} appears twice in one batch",
+                write.collection
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a stored change is removed by `compaction` (see [`Compaction`]).
+pub fn is_covered(compaction: &Compaction, change_seq: Seq, kind: ChangeKind) -> bool {
+    change_seq <= compaction.through && matches!(kind, ChangeKind::Update | ChangeKind::Snapshot)
+}
+
+/// The `Snapshot` change a compaction stores, if any.
+pub fn snapshot_change(compaction: &Compaction) -> Option<Change> {
+    compaction.snapshot.as_ref().map(|payload| Change {
+        seq: compaction.through,
+        doc: compaction.doc.clone(),
+        kind: ChangeKind::Snapshot,
+        payload: payload.clone(),
+        schema_version: compaction.schema_version,
+        origin: None,
+    })
+}
+
+/// A shared backend is a backend: lets wrappers such as a fault injector take
+/// an `Arc<dyn Storage>` that the test keeps a handle to.
+impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    fn durability(&self) -> Durability {
+        (**self).durability()
+    }
+    fn collection(&self, name: &CollectionName) -> Result<Option<CollectionMeta>, StorageError> {
+        (**self).collection(name)
+    }
+    fn list_collections(
+        &self,
+        after: Option<&CollectionName>,
+        limit: usize,
+    ) -> Result<Vec<(CollectionName, CollectionMeta)>, StorageError> {
+        (**self).list_collections(after, limit)
+    }
+    fn read_changes(
+        &self,
+        name: &CollectionName,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        (**self).read_changes(name, after, limit)
+    }
+    fn document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+    ) -> Result<Vec<Change>, StorageError> {
+        (**self).document_changes(name, doc)
+    }
+    fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
+        (**self).documents(name)
+    }
+    fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
+        (**self).peers(name)
+    }
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
+        (**self).commit(batch)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        (**self).sync()
+    }
+}

@@ -1,0 +1,1 @@
+pub use seqsync_engine;
