@@ -1,1 +1,33 @@
-//! placeholder
+//! seqsync-actors: the runtime of seqsync and the [`Engine`] handle.
+//!
+//! Code map:
+//! - [`engine`](crate::Engine): the handle a host embeds; starts and hides the
+//!   runtime; reads that need no actor.
+//! - `registry`: one actor per collection in use, started on demand.
+//! - `collection`: `CollectionActor`, the single writer of a collection.
+//! - `writer`: the storage writer thread that group-commits.
+//! - `subscription`: the stored-then-live change stream.
+//! - `pool`: threads for blocking storage reads.
+//! - [`metrics`]: metric names.
+//!
+//! **Blocking storage I/O never runs on an arbiter thread**: it runs on the
+//! writer thread or the read pool.
+
+#![deny(missing_docs)]
+
+mod collection;
+mod context;
+mod engine;
+pub mod metrics;
+mod pool;
+mod registry;
+mod subscription;
+mod types;
+mod writer;
+
+pub use crate::engine::Engine;
+pub use crate::subscription::Subscription;
+pub use crate::types::{
+    BatchOutcome, ChangesPage, CollectionRecovery, DeleteOutcome, DocumentState, PeerInfo,
+    PushOptions, PushOutcome, Recovery, StreamEvent,
+};

@@ -213,3 +213,210 @@ impl StorageError {
         }
     }
 }
+
+/// Errors of the write operations: push, push_batch, delete.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A collection name, document id or peer id is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The bytes are not a Yjs v1 update.
+    #[error("update for document {doc} refused: {reason}")]
+    InvalidUpdate {
+        /// The document the update was for.
+        doc: String,
+        /// Why it was refused.
+        reason: crate::yjs::UpdateDecodeError,
+    },
+    /// The update is larger than `limits.max_update_bytes`.
+    #[error("update of {len_bytes} bytes exceeds limits.max_update_bytes = {max_bytes}; split it")]
+    TooLarge {
+        /// Its size.
+        len_bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// A batch with more updates than `limits.max_batch_updates`.
+    #[error("batch of {count} updates exceeds limits.max_batch_updates = {max}; split it")]
+    BatchTooLarge {
+        /// Updates in the batch.
+        count: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A batch without updates.
+    #[error("the batch holds no update")]
+    EmptyBatch,
+    /// The document has a tombstone; it takes no more updates.
+    #[error("document {doc} is deleted; write to a new document id")]
+    DocumentDeleted {
+        /// The document.
+        doc: String,
+    },
+    /// The client's schema version is older than the collection's.
+    #[error("client schema version {client} is older than the collection's {collection}; upgrade the client")]
+    SchemaTooOld {
+        /// The client's version.
+        client: u32,
+        /// The collection's version.
+        collection: u32,
+    },
+    /// The client's schema version is newer than the collection's.
+    #[error("client schema version {client} is newer than the collection's {collection}; upgrade the server")]
+    SchemaTooNew {
+        /// The client's version.
+        client: u32,
+        /// The collection's version.
+        collection: u32,
+    },
+    /// The commit queue is full; retry after a short pause.
+    #[error("the engine is overloaded (commit queue full); retry shortly")]
+    Overloaded,
+    /// The store failed; nothing of the write was acknowledged. A retry is
+    /// safe: if the write did land, the retry is a no-op.
+    #[error("storage failed, the write is not acknowledged: {0}")]
+    Storage(#[from] StorageError),
+    /// A bug or panic inside the engine; the collection was reloaded from
+    /// storage. A retry is safe.
+    #[error("internal error, the write is not acknowledged: {0}")]
+    Internal(String),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Errors of the read operations: changes, subscribe, document, recover,
+/// recover_collection, peers.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A collection name or document id is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The state vector sent for a recovery does not decode.
+    #[error("invalid state vector: {0}")]
+    InvalidStateVector(crate::yjs::UpdateDecodeError),
+    /// The document has never been written.
+    #[error("document {doc} does not exist")]
+    DocumentNotFound {
+        /// The document.
+        doc: String,
+    },
+    /// The document has a tombstone.
+    #[error("document {doc} is deleted")]
+    DocumentDeleted {
+        /// The document.
+        doc: String,
+    },
+    /// The client's cursor belongs to another epoch, or lies beyond head (the
+    /// server lost or replaced history). Recover the collection from scratch
+    /// (`recover_collection`) and push your own state back: nothing you have
+    /// is lost.
+    #[error("cursor not valid for this collection (epoch {epoch:?}, head {head}); recover and push your state back")]
+    Reset {
+        /// The collection's current epoch (`None`: it does not exist).
+        epoch: Option<crate::change::Epoch>,
+        /// The collection's current head.
+        head: u64,
+    },
+    /// The store failed.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// A bug or panic inside the engine.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Errors of `ack`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// A collection name or peer id is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The peer acknowledged a seq the collection has not reached.
+    #[error("ack of seq {seq} is beyond the collection head {head}")]
+    AckBeyondHead {
+        /// The acked seq.
+        seq: u64,
+        /// The collection's head.
+        head: u64,
+    },
+    /// The store failed; the ack is not recorded.
+    #[error("storage failed, the ack is not recorded: {0}")]
+    Storage(#[from] StorageError),
+    /// A bug or panic inside the engine.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Errors of `Engine::open`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The runtime's threads could not be started.
+    #[error("cannot start the engine runtime: {0}")]
+    Runtime(String),
+}
+
+impl WriteError {
+    /// Stable snake_case code for APIs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WriteError::InvalidName(_) => "invalid_name",
+            WriteError::InvalidUpdate { .. } => "invalid_update",
+            WriteError::TooLarge { .. } => "too_large",
+            WriteError::BatchTooLarge { .. } => "batch_too_large",
+            WriteError::EmptyBatch => "empty_batch",
+            WriteError::DocumentDeleted { .. } => "document_deleted",
+            WriteError::SchemaTooOld { .. } => "schema_too_old",
+            WriteError::SchemaTooNew { .. } => "schema_too_new",
+            WriteError::Overloaded => "overloaded",
+            WriteError::Storage(_) => "storage",
+            WriteError::Internal(_) => "internal",
+            WriteError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl ReadError {
+    /// Stable snake_case code for APIs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReadError::InvalidName(_) => "invalid_name",
+            ReadError::InvalidStateVector(_) => "invalid_state_vector",
+            ReadError::DocumentNotFound { .. } => "document_not_found",
+            ReadError::DocumentDeleted { .. } => "document_deleted",
+            ReadError::Reset { .. } => "reset",
+            ReadError::Storage(_) => "storage",
+            ReadError::Internal(_) => "internal",
+            ReadError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl AckError {
+    /// Stable snake_case code for APIs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AckError::InvalidName(_) => "invalid_name",
+            AckError::AckBeyondHead { .. } => "ack_beyond_head",
+            AckError::Storage(_) => "storage",
+            AckError::Internal(_) => "internal",
+            AckError::ShuttingDown => "shutting_down",
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod config;
 mod error;
 mod name;
 mod storage;
+mod yjs;
 
 pub use change::{
     now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
@@ -25,11 +26,16 @@ pub use config::{
     ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
     ServerConfig, StorageConfig, ENV_PREFIX,
 };
-pub use error::{ConfigError, InvalidName, NameKind, StorageError};
+pub use error::{
+    AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,
+};
 pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };
 pub use storage::{
     check_batch_shape, is_covered, plan_collection_write, snapshot_change, ChangesPage,
     CollectionWrite, Compaction, Storage, WriteBase, WriteBatch,
+};
+pub use yjs::{
+    decode_state_vector, decode_update, new_doc, Applied, ApplyError, DocState, UpdateDecodeError,
 };

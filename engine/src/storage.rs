@@ -65,7 +65,6 @@ pub struct CollectionWrite {
 
 /// The state a [`CollectionWrite`] expects to find.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum WriteBase {
     /// The collection must not exist yet; it is created with this epoch and
     /// schema version.

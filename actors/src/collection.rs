@@ -1,0 +1,884 @@
+//! `CollectionActor`: the single writer of one collection.
+//!
+//! Every write of a collection goes through its actor, so seqs are assigned
+//! in one place, in order, without locks. The actor owns the collection's
+//! loaded `yrs::Doc`s (loaded lazily, one per document), its head, epoch and
+//! peer table.
+//!
+//! Write path (pipelined): a write is decoded, applied to the in-memory
+//! document (which says whether it adds anything), given the next seqs, and
+//! handed to the storage writer; the actor does not wait for the commit and
+//! takes the next message. The caller waits on a oneshot that the actor
+//! answers when the writer reports the commit (`CommitDone`), in seq order.
+//! Live subscribers are fed at that moment too, so they only ever see
+//! committed changes, in seq order.
+//!
+//! Blocking I/O never runs here: loading a document or the collection's
+//! metadata happens on the read pool, inside an `AtomicResponse` so that no
+//! other message interleaves with the load.
+//!
+//! Failure: if a commit fails, the in-memory documents may hold changes that
+//! storage does not. The actor marks itself broken, refuses writes, answers
+//! the failed and following in-flight writes with the error, and once nothing
+//! is in flight drops everything it holds; the next message reloads from
+//! storage. A panic in a handler is caught: the caller gets an `Internal`
+//! error and the actor stops; the registry starts a fresh one (loaded from
+//! storage) on the next call. actix would not restart it by itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use seqsync_engine::{
+    decode_update, now_ms, Applied, Change, ChangeKind, CollectionMeta, CollectionName,
+    CollectionWrite, DocId, DocState, Epoch, PeerId, PeerRecord, Seq, StorageError, WriteBase,
+    WriteError,
+};
+use tokio::sync::{mpsc, oneshot};
+use yrs::StateVector;
+
+use crate::context::Shared;
+use crate::metrics as m;
+use crate::writer::{SubmitError, WriteRequest};
+
+/// Schema version given to a collection created by a push (migrations will
+/// make it configurable).
+pub(crate) const INITIAL_SCHEMA_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------
+
+/// What a write does.
+#[derive(Clone)]
+pub(crate) enum WriteOp {
+    /// Push these updates (one for `push`, several for `push_batch`).
+    Updates(Vec<(DocId, Vec<u8>)>),
+    /// Log a tombstone.
+    Delete(DocId),
+}
+
+/// Answer to a write once durable.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteDone {
+    pub(crate) seqs: Vec<Option<Seq>>,
+    pub(crate) head: Seq,
+}
+
+pub(crate) type WriteReply = oneshot::Receiver<Result<WriteDone, WriteError>>;
+
+/// Push updates or delete a document. Answered with a receiver that resolves
+/// once the write is durable (or refused).
+#[derive(Clone)]
+pub(crate) struct Write {
+    pub(crate) op: WriteOp,
+    pub(crate) origin: Option<PeerId>,
+    pub(crate) schema_version: Option<u32>,
+}
+
+impl Message for Write {
+    type Result = WriteReply;
+}
+
+pub(crate) type AckReply = oneshot::Receiver<Result<Seq, seqsync_engine::AckError>>;
+
+/// Record a peer's ack.
+#[derive(Clone)]
+pub(crate) struct Ack {
+    pub(crate) peer: PeerId,
+    pub(crate) seq: Seq,
+}
+
+impl Message for Ack {
+    type Result = AckReply;
+}
+
+/// Permission to stream live changes: everything ≤ `head` is in storage,
+/// everything after arrives on `live`.
+pub(crate) struct Grant {
+    pub(crate) epoch: Option<Epoch>,
+    pub(crate) head: Seq,
+    pub(crate) live: mpsc::Receiver<Arc<[Change]>>,
+}
+
+/// Register a live subscriber.
+#[derive(Clone)]
+pub(crate) struct Subscribe;
+
+impl Message for Subscribe {
+    type Result = Result<Grant, StorageError>;
+}
+
+/// Serve a document from memory if that is exact: loaded, not broken, and no
+/// write of it in flight. `None` means "read it from storage".
+#[derive(Clone)]
+pub(crate) struct CachedRead {
+    pub(crate) doc: DocId,
+    pub(crate) state_vector: Option<StateVector>,
+}
+
+/// A document served from memory.
+pub(crate) enum CachedDoc {
+    /// The update (full state or diff) and the cursor it reflects.
+    State(Vec<u8>, Seq),
+    /// The document has a tombstone.
+    Deleted,
+}
+
+impl Message for CachedRead {
+    type Result = Option<CachedDoc>;
+}
+
+/// From the writer: the oldest in-flight write was committed (or not).
+struct CommitDone {
+    ticket: u64,
+    result: Result<(), StorageError>,
+}
+
+impl Message for CommitDone {
+    type Result = ();
+}
+
+// ---------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------
+
+/// The collection as known to the actor once loaded.
+struct CollectionState {
+    /// `None` until the collection exists (or its creation is in flight).
+    epoch: Option<Epoch>,
+    schema_version: u32,
+    /// Highest seq handed to the writer.
+    assigned_head: Seq,
+    /// Highest seq known committed.
+    committed_head: Seq,
+    peers: HashMap<PeerId, PeerRecord>,
+}
+
+enum Waiter {
+    Write {
+        tx: oneshot::Sender<Result<WriteDone, WriteError>>,
+        seqs: Vec<Option<Seq>>,
+    },
+    Ack {
+        tx: oneshot::Sender<Result<Seq, seqsync_engine::AckError>>,
+        acked: Seq,
+    },
+}
+
+impl Waiter {
+    fn succeed(self, head: Seq) {
+        match self {
+            Waiter::Write { tx, seqs } => {
+                let _ = tx.send(Ok(WriteDone { seqs, head }));
+            }
+            Waiter::Ack { tx, acked } => {
+                let _ = tx.send(Ok(acked));
+            }
+        }
+    }
+
+    fn fail(self, err: &StorageError) {
+        match self {
+            Waiter::Write { tx, .. } => {
+                let _ = tx.send(Err(WriteError::Storage(err.clone())));
+            }
+            Waiter::Ack { tx, .. } => {
+                let _ = tx.send(Err(seqsync_engine::AckError::Storage(err.clone())));
+            }
+        }
+    }
+}
+
+/// A write handed to the writer and not yet reported.
+struct Inflight {
+    ticket: u64,
+    /// Appended changes, for subscribers once committed.
+    changes: Vec<Change>,
+    waiters: Vec<Waiter>,
+}
+
+pub(crate) struct CollectionActor {
+    name: CollectionName,
+    generation: u64,
+    shared: Arc<Shared>,
+    state: Option<CollectionState>,
+    docs: HashMap<DocId, DocState>,
+    /// Per document, writes in flight (a document with none is exact in
+    /// memory).
+    doc_inflight: HashMap<DocId, u32>,
+    inflight: VecDeque<Inflight>,
+    next_ticket: u64,
+    /// A commit failed or memory diverged from storage: refuse writes, and
+    /// reset once nothing is in flight.
+    broken: bool,
+    subscribers: Vec<mpsc::Sender<Arc<[Change]>>>,
+    last_active: Instant,
+}
+
+/// What a load brings back from storage.
+#[derive(Default)]
+struct Loaded {
+    collection: Option<(Option<CollectionMeta>, Vec<PeerRecord>)>,
+    docs: Vec<(DocId, DocState)>,
+}
+
+impl CollectionActor {
+    pub(crate) fn new(name: CollectionName, generation: u64, shared: Arc<Shared>) -> Self {
+        Self {
+            name,
+            generation,
+            shared,
+            state: None,
+            docs: HashMap::new(),
+            doc_inflight: HashMap::new(),
+            inflight: VecDeque::new(),
+            next_ticket: 0,
+            broken: false,
+            subscribers: Vec::new(),
+            last_active: Instant::now(),
+        }
+    }
+
+    /// Starts loading what `docs` (and the collection itself) need, on the
+    /// read pool. `None` when everything is in memory already.
+    fn load_missing(
+        &self,
+        docs: &[DocId],
+    ) -> Option<impl std::future::Future<Output = Result<Loaded, StorageError>> + 'static> {
+        let need_collection = self.state.is_none();
+        let mut missing: Vec<DocId> = docs
+            .iter()
+            .filter(|d| !self.docs.contains_key(*d))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !need_collection && missing.is_empty() {
+            return None;
+        }
+        let shared = self.shared.clone();
+        let name = self.name.clone();
+        Some(async move {
+            shared
+                .read(move |storage| {
+                    let mut loaded = Loaded::default();
+                    if need_collection {
+                        let meta = storage.collection(&name)?;
+                        let peers = storage.peers(&name)?;
+                        loaded.collection = Some((meta, peers));
+                    }
+                    for doc in missing {
+                        let changes = storage.document_changes(&name, &doc)?;
+                        let state =
+                            DocState::load(&changes).map_err(|e| StorageError::Corrupt {
+                                backend: storage.backend(),
+                                detail: format!("collection {name}, document {doc}: {e}"),
+                            })?;
+                        loaded.docs.push((doc, state));
+                    }
+                    Ok(loaded)
+                })
+                .await
+        })
+    }
+
+    fn install(&mut self, loaded: Loaded) {
+        if let Some((meta, peers)) = loaded.collection {
+            let head = meta.as_ref().map_or(0, |m| m.head);
+            self.state = Some(CollectionState {
+                epoch: meta.as_ref().map(|m| m.epoch),
+                schema_version: meta
+                    .as_ref()
+                    .map_or(INITIAL_SCHEMA_VERSION, |m| m.schema_version),
+                assigned_head: head,
+                committed_head: head,
+                peers: peers.into_iter().map(|p| (p.peer.clone(), p)).collect(),
+            });
+        }
+        for (doc, state) in loaded.docs {
+            if self.docs.insert(doc, state).is_none() {
+                metrics::gauge!(m::LOADED_DOCUMENTS).increment(1.0);
+            }
+        }
+    }
+
+    /// Runs `f` once the collection and `docs` are loaded, with no other
+    /// message in between. A load failure is handed to `f` as `Err`.
+    fn with_loaded<T: 'static>(
+        &mut self,
+        docs: &[DocId],
+        f: impl FnOnce(&mut Self, &mut Context<Self>, Result<(), StorageError>) -> T + 'static,
+    ) -> AtomicResponse<Self, T> {
+        let load = self.load_missing(docs);
+        AtomicResponse::new(Box::pin(
+            async move {
+                match load {
+                    Some(load) => load.await.map(Some),
+                    None => Ok(None),
+                }
+            }
+            .into_actor(self)
+            .map(move |loaded, act, ctx| {
+                act.last_active = Instant::now();
+                let loaded = loaded.map(|l| {
+                    if let Some(l) = l {
+                        act.install(l);
+                    }
+                });
+                f(act, ctx, loaded)
+            }),
+        ))
+    }
+
+    /// Applies and queues a write; answers through `tx` now (refusal, no-op
+    /// with nothing in flight) or at commit.
+    fn write(
+        &mut self,
+        ctx: &mut Context<Self>,
+        msg: Write,
+        tx: oneshot::Sender<Result<WriteDone, WriteError>>,
+    ) {
+        let plan = match self.plan_write(msg) {
+            Ok(plan) => plan,
+            Err(err) => {
+                metrics::counter!(m::ERRORS, "kind" => err.code()).increment(1);
+                let _ = tx.send(Err(err));
+                return;
+            }
+        };
+        let waiter = Waiter::Write {
+            tx,
+            seqs: plan.seqs,
+        };
+        if plan.write.append.is_empty() && plan.write.peers.is_empty() {
+            self.answer_after_inflight(waiter);
+            return;
+        }
+        self.submit(ctx, plan.write, vec![waiter], plan.permit);
+    }
+
+    /// Validates, applies to memory and assigns seqs. On error nothing is
+    /// queued; memory is either untouched or the actor is marked broken.
+    fn plan_write(&mut self, msg: Write) -> Result<WritePlan, WriteError> {
+        if self.broken {
+            return Err(WriteError::Storage(recovering()));
+        }
+        let Some(state) = self.state.as_mut() else {
+            return Err(WriteError::Internal("collection not loaded".to_owned()));
+        };
+        if let Some(client) = msg.schema_version {
+            let collection = state.schema_version;
+            if client < collection {
+                return Err(WriteError::SchemaTooOld { client, collection });
+            }
+            if client > collection {
+                return Err(WriteError::SchemaTooNew { client, collection });
+            }
+        }
+        // Reserve room in the commit queue before touching any document, so
+        // a full queue refuses the write cleanly.
+        let permit = self.shared.writer.reserve().map_err(|e| match e {
+            SubmitError::Full => WriteError::Overloaded,
+            SubmitError::Stopped => WriteError::ShuttingDown,
+        })?;
+        let schema_version = state.schema_version;
+        let origin = msg.origin;
+        let mut appended: Vec<Change> = Vec::new();
+        let mut seqs = Vec::new();
+        let mut next_seq = state.assigned_head + 1;
+        match msg.op {
+            WriteOp::Updates(items) => {
+                // Decode everything first: an invalid update refuses the
+                // whole batch before any document is touched.
+                let mut decoded = Vec::with_capacity(items.len());
+                for (doc, bytes) in items {
+                    let update =
+                        decode_update(&bytes).map_err(|reason| WriteError::InvalidUpdate {
+                            doc: doc.to_string(),
+                            reason,
+                        })?;
+                    if self.docs.get(&doc).is_some_and(|d| d.deleted) {
+                        return Err(WriteError::DocumentDeleted {
+                            doc: doc.to_string(),
+                        });
+                    }
+                    decoded.push((doc, bytes, update));
+                }
+                for (doc, bytes, update) in decoded {
+                    let Some(doc_state) = self.docs.get_mut(&doc) else {
+                        return Err(WriteError::Internal(format!("document {doc} not loaded")));
+                    };
+                    match doc_state.apply(update) {
+                        Ok(Applied::NoOp) => seqs.push(None),
+                        Ok(Applied::Changed) => {
+                            doc_state.note_delta(bytes.len() as u64);
+                            seqs.push(Some(next_seq));
+                            appended.push(Change {
+                                seq: next_seq,
+                                doc,
+                                kind: ChangeKind::Update,
+                                payload: bytes,
+                                schema_version,
+                                origin: origin.clone(),
+                            });
+                            next_seq += 1;
+                        }
+                        Err(err) => {
+                            // Earlier updates of the batch may be applied
+                            // already: memory no longer matches storage.
+                            self.mark_broken();
+                            return Err(WriteError::InvalidUpdate {
+                                doc: doc.to_string(),
+                                reason: seqsync_engine::UpdateDecodeError::Malformed(err.0),
+                            });
+                        }
+                    }
+                }
+            }
+            WriteOp::Delete(doc) => match self.docs.get_mut(&doc) {
+                Some(d) if d.deleted => seqs.push(None),
+                Some(d) => {
+                    d.deleted = true;
+                    seqs.push(Some(next_seq));
+                    appended.push(Change {
+                        seq: next_seq,
+                        doc,
+                        kind: ChangeKind::Delete,
+                        payload: Vec::new(),
+                        schema_version,
+                        origin: origin.clone(),
+                    });
+                }
+                None => return Err(WriteError::Internal(format!("document {doc} not loaded"))),
+            },
+        }
+        let mut peers = Vec::new();
+        if let Some(known) = origin.as_ref().and_then(|o| state.peers.get_mut(o)) {
+            known.last_seen_ms = now_ms();
+            peers.push(known.clone());
+        }
+        let (base, epoch) = base_for(state)?;
+        let count = appended.len() as u64;
+        metrics::counter!(m::PUSHES).increment(count);
+        metrics::counter!(m::NOOP_PUSHES)
+            .increment(seqs.iter().filter(|s| s.is_none()).count() as u64);
+        metrics::counter!(m::PUSHED_BYTES)
+            .increment(appended.iter().map(|c| c.payload.len() as u64).sum());
+        if count > 0 || !peers.is_empty() {
+            state.epoch = Some(epoch);
+            state.assigned_head += count;
+        }
+        Ok(WritePlan {
+            write: CollectionWrite {
+                collection: self.name.clone(),
+                base,
+                append: appended,
+                compact: Vec::new(),
+                peers,
+            },
+            seqs,
+            permit,
+        })
+    }
+
+    /// Queues `write` with the writer; `waiters` are answered at commit.
+    fn submit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        write: CollectionWrite,
+        waiters: Vec<Waiter>,
+        permit: crate::writer::Permit,
+    ) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        for change in &write.append {
+            *self.doc_inflight.entry(change.doc.clone()).or_default() += 1;
+        }
+        let changes = write.append.clone();
+        let addr = ctx.address();
+        permit.submit(WriteRequest {
+            write,
+            done: Box::new(move |result| addr.do_send(CommitDone { ticket, result })),
+        });
+        self.inflight.push_back(Inflight {
+            ticket,
+            changes,
+            waiters,
+        });
+    }
+
+    /// Answers `waiter` once everything now in flight is committed (its
+    /// content may be what a retried push repeats), or at once.
+    fn answer_after_inflight(&mut self, waiter: Waiter) {
+        match self.inflight.back_mut() {
+            Some(last) => last.waiters.push(waiter),
+            None => {
+                let head = self.state.as_ref().map_or(0, |s| s.committed_head);
+                waiter.succeed(head);
+            }
+        }
+    }
+
+    fn ack(
+        &mut self,
+        ctx: &mut Context<Self>,
+        msg: Ack,
+        tx: oneshot::Sender<Result<Seq, seqsync_engine::AckError>>,
+    ) {
+        use seqsync_engine::AckError;
+        if self.broken {
+            let _ = tx.send(Err(AckError::Storage(recovering())));
+            return;
+        }
+        let Some(state) = self.state.as_mut() else {
+            let _ = tx.send(Err(AckError::Internal("collection not loaded".to_owned())));
+            return;
+        };
+        if msg.seq > state.committed_head {
+            let _ = tx.send(Err(AckError::AckBeyondHead {
+                seq: msg.seq,
+                head: state.committed_head,
+            }));
+            return;
+        }
+        let permit = match self.shared.writer.reserve() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _ = tx.send(Err(AckError::Storage(StorageError::backend(
+                    "engine",
+                    "recording an ack",
+                    "the commit queue is full; retry shortly",
+                ))));
+                return;
+            }
+        };
+        let record = state
+            .peers
+            .entry(msg.peer.clone())
+            .or_insert_with(|| PeerRecord {
+                peer: msg.peer.clone(),
+                acked: 0,
+                last_seen_ms: 0,
+            });
+        record.acked = record.acked.max(msg.seq);
+        record.last_seen_ms = record.last_seen_ms.max(now_ms());
+        let record = record.clone();
+        let acked = record.acked;
+        let (base, epoch) = match base_for(state) {
+            Ok(pair) => pair,
+            Err(err) => {
+                let _ = tx.send(Err(AckError::Internal(err.to_string())));
+                return;
+            }
+        };
+        state.epoch = Some(epoch);
+        let write = CollectionWrite {
+            collection: self.name.clone(),
+            base,
+            append: Vec::new(),
+            compact: Vec::new(),
+            peers: vec![record],
+        };
+        self.submit(ctx, write, vec![Waiter::Ack { tx, acked }], permit);
+    }
+
+    fn commit_done(&mut self, msg: CommitDone) {
+        let Some(front) = self.inflight.pop_front() else {
+            tracing::error!(collection = %self.name, ticket = msg.ticket, "commit reported with nothing in flight");
+            self.mark_broken();
+            return;
+        };
+        if front.ticket != msg.ticket {
+            // Cannot happen while the writer keeps order; if it does, trust
+            // nothing in memory.
+            tracing::error!(collection = %self.name, expected = front.ticket, got = msg.ticket, "commits reported out of order");
+            let err =
+                StorageError::backend("engine", "ordering commits", "commit reports out of order");
+            front.waiters.into_iter().for_each(|w| w.fail(&err));
+            self.mark_broken();
+            return;
+        }
+        for change in &front.changes {
+            if let Some(count) = self.doc_inflight.get_mut(&change.doc) {
+                *count -= 1;
+                if *count == 0 {
+                    self.doc_inflight.remove(&change.doc);
+                }
+            }
+        }
+        match msg.result {
+            Ok(()) => {
+                let head = match (self.state.as_mut(), front.changes.last()) {
+                    (Some(state), Some(last)) => {
+                        debug_assert!(
+                            last.seq > state.committed_head,
+                            "commits move the head forward"
+                        );
+                        state.committed_head = last.seq;
+                        last.seq
+                    }
+                    (Some(state), None) => state.committed_head,
+                    (None, last) => last.map_or(0, |c| c.seq),
+                };
+                front.waiters.into_iter().for_each(|w| w.succeed(head));
+                if !self.broken && !front.changes.is_empty() {
+                    self.broadcast(front.changes);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(collection = %self.name, error = %err, "commit failed; collection will reload from storage");
+                front.waiters.into_iter().for_each(|w| w.fail(&err));
+                self.mark_broken();
+            }
+        }
+        self.reset_if_drained();
+    }
+
+    fn broadcast(&mut self, changes: Vec<Change>) {
+        let batch: Arc<[Change]> = changes.into();
+        // A subscriber whose buffer is full is dropped: its stream notices
+        // the closed channel and catches up from storage instead.
+        self.subscribers
+            .retain(|tx| tx.try_send(batch.clone()).is_ok());
+    }
+
+    fn mark_broken(&mut self) {
+        self.broken = true;
+        // Live subscribers must not see a gap: close them; they resume from
+        // storage at their cursor.
+        self.subscribers.clear();
+        self.reset_if_drained();
+    }
+
+    fn reset_if_drained(&mut self) {
+        if self.broken && self.inflight.is_empty() {
+            self.unload_documents();
+            self.state = None;
+            self.doc_inflight.clear();
+            self.broken = false;
+        }
+    }
+
+    fn unload_documents(&mut self) {
+        metrics::gauge!(m::LOADED_DOCUMENTS).decrement(self.docs.len() as f64);
+        self.docs.clear();
+    }
+
+    fn cached_read(&self, msg: CachedRead) -> Option<CachedDoc> {
+        let state = self.state.as_ref()?;
+        if self.broken || self.doc_inflight.contains_key(&msg.doc) {
+            return None;
+        }
+        let doc = self.docs.get(&msg.doc)?;
+        if doc.deleted {
+            return Some(CachedDoc::Deleted);
+        }
+        let update = match &msg.state_vector {
+            Some(sv) => doc.encode_diff(sv),
+            None => doc.encode_state(),
+        };
+        Some(CachedDoc::State(update, state.committed_head))
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let idle = Duration::from_secs(self.shared.config.actors.idle_unload_secs);
+        self.subscribers.retain(|tx| !tx.is_closed());
+        if self.last_active.elapsed() < idle || !self.inflight.is_empty() || self.broken {
+            return;
+        }
+        if self.subscribers.is_empty() {
+            ctx.stop();
+        } else if !self.docs.is_empty() {
+            self.unload_documents();
+        }
+    }
+
+    /// Runs `f`, turning a panic into `on_panic()` and a stop: after a panic
+    /// nothing in memory can be trusted.
+    fn guarded(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) -> bool {
+        let ok = catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_ok();
+        if !ok {
+            tracing::error!(collection = %self.name, "panic in collection actor; restarting it from storage");
+            metrics::counter!(m::ERRORS, "kind" => "panic").increment(1);
+            self.subscribers.clear();
+            ctx.stop();
+        }
+        ok
+    }
+}
+
+struct WritePlan {
+    write: CollectionWrite,
+    seqs: Vec<Option<Seq>>,
+    permit: crate::writer::Permit,
+}
+
+/// The base of the next write and the epoch the collection has after it.
+fn base_for(state: &CollectionState) -> Result<(WriteBase, Epoch), WriteError> {
+    Ok(match state.epoch {
+        Some(epoch) => (
+            WriteBase::Existing {
+                epoch,
+                head: state.assigned_head,
+            },
+            epoch,
+        ),
+        None => {
+            let epoch = Epoch::random()
+                .map_err(|e| WriteError::Internal(format!("no randomness for a new epoch: {e}")))?;
+            (
+                WriteBase::Create {
+                    epoch,
+                    schema_version: state.schema_version,
+                },
+                epoch,
+            )
+        }
+    })
+}
+
+fn recovering() -> StorageError {
+    StorageError::backend(
+        "engine",
+        "writing",
+        "the collection is recovering from a failed commit; retry shortly",
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Actor
+// ---------------------------------------------------------------------------
+
+impl Actor for CollectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let capacity = usize::try_from(self.shared.config.actors.mailbox_capacity).unwrap_or(1024);
+        ctx.set_mailbox_capacity(capacity);
+        let idle_secs = self.shared.config.actors.idle_unload_secs;
+        let every = Duration::from_millis((idle_secs * 1000 / 2).clamp(100, 30_000));
+        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+        metrics::gauge!(m::LOADED_COLLECTIONS).increment(1.0);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.unload_documents();
+        metrics::gauge!(m::LOADED_COLLECTIONS).decrement(1.0);
+        self.shared.registry.remove(&self.name, self.generation);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------
+
+impl Handler<Write> for CollectionActor {
+    type Result = AtomicResponse<Self, WriteReply>;
+
+    fn handle(&mut self, msg: Write, _ctx: &mut Context<Self>) -> Self::Result {
+        let docs: Vec<DocId> = match &msg.op {
+            WriteOp::Updates(items) => items.iter().map(|(d, _)| d.clone()).collect(),
+            WriteOp::Delete(doc) => vec![doc.clone()],
+        };
+        self.with_loaded(&docs, move |act, ctx, loaded| {
+            let (tx, rx) = oneshot::channel();
+            match loaded {
+                Err(err) => {
+                    let _ = tx.send(Err(WriteError::Storage(err)));
+                }
+                Ok(()) => {
+                    let mut tx = Some(tx);
+                    let ok = act.guarded(ctx, |act, ctx| {
+                        if let Some(tx) = tx.take() {
+                            act.write(ctx, msg, tx);
+                        }
+                    });
+                    if !ok {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Err(WriteError::Internal(
+                                "the collection actor panicked".to_owned(),
+                            )));
+                        }
+                    }
+                }
+            }
+            rx
+        })
+    }
+}
+
+impl Handler<Ack> for CollectionActor {
+    type Result = AtomicResponse<Self, AckReply>;
+
+    fn handle(&mut self, msg: Ack, _ctx: &mut Context<Self>) -> Self::Result {
+        self.with_loaded(&[], move |act, ctx, loaded| {
+            let (tx, rx) = oneshot::channel();
+            match loaded {
+                Err(err) => {
+                    let _ = tx.send(Err(seqsync_engine::AckError::Storage(err)));
+                }
+                Ok(()) => {
+                    act.guarded(ctx, |act, ctx| act.ack(ctx, msg, tx));
+                }
+            }
+            rx
+        })
+    }
+}
+
+impl Handler<Subscribe> for CollectionActor {
+    type Result = AtomicResponse<Self, Result<Grant, StorageError>>;
+
+    fn handle(&mut self, _msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        self.with_loaded(&[], move |act, _ctx, loaded| {
+            loaded?;
+            let Some(state) = act.state.as_ref() else {
+                return Err(StorageError::backend(
+                    "engine",
+                    "subscribing",
+                    "collection not loaded",
+                ));
+            };
+            let capacity =
+                usize::try_from(act.shared.config.actors.mailbox_capacity).unwrap_or(1024);
+            let (tx, rx) = mpsc::channel(capacity);
+            let grant = Grant {
+                epoch: state.epoch,
+                head: state.committed_head,
+                live: rx,
+            };
+            if !act.broken {
+                act.subscribers.push(tx);
+            }
+            // When broken, `tx` is dropped: the stream catches up to `head`
+            // from storage, sees the closed channel and registers again.
+            Ok(grant)
+        })
+    }
+}
+
+impl Handler<CachedRead> for CollectionActor {
+    type Result = Option<CachedDoc>;
+
+    fn handle(&mut self, msg: CachedRead, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let mut out = None;
+        self.guarded(ctx, |act, _| out = act.cached_read(msg));
+        out
+    }
+}
+
+impl Handler<CommitDone> for CollectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CommitDone, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |act, _| act.commit_done(msg));
+    }
+}

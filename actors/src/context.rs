@@ -1,0 +1,46 @@
+//! What every part of the runtime shares: the store, the config, the writer,
+//! the read pool and the registry of collection actors.
+
+use std::sync::Arc;
+
+use seqsync_engine::{EngineConfig, Storage, StorageError};
+
+use crate::pool::{BlockingPool, PoolError};
+use crate::registry::Registry;
+use crate::writer::Writer;
+
+pub(crate) struct Shared {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) config: EngineConfig,
+    pub(crate) writer: Writer,
+    pub(crate) pool: BlockingPool,
+    pub(crate) registry: Registry,
+}
+
+impl Shared {
+    /// Runs a blocking storage call on the read pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+    {
+        let storage = self.storage.clone();
+        match self.pool.run(move || f(&*storage)).await {
+            Ok(result) => result,
+            Err(PoolError::Panicked) => Err(StorageError::backend(
+                storage_name(&self.storage),
+                "reading",
+                "the read panicked",
+            )),
+            Err(PoolError::Closed) => Err(StorageError::backend(
+                storage_name(&self.storage),
+                "reading",
+                "the engine is shut down",
+            )),
+        }
+    }
+}
+
+fn storage_name(storage: &Arc<dyn Storage>) -> &'static str {
+    storage.backend()
+}

@@ -1,0 +1,649 @@
+//! `Engine`: the handle a host embeds.
+//!
+//! `Engine::open` starts everything the engine needs and hides it: an actix
+//! system on its own thread with one arbiter per core (the collection actors
+//! live there), the storage writer thread, and a pool of threads for blocking
+//! reads. The handle is `Clone + Send + Sync`; its methods are `async` and
+//! only await channels, so they run on any executor (actix-web, axum, plain
+//! tokio) without the host knowing about actix.
+//!
+//! Writes and acks go through the collection's actor (the single writer).
+//! Reads of the log (`changes`, `peers`) go straight to storage on the read
+//! pool: storage holds only committed changes, and each page comes from one
+//! snapshot, so visibility follows seq by construction. Document reads are
+//! served from the actor's memory when that is exact, else rebuilt from
+//! storage.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use actix::{Addr, MailboxError};
+use seqsync_engine::{
+    decode_state_vector, now_ms, AckError, CollectionName, DocId, DocState, EngineConfig, Epoch,
+    OpenError, PeerId, ReadError, Seq, Storage, StorageError, WriteError,
+};
+use tokio::sync::oneshot;
+
+use crate::collection::{
+    Ack, CachedDoc, CachedRead, CollectionActor, Grant, Subscribe, Write, WriteDone, WriteOp,
+};
+use crate::context::Shared;
+use crate::metrics as m;
+use crate::pool::BlockingPool;
+use crate::registry::Registry;
+use crate::subscription::{self, Subscription};
+use crate::types::{
+    BatchOutcome, ChangesPage, CollectionRecovery, DeleteOutcome, DocumentState, PeerInfo,
+    PushOptions, PushOutcome, Recovery,
+};
+use crate::writer::Writer;
+
+/// Threads in the blocking read pool.
+const READ_THREADS: usize = 4;
+/// Writes queued for the writer, at most, across all collections.
+const WRITER_QUEUE_CAPACITY: usize = 65_536;
+
+/// The embedded engine. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    runtime: Mutex<Option<Runtime>>,
+    closed: AtomicBool,
+}
+
+struct Runtime {
+    system: actix::System,
+    thread: JoinHandle<()>,
+}
+
+impl Engine {
+    /// Opens the configured backend and starts the engine.
+    ///
+    /// Blocking (opens files, starts threads): call it before serving, or from
+    /// a blocking task. Errors: [`OpenError`] for an invalid config, a store
+    /// that cannot be opened (e.g. already open by another engine), or
+    /// threads that cannot start.
+    pub fn open(config: EngineConfig) -> Result<Self, OpenError> {
+        config.validate()?;
+        let storage = seqsync_adapters::open_storage(&config.storage)?;
+        Self::open_with_storage(config, storage)
+    }
+
+    /// Starts the engine on a store the caller opened (e.g. a fault-injecting
+    /// wrapper). `config.storage` is ignored.
+    pub fn open_with_storage(
+        config: EngineConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Self, OpenError> {
+        config.validate()?;
+        let runtime_error = |e: std::io::Error| OpenError::Runtime(e.to_string());
+        let arbiters = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 16);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("seqsync-actix".to_owned())
+            .spawn(move || {
+                let system = actix::System::new();
+                let handles: Vec<actix::Arbiter> =
+                    (0..arbiters).map(|_| actix::Arbiter::new()).collect();
+                let _ = started_tx.send((
+                    actix::System::current(),
+                    handles.iter().map(|a| a.handle()).collect::<Vec<_>>(),
+                ));
+                let _ = system.run();
+                for arbiter in handles {
+                    arbiter.stop();
+                    let _ = arbiter.join();
+                }
+            })
+            .map_err(runtime_error)?;
+        let (system, arbiter_handles) = started_rx
+            .recv()
+            .map_err(|_| OpenError::Runtime("the actix thread died while starting".to_owned()))?;
+        let writer =
+            Writer::start(storage.clone(), WRITER_QUEUE_CAPACITY).map_err(runtime_error)?;
+        let pool = BlockingPool::start("seqsync-read", READ_THREADS).map_err(runtime_error)?;
+        tracing::info!(backend = storage.backend(), durability = ?storage.durability(), "seqsync engine started");
+        let shared = Arc::new(Shared {
+            storage,
+            config,
+            writer,
+            pool,
+            registry: Registry::new(arbiter_handles),
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                runtime: Mutex::new(Some(Runtime { system, thread })),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.shared.config
+    }
+
+    /// The backend's name (`sqlite`, `redb`, `memory`).
+    pub fn backend(&self) -> &'static str {
+        self.inner.shared.storage.backend()
+    }
+
+    /// Collections with a live actor (loaded in memory).
+    pub fn loaded_collections(&self) -> usize {
+        self.inner.shared.registry.loaded()
+    }
+
+    /// Pushes one Yjs v1 update to a document.
+    ///
+    /// Returns once the change is committed with the configured durability.
+    /// An update that adds nothing logs nothing and answers `seq: None`
+    /// (retries are free). Errors: [`WriteError`]; on any error nothing is
+    /// acknowledged and a retry is safe.
+    pub async fn push(
+        &self,
+        collection: &str,
+        doc: &str,
+        update: Vec<u8>,
+        options: PushOptions,
+    ) -> Result<PushOutcome, WriteError> {
+        let done = self
+            .push_batch(collection, vec![(doc.to_owned(), update)], options)
+            .await?;
+        Ok(PushOutcome {
+            seq: done.seqs.first().copied().flatten(),
+            head: done.head,
+        })
+    }
+
+    /// Pushes several updates (of one or several documents of a collection)
+    /// atomically: all are committed, with consecutive seqs in order, or none.
+    ///
+    /// Errors: as [`Engine::push`], plus `EmptyBatch` and `BatchTooLarge`.
+    pub async fn push_batch(
+        &self,
+        collection: &str,
+        updates: Vec<(String, Vec<u8>)>,
+        options: PushOptions,
+    ) -> Result<BatchOutcome, WriteError> {
+        let started = Instant::now();
+        let result = self.push_batch_inner(collection, updates, options).await;
+        metrics::histogram!(m::PUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            metrics::counter!(m::ERRORS, "kind" => err.code()).increment(1);
+        }
+        result
+    }
+
+    async fn push_batch_inner(
+        &self,
+        collection: &str,
+        updates: Vec<(String, Vec<u8>)>,
+        options: PushOptions,
+    ) -> Result<BatchOutcome, WriteError> {
+        let limits = &self.inner.shared.config.limits;
+        let name = CollectionName::new(collection)?;
+        let origin = options.origin.map(PeerId::new).transpose()?;
+        if updates.is_empty() {
+            return Err(WriteError::EmptyBatch);
+        }
+        if updates.len() as u64 > limits.max_batch_updates {
+            return Err(WriteError::BatchTooLarge {
+                count: updates.len() as u64,
+                max: limits.max_batch_updates,
+            });
+        }
+        let mut items = Vec::with_capacity(updates.len());
+        for (doc, bytes) in updates {
+            let doc = DocId::new(doc)?;
+            if bytes.len() as u64 > limits.max_update_bytes {
+                return Err(WriteError::TooLarge {
+                    len_bytes: bytes.len() as u64,
+                    max_bytes: limits.max_update_bytes,
+                });
+            }
+            items.push((doc, bytes));
+        }
+        let done = self
+            .write(
+                &name,
+                Write {
+                    op: WriteOp::Updates(items),
+                    origin,
+                    schema_version: options.schema_version,
+                },
+            )
+            .await?;
+        Ok(BatchOutcome {
+            seqs: done.seqs,
+            head: done.head,
+        })
+    }
+
+    /// Deletes a document: logs a tombstone; later pushes to it fail with
+    /// `DocumentDeleted`. Deleting twice is a no-op (`seq: None`).
+    ///
+    /// Returns once the tombstone is durable. Errors: [`WriteError`].
+    pub async fn delete(&self, collection: &str, doc: &str) -> Result<DeleteOutcome, WriteError> {
+        let name = CollectionName::new(collection)?;
+        let doc = DocId::new(doc)?;
+        let done = self
+            .write(
+                &name,
+                Write {
+                    op: WriteOp::Delete(doc),
+                    origin: None,
+                    schema_version: None,
+                },
+            )
+            .await?;
+        Ok(DeleteOutcome {
+            seq: done.seqs.first().copied().flatten(),
+            head: done.head,
+        })
+    }
+
+    async fn write(&self, name: &CollectionName, msg: Write) -> Result<WriteDone, WriteError> {
+        self.check_open().map_err(|_| WriteError::ShuttingDown)?;
+        let reply =
+            self.inner.send(name, msg).await.map_err(|_| {
+                WriteError::Internal("the collection actor is gone; retry".to_owned())
+            })?;
+        reply
+            .await
+            .map_err(|_| WriteError::Internal("the collection actor restarted; retry".to_owned()))?
+    }
+
+    /// One page of changes with seq > `after`, in seq order, at most `limit`
+    /// (clamped to `limits.stream_page_limit`; 0 gives an empty page).
+    ///
+    /// `epoch`, if given, is the epoch the client's cursor belongs to.
+    /// Errors: [`ReadError::Reset`] for a foreign epoch or a cursor beyond
+    /// head; `Storage` on failure. Blocking work runs on the read pool.
+    pub async fn changes(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+    ) -> Result<ChangesPage, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let limit = usize::try_from(limit.min(self.inner.shared.config.limits.stream_page_limit))
+            .unwrap_or(usize::MAX);
+        let page = self
+            .inner
+            .shared
+            .read(move |storage| storage.read_changes(&name, after, limit))
+            .await?;
+        let Some(page) = page else {
+            if after > 0 || epoch.is_some() {
+                return Err(ReadError::Reset {
+                    epoch: None,
+                    head: 0,
+                });
+            }
+            return Ok(ChangesPage {
+                changes: Vec::new(),
+                cursor: 0,
+                has_more: false,
+                head: 0,
+                epoch: None,
+            });
+        };
+        let meta = page.meta;
+        if epoch.is_some_and(|e| e != meta.epoch) || after > meta.head {
+            return Err(ReadError::Reset {
+                epoch: Some(meta.epoch),
+                head: meta.head,
+            });
+        }
+        let cursor = page.changes.last().map_or(after, |c| c.seq);
+        metrics::counter!(m::CHANGES_STREAMED).increment(page.changes.len() as u64);
+        Ok(ChangesPage {
+            // The change at head always exists (compaction keeps the last
+            // covered seq), so anything below head means more to read.
+            has_more: cursor < meta.head,
+            changes: page.changes,
+            cursor,
+            head: meta.head,
+            epoch: Some(meta.epoch),
+        })
+    }
+
+    /// Stored changes with seq > `after`, then live ones as they commit, with
+    /// no gap and no duplicate, and `UpToDate { head }` each time the stream
+    /// has caught up. Memory per subscriber is bounded; a slow subscriber
+    /// falls back to reading storage. Errors (as items, ending the stream):
+    /// `Reset` for a foreign epoch or a cursor beyond head, `Storage`.
+    pub fn subscribe(
+        &self,
+        collection: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> Result<Subscription, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        Ok(subscription::subscribe(
+            self.inner.clone(),
+            name,
+            after,
+            epoch,
+        ))
+    }
+
+    /// Records that `peer` has every change ≤ `seq`. The stored ack is the
+    /// max of old and new (an ack going backwards answers the kept max).
+    ///
+    /// Returns once durable. Errors: `AckBeyondHead` if `seq` > head.
+    pub async fn ack(&self, collection: &str, peer: &str, seq: Seq) -> Result<Seq, AckError> {
+        self.check_open().map_err(|_| AckError::ShuttingDown)?;
+        let name = CollectionName::new(collection)?;
+        let peer = PeerId::new(peer)?;
+        let reply = self
+            .inner
+            .send(&name, Ack { peer, seq })
+            .await
+            .map_err(|_| AckError::Internal("the collection actor is gone; retry".to_owned()))?;
+        let result = reply
+            .await
+            .map_err(|_| AckError::Internal("the collection actor restarted; retry".to_owned()))?;
+        if let Err(err) = &result {
+            metrics::counter!(m::ERRORS, "kind" => err.code()).increment(1);
+        }
+        result
+    }
+
+    /// The collection's peers with their acked seq, lag and activity.
+    pub async fn peers(&self, collection: &str) -> Result<Vec<PeerInfo>, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let timeout_ms = self
+            .inner
+            .shared
+            .config
+            .compaction
+            .peer_timeout_secs
+            .saturating_mul(1000);
+        let (head, records) = self
+            .inner
+            .shared
+            .read(move |storage| {
+                let head = storage.collection(&name)?.map_or(0, |m| m.head);
+                Ok((head, storage.peers(&name)?))
+            })
+            .await?;
+        let now = now_ms();
+        let peers: Vec<PeerInfo> = records
+            .into_iter()
+            .map(|p| PeerInfo {
+                lag: head.saturating_sub(p.acked),
+                active: now.saturating_sub(p.last_seen_ms) <= timeout_ms,
+                peer: p.peer,
+                acked: p.acked,
+                last_seen_ms: p.last_seen_ms,
+            })
+            .collect();
+        metrics::gauge!(m::ACTIVE_PEERS).set(peers.iter().filter(|p| p.active).count() as f64);
+        Ok(peers)
+    }
+
+    /// A document's full state and the cursor it reflects (stream from it).
+    /// Errors: `DocumentNotFound`, `DocumentDeleted`, `Storage`.
+    pub async fn document(&self, collection: &str, doc: &str) -> Result<DocumentState, ReadError> {
+        let (update, cursor) = self.read_document(collection, doc, None).await?;
+        Ok(DocumentState { update, cursor })
+    }
+
+    /// What a client with `state_vector` (Yjs v1; empty = nothing) lacks of a
+    /// document, and the cursor it reflects. Errors: `InvalidStateVector`,
+    /// `DocumentNotFound`, `DocumentDeleted`, `Storage`.
+    pub async fn recover(
+        &self,
+        collection: &str,
+        doc: &str,
+        state_vector: &[u8],
+    ) -> Result<Recovery, ReadError> {
+        let sv = decode_state_vector(state_vector).map_err(ReadError::InvalidStateVector)?;
+        let (diff, cursor) = self.read_document(collection, doc, Some(sv)).await?;
+        Ok(Recovery { diff, cursor })
+    }
+
+    async fn read_document(
+        &self,
+        collection: &str,
+        doc: &str,
+        sv: Option<yrs::StateVector>,
+    ) -> Result<(Vec<u8>, Seq), ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let doc = DocId::new(doc)?;
+        let cached = self
+            .inner
+            .send(
+                &name,
+                CachedRead {
+                    doc: doc.clone(),
+                    state_vector: sv.clone(),
+                },
+            )
+            .await
+            .ok()
+            .flatten();
+        match cached {
+            Some(CachedDoc::State(update, cursor)) => return Ok((update, cursor)),
+            Some(CachedDoc::Deleted) => {
+                return Err(ReadError::DocumentDeleted {
+                    doc: doc.to_string(),
+                })
+            }
+            None => {}
+        }
+        let result = self
+            .inner
+            .shared
+            .read(move |storage| {
+                // Head first: every change ≤ head is then in what we load
+                // (later ones may be too, which Yjs applies idempotently).
+                let head = storage.collection(&name)?.map_or(0, |m| m.head);
+                let changes = storage.document_changes(&name, &doc)?;
+                if changes.is_empty() {
+                    return Ok(Err(ReadError::DocumentNotFound {
+                        doc: doc.to_string(),
+                    }));
+                }
+                let state = load_doc(storage, &name, &doc, &changes)?;
+                if state.deleted {
+                    return Ok(Err(ReadError::DocumentDeleted {
+                        doc: doc.to_string(),
+                    }));
+                }
+                let update = match &sv {
+                    Some(sv) => state.encode_diff(sv),
+                    None => state.encode_state(),
+                };
+                Ok(Ok((update, head)))
+            })
+            .await?;
+        result
+    }
+
+    /// Everything a client needs for a cold start in one call: per live
+    /// document what it lacks given its state vector (`state_vectors`
+    /// maps document ids to Yjs v1 state vectors; a missing entry means
+    /// "send the full state"), the deleted documents, and the cursor to
+    /// stream from. Errors: `InvalidName`, `InvalidStateVector`, `Storage`.
+    pub async fn recover_collection(
+        &self,
+        collection: &str,
+        state_vectors: HashMap<String, Vec<u8>>,
+    ) -> Result<CollectionRecovery, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let mut svs = HashMap::with_capacity(state_vectors.len());
+        for (doc, sv) in state_vectors {
+            let doc = DocId::new(doc)?;
+            svs.insert(
+                doc,
+                decode_state_vector(&sv).map_err(ReadError::InvalidStateVector)?,
+            );
+        }
+        let recovery = self
+            .inner
+            .shared
+            .read(move |storage| {
+                let meta = storage.collection(&name)?;
+                let head = meta.as_ref().map_or(0, |m| m.head);
+                let mut recovery = CollectionRecovery {
+                    documents: Vec::new(),
+                    deleted: Vec::new(),
+                    cursor: head,
+                    epoch: meta.map(|m| m.epoch),
+                };
+                for info in storage.documents(&name)? {
+                    if info.deleted {
+                        recovery.deleted.push(info.doc);
+                        continue;
+                    }
+                    let changes = storage.document_changes(&name, &info.doc)?;
+                    let state = load_doc(storage, &name, &info.doc, &changes)?;
+                    if state.deleted {
+                        recovery.deleted.push(info.doc);
+                        continue;
+                    }
+                    let update = match svs.get(&info.doc) {
+                        Some(sv) => state.encode_diff(sv),
+                        None => state.encode_state(),
+                    };
+                    recovery.documents.push((info.doc, update));
+                }
+                Ok(recovery)
+            })
+            .await?;
+        Ok(recovery)
+    }
+
+    /// Stops the engine: refuses new calls, waits until every queued write is
+    /// committed, makes the store durable (`sync`), and stops the threads.
+    /// Every push acknowledged before or during the call is on disk after it.
+    pub async fn shutdown(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner.shared.writer.flush().await;
+        let inner = self.inner.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("seqsync-shutdown".to_owned())
+            .spawn(move || {
+                inner.stop_blocking();
+                // Release our reference before answering, so that once the
+                // caller drops its handles the store is closed (and its lock
+                // free for a reopen).
+                drop(inner);
+                let _ = done_tx.send(());
+            });
+        if spawned.is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+
+    fn check_open(&self) -> Result<(), ReadError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(ReadError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn load_doc(
+    storage: &dyn Storage,
+    name: &CollectionName,
+    doc: &DocId,
+    changes: &[seqsync_engine::Change],
+) -> Result<DocState, StorageError> {
+    DocState::load(changes).map_err(|e| StorageError::Corrupt {
+        backend: storage.backend(),
+        detail: format!("collection {name}, document {doc}: {e}"),
+    })
+}
+
+impl Inner {
+    /// Sends `msg` to the collection's actor, starting one if needed. If the
+    /// actor stopped before taking the message (idle unload racing with this
+    /// call, or a panic), the message was not processed, so it is sent once
+    /// more, to a fresh actor.
+    pub(crate) async fn send<M>(
+        &self,
+        name: &CollectionName,
+        msg: M,
+    ) -> Result<M::Result, MailboxError>
+    where
+        M: actix::Message + Clone + Send + 'static,
+        M::Result: Send,
+        CollectionActor: actix::Handler<M>,
+    {
+        let addr: Addr<CollectionActor> = self.shared.registry.get(&self.shared, name);
+        let retry = msg.clone();
+        match addr.send(msg).await {
+            Err(MailboxError::Closed) => {
+                self.shared
+                    .registry
+                    .get(&self.shared, name)
+                    .send(retry)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) async fn grant(&self, name: &CollectionName) -> Result<Grant, ReadError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(ReadError::ShuttingDown);
+        }
+        self.send(name, Subscribe)
+            .await
+            .map_err(|_| ReadError::Internal("the collection actor is gone".to_owned()))?
+            .map_err(ReadError::Storage)
+    }
+
+    /// Flushes the store and stops the runtime threads. Blocking.
+    fn stop_blocking(&self) {
+        if let Err(err) = self.shared.storage.sync() {
+            tracing::error!(error = %err, "final sync failed");
+        }
+        let runtime = self.runtime.lock().ok().and_then(|mut r| r.take());
+        if let Some(runtime) = runtime {
+            runtime.system.stop();
+            let _ = runtime.thread.join();
+        }
+        self.shared.writer.stop();
+        self.shared.pool.shutdown();
+        tracing::info!("seqsync engine stopped");
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone without `shutdown`: every acked write is
+        // already committed; stop the threads so nothing leaks.
+        if let Ok(mut runtime) = self.runtime.lock() {
+            if let Some(runtime) = runtime.take() {
+                runtime.system.stop();
+                let _ = runtime.thread.join();
+            }
+        }
+        self.shared.writer.stop();
+        self.shared.pool.shutdown();
+    }
+}

@@ -1,0 +1,63 @@
+//! Metric names (BRIEF §9), in one place so the host and the docs agree.
+//!
+//! Recorded through the `metrics` facade: with no recorder installed they cost
+//! almost nothing; the host example installs a Prometheus exporter.
+
+/// Counter: pushes that logged a change.
+pub const PUSHES: &str = "seqsync_pushes_total";
+/// Counter: pushes that added nothing (retries).
+pub const NOOP_PUSHES: &str = "seqsync_noop_pushes_total";
+/// Counter: update bytes logged.
+pub const PUSHED_BYTES: &str = "seqsync_pushed_bytes_total";
+/// Histogram: seconds from push call to durable ack.
+pub const PUSH_SECONDS: &str = "seqsync_push_latency_seconds";
+/// Histogram: requests per group commit.
+pub const COMMIT_GROUP_SIZE: &str = "seqsync_commit_group_size";
+/// Histogram, label `backend`: seconds per storage commit.
+pub const STORAGE_COMMIT_SECONDS: &str = "seqsync_storage_commit_seconds";
+/// Counter: changes delivered by `changes` and `subscribe`.
+pub const CHANGES_STREAMED: &str = "seqsync_changes_streamed_total";
+/// Gauge: live subscriptions.
+pub const SUBSCRIBERS: &str = "seqsync_subscribers";
+/// Counter: compactions committed.
+pub const COMPACTIONS: &str = "seqsync_compactions_total";
+/// Histogram: seconds per compaction.
+pub const COMPACTION_SECONDS: &str = "seqsync_compaction_seconds";
+/// Counter: payload bytes removed by compaction.
+pub const BYTES_RECLAIMED: &str = "seqsync_compaction_reclaimed_bytes_total";
+/// Gauge: collections with a live actor.
+pub const LOADED_COLLECTIONS: &str = "seqsync_loaded_collections";
+/// Gauge: documents held in memory.
+pub const LOADED_DOCUMENTS: &str = "seqsync_loaded_documents";
+/// Gauge: peers seen within `peer_timeout_secs` (as of the last `peers` call).
+pub const ACTIVE_PEERS: &str = "seqsync_active_peers";
+/// Counter, label `kind`: errors answered, by code.
+pub const ERRORS: &str = "seqsync_errors_total";
+
+/// Registers descriptions with the installed recorder (call after installing
+/// one; harmless otherwise).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(PUSHES, "Pushes that logged a change");
+    describe_counter!(NOOP_PUSHES, "Pushes that added nothing (free retries)");
+    describe_counter!(PUSHED_BYTES, Unit::Bytes, "Update bytes logged");
+    describe_histogram!(PUSH_SECONDS, Unit::Seconds, "Push call to durable ack");
+    describe_histogram!(COMMIT_GROUP_SIZE, "Write requests per storage commit");
+    describe_histogram!(
+        STORAGE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Storage commit latency"
+    );
+    describe_counter!(
+        CHANGES_STREAMED,
+        "Changes delivered to readers and subscribers"
+    );
+    describe_gauge!(SUBSCRIBERS, "Live subscriptions");
+    describe_counter!(COMPACTIONS, "Compactions committed");
+    describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "Compaction duration");
+    describe_counter!(BYTES_RECLAIMED, Unit::Bytes, "Bytes removed by compaction");
+    describe_gauge!(LOADED_COLLECTIONS, "Collections with a live actor");
+    describe_gauge!(LOADED_DOCUMENTS, "Documents held in memory");
+    describe_gauge!(ACTIVE_PEERS, "Peers seen within peer_timeout_secs");
+    describe_counter!(ERRORS, "Errors answered, by kind");
+}

@@ -1,0 +1,118 @@
+//! What the `Engine`'s operations return.
+
+use seqsync_engine::{Change, DocId, Epoch, PeerId, Seq};
+
+/// Optional facts a client states with a push.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// The pushing peer's id (`x-peer-id`): recorded as the change's origin
+    /// and refreshes the peer's `last_seen` if it has acked before.
+    pub origin: Option<String>,
+    /// The client's schema version (`x-schema-version`); a push at another
+    /// version than the collection's is refused.
+    pub schema_version: Option<u32>,
+}
+
+/// Answer to a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// The seq of the logged change, `None` when the update added nothing.
+    pub seq: Option<Seq>,
+    /// The collection head once the push (or, for a no-op, the changes it
+    /// repeats) is durable.
+    pub head: Seq,
+}
+
+/// Answer to a batch push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Per update, in order: its seq or `None` for a no-op.
+    pub seqs: Vec<Option<Seq>>,
+    /// The collection head once the batch is durable.
+    pub head: Seq,
+}
+
+/// Answer to a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// The tombstone's seq; `None` when the document was already deleted
+    /// (deleting twice is a free no-op, like a retried push).
+    pub seq: Option<Seq>,
+    /// The collection head once the tombstone is durable.
+    pub head: Seq,
+}
+
+/// One page of a collection's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangesPage {
+    /// Changes with seq > the cursor asked for, in seq order.
+    pub changes: Vec<Change>,
+    /// Where to continue: the last change's seq, or the cursor asked for when
+    /// the page is empty.
+    pub cursor: Seq,
+    /// Whether more changes follow `cursor` right now.
+    pub has_more: bool,
+    /// The collection head when the page was read.
+    pub head: Seq,
+    /// The collection's epoch (`None` if it has never been written).
+    pub epoch: Option<Epoch>,
+}
+
+/// An item of a subscription stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The next change, in seq order, each exactly once.
+    Change(Change),
+    /// Everything up to `head` has been delivered: the subscriber is in sync.
+    UpToDate {
+        /// The head caught up to.
+        head: Seq,
+    },
+}
+
+/// A document's full state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentState {
+    /// The state as one Yjs v1 update.
+    pub update: Vec<u8>,
+    /// Every change ≤ `cursor` is reflected; stream from here.
+    pub cursor: Seq,
+}
+
+/// What a client lacks of one document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// Yjs v1 update with what the client's state vector does not cover.
+    pub diff: Vec<u8>,
+    /// Every change ≤ `cursor` is reflected; stream from here.
+    pub cursor: Seq,
+}
+
+/// A whole collection for a cold start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionRecovery {
+    /// Per live document, what the client lacks (the full state when it sent
+    /// no state vector for it).
+    pub documents: Vec<(DocId, Vec<u8>)>,
+    /// Deleted documents.
+    pub deleted: Vec<DocId>,
+    /// Every change ≤ `cursor` is reflected; stream from here.
+    pub cursor: Seq,
+    /// The collection's epoch (`None` if it has never been written).
+    pub epoch: Option<Epoch>,
+}
+
+/// A peer as reported by `peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub peer: PeerId,
+    /// Highest seq it acknowledged.
+    pub acked: Seq,
+    /// head − acked.
+    pub lag: Seq,
+    /// Last ack or push, ms since the Unix epoch.
+    pub last_seen_ms: u64,
+    /// Seen within `peer_timeout_secs`.
+    pub active: bool,
+}

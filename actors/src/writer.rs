@@ -1,0 +1,280 @@
+//! The storage writer: one thread that group-commits every write.
+//!
+//! Collection actors assign seqs and hand their writes here; they do not wait.
+//! The writer takes everything queued (up to `MAX_GROUP_REQUESTS` requests or
+//! `MAX_GROUP_BYTES` of payload), merges consecutive writes of one collection
+//! into one `CollectionWrite`, and commits the lot in **one** storage
+//! transaction: one fsync acknowledges many pushes from many collections.
+//! This is how durable throughput beats the disk's fsync rate.
+//!
+//! Order: requests are committed in the order they were queued, so one
+//! collection's seqs reach storage in order, and completions are reported in
+//! that order too.
+//!
+//! Isolation: if a merged batch is refused for a logical reason (conflict or
+//! invalid write — one collection's stale base after an earlier failure), each
+//! collection's write is retried alone, so one collection's trouble does not
+//! fail the others' pushes. An I/O failure fails the whole group, since it
+//! concerns the store itself.
+//!
+//! The queue is bounded (`queue_capacity`); a full queue makes `try_submit`
+//! fail, and the actor answers `Overloaded` instead of buffering without end.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use seqsync_engine::{CollectionWrite, Seq, Storage, StorageError, WriteBase, WriteBatch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics as m;
+
+/// Most requests merged into one commit.
+const MAX_GROUP_REQUESTS: usize = 4096;
+/// Most payload bytes merged into one commit (a larger single request still
+/// commits alone).
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// Called once with the outcome of the commit that carried a request.
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// One collection's write plus whom to tell when it is committed.
+pub(crate) struct WriteRequest {
+    pub(crate) write: CollectionWrite,
+    pub(crate) done: Completion,
+}
+
+enum WriterMsg {
+    Write(WriteRequest),
+    /// Answered once every request queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Why a write could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubmitError {
+    /// The queue is at capacity.
+    Full,
+    /// The writer has stopped (shutdown).
+    Stopped,
+}
+
+/// A reserved place in the writer's queue.
+pub(crate) struct Permit(mpsc::OwnedPermit<WriterMsg>);
+
+impl Permit {
+    /// Queues `request` in the reserved place. Never fails or waits.
+    pub(crate) fn submit(self, request: WriteRequest) {
+        self.0.send(WriterMsg::Write(request));
+    }
+}
+
+/// Handle to the writer thread.
+pub(crate) struct Writer {
+    tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn start(storage: Arc<dyn Storage>, queue_capacity: usize) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let thread = std::thread::Builder::new()
+            .name("seqsync-writer".to_owned())
+            .spawn(move || run(storage, rx))?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Reserves room for one write without waiting. Errors when the queue
+    /// is full or the writer has stopped. Reserve before changing any state
+    /// the write depends on, so a refusal needs no rollback.
+    pub(crate) fn reserve(&self) -> Result<Permit, SubmitError> {
+        let tx = self.tx.lock().ok().and_then(|tx| tx.clone());
+        let Some(tx) = tx else {
+            return Err(SubmitError::Stopped);
+        };
+        tx.try_reserve_owned().map(Permit).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Full,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })
+    }
+
+    /// Resolves once everything queued before the call is committed (or
+    /// failed). Resolves at once if the writer has stopped.
+    pub(crate) async fn flush(&self) {
+        let tx = self.tx.lock().ok().and_then(|tx| tx.clone());
+        if let Some(tx) = tx {
+            let (done_tx, done_rx) = oneshot::channel();
+            if tx.send(WriterMsg::Flush(done_tx)).await.is_ok() {
+                let _ = done_rx.await;
+            }
+        }
+    }
+
+    /// Stops the thread after it has committed what is queued. Blocking.
+    pub(crate) fn stop(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<WriterMsg>) {
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Write(request) => {
+                    bytes += request_bytes(&request);
+                    group.push(request);
+                }
+                WriterMsg::Flush(done) => flushes.push(done),
+            }
+            if group.len() >= MAX_GROUP_REQUESTS || bytes >= MAX_GROUP_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !group.is_empty() {
+            commit_group(&*storage, group);
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn request_bytes(request: &WriteRequest) -> usize {
+    request
+        .write
+        .append
+        .iter()
+        .map(|c| c.payload.len())
+        .sum::<usize>()
+        + request
+            .write
+            .compact
+            .iter()
+            .map(|c| c.snapshot.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// A batch being assembled: the merged writes and, per write, the
+/// completions of the requests merged into it.
+#[derive(Default)]
+struct Pending {
+    batch: WriteBatch,
+    completions: Vec<Vec<Completion>>,
+}
+
+impl Pending {
+    /// Whether `write` can join this batch: its collection is absent, or
+    /// it continues exactly where the batch's write for it ends.
+    fn accepts(&self, write: &CollectionWrite) -> bool {
+        self.batch
+            .writes
+            .iter()
+            .find(|w| w.collection == write.collection)
+            .is_none_or(|existing| write.base == next_base(existing))
+    }
+
+    /// Adds a request that [`Pending::accepts`].
+    fn add(&mut self, request: WriteRequest) {
+        let WriteRequest { write, done } = request;
+        match self
+            .batch
+            .writes
+            .iter()
+            .position(|w| w.collection == write.collection)
+        {
+            Some(i) => {
+                let existing = &mut self.batch.writes[i];
+                existing.append.extend(write.append);
+                existing.compact.extend(write.compact);
+                existing.peers.extend(write.peers);
+                self.completions[i].push(done);
+            }
+            None => {
+                self.batch.writes.push(write);
+                self.completions.push(vec![done]);
+            }
+        }
+    }
+}
+
+/// The base a write that follows `write` in the same collection must carry.
+fn next_base(write: &CollectionWrite) -> WriteBase {
+    let (epoch, head) = match write.base {
+        WriteBase::Create { epoch, .. } => (epoch, 0),
+        WriteBase::Existing { epoch, head } => (epoch, head),
+    };
+    let appended = write.append.len() as Seq;
+    WriteBase::Existing {
+        epoch,
+        head: head + appended,
+    }
+}
+
+fn commit_group(storage: &dyn Storage, group: Vec<WriteRequest>) {
+    let requests = group.len();
+    let mut batches: Vec<Pending> = vec![Pending::default()];
+    for request in group {
+        // A request that does not chain onto the last batch opens a new one,
+        // which keeps each collection's requests in order.
+        let fits = batches.last().is_some_and(|b| b.accepts(&request.write));
+        if !fits {
+            batches.push(Pending::default());
+        }
+        if let Some(last) = batches.last_mut() {
+            last.add(request);
+        }
+    }
+    metrics::histogram!(m::COMMIT_GROUP_SIZE).record(requests as f64);
+    for pending in batches {
+        commit_pending(storage, pending);
+    }
+}
+
+fn commit_pending(storage: &dyn Storage, pending: Pending) {
+    let started = Instant::now();
+    let result = storage.commit(&pending.batch);
+    metrics::histogram!(m::STORAGE_COMMIT_SECONDS, "backend" => storage.backend())
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            for done in pending.completions.into_iter().flatten() {
+                done(Ok(()));
+            }
+        }
+        Err(err @ (StorageError::Conflict { .. } | StorageError::InvalidWrite(_)))
+            if pending.batch.writes.len() > 1 =>
+        {
+            tracing::warn!(error = %err, "group commit refused; retrying each collection alone");
+            for (write, completions) in pending.batch.writes.into_iter().zip(pending.completions) {
+                let alone = WriteBatch {
+                    writes: vec![write],
+                };
+                let result = storage.commit(&alone);
+                for done in completions {
+                    done(result.clone());
+                }
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, backend = storage.backend(), "commit failed");
+            metrics::counter!(m::ERRORS, "kind" => err.kind()).increment(1);
+            for done in pending.completions.into_iter().flatten() {
+                done(Err(err.clone()));
+            }
+        }
+    }
+}

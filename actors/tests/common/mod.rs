@@ -1,0 +1,159 @@
+//! Helpers shared by the engine tests: engines on every backend, simulated
+//! Yjs clients, and a seeded random generator whose seed every test prints.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use seqsync_actors::Engine;
+use seqsync_engine::{BackendKind, Durability, EngineConfig, Seq, Storage};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update};
+
+/// An engine on `kind` in a fresh temporary directory (kept alive by the
+/// returned guard).
+pub struct TestEngine {
+    pub engine: Engine,
+    pub dir: tempfile::TempDir,
+    pub kind: BackendKind,
+}
+
+pub fn config(kind: BackendKind, dir: &std::path::Path) -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.storage.backend = kind;
+    config.storage.path = dir.join("data");
+    config.storage.durability = Durability::Immediate;
+    config
+}
+
+pub fn open(kind: BackendKind) -> TestEngine {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(kind, dir.path())).unwrap();
+    TestEngine { engine, dir, kind }
+}
+
+pub fn open_with_storage(kind: BackendKind, storage: Arc<dyn Storage>) -> TestEngine {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open_with_storage(config(kind, dir.path()), storage).unwrap();
+    TestEngine { engine, dir, kind }
+}
+
+/// A client replica: a Yjs doc with one text, as a browser would hold.
+pub struct Client {
+    pub doc: Doc,
+    pub text: TextRef,
+    pub cursor: Seq,
+}
+
+impl Client {
+    pub fn new(client_id: u64) -> Self {
+        // UTF-16 offsets, as JavaScript clients use: random edits may land
+        // next to non-ASCII characters.
+        let doc = Doc::with_options(yrs::Options {
+            client_id: yrs::block::ClientID::new(client_id),
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        });
+        let text = doc.get_or_insert_text("content");
+        Self {
+            doc,
+            text,
+            cursor: 0,
+        }
+    }
+
+    /// Inserts `s` at `index` and returns the update this produced.
+    pub fn insert(&self, index: u32, s: &str) -> Vec<u8> {
+        self.change(|txn, text| text.insert(txn, index, s))
+    }
+
+    /// Removes `len` characters at `index` and returns the update.
+    pub fn remove(&self, index: u32, len: u32) -> Vec<u8> {
+        self.change(|txn, text| text.remove_range(txn, index, len))
+    }
+
+    fn change(&self, f: impl FnOnce(&mut yrs::TransactionMut<'_>, &TextRef)) -> Vec<u8> {
+        let before = self.doc.transact().state_vector();
+        {
+            let mut txn = self.doc.transact_mut();
+            f(&mut txn, &self.text);
+        }
+        self.doc.transact().encode_state_as_update_v1(&before)
+    }
+
+    /// A random edit (insert or delete) and its update.
+    pub fn random_edit(&self, rng: &mut Rng) -> Vec<u8> {
+        let len = self.len();
+        if len > 0 && rng.below(3) == 0 {
+            let at = rng.below(len as u64) as u32;
+            let n = 1 + rng.below(((len - at) as u64).min(4)) as u32;
+            self.remove(at, n)
+        } else {
+            let at = rng.below(len as u64 + 1) as u32;
+            let word = ["a", "bc", "def", " ", "xyz!", "é"][rng.below(6) as usize];
+            self.insert(at, word)
+        }
+    }
+
+    pub fn apply(&self, update: &[u8]) {
+        let update = Update::decode_v1(update).unwrap();
+        self.doc.transact_mut().apply_update(update).unwrap();
+    }
+
+    pub fn text(&self) -> String {
+        self.text.get_string(&self.doc.transact())
+    }
+
+    pub fn len(&self) -> u32 {
+        self.text.len(&self.doc.transact())
+    }
+
+    pub fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+}
+
+/// The text of a Yjs v1 update applied to an empty doc.
+pub fn text_of(update: &[u8]) -> String {
+    let client = Client::new(999_999);
+    client.apply(update);
+    client.text()
+}
+
+/// xorshift64*: small, deterministic, replayable from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seed from `TEST_SEED` if set, else from the clock. Prints the seed so
+    /// a failure can be replayed with `TEST_SEED=<seed>`.
+    pub fn from_env(test: &str) -> Self {
+        let seed = std::env::var("TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        println!("{test}: seed {seed} (replay with TEST_SEED={seed})");
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}

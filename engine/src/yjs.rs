@@ -1,0 +1,398 @@
+//! Yjs documents as the engine sees them: decode, apply, diff.
+//!
+//! The server keeps one `yrs::Doc` per loaded document. Every push is decoded
+//! here first (a push that is not a Yjs v1 update must be refused before
+//! anything else happens), then applied; applying tells whether the update
+//! added anything, which is how retries become free no-ops.
+//!
+//! "Added anything" is judged on the whole document state: the state vector
+//! (new insertions), the set of items deleted by the transaction (new
+//! deletions), and the pending structures where yrs parks an out-of-order
+//! update whose dependencies have not arrived. An update that only fills the
+//! pending area is **not** a no-op: it must be logged so a client replaying
+//! the log sees it too (BRIEF §3, out-of-order updates).
+//!
+//! yrs may panic on some malformed input. Decoding and applying run under
+//! `catch_unwind` so a hostile update becomes an `InvalidUpdate` error; after
+//! a panic while applying, the document is considered damaged and the caller
+//! must drop and reload it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, Options, ReadTxn, StateVector, Transact, Update};
+
+use crate::change::{Change, ChangeKind};
+
+/// Why bytes are not an acceptable Yjs update.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateDecodeError {
+    /// Zero bytes.
+    #[error(
+        "the update is empty; send a Yjs v1 update (Y.encodeStateAsUpdate or an update event)"
+    )]
+    Empty,
+    /// Not decodable as a Yjs v1 update (garbage, truncated, v2 encoding).
+    #[error("not a Yjs v1 update: {0}")]
+    Malformed(String),
+}
+
+/// Decodes `bytes` as a Yjs v1 update. Never panics.
+pub fn decode_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
+    if bytes.is_empty() {
+        return Err(UpdateDecodeError::Empty);
+    }
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => Ok(update),
+        Ok(Err(err)) => Err(UpdateDecodeError::Malformed(err.to_string())),
+        Err(_) => Err(UpdateDecodeError::Malformed(
+            "the decoder rejected the bytes".to_owned(),
+        )),
+    }
+}
+
+/// Decodes a Yjs v1 state vector. Empty bytes mean the empty state vector
+/// (a client that has nothing). Never panics.
+pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, UpdateDecodeError> {
+    if bytes.is_empty() {
+        return Ok(StateVector::default());
+    }
+    match catch_unwind(|| StateVector::decode_v1(bytes)) {
+        Ok(Ok(sv)) => Ok(sv),
+        Ok(Err(err)) => Err(UpdateDecodeError::Malformed(format!(
+            "not a Yjs v1 state vector: {err}"
+        ))),
+        Err(_) => Err(UpdateDecodeError::Malformed(
+            "not a Yjs v1 state vector".to_owned(),
+        )),
+    }
+}
+
+/// A new empty document configured like every server-side document.
+///
+/// Offsets count UTF-16 code units, as JavaScript clients do; it only matters
+/// for code that edits text on the server (tests, migrations).
+pub fn new_doc() -> Doc {
+    Doc::with_options(Options {
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
+/// The result of applying an update to a [`DocState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The document gained something (insertions, deletions or pending
+    /// structures): the update must be logged.
+    Changed,
+    /// The document already had everything in the update.
+    NoOp,
+}
+
+/// Applying failed; the document may be partially modified and must be
+/// reloaded from storage before further use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("applying the update failed: {0}")]
+pub struct ApplyError(pub String);
+
+/// One loaded document: its `yrs::Doc` plus what compaction and deletion
+/// need to know.
+pub struct DocState {
+    doc: Doc,
+    /// A tombstone was logged for this document.
+    pub deleted: bool,
+    /// Update changes logged since the last snapshot (compaction trigger).
+    pub deltas_since_snapshot: u64,
+    /// Their total payload bytes (compaction trigger).
+    pub delta_bytes_since_snapshot: u64,
+}
+
+impl DocState {
+    /// An empty document that has never been written.
+    pub fn empty() -> Self {
+        Self {
+            doc: new_doc(),
+            deleted: false,
+            deltas_since_snapshot: 0,
+            delta_bytes_since_snapshot: 0,
+        }
+    }
+
+    /// Rebuilds a document from its stored changes (seq order).
+    ///
+    /// Errors: a stored payload that does not decode or apply, which means
+    /// the store is damaged.
+    pub fn load(changes: &[Change]) -> Result<Self, ApplyError> {
+        let mut state = Self::empty();
+        {
+            let mut txn = state.doc.transact_mut();
+            for change in changes {
+                match change.kind {
+                    ChangeKind::Update | ChangeKind::Snapshot => {
+                        let update = decode_update(&change.payload).map_err(|e| {
+                            ApplyError(format!("stored change {} does not decode: {e}", change.seq))
+                        })?;
+                        let applied = catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)));
+                        match applied {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                return Err(ApplyError(format!(
+                                    "stored change {}: {e}",
+                                    change.seq
+                                )))
+                            }
+                            Err(_) => {
+                                return Err(ApplyError(format!(
+                                    "stored change {} panicked yrs",
+                                    change.seq
+                                )))
+                            }
+                        }
+                    }
+                    ChangeKind::Delete => state.deleted = true,
+                }
+                match change.kind {
+                    ChangeKind::Update => {
+                        state.deltas_since_snapshot += 1;
+                        state.delta_bytes_since_snapshot += change.payload.len() as u64;
+                    }
+                    ChangeKind::Snapshot => {
+                        state.deltas_since_snapshot = 0;
+                        state.delta_bytes_since_snapshot = 0;
+                    }
+                    ChangeKind::Delete => {}
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Applies a decoded update and says whether it changed the document.
+    ///
+    /// Errors: [`ApplyError`] if yrs refused or panicked; the document must
+    /// then be dropped and reloaded.
+    pub fn apply(&mut self, update: Update) -> Result<Applied, ApplyError> {
+        let mut txn = self.doc.transact_mut();
+        let before = Fingerprint::of(&txn);
+        let result = catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApplyError(e.to_string())),
+            Err(_) => return Err(ApplyError("yrs panicked while applying".to_owned())),
+        }
+        // yrs may integrate a block whose own clock range leaves a gap (its
+        // origins are known), so the state vector alone does not show every
+        // insertion: the transaction's insert and delete sets do.
+        let touched = !txn.insert_set().is_empty() || !txn.delete_set().is_empty();
+        let after = Fingerprint::of(&txn);
+        Ok(if touched || before != after {
+            Applied::Changed
+        } else {
+            Applied::NoOp
+        })
+    }
+
+    /// Records a logged update for the compaction trigger.
+    pub fn note_delta(&mut self, payload_bytes: u64) {
+        self.deltas_since_snapshot += 1;
+        self.delta_bytes_since_snapshot += payload_bytes;
+    }
+
+    /// The whole document as one Yjs v1 update.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// What a client with state vector `sv` lacks, as one Yjs v1 update.
+    pub fn encode_diff(&self, sv: &StateVector) -> Vec<u8> {
+        self.doc.transact().encode_state_as_update_v1(sv)
+    }
+
+    /// The document's state vector.
+    pub fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+
+    /// The underlying document, for reads (tests, migrations).
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+}
+
+/// What changes when an update adds something, except deletions (read from
+/// the transaction's delete set).
+#[derive(PartialEq)]
+struct Fingerprint {
+    state_vector: StateVector,
+    pending: Option<(Vec<u8>, StateVector)>,
+    pending_deletes: Option<Vec<u8>>,
+}
+
+impl Fingerprint {
+    fn of(txn: &yrs::TransactionMut<'_>) -> Self {
+        let store = txn.store();
+        Self {
+            state_vector: txn.state_vector(),
+            pending: store
+                .pending_update()
+                .map(|p| (p.update.encode_v1(), p.missing.clone())),
+            pending_deletes: store.pending_ds().map(|ds| ds.encode_v1()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    fn edit(doc: &Doc, f: impl FnOnce(&mut yrs::TransactionMut<'_>, &yrs::TextRef)) -> Vec<u8> {
+        let text = doc.get_or_insert_text("t");
+        let before = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            f(&mut txn, &text);
+        }
+        doc.transact().encode_state_as_update_v1(&before)
+    }
+
+    fn text_of(state: &DocState) -> String {
+        let text = state.doc().get_or_insert_text("t");
+        text.get_string(&state.doc().transact())
+    }
+
+    /// Retries must be free: the same update twice logs once. A delete-only
+    /// update changes the document even though the state vector does not move.
+    #[test]
+    fn noop_detection_sees_insertions_and_deletions() {
+        let client = Doc::new();
+        let insert = edit(&client, |txn, t| t.insert(txn, 0, "hello"));
+        let delete = edit(&client, |txn, t| t.remove_range(txn, 0, 2));
+        let mut server = DocState::empty();
+        assert_eq!(
+            server.apply(decode_update(&insert).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            server.apply(decode_update(&insert).unwrap()).unwrap(),
+            Applied::NoOp
+        );
+        assert_eq!(
+            server.apply(decode_update(&delete).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            server.apply(decode_update(&delete).unwrap()).unwrap(),
+            Applied::NoOp
+        );
+        assert_eq!(text_of(&server), "llo");
+    }
+
+    /// An update that arrives before its dependency is logged (not a no-op),
+    /// stays pending, and integrates when the dependency arrives.
+    #[test]
+    fn out_of_order_update_is_not_a_noop() {
+        let client = Doc::new();
+        let first = edit(&client, |txn, t| t.insert(txn, 0, "ab"));
+        let second = edit(&client, |txn, t| t.insert(txn, 2, "cd"));
+        let mut server = DocState::empty();
+        assert_eq!(
+            server.apply(decode_update(&second).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(text_of(&server), "");
+        assert_eq!(
+            server.apply(decode_update(&second).unwrap()).unwrap(),
+            Applied::NoOp
+        );
+        assert_eq!(
+            server.apply(decode_update(&first).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(text_of(&server), "abcd");
+    }
+
+    /// Bad bytes are refused with a typed error, never a panic.
+    #[test]
+    fn garbage_and_truncated_updates_are_refused() {
+        assert_eq!(decode_update(&[]).unwrap_err(), UpdateDecodeError::Empty);
+        let client = Doc::new();
+        let update = edit(&client, |txn, t| t.insert(txn, 0, "hello world"));
+        for cut in 1..update.len() {
+            // A truncated update must either fail to decode or, if a prefix
+            // happens to decode, never panic when applied.
+            if let Ok(decoded) = decode_update(&update[..cut]) {
+                let _ = DocState::empty().apply(decoded);
+            }
+        }
+        assert!(decode_update(b"definitely not a yjs update, just text").is_err());
+        assert!(decode_state_vector(&[0xff, 0xff, 0xff]).is_err());
+        assert_eq!(decode_state_vector(&[]).unwrap(), StateVector::default());
+    }
+
+    /// Loading from stored changes reproduces the document and counts the
+    /// deltas since the last snapshot.
+    #[test]
+    fn load_replays_changes_and_counts_deltas() {
+        let client = Doc::new();
+        let a = edit(&client, |txn, t| t.insert(txn, 0, "ab"));
+        let b = edit(&client, |txn, t| t.insert(txn, 2, "c"));
+        let change = |seq, kind, payload: &[u8]| Change {
+            seq,
+            doc: crate::DocId::new("d").unwrap(),
+            kind,
+            payload: payload.to_vec(),
+            schema_version: 1,
+            origin: None,
+        };
+        let state = DocState::load(&[
+            change(1, ChangeKind::Snapshot, &a),
+            change(2, ChangeKind::Update, &b),
+        ])
+        .unwrap();
+        assert_eq!(text_of(&state), "abc");
+        assert_eq!(
+            (
+                state.deltas_since_snapshot,
+                state.delta_bytes_since_snapshot
+            ),
+            (1, b.len() as u64)
+        );
+        assert!(!state.deleted);
+        let state = DocState::load(&[
+            change(1, ChangeKind::Update, &a),
+            change(2, ChangeKind::Delete, &[]),
+        ])
+        .unwrap();
+        assert!(state.deleted);
+        assert!(DocState::load(&[change(1, ChangeKind::Update, b"junk")]).is_err());
+    }
+
+    /// yrs integrates a block whose clock leaves a gap for its client when
+    /// its origins are known: the state vector does not move, yet the text
+    /// changes. Such an update must be logged, not dropped as a no-op.
+    #[test]
+    fn update_with_a_clock_gap_is_not_a_noop() {
+        let client = Doc::new();
+        let a = edit(&client, |txn, t| t.insert(txn, 0, "ok1 "));
+        let _elsewhere = edit(&client, |txn, t| t.insert(txn, 0, "o"));
+        let c = edit(&client, |txn, t| t.insert(txn, 4, "LOST "));
+        let mut server = DocState::empty();
+        assert_eq!(
+            server.apply(decode_update(&a).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            server.apply(decode_update(&c).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            server.apply(decode_update(&c).unwrap()).unwrap(),
+            Applied::NoOp
+        );
+    }
+}
