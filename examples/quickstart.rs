@@ -27,7 +27,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let config = EngineConfig::load(args.config.as_deref())?;
@@ -54,7 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let outcome = engine
             .push(&args.collection, "greeting", update, PushOptions::default())
             .await?;
-        println!("pushed {word:?}: seq {:?}, head {}", outcome.seq, outcome.head);
+        println!(
+            "pushed {word:?}: seq {:?}, head {}",
+            outcome.seq, outcome.head
+        );
     }
 
     let page = engine.changes(&args.collection, start, 100, None).await?;

@@ -1,0 +1,111 @@
+//! Durable ingest: pushes/s with 1 writer versus 64 concurrent writers, on
+//! SQLite and redb with `durability = "immediate"`, and the ratio (the gain
+//! from group commit; BRIEF §10 targets ≥ 10×).
+//!
+//! ```text
+//! cargo run --release --example group_commit            # full run
+//! cargo run --release --example group_commit -- --quick # smaller counts
+//! ```
+//!
+//! Updates are generated before timing starts. Each writer is a simulated
+//! client typing into its own document; 64 writers spread over 16
+//! collections × 4 documents.
+
+use std::time::Instant;
+
+use clap::Parser;
+use seqsync::{BackendKind, Durability, Engine, EngineConfig, PushOptions};
+use yrs::{ReadTxn, Text, Transact};
+
+#[derive(Parser)]
+struct Args {
+    /// Fewer pushes, for a quick look.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// `n` single-character edits typed by one client, as Yjs v1 updates.
+fn typing(client_id: u64, n: usize) -> Vec<Vec<u8>> {
+    let doc = yrs::Doc::with_client_id(client_id);
+    let text = doc.get_or_insert_text("content");
+    (0..n)
+        .map(|i| {
+            let before = doc.transact().state_vector();
+            text.insert(&mut doc.transact_mut(), i as u32, "x");
+            doc.transact().encode_state_as_update_v1(&before)
+        })
+        .collect()
+}
+
+fn engine(kind: BackendKind, dir: &std::path::Path) -> Engine {
+    let mut config = EngineConfig::default();
+    config.storage.backend = kind;
+    config.storage.path = dir.to_path_buf();
+    config.storage.durability = Durability::Immediate;
+    Engine::open(config).expect("open engine")
+}
+
+async fn one_writer(kind: BackendKind, pushes: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(kind, dir.path());
+    let updates = typing(1, pushes);
+    let started = Instant::now();
+    for update in updates {
+        engine
+            .push("solo", "doc", update, PushOptions::default())
+            .await
+            .expect("push");
+    }
+    let rate = pushes as f64 / started.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    rate
+}
+
+async fn many_writers(kind: BackendKind, writers: usize, per_writer: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine(kind, dir.path());
+    let work: Vec<Vec<Vec<u8>>> = (0..writers).map(|w| typing(100 + w as u64, per_writer)).collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = work
+        .into_iter()
+        .enumerate()
+        .map(|(w, updates)| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let collection = format!("c{}", w % 16);
+                let doc = format!("d{}", w / 16);
+                for update in updates {
+                    engine
+                        .push(&collection, &doc, update, PushOptions::default())
+                        .await
+                        .expect("push");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let rate = (writers * per_writer) as f64 / started.elapsed().as_secs_f64();
+    engine.shutdown().await;
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let (solo, per_writer) = if args.quick { (200, 20) } else { (2_000, 200) };
+    println!("durable pushes/s, durability = immediate, 2 cores");
+    println!("{:<8} {:>14} {:>16} {:>8}", "backend", "1 writer", "64 writers", "ratio");
+    for kind in [BackendKind::Sqlite, BackendKind::Redb] {
+        let single = one_writer(kind, solo).await;
+        let many = many_writers(kind, 64, per_writer).await;
+        println!(
+            "{:<8} {:>14.0} {:>16.0} {:>7.1}x",
+            format!("{kind:?}").to_lowercase(),
+            single,
+            many,
+            many / single
+        );
+    }
+}
