@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example group_commit            # full run
 //! cargo run --release --example group_commit -- --quick # smaller counts
+//! cargo run --release --example group_commit -- --backends memory --durability eventual
 //! ```
 //!
 //! Updates are generated before timing starts. Each writer is a simulated
@@ -22,6 +23,12 @@ struct Args {
     /// Fewer pushes, for a quick look.
     #[arg(long)]
     quick: bool,
+    /// Backends to measure, comma-separated: sqlite, redb, memory.
+    #[arg(long, default_value = "sqlite,redb", value_delimiter = ',')]
+    backends: Vec<String>,
+    /// Durability: immediate (fsync per commit group) or eventual.
+    #[arg(long, default_value = "immediate")]
+    durability: String,
 }
 
 /// `n` single-character edits typed by one client, as Yjs v1 updates.
@@ -37,17 +44,17 @@ fn typing(client_id: u64, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn engine(kind: BackendKind, dir: &std::path::Path) -> Engine {
+fn engine(kind: BackendKind, durability: Durability, dir: &std::path::Path) -> Engine {
     let mut config = EngineConfig::default();
     config.storage.backend = kind;
     config.storage.path = dir.to_path_buf();
-    config.storage.durability = Durability::Immediate;
+    config.storage.durability = durability;
     Engine::open(config).expect("open engine")
 }
 
-async fn one_writer(kind: BackendKind, pushes: usize) -> f64 {
+async fn one_writer(kind: BackendKind, durability: Durability, pushes: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(kind, dir.path());
+    let engine = engine(kind, durability, dir.path());
     let updates = typing(1, pushes);
     let started = Instant::now();
     for update in updates {
@@ -61,10 +68,17 @@ async fn one_writer(kind: BackendKind, pushes: usize) -> f64 {
     rate
 }
 
-async fn many_writers(kind: BackendKind, writers: usize, per_writer: usize) -> f64 {
+async fn many_writers(
+    kind: BackendKind,
+    durability: Durability,
+    writers: usize,
+    per_writer: usize,
+) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = engine(kind, dir.path());
-    let work: Vec<Vec<Vec<u8>>> = (0..writers).map(|w| typing(100 + w as u64, per_writer)).collect();
+    let engine = engine(kind, durability, dir.path());
+    let work: Vec<Vec<Vec<u8>>> = (0..writers)
+        .map(|w| typing(100 + w as u64, per_writer))
+        .collect();
     let started = Instant::now();
     let tasks: Vec<_> = work
         .into_iter()
@@ -95,11 +109,29 @@ async fn many_writers(kind: BackendKind, writers: usize, per_writer: usize) -> f
 async fn main() {
     let args = Args::parse();
     let (solo, per_writer) = if args.quick { (200, 20) } else { (2_000, 200) };
-    println!("durable pushes/s, durability = immediate, 2 cores");
-    println!("{:<8} {:>14} {:>16} {:>8}", "backend", "1 writer", "64 writers", "ratio");
-    for kind in [BackendKind::Sqlite, BackendKind::Redb] {
-        let single = one_writer(kind, solo).await;
-        let many = many_writers(kind, 64, per_writer).await;
+    let durability: Durability = match args.durability.as_str() {
+        "immediate" => Durability::Immediate,
+        "eventual" => Durability::Eventual,
+        other => panic!("unknown durability {other:?}: use immediate or eventual"),
+    };
+    println!(
+        "pushes/s, durability = {}, {} cores",
+        args.durability,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<8} {:>14} {:>16} {:>8}",
+        "backend", "1 writer", "64 writers", "ratio"
+    );
+    for name in &args.backends {
+        let kind = match name.as_str() {
+            "sqlite" => BackendKind::Sqlite,
+            "redb" => BackendKind::Redb,
+            "memory" => BackendKind::Memory,
+            other => panic!("unknown backend {other:?}: use sqlite, redb or memory"),
+        };
+        let single = one_writer(kind, durability, solo).await;
+        let many = many_writers(kind, durability, 64, per_writer).await;
         println!(
             "{:<8} {:>14.0} {:>16.0} {:>7.1}x",
             format!("{kind:?}").to_lowercase(),
