@@ -25,7 +25,7 @@
 //! error and the actor stops; the registry starts a fresh one (loaded from
 //! storage) on the next call. actix would not restart it by itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,14 +33,16 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use seqsync_engine::{
     decode_update, now_ms, Applied, Change, ChangeKind, CollectionMeta, CollectionName,
-    CollectionWrite, DocId, DocState, Epoch, PeerId, PeerRecord, Seq, StorageError, WriteBase,
-    WriteError,
+    CollectionWrite, CompactionPlan, DocId, DocState, Epoch, PeerId, PeerRecord, Seq, StorageError,
+    WriteBase, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
 use yrs::StateVector;
 
+use crate::compactor::PlanCompaction;
 use crate::context::Shared;
 use crate::metrics as m;
+use crate::types::CompactionSummary;
 use crate::writer::{SubmitError, WriteRequest};
 
 /// Schema version given to a collection created by a push (migrations will
@@ -131,6 +133,27 @@ impl Message for CachedRead {
     type Result = Option<CachedDoc>;
 }
 
+pub(crate) type CompactReply = oneshot::Receiver<Result<CompactionSummary, WriteError>>;
+
+/// Compact every document now (peer-gated like automatic compaction);
+/// answered when every resulting compaction is committed.
+#[derive(Clone)]
+pub(crate) struct CompactNow;
+
+impl Message for CompactNow {
+    type Result = CompactReply;
+}
+
+/// From the read pool: the documents a `CompactNow` run covers.
+struct CompactDocuments {
+    run: u64,
+    docs: Result<Vec<DocId>, StorageError>,
+}
+
+impl Message for CompactDocuments {
+    type Result = ();
+}
+
 /// From the writer: the oldest in-flight write was committed (or not).
 struct CommitDone {
     ticket: u64,
@@ -197,7 +220,16 @@ struct Inflight {
     ticket: u64,
     /// Appended changes, for subscribers once committed.
     changes: Vec<Change>,
+    /// The document compaction this write commits, if any.
+    compaction: Option<(DocId, CompactionPlan)>,
     waiters: Vec<Waiter>,
+}
+
+/// A `CompactNow` call waiting for its documents.
+struct ManualRun {
+    remaining: usize,
+    summary: CompactionSummary,
+    tx: oneshot::Sender<Result<CompactionSummary, WriteError>>,
 }
 
 pub(crate) struct CollectionActor {
@@ -216,6 +248,11 @@ pub(crate) struct CollectionActor {
     broken: bool,
     subscribers: Vec<mpsc::Sender<Arc<[Change]>>>,
     last_active: Instant,
+    /// Documents with a compaction planned or in flight, and the manual runs
+    /// waiting for it.
+    compacting: HashMap<DocId, Vec<u64>>,
+    manual_runs: HashMap<u64, ManualRun>,
+    next_run: u64,
 }
 
 /// What a load brings back from storage.
@@ -239,6 +276,9 @@ impl CollectionActor {
             broken: false,
             subscribers: Vec::new(),
             last_active: Instant::now(),
+            compacting: HashMap::new(),
+            manual_runs: HashMap::new(),
+            next_run: 0,
         }
     }
 
@@ -357,7 +397,7 @@ impl CollectionActor {
             self.answer_after_inflight(waiter);
             return;
         }
-        self.submit(ctx, plan.write, vec![waiter], plan.permit);
+        self.submit(ctx, plan.write, None, vec![waiter], plan.permit);
     }
 
     /// Validates, applies to memory and assigns seqs. On error nothing is
@@ -489,6 +529,7 @@ impl CollectionActor {
         &mut self,
         ctx: &mut Context<Self>,
         write: CollectionWrite,
+        compaction: Option<(DocId, CompactionPlan)>,
         waiters: Vec<Waiter>,
         permit: crate::writer::Permit,
     ) {
@@ -506,6 +547,7 @@ impl CollectionActor {
         self.inflight.push_back(Inflight {
             ticket,
             changes,
+            compaction,
             waiters,
         });
     }
@@ -582,10 +624,10 @@ impl CollectionActor {
             compact: Vec::new(),
             peers: vec![record],
         };
-        self.submit(ctx, write, vec![Waiter::Ack { tx, acked }], permit);
+        self.submit(ctx, write, None, vec![Waiter::Ack { tx, acked }], permit);
     }
 
-    fn commit_done(&mut self, msg: CommitDone) {
+    fn commit_done(&mut self, ctx: &mut Context<Self>, msg: CommitDone) {
         let Some(front) = self.inflight.pop_front() else {
             tracing::error!(collection = %self.name, ticket = msg.ticket, "commit reported with nothing in flight");
             self.mark_broken();
@@ -609,6 +651,10 @@ impl CollectionActor {
                 }
             }
         }
+        let compacted = msg.result.is_ok();
+        if let Some((doc, plan)) = front.compaction.as_ref() {
+            self.finish_compaction(doc, compacted.then_some(plan));
+        }
         match msg.result {
             Ok(()) => {
                 let head = match (self.state.as_mut(), front.changes.last()) {
@@ -625,7 +671,12 @@ impl CollectionActor {
                 };
                 front.waiters.into_iter().for_each(|w| w.succeed(head));
                 if !self.broken && !front.changes.is_empty() {
+                    let touched: HashSet<DocId> =
+                        front.changes.iter().map(|c| c.doc.clone()).collect();
                     self.broadcast(front.changes);
+                    for doc in touched {
+                        self.maybe_compact(ctx, doc);
+                    }
                 }
             }
             Err(err) => {
@@ -658,6 +709,10 @@ impl CollectionActor {
             self.unload_documents();
             self.state = None;
             self.doc_inflight.clear();
+            let pending: Vec<DocId> = self.compacting.keys().cloned().collect();
+            for doc in pending {
+                self.finish_compaction(&doc, None);
+            }
             self.broken = false;
         }
     }
@@ -665,6 +720,155 @@ impl CollectionActor {
     fn unload_documents(&mut self) {
         metrics::gauge!(m::LOADED_DOCUMENTS).decrement(self.docs.len() as f64);
         self.docs.clear();
+    }
+
+    /// Starts a compaction of `doc` if its deltas crossed a threshold (or it
+    /// was just deleted) and none is under way.
+    fn maybe_compact(&mut self, ctx: &mut Context<Self>, doc: DocId) {
+        let limits = &self.shared.config.compaction;
+        let due = self.docs.get(&doc).is_some_and(|d| {
+            d.deleted
+                || d.deltas_since_snapshot >= limits.max_deltas
+                || d.delta_bytes_since_snapshot >= limits.max_delta_bytes
+        });
+        if due && !self.compacting.contains_key(&doc) {
+            self.start_compaction(ctx, doc, None);
+        }
+    }
+
+    /// The highest seq compaction may cover: the lowest ack among active
+    /// peers (they keep receiving small deltas), else the committed head.
+    fn compaction_cutoff(&self) -> Seq {
+        let Some(state) = self.state.as_ref() else {
+            return 0;
+        };
+        let timeout_ms = self
+            .shared
+            .config
+            .compaction
+            .peer_timeout_secs
+            .saturating_mul(1000);
+        let now = now_ms();
+        state
+            .peers
+            .values()
+            .filter(|p| now.saturating_sub(p.last_seen_ms) <= timeout_ms)
+            .map(|p| p.acked)
+            .min()
+            .map_or(state.committed_head, |acked| {
+                acked.min(state.committed_head)
+            })
+    }
+
+    /// Asks the compactor for a plan; the answer comes back to
+    /// `compaction_planned` while the actor keeps serving.
+    fn start_compaction(&mut self, ctx: &mut Context<Self>, doc: DocId, run: Option<u64>) {
+        if let Some(runs) = self.compacting.get_mut(&doc) {
+            // One compaction per document at a time; a manual run waits for
+            // the one under way.
+            runs.extend(run);
+            return;
+        }
+        let Some(state) = self.state.as_ref() else {
+            if let Some(run) = run {
+                self.run_step(run, None);
+            }
+            return;
+        };
+        self.compacting
+            .insert(doc.clone(), run.into_iter().collect());
+        let request = PlanCompaction {
+            collection: self.name.clone(),
+            doc: doc.clone(),
+            cutoff: self.compaction_cutoff(),
+            schema_version: state.schema_version,
+        };
+        let planned = self.shared.compactor.send(request);
+        ctx.spawn(planned.into_actor(self).map(move |result, act, ctx| {
+            let result = result.unwrap_or_else(|_| {
+                Err(StorageError::backend(
+                    "engine",
+                    "compacting",
+                    "the compactor is gone",
+                ))
+            });
+            act.guarded(ctx, |act, ctx| act.compaction_planned(ctx, doc, result));
+        }));
+    }
+
+    fn compaction_planned(
+        &mut self,
+        ctx: &mut Context<Self>,
+        doc: DocId,
+        result: Result<Option<CompactionPlan>, StorageError>,
+    ) {
+        let plan = match result {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return self.finish_compaction(&doc, None),
+            Err(err) => {
+                tracing::warn!(collection = %self.name, %doc, error = %err, "compaction not planned");
+                return self.finish_compaction(&doc, None);
+            }
+        };
+        let (Some(state), false) = (self.state.as_mut(), self.broken) else {
+            return self.finish_compaction(&doc, None);
+        };
+        let Ok(permit) = self.shared.writer.reserve() else {
+            return self.finish_compaction(&doc, None);
+        };
+        let Ok((base, epoch)) = base_for(state) else {
+            return self.finish_compaction(&doc, None);
+        };
+        state.epoch = Some(epoch);
+        let write = CollectionWrite {
+            collection: self.name.clone(),
+            base,
+            append: Vec::new(),
+            compact: vec![plan.compaction.clone()],
+            peers: Vec::new(),
+        };
+        self.submit(ctx, write, Some((doc, plan)), Vec::new(), permit);
+    }
+
+    /// A document's compaction is over: committed (`Some`) or abandoned.
+    fn finish_compaction(&mut self, doc: &DocId, committed: Option<&CompactionPlan>) {
+        let runs = self.compacting.remove(doc).unwrap_or_default();
+        if let Some(plan) = committed {
+            if let Some(state) = self.docs.get_mut(doc) {
+                state.deltas_since_snapshot = state
+                    .deltas_since_snapshot
+                    .saturating_sub(plan.deltas_removed);
+                state.delta_bytes_since_snapshot = state
+                    .delta_bytes_since_snapshot
+                    .saturating_sub(plan.bytes_before);
+            }
+            metrics::counter!(m::COMPACTIONS).increment(1);
+            metrics::counter!(m::BYTES_RECLAIMED)
+                .increment(plan.bytes_before.saturating_sub(plan.bytes_after));
+        }
+        for run in runs {
+            self.run_step(run, committed);
+        }
+    }
+
+    /// One document of a manual run is done.
+    fn run_step(&mut self, run: u64, committed: Option<&CompactionPlan>) {
+        let Some(entry) = self.manual_runs.get_mut(&run) else {
+            return;
+        };
+        if let Some(plan) = committed {
+            entry.summary.documents_compacted += 1;
+            entry.summary.changes_removed += plan.changes_removed;
+            entry.summary.deltas_removed += plan.deltas_removed;
+            entry.summary.bytes_before += plan.bytes_before;
+            entry.summary.bytes_after += plan.bytes_after;
+        }
+        entry.remaining = entry.remaining.saturating_sub(1);
+        if entry.remaining == 0 {
+            if let Some(done) = self.manual_runs.remove(&run) {
+                let _ = done.tx.send(Ok(done.summary));
+            }
+        }
     }
 
     fn cached_read(&self, msg: CachedRead) -> Option<CachedDoc> {
@@ -879,6 +1083,78 @@ impl Handler<CommitDone> for CollectionActor {
     type Result = ();
 
     fn handle(&mut self, msg: CommitDone, ctx: &mut Context<Self>) {
-        self.guarded(ctx, |act, _| act.commit_done(msg));
+        self.guarded(ctx, |act, ctx| act.commit_done(ctx, msg));
+    }
+}
+
+impl Handler<CompactNow> for CollectionActor {
+    type Result = AtomicResponse<Self, CompactReply>;
+
+    fn handle(&mut self, _msg: CompactNow, _ctx: &mut Context<Self>) -> Self::Result {
+        self.with_loaded(&[], move |act, ctx, loaded| {
+            let (tx, rx) = oneshot::channel();
+            if let Err(err) = loaded {
+                let _ = tx.send(Err(WriteError::Storage(err)));
+                return rx;
+            }
+            let run = act.next_run;
+            act.next_run += 1;
+            act.manual_runs.insert(
+                run,
+                ManualRun {
+                    remaining: 0,
+                    summary: CompactionSummary::default(),
+                    tx,
+                },
+            );
+            // The document list comes from storage (every document, loaded
+            // or not), off the arbiter.
+            let shared = act.shared.clone();
+            let name = act.name.clone();
+            let addr = ctx.address();
+            actix::spawn(async move {
+                let docs = shared
+                    .read(move |storage| {
+                        Ok(storage
+                            .documents(&name)?
+                            .into_iter()
+                            .map(|d| d.doc)
+                            .collect())
+                    })
+                    .await;
+                addr.do_send(CompactDocuments { run, docs });
+            });
+            rx
+        })
+    }
+}
+
+impl Handler<CompactDocuments> for CollectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CompactDocuments, ctx: &mut Context<Self>) {
+        let docs = match msg.docs {
+            Ok(docs) => docs,
+            Err(err) => {
+                if let Some(run) = self.manual_runs.remove(&msg.run) {
+                    let _ = run.tx.send(Err(WriteError::Storage(err)));
+                }
+                return;
+            }
+        };
+        if docs.is_empty() {
+            if let Some(run) = self.manual_runs.remove(&msg.run) {
+                let _ = run.tx.send(Ok(run.summary));
+            }
+            return;
+        }
+        if let Some(run) = self.manual_runs.get_mut(&msg.run) {
+            run.remaining = docs.len();
+        }
+        self.guarded(ctx, |act, ctx| {
+            for doc in docs {
+                act.start_compaction(ctx, doc, Some(msg.run));
+            }
+        });
     }
 }

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use seqsync_engine::{EngineConfig, Storage, StorageError};
 
+use actix::Addr;
+
+use crate::compactor::Compactor;
 use crate::pool::{BlockingPool, PoolError};
 use crate::registry::Registry;
 use crate::writer::Writer;
@@ -15,6 +18,7 @@ pub(crate) struct Shared {
     pub(crate) writer: Writer,
     pub(crate) pool: BlockingPool,
     pub(crate) registry: Registry,
+    pub(crate) compactor: Addr<Compactor>,
 }
 
 impl Shared {

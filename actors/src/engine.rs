@@ -28,19 +28,23 @@ use seqsync_engine::{
 use tokio::sync::oneshot;
 
 use crate::collection::{
-    Ack, CachedDoc, CachedRead, CollectionActor, Grant, Subscribe, Write, WriteDone, WriteOp,
+    Ack, CachedDoc, CachedRead, CollectionActor, CompactNow, Grant, Subscribe, Write, WriteDone,
+    WriteOp,
 };
+use crate::compactor::Compactor;
 use crate::context::Shared;
 use crate::metrics as m;
 use crate::pool::BlockingPool;
 use crate::registry::Registry;
 use crate::subscription::{self, Subscription};
 use crate::types::{
-    BatchOutcome, ChangesPage, CollectionRecovery, DeleteOutcome, DocumentState, PeerInfo,
-    PushOptions, PushOutcome, Recovery,
+    BatchOutcome, ChangesPage, CollectionRecovery, CompactionSummary, DeleteOutcome, DocumentState,
+    PeerInfo, PushOptions, PushOutcome, Recovery,
 };
 use crate::writer::Writer;
 
+/// Threads merging compactions.
+const COMPACTOR_THREADS: usize = 1;
 /// Threads in the blocking read pool.
 const READ_THREADS: usize = 4;
 /// Writes queued for the writer, at most, across all collections.
@@ -88,15 +92,23 @@ impl Engine {
             .map_or(2, |n| n.get())
             .clamp(1, 16);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let compactor_storage = storage.clone();
         let thread = std::thread::Builder::new()
             .name("seqsync-actix".to_owned())
             .spawn(move || {
                 let system = actix::System::new();
                 let handles: Vec<actix::Arbiter> =
                     (0..arbiters).map(|_| actix::Arbiter::new()).collect();
+                // Merges are CPU-bound and read storage: their own thread.
+                let compactor = system.block_on(async move {
+                    actix::SyncArbiter::start(COMPACTOR_THREADS, move || {
+                        Compactor::new(compactor_storage.clone())
+                    })
+                });
                 let _ = started_tx.send((
                     actix::System::current(),
                     handles.iter().map(|a| a.handle()).collect::<Vec<_>>(),
+                    compactor,
                 ));
                 let _ = system.run();
                 for arbiter in handles {
@@ -105,7 +117,7 @@ impl Engine {
                 }
             })
             .map_err(runtime_error)?;
-        let (system, arbiter_handles) = started_rx
+        let (system, arbiter_handles, compactor) = started_rx
             .recv()
             .map_err(|_| OpenError::Runtime("the actix thread died while starting".to_owned()))?;
         let writer =
@@ -118,6 +130,7 @@ impl Engine {
             writer,
             pool,
             registry: Registry::new(arbiter_handles),
+            compactor,
         });
         Ok(Self {
             inner: Arc::new(Inner {
@@ -530,6 +543,24 @@ impl Engine {
             })
             .await?;
         Ok(recovery)
+    }
+
+    /// Compacts the collection now, with the same peer-gated logic as the
+    /// automatic compactor (documents are merged up to the lowest seq acked by
+    /// every active peer, or up to head without active peers; tombstoned
+    /// documents lose everything before their tombstone). Answers when every
+    /// resulting compaction is committed; running it again right after changes
+    /// nothing. Pushes continue meanwhile. Errors: `InvalidName`, `Storage`.
+    pub async fn compact(&self, collection: &str) -> Result<CompactionSummary, WriteError> {
+        self.check_open().map_err(|_| WriteError::ShuttingDown)?;
+        let name = CollectionName::new(collection)?;
+        let reply =
+            self.inner.send(&name, CompactNow).await.map_err(|_| {
+                WriteError::Internal("the collection actor is gone; retry".to_owned())
+            })?;
+        reply
+            .await
+            .map_err(|_| WriteError::Internal("the collection actor restarted; retry".to_owned()))?
     }
 
     /// Stops the engine: refuses new calls, waits until every queued write is

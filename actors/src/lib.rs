@@ -5,6 +5,7 @@
 //!   runtime; reads that need no actor.
 //! - `registry`: one actor per collection in use, started on demand.
 //! - `collection`: `CollectionActor`, the single writer of a collection.
+//! - `compactor`: merges deltas into snapshots on its own thread.
 //! - `writer`: the storage writer thread that group-commits.
 //! - `subscription`: the stored-then-live change stream.
 //! - `pool`: threads for blocking storage reads.
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod collection;
+mod compactor;
 mod context;
 mod engine;
 pub mod metrics;
@@ -28,6 +30,6 @@ mod writer;
 pub use crate::engine::Engine;
 pub use crate::subscription::Subscription;
 pub use crate::types::{
-    BatchOutcome, ChangesPage, CollectionRecovery, DeleteOutcome, DocumentState, PeerInfo,
-    PushOptions, PushOutcome, Recovery, StreamEvent,
+    BatchOutcome, ChangesPage, CollectionRecovery, CompactionSummary, DeleteOutcome, DocumentState,
+    PeerInfo, PushOptions, PushOutcome, Recovery, StreamEvent,
 };

@@ -116,3 +116,18 @@ pub struct PeerInfo {
     /// Seen within `peer_timeout_secs`.
     pub active: bool,
 }
+
+/// What a `compact` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionSummary {
+    /// Documents whose history was replaced.
+    pub documents_compacted: u64,
+    /// Update and snapshot changes removed (replaced by one snapshot each).
+    pub changes_removed: u64,
+    /// Of which updates (deltas).
+    pub deltas_removed: u64,
+    /// Payload bytes of the removed changes.
+    pub bytes_before: u64,
+    /// Payload bytes of the snapshots that replaced them.
+    pub bytes_after: u64,
+}

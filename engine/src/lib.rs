@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod change;
+mod compaction;
 mod config;
 mod error;
 mod name;
@@ -22,6 +23,7 @@ mod yjs;
 pub use change::{
     now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
 };
+pub use compaction::{plan_compaction, CompactionPlan};
 pub use config::{
     ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
     ServerConfig, StorageConfig, ENV_PREFIX,
