@@ -877,6 +877,11 @@ impl CollectionActor {
             return None;
         }
         let doc = self.docs.get(&msg.doc)?;
+        if doc.has_pending() {
+            // The encoding leaves pending structures out; storage knows
+            // which cursor re-delivers them.
+            return None;
+        }
         if doc.deleted {
             return Some(CachedDoc::Deleted);
         }

@@ -484,7 +484,7 @@ impl Engine {
                     Some(sv) => state.encode_diff(sv),
                     None => state.encode_state(),
                 };
-                Ok(Ok((update, head)))
+                Ok(Ok((update, served_cursor(&state, &changes, head))))
             })
             .await?;
         result
@@ -537,6 +537,7 @@ impl Engine {
                         Some(sv) => state.encode_diff(sv),
                         None => state.encode_state(),
                     };
+                    recovery.cursor = recovery.cursor.min(served_cursor(&state, &changes, head));
                     recovery.documents.push((info.doc, update));
                 }
                 Ok(recovery)
@@ -595,6 +596,26 @@ impl Engine {
             Ok(())
         }
     }
+}
+
+/// The cursor a document read may answer with. Normally the head read before
+/// the document. If yrs holds pending structures, the encoded state leaves
+/// them out (see `DocState::encode_state`), so the cursor is lowered to just
+/// before the document's first update after its last snapshot (snapshots never
+/// hold pending structures): streaming from there re-delivers the pending
+/// updates, and Yjs applies the rest of the overlap idempotently.
+fn served_cursor(state: &DocState, changes: &[seqsync_engine::Change], head: Seq) -> Seq {
+    if !state.has_pending() {
+        return head;
+    }
+    let after_snapshot = changes
+        .iter()
+        .rposition(|c| c.kind == seqsync_engine::ChangeKind::Snapshot)
+        .map_or(0, |i| i + 1);
+    changes[after_snapshot..]
+        .iter()
+        .find(|c| c.kind == seqsync_engine::ChangeKind::Update)
+        .map_or(head, |c| c.seq.saturating_sub(1).min(head))
 }
 
 fn load_doc(

@@ -13,8 +13,9 @@
 //! transaction and encodes its state: it costs about one replay of the
 //! deltas, and the garbage-collected state is far smaller than a
 //! `merge_updates` of the raw deltas (which also keeps deleted content and is
-//! quadratic over long histories). Pending structures (an update whose
-//! dependency is not covered) are kept: yrs includes them in the encoding.
+//! quadratic over long histories). A document whose covered changes leave
+//! pending structures (an update whose dependency is not covered) is not
+//! compacted until they resolve, because yrs cannot encode them losslessly.
 
 use crate::change::{Change, ChangeKind, Seq};
 use crate::name::DocId;
@@ -78,6 +79,13 @@ pub fn plan_compaction(
         None => {
             let owned: Vec<Change> = covered.iter().map(|c| (*c).clone()).collect();
             let state = DocState::load(&owned)?;
+            if state.has_pending() {
+                // Some covered update waits for a dependency that is not
+                // covered; yrs cannot encode that losslessly (see
+                // `DocState::encode_state`). Keep the deltas until it
+                // resolves: a later compaction will cover it.
+                return Ok(None);
+            }
             (last.seq, Some(state.encode_state()))
         }
     };
