@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use seqsync::{BackendKind, Durability, Engine, EngineConfig, PushOptions};
-use yrs::{ReadTxn, Text, Transact};
+use yrs::{Text, Transact};
 
 #[derive(Parser)]
 struct Args {
@@ -37,9 +37,9 @@ fn typing(client_id: u64, n: usize) -> Vec<Vec<u8>> {
     let text = doc.get_or_insert_text("content");
     (0..n)
         .map(|i| {
-            let before = doc.transact().state_vector();
-            text.insert(&mut doc.transact_mut(), i as u32, "x");
-            doc.transact().encode_state_as_update_v1(&before)
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, i as u32, "x");
+            txn.encode_update_v1()
         })
         .collect()
 }

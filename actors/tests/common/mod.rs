@@ -72,13 +72,12 @@ impl Client {
         self.change(|txn, text| text.remove_range(txn, index, len))
     }
 
+    /// Runs `f` in one transaction and returns that transaction's update,
+    /// as a Yjs client's `update` event would carry it.
     fn change(&self, f: impl FnOnce(&mut yrs::TransactionMut<'_>, &TextRef)) -> Vec<u8> {
-        let before = self.doc.transact().state_vector();
-        {
-            let mut txn = self.doc.transact_mut();
-            f(&mut txn, &self.text);
-        }
-        self.doc.transact().encode_state_as_update_v1(&before)
+        let mut txn = self.doc.transact_mut();
+        f(&mut txn, &self.text);
+        txn.encode_update_v1()
     }
 
     /// A random edit (insert or delete) and its update.

@@ -1,0 +1,93 @@
+//! Loading the editing traces of `../shared/traces` (CC BY 4.0: Joseph
+//! Gentle; Martin Kleppmann for automerge-paper) as Yjs v1 updates.
+//!
+//! A trace is replayed into a `yrs::Doc` with UTF-16 offsets (the trace's
+//! positions count code points; no trace leaves the BMP) and each transaction
+//! becomes one update, as a client would push it.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use yrs::{Text, Transact};
+
+/// A sequential trace turned into updates.
+pub struct Trace {
+    pub name: String,
+    pub updates: Vec<Vec<u8>>,
+    pub end_content: String,
+}
+
+/// `../shared/traces` relative to the workspace root (override with
+/// `SEQSYNC_TRACES_DIR`... not a config key, so named `TRACES_DIR`).
+pub fn traces_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("TRACES_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces")
+}
+
+/// Loads `<name>.json.gz` and replays it into updates.
+pub fn load(name: &str) -> Trace {
+    let path = traces_dir().join(format!("{name}.json.gz"));
+    let file =
+        std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut json)
+        .unwrap_or_else(|e| panic!("gunzip {}: {e}", path.display()));
+    let value: serde_json::Value = serde_json::from_str(&json).expect("trace JSON");
+    let end_content = value["endContent"].as_str().expect("endContent").to_owned();
+    let doc = yrs::Doc::with_options(yrs::Options {
+        client_id: yrs::block::ClientID::new(1),
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..yrs::Options::default()
+    });
+    let text = doc.get_or_insert_text("content");
+    let start = value["startContent"].as_str().unwrap_or("");
+    let mut updates = Vec::new();
+    if !start.is_empty() {
+        let mut t = doc.transact_mut();
+        text.insert(&mut t, 0, start);
+        updates.push(t.encode_update_v1());
+    }
+    for txn in value["txns"].as_array().expect("txns") {
+        {
+            let mut t = doc.transact_mut();
+            for patch in txn["patches"].as_array().expect("patches") {
+                let pos = patch[0].as_u64().expect("pos") as u32;
+                let del = patch[1].as_u64().expect("del") as u32;
+                let ins = patch[2].as_str().expect("ins");
+                if del > 0 {
+                    text.remove_range(&mut t, pos, del);
+                }
+                if !ins.is_empty() {
+                    text.insert(&mut t, pos, ins);
+                }
+            }
+            // Only what this transaction did, as a client's update event.
+            updates.push(t.encode_update_v1());
+        }
+    }
+    Trace {
+        name: name.to_owned(),
+        updates,
+        end_content,
+    }
+}
+
+/// Text of the trace's document after applying `updates` to a bare doc.
+pub fn text_of_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use yrs::updates::decoder::Decode;
+    use yrs::GetString;
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("content");
+    for update in updates {
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(update).expect("update"))
+            .expect("apply");
+    }
+    let out = text.get_string(&doc.transact());
+    out
+}
