@@ -22,7 +22,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use seqsync_engine::{CollectionWrite, Seq, Storage, StorageError, WriteBase, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +34,11 @@ const MAX_GROUP_REQUESTS: usize = 4096;
 /// Most payload bytes merged into one commit (a larger single request still
 /// commits alone).
 const MAX_GROUP_BYTES: usize = 64 << 20;
+
+/// Longest a group waits for stragglers (see `run`).
+const MAX_LINGER: Duration = Duration::from_micros(500);
+/// Sleep between looks at the queue while lingering.
+const LINGER_STEP: Duration = Duration::from_micros(20);
 
 /// Called once with the outcome of the commit that carried a request.
 pub(crate) type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
@@ -127,25 +132,49 @@ impl Writer {
 
 fn run(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<WriterMsg>) {
     let mut flushes = Vec::new();
+    // What the previous group looked like, to decide whether to linger.
+    let mut last_group_size = 0usize;
+    let mut last_commit = Duration::ZERO;
     while let Some(first) = rx.blocking_recv() {
         let mut group = Vec::new();
         let mut bytes = 0usize;
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Write(request) => {
-                    bytes += request_bytes(&request);
-                    group.push(request);
+        let gathering = Instant::now();
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Write(request) => {
+                        bytes += request_bytes(&request);
+                        group.push(request);
+                    }
+                    WriterMsg::Flush(done) => flushes.push(done),
                 }
-                WriterMsg::Flush(done) => flushes.push(done),
+                if group.len() >= MAX_GROUP_REQUESTS || bytes >= MAX_GROUP_BYTES {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
-            if group.len() >= MAX_GROUP_REQUESTS || bytes >= MAX_GROUP_BYTES {
+            // Linger: when the last group was large and this one is still
+            // small, its writers are on their way back (they were just
+            // acknowledged). Committing now would split them into a group of
+            // one and a group of the rest, each paying a full fsync. Wait a
+            // little, bounded by half the last commit's duration, never more
+            // than MAX_LINGER. A lone writer (last group of 1) never waits.
+            let budget = (last_commit / 2).min(MAX_LINGER);
+            let want_more = group.len() * 2 <= last_group_size
+                && group.len() < MAX_GROUP_REQUESTS
+                && bytes < MAX_GROUP_BYTES;
+            if !want_more || gathering.elapsed() >= budget {
                 break;
             }
+            std::thread::sleep(LINGER_STEP);
             next = rx.try_recv().ok();
         }
         if !group.is_empty() {
+            last_group_size = group.len();
+            let started = Instant::now();
             commit_group(&*storage, group);
+            last_commit = started.elapsed();
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
