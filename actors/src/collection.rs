@@ -384,7 +384,7 @@ impl CollectionActor {
         let plan = match self.plan_write(msg) {
             Ok(plan) => plan,
             Err(err) => {
-                metrics::counter!(m::ERRORS, "kind" => err.code()).increment(1);
+                // Counted in `seqsync_errors_total` by the engine handle.
                 let _ = tx.send(Err(err));
                 return;
             }

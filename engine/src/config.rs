@@ -156,12 +156,19 @@ impl Default for ActorsConfig {
 pub struct ServerConfig {
     /// Socket address to listen on; default `127.0.0.1:8787`.
     pub listen: String,
+    /// Bearer token that grants reads (`Authorization: Bearer <token>`);
+    /// empty (the default) with an empty `write_token` turns auth off.
+    pub read_token: String,
+    /// Bearer token that grants reads and writes; empty = none.
+    pub write_token: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8787".to_owned(),
+            read_token: String::new(),
+            write_token: String::new(),
         }
     }
 }

@@ -1,0 +1,116 @@
+//! Engine errors as HTTP answers: `{"error":{"code","message"}}` with a status
+//! that fits (BRIEF §7): 400 bad input, 401/403 auth, 404 unknown document,
+//! 409 deleted / schema mismatch / reset, 413 too large, 503 storage failure.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use seqsync_engine::{AckError, ReadError, WriteError};
+use serde_json::{json, Map, Value};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// Extra top-level fields (a reset carries `head` and `epoch`).
+    extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = self.extra.clone();
+        body.insert(
+            "error".to_owned(),
+            json!({"code": self.code, "message": self.message}),
+        );
+        Value::Object(body)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(self.body())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> Self {
+        let status = match &err {
+            WriteError::InvalidName(_)
+            | WriteError::InvalidUpdate { .. }
+            | WriteError::BatchTooLarge { .. }
+            | WriteError::EmptyBatch => StatusCode::BAD_REQUEST,
+            WriteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WriteError::DocumentDeleted { .. }
+            | WriteError::SchemaTooOld { .. }
+            | WriteError::SchemaTooNew { .. } => StatusCode::CONFLICT,
+            WriteError::Overloaded | WriteError::Storage(_) | WriteError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, err.code(), err.to_string())
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        let status = match &err {
+            ReadError::InvalidName(_) | ReadError::InvalidStateVector(_) => StatusCode::BAD_REQUEST,
+            ReadError::DocumentNotFound { .. } => StatusCode::NOT_FOUND,
+            ReadError::DocumentDeleted { .. } | ReadError::Reset { .. } => StatusCode::CONFLICT,
+            ReadError::Storage(_) | ReadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut api = Self::new(status, err.code(), err.to_string());
+        if let ReadError::Reset { epoch, head } = &err {
+            api.extra.insert("head".to_owned(), json!(head));
+            api.extra
+                .insert("epoch".to_owned(), json!(epoch.map(|e| e.to_string())));
+        }
+        api
+    }
+}
+
+impl From<AckError> for ApiError {
+    fn from(err: AckError) -> Self {
+        let status = match &err {
+            AckError::InvalidName(_) | AckError::AckBeyondHead { .. } => StatusCode::BAD_REQUEST,
+            AckError::Storage(_) | AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, err.code(), err.to_string())
+    }
+}

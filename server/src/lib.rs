@@ -1,0 +1,290 @@
+//! seqsync-server: the host server of BRIEF §7, built on actix-web.
+//!
+//! It is the proof that the engine embeds cleanly: everything here is HTTP
+//! (routes, bodies, status codes, WebSockets, auth, metrics export); every
+//! decision about documents is the engine's. `examples/server.rs` and the
+//! `seqsync-server` binary both call [`run_cli`].
+//!
+//! Code map: `routes` (the REST routes), `subscribe_ws` (the change stream as
+//! a WebSocket), `yws` (the y-websocket protocol), [`auth`] (the hook and the
+//! bearer-token implementation), [`error`] (engine errors as JSON answers).
+
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod error;
+mod routes;
+mod subscribe_ws;
+mod yws;
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use clap::Parser;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use seqsync_actors::Engine;
+use seqsync_engine::{EngineConfig, LimitsConfig, OpenError};
+
+pub use crate::auth::{Access, Authorizer, BearerTokens};
+pub use crate::error::ApiError;
+pub use crate::routes::CURSOR_HEADER;
+
+/// Threads serving HTTP (the engine has its own).
+const HTTP_WORKERS: usize = 2;
+/// Seconds a graceful stop waits for open requests.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+/// What every handler shares.
+pub struct AppState {
+    engine: Engine,
+    metrics: PrometheusHandle,
+    auth: Arc<dyn Authorizer>,
+    rooms: yws::Rooms,
+    limits: LimitsConfig,
+}
+
+impl AppState {
+    /// A batch body holds base64 updates: allow twice the update limit.
+    fn batch_body_limit_bytes(&self) -> u64 {
+        self.limits.max_update_bytes.saturating_mul(2).max(1 << 20)
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. If another
+/// recorder is installed already, metrics go there and `/metrics` renders an
+/// empty page.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
+            seqsync_actors::metrics::describe();
+            handle
+        })
+        .clone()
+}
+
+/// Builds the HTTP server on an already bound listener. The server runs when
+/// awaited (inside an actix system) and stops gracefully on SIGINT/SIGTERM
+/// unless `handle_signals` is false. Errors: the listener cannot be used.
+pub fn server(
+    engine: Engine,
+    auth: Arc<dyn Authorizer>,
+    listener: TcpListener,
+    handle_signals: bool,
+) -> std::io::Result<actix_web::dev::Server> {
+    let state = web::Data::new(AppState {
+        limits: engine.config().limits.clone(),
+        engine,
+        metrics: prometheus(),
+        auth,
+        rooms: yws::Rooms::default(),
+    });
+    let mut builder = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(routes::configure)
+            .default_service(web::to(|| async {
+                HttpResponse::NotFound().json(
+                    ApiError::new(
+                        actix_web::http::StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no such route",
+                    )
+                    .body(),
+                )
+            }))
+    })
+    .workers(HTTP_WORKERS)
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    .listen(listener)?;
+    if !handle_signals {
+        builder = builder.disable_signals();
+    }
+    Ok(builder.run())
+}
+
+/// A server running on its own thread with its own engine: for tests and
+/// for hosts that want the HTTP API next to their own runtime.
+pub struct ServerThread {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    engine: Engine,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Opens the engine of `config` and serves it on `config.server.listen`
+    /// (port 0 picks a free port). Blocking until the server listens.
+    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+        let auth = Arc::new(BearerTokens::new(
+            config.server.read_token.clone(),
+            config.server.write_token.clone(),
+        ));
+        let listener = TcpListener::bind(&config.server.listen)?;
+        let addr = listener.local_addr()?;
+        let engine = Engine::open(config)?;
+        let server = server(engine.clone(), auth, listener, false)?;
+        let handle = server.handle();
+        let thread = std::thread::Builder::new()
+            .name("seqsync-http".to_owned())
+            .spawn(move || {
+                let _ = actix_web::rt::System::new().block_on(server);
+            })?;
+        Ok(Self {
+            addr,
+            engine,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// The engine behind the server.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops serving, then shuts the engine down (everything acked is on
+    /// disk). Blocking.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        let handle = self.handle.clone();
+        let engine = self.engine.clone();
+        actix_web::rt::System::new().block_on(async move {
+            handle.stop(true).await;
+            engine.shutdown().await;
+        });
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+/// Why a server did not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The engine did not open.
+    Open(OpenError),
+    /// The address could not be bound, or threads not started.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Open(e) => write!(f, "{e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<OpenError> for StartError {
+    fn from(e: OpenError) -> Self {
+        StartError::Open(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "seqsync-server",
+    about = "The seqsync host server: HTTP, WebSocket and y-websocket"
+)]
+struct Args {
+    /// TOML config file; every key optional; SEQSYNC_<SECTION>_<KEY> variables override.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The command line: read the config, open the engine, serve until SIGINT or
+/// SIGTERM, then shut down cleanly (everything acked is on disk). Prints
+/// `seqsync listening on http://ADDR` on stdout once it accepts connections.
+pub fn run_cli() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match EngineConfig::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("seqsync: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(&config.server.listen) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("seqsync: cannot listen on {}: {err}", config.server.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let engine = match Engine::open(config.clone()) {
+        Ok(engine) => engine,
+        Err(err) => {
+            eprintln!("seqsync: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let auth = Arc::new(BearerTokens::new(
+        config.server.read_token.clone(),
+        config.server.write_token.clone(),
+    ));
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        backend = engine.backend(),
+        path = %config.storage.path.display(),
+        durability = ?config.storage.durability,
+        auth = !(config.server.read_token.is_empty() && config.server.write_token.is_empty()),
+        "storage opened"
+    );
+    let result = actix_web::rt::System::new().block_on(async move {
+        let server = server(engine.clone(), auth, listener, true)?;
+        if let Some(addr) = addr {
+            tracing::info!(%addr, "listening");
+            println!("seqsync listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+        }
+        let served = server.await;
+        tracing::info!("stopping: flushing everything acknowledged");
+        engine.shutdown().await;
+        served
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("seqsync: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The HTTP routes of BRIEF §7. Each handler authorizes, validates what HTTP
+//! owns (bodies, headers, query strings), calls the engine and maps its
+//! answer; the engine validates names, updates and limits itself.
+
+use std::collections::HashMap;
+
+use actix_web::http::header::{ContentType, HeaderMap};
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine as _;
+use futures::StreamExt;
+use seqsync_actors::PushOptions;
+use seqsync_engine::{Change, Epoch};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::Access;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Header carrying the cursor a document read reflects.
+pub const CURSOR_HEADER: &str = "x-seqsync-cursor";
+
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1/collections/{collection}")
+            .route("/documents/{doc}/updates", web::post().to(push_update))
+            .route("/documents/{doc}/recover", web::post().to(recover))
+            .route("/documents/{doc}", web::get().to(document))
+            .route("/documents/{doc}", web::delete().to(delete_document))
+            .route("/batch", web::post().to(push_batch))
+            .route("/changes", web::get().to(changes))
+            .route("/subscribe", web::get().to(crate::subscribe_ws::subscribe))
+            .route("/peers/{peer}/ack", web::post().to(ack))
+            .route("/peers", web::get().to(peers))
+            .route("/compact", web::post().to(compact)),
+    )
+    .route(
+        "/yws/{collection}/{doc}",
+        web::get().to(crate::yws::connect),
+    )
+    .route("/metrics", web::get().to(metrics))
+    .route("/healthz", web::get().to(healthz));
+}
+
+/// Reads a request body, refusing more than `limit_bytes` with 413.
+pub(crate) async fn read_body(
+    mut payload: web::Payload,
+    limit_bytes: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if (body.len() + chunk.len()) as u64 > limit_bytes {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body exceeds {limit_bytes} bytes (limits.max_update_bytes)"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_header", format!("{name} is not ASCII text"))
+            })
+        })
+        .transpose()
+}
+
+fn push_options(req: &HttpRequest) -> Result<PushOptions, ApiError> {
+    let origin = header_str(req.headers(), "x-peer-id")?.map(str::to_owned);
+    let schema_version = header_str(req.headers(), "x-schema-version")?
+        .map(|v| {
+            v.trim().parse::<u32>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("x-schema-version {v:?} is not a number"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(PushOptions {
+        origin,
+        schema_version,
+    })
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// A change as JSON (`update` is base64; empty for a delete).
+#[derive(Serialize)]
+pub(crate) struct ChangeJson<'a> {
+    seq: u64,
+    doc: &'a str,
+    kind: &'static str,
+    update: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a str>,
+}
+
+impl<'a> ChangeJson<'a> {
+    pub(crate) fn from_change(change: &'a Change) -> Self {
+        Self {
+            seq: change.seq,
+            doc: change.doc.as_str(),
+            kind: change.kind.as_str(),
+            update: b64().encode(&change.payload),
+            origin: change.origin.as_ref().map(|p| p.as_str()),
+        }
+    }
+}
+
+async fn push_update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Write)?;
+    let options = push_options(&req)?;
+    let body = read_body(payload, state.limits.max_update_bytes).await?;
+    let outcome = state.engine.push(&collection, &doc, body, options).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    updates: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    doc: String,
+    update: String,
+}
+
+async fn push_batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let collection = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Write)?;
+    let options = push_options(&req)?;
+    let body = read_body(payload, state.batch_body_limit_bytes()).await?;
+    let batch: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"updates\":[{{\"doc\":\"…\",\"update\":\"<base64>\"}}]}}: {e}"),
+        )
+    })?;
+    let mut updates = Vec::with_capacity(batch.updates.len());
+    for (i, item) in batch.updates.into_iter().enumerate() {
+        let bytes = b64().decode(item.update.as_bytes()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_base64",
+                format!("updates[{i}].update is not base64: {e}"),
+            )
+        })?;
+        updates.push((item.doc, bytes));
+    }
+    let outcome = state
+        .engine
+        .push_batch(&collection, updates, options)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"seqs": outcome.seqs, "head": outcome.head})))
+}
+
+async fn delete_document(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Write)?;
+    let outcome = state.engine.delete(&collection, &doc).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
+}
+
+/// `after`, `limit`, `epoch` of a query string, with JSON errors.
+pub(crate) struct CursorQuery {
+    pub(crate) after: u64,
+    pub(crate) limit: Option<u64>,
+    pub(crate) epoch: Option<Epoch>,
+}
+
+pub(crate) fn parse_cursor_query(req: &HttpRequest) -> Result<CursorQuery, ApiError> {
+    let pairs = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        pairs
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{key}={v:?} is not a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let epoch = pairs
+        .get("epoch")
+        .map(|v| {
+            Epoch::parse_hex(v).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("epoch={v:?} is not a 32-digit hex epoch"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(CursorQuery {
+        after: number("after")?.unwrap_or(0),
+        limit: number("limit")?,
+        epoch,
+    })
+}
+
+async fn changes(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let collection = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let query = parse_cursor_query(&req)?;
+    let limit = query.limit.unwrap_or(state.limits.stream_page_limit);
+    let page = state
+        .engine
+        .changes(&collection, query.after, limit, query.epoch)
+        .await?;
+    let changes: Vec<ChangeJson<'_>> = page.changes.iter().map(ChangeJson::from_change).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "changes": changes,
+        "cursor": page.cursor,
+        "has_more": page.has_more,
+        "head": page.head,
+        "epoch": page.epoch.map(|e| e.to_string()),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    seq: u64,
+}
+
+async fn ack(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, peer) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Write)?;
+    let body = read_body(payload, 4096).await?;
+    let request: AckRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("expected {{\"seq\": n}}: {e}"))
+    })?;
+    let acked = state.engine.ack(&collection, &peer, request.seq).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": acked})))
+}
+
+async fn peers(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let collection = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let peers = state.engine.peers(&collection).await?;
+    let list: Vec<_> = peers
+        .iter()
+        .map(|p| {
+            json!({
+                "peer": p.peer.as_str(),
+                "acked": p.acked,
+                "lag": p.lag,
+                "last_seen_ms": p.last_seen_ms,
+                "active": p.active,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn document(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let document = state.engine.document(&collection, &doc).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::octet_stream())
+        .insert_header((CURSOR_HEADER, document.cursor.to_string()))
+        .body(document.update))
+}
+
+async fn recover(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let state_vector = read_body(payload, state.limits.max_update_bytes).await?;
+    let recovery = state
+        .engine
+        .recover(&collection, &doc, &state_vector)
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::octet_stream())
+        .insert_header((CURSOR_HEADER, recovery.cursor.to_string()))
+        .body(recovery.diff))
+}
+
+async fn compact(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let collection = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Write)?;
+    let summary = state.engine.compact(&collection).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "documents_compacted": summary.documents_compacted,
+        "changes_removed": summary.changes_removed,
+        "deltas_removed": summary.deltas_removed,
+        "bytes_before": summary.bytes_before,
+        "bytes_after": summary.bytes_after,
+    })))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // A real round trip to storage: the engine answers or this fails.
+    state.engine.peers("seqsync-healthz").await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ok", "backend": state.engine.backend()})))
+}

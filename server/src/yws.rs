@@ -1,0 +1,330 @@
+//! `GET /yws/{collection}/{doc}`: the y-websocket protocol, so an unmodified
+//! `WebsocketProvider` from npm collaborates through seqsync.
+//!
+//! Each connection is a small loop over three sources:
+//! - the client's messages: sync step 1 is answered with the engine's diff
+//!   for the client's state vector; sync step 2 and updates are **pushed
+//!   through the engine** like any HTTP push (durable, sequenced, visible to
+//!   `changes` and `subscribe`); awareness is relayed to the room;
+//! - the engine's subscription to the collection, filtered to this document:
+//!   every committed change (from any client, HTTP or WebSocket) is sent as a
+//!   sync update, starting exactly at the cursor of the state the connection
+//!   started from, so nothing falls between the initial sync and the stream;
+//! - the room's awareness relay.
+//!
+//! Pushes from one connection are pipelined (at most `MAX_PUSHES_IN_FLIGHT`)
+//! so a fast typist is not held to one fsync per keystroke: concurrent pushes
+//! share group commits, and Yjs tolerates their order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use seqsync_actors::{PushOptions, StreamEvent, Subscription};
+use seqsync_engine::{ChangeKind, ReadError};
+use tokio::sync::broadcast;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use crate::auth::Access;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Pushes of one connection awaiting their commit, at most.
+const MAX_PUSHES_IN_FLIGHT: usize = 256;
+/// Awareness messages buffered per room for slow connections.
+const ROOM_RELAY_CAPACITY: usize = 256;
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+type RoomKey = (String, String);
+
+struct Room {
+    relay: broadcast::Sender<(u64, Bytes)>,
+    /// Latest awareness message of each connection, for newcomers.
+    awareness: HashMap<u64, Bytes>,
+}
+
+/// The connections of each document, for awareness.
+#[derive(Default)]
+pub(crate) struct Rooms {
+    rooms: Mutex<HashMap<RoomKey, Room>>,
+}
+
+impl Rooms {
+    fn join(&self, key: &RoomKey) -> (broadcast::Receiver<(u64, Bytes)>, Vec<Bytes>) {
+        let mut rooms = match self.rooms.lock() {
+            Ok(rooms) => rooms,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let room = rooms.entry(key.clone()).or_insert_with(|| Room {
+            relay: broadcast::channel(ROOM_RELAY_CAPACITY).0,
+            awareness: HashMap::new(),
+        });
+        (
+            room.relay.subscribe(),
+            room.awareness.values().cloned().collect(),
+        )
+    }
+
+    fn publish(&self, key: &RoomKey, connection: u64, message: Bytes) {
+        let mut rooms = match self.rooms.lock() {
+            Ok(rooms) => rooms,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(room) = rooms.get_mut(key) {
+            room.awareness.insert(connection, message.clone());
+            let _ = room.relay.send((connection, message));
+        }
+    }
+
+    fn current(&self, key: &RoomKey) -> Vec<Bytes> {
+        let rooms = match self.rooms.lock() {
+            Ok(rooms) => rooms,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        rooms
+            .get(key)
+            .map(|r| r.awareness.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn leave(&self, key: &RoomKey, connection: u64) {
+        let mut rooms = match self.rooms.lock() {
+            Ok(rooms) => rooms,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(room) = rooms.get_mut(key) {
+            room.awareness.remove(&connection);
+            if room.relay.receiver_count() == 0 {
+                rooms.remove(key);
+            }
+        }
+    }
+}
+
+pub(crate) async fn connect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Write)?;
+    // Head first: if the document does not exist yet, nothing of it is ≤ head.
+    let head = state.engine.changes(&collection, 0, 0, None).await?.head;
+    let (state_vector, cursor) = match state.engine.document(&collection, &doc).await {
+        Ok(document) => (state_vector_of(&document.update), document.cursor),
+        Err(ReadError::DocumentNotFound { .. }) => (StateVector::default(), head),
+        Err(err) => return Err(err.into()),
+    };
+    let changes = state.engine.subscribe(&collection, cursor, None)?;
+    let (response, session, incoming) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
+    let limit = usize::try_from(state.limits.max_update_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1024);
+    let incoming = incoming
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    let connection = Connection {
+        state: state.clone(),
+        key: (collection, doc),
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        session,
+    };
+    actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
+    Ok(response)
+}
+
+fn state_vector_of(update: &[u8]) -> StateVector {
+    let doc = yrs::Doc::new();
+    if let Ok(update) = yrs::Update::decode_v1(update) {
+        let _ = doc.transact_mut().apply_update(update);
+    }
+    let sv = doc.transact().state_vector();
+    sv
+}
+
+struct Connection {
+    state: web::Data<AppState>,
+    key: RoomKey,
+    id: u64,
+    session: actix_ws::Session,
+}
+
+enum Step {
+    Continue,
+    Close(Option<CloseReason>),
+}
+
+impl Connection {
+    async fn run(
+        mut self,
+        mut incoming: actix_ws::AggregatedMessageStream,
+        mut changes: Subscription,
+        server_state_vector: StateVector,
+    ) {
+        let (mut relay, awareness) = self.state.rooms.join(&self.key);
+        let mut pushes = FuturesUnordered::new();
+        let hello = Message::Sync(SyncMessage::SyncStep1(server_state_vector)).encode_v1();
+        let mut ok = self.session.binary(hello).await.is_ok();
+        for message in awareness {
+            ok = ok && self.session.binary(message).await.is_ok();
+        }
+        if !ok {
+            self.state.rooms.leave(&self.key, self.id);
+            return;
+        }
+        let close = loop {
+            let step = tokio::select! {
+                message = incoming.next(), if pushes.len() < MAX_PUSHES_IN_FLIGHT => {
+                    match message {
+                        Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_client_message(bytes, &mut pushes).await,
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                            if self.session.pong(&bytes).await.is_err() { Step::Close(None) } else { Step::Continue }
+                        }
+                        Some(Ok(AggregatedMessage::Text(_))) => Step::Close(Some(CloseReason {
+                            code: CloseCode::Unsupported,
+                            description: Some("y-websocket messages are binary".to_owned()),
+                        })),
+                        Some(Ok(AggregatedMessage::Pong(_))) => Step::Continue,
+                        Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Step::Close(None),
+                    }
+                }
+                Some(result) = pushes.next(), if !pushes.is_empty() => {
+                    match result {
+                        Ok(()) => Step::Continue,
+                        Err(reason) => Step::Close(Some(reason)),
+                    }
+                }
+                event = changes.next() => self.on_change(event).await,
+                relayed = relay.recv() => match relayed {
+                    Ok((from, message)) if from != self.id => {
+                        if self.session.binary(message).await.is_err() { Step::Close(None) } else { Step::Continue }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Step::Continue,
+                    Err(broadcast::error::RecvError::Closed) => Step::Continue,
+                },
+            };
+            if let Step::Close(reason) = step {
+                break reason;
+            }
+        };
+        // Let pushes already sent finish: they are acknowledged to nobody,
+        // but they must not be cut off half-way for no reason.
+        while pushes.next().await.is_some() {}
+        drop(relay);
+        self.state.rooms.leave(&self.key, self.id);
+        let _ = self.session.close(close).await;
+    }
+
+    async fn on_client_message(
+        &mut self,
+        bytes: Bytes,
+        pushes: &mut FuturesUnordered<futures::future::BoxFuture<'static, Result<(), CloseReason>>>,
+    ) -> Step {
+        let message = match Message::decode_v1(&bytes) {
+            Ok(message) => message,
+            Err(err) => {
+                return Step::Close(Some(CloseReason {
+                    code: CloseCode::Protocol,
+                    description: Some(format!("not a y-websocket message: {err}")),
+                }))
+            }
+        };
+        let (collection, doc) = &self.key;
+        match message {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                let diff = match self
+                    .state
+                    .engine
+                    .recover(collection, doc, &sv.encode_v1())
+                    .await
+                {
+                    Ok(recovery) => recovery.diff,
+                    Err(ReadError::DocumentNotFound { .. }) => yrs::Update::EMPTY_V1.to_vec(),
+                    Err(err) => {
+                        tracing::warn!(%collection, %doc, error = %err, "y-websocket sync step 1 failed");
+                        return Step::Close(Some(CloseReason {
+                            code: CloseCode::Error,
+                            description: Some(err.code().to_owned()),
+                        }));
+                    }
+                };
+                let reply = Message::Sync(SyncMessage::SyncStep2(diff)).encode_v1();
+                if self.session.binary(reply).await.is_err() {
+                    return Step::Close(None);
+                }
+                Step::Continue
+            }
+            Message::Sync(SyncMessage::SyncStep2(update))
+            | Message::Sync(SyncMessage::Update(update)) => {
+                let engine = self.state.engine.clone();
+                let (collection, doc) = (collection.clone(), doc.clone());
+                pushes.push(Box::pin(async move {
+                    match engine.push(&collection, &doc, update, PushOptions::default()).await {
+                        Ok(_) => Ok(()),
+                        Err(err) => {
+                            tracing::warn!(%collection, %doc, error = %err, "y-websocket push refused");
+                            Err(CloseReason {
+                                code: CloseCode::Error,
+                                description: Some(err.code().to_owned()),
+                            })
+                        }
+                    }
+                }));
+                Step::Continue
+            }
+            Message::Awareness(_) => {
+                self.state.rooms.publish(&self.key, self.id, bytes);
+                Step::Continue
+            }
+            Message::AwarenessQuery => {
+                for message in self.state.rooms.current(&self.key) {
+                    if self.session.binary(message).await.is_err() {
+                        return Step::Close(None);
+                    }
+                }
+                Step::Continue
+            }
+            Message::Auth(_) | Message::Custom(_, _) => Step::Continue,
+        }
+    }
+
+    async fn on_change(&mut self, event: Option<Result<StreamEvent, ReadError>>) -> Step {
+        match event {
+            Some(Ok(StreamEvent::Change(change))) if change.doc.as_str() == self.key.1 => {
+                match change.kind {
+                    ChangeKind::Delete => Step::Close(Some(CloseReason {
+                        code: CloseCode::Normal,
+                        description: Some("document deleted".to_owned()),
+                    })),
+                    _ => {
+                        let message =
+                            Message::Sync(SyncMessage::Update(change.payload)).encode_v1();
+                        if self.session.binary(message).await.is_err() {
+                            Step::Close(None)
+                        } else {
+                            Step::Continue
+                        }
+                    }
+                }
+            }
+            Some(Ok(_)) => Step::Continue,
+            Some(Err(err)) => Step::Close(Some(CloseReason {
+                code: CloseCode::Error,
+                description: Some(err.code().to_owned()),
+            })),
+            None => Step::Close(None),
+        }
+    }
+}
