@@ -1,0 +1,679 @@
+//! The host server over real HTTP and WebSockets on loopback: every route of
+//! BRIEF §7, the bad inputs of §11, auth, the subscribe and y-websocket
+//! streams, and a SIGKILL restart of the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use seqsync_engine::{BackendKind, EngineConfig};
+use seqsync_server::ServerThread;
+use serde_json::{json, Value};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{GetString, ReadTxn, Text, Transact};
+
+struct Harness {
+    server: Option<ServerThread>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start(kind: BackendKind, tune: impl FnOnce(&mut EngineConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::default();
+        config.storage.backend = kind;
+        config.storage.path = dir.path().join("data");
+        config.server.listen = "127.0.0.1:0".to_owned();
+        tune(&mut config);
+        Self {
+            server: Some(ServerThread::start(config).unwrap()),
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.as_ref().unwrap().addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+}
+
+/// (status, body bytes, cursor header) of any request, 4xx/5xx included.
+fn call(request: ureq::Request, body: Option<&[u8]>) -> (u16, Vec<u8>, Option<String>) {
+    let result = match body {
+        Some(bytes) => request.send_bytes(bytes),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = response.status();
+    let cursor = response.header("x-seqsync-cursor").map(str::to_owned);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).unwrap();
+    (status, bytes, cursor)
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+fn post(h: &Harness, path: &str, body: &[u8]) -> (u16, Value) {
+    let (status, bytes, _) = call(ureq::post(&h.url(path)), Some(body));
+    (status, json_of(&bytes))
+}
+
+fn get(h: &Harness, path: &str) -> (u16, Value) {
+    let (status, bytes, _) = call(ureq::get(&h.url(path)), None);
+    (status, json_of(&bytes))
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+/// A Yjs client editing one text.
+struct Client {
+    doc: yrs::Doc,
+    text: yrs::TextRef,
+}
+
+impl Client {
+    fn new(id: u64) -> Self {
+        let doc = yrs::Doc::with_client_id(id);
+        let text = doc.get_or_insert_text("content");
+        Self { doc, text }
+    }
+
+    fn insert(&self, at: u32, s: &str) -> Vec<u8> {
+        let mut txn = self.doc.transact_mut();
+        self.text.insert(&mut txn, at, s);
+        txn.encode_update_v1()
+    }
+
+    fn apply(&self, update: &[u8]) {
+        self.doc
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(update).unwrap())
+            .unwrap();
+    }
+
+    fn string(&self) -> String {
+        self.text.get_string(&self.doc.transact())
+    }
+}
+
+fn text_of(update: &[u8]) -> String {
+    let c = Client::new(999);
+    c.apply(update);
+    c.string()
+}
+
+mod routes {
+    use super::*;
+
+    /// Every REST route answers as BRIEF §7 says, on every disk backend.
+    fn every_route_round_trips(kind: BackendKind) {
+        let h = Harness::start(kind, |_| {});
+        let c = Client::new(1);
+        let (s, healthz) = get(&h, "/healthz");
+        assert_eq!(s, 200, "{healthz}");
+
+        let first = c.insert(0, "hello");
+        let (status, bytes, _) = call(
+            ureq::post(&h.url("/v1/collections/notes/documents/d1/updates"))
+                .set("x-peer-id", "phone"),
+            Some(&first),
+        );
+        assert_eq!(
+            (status, json_of(&bytes)),
+            (200, json!({"seq": 1, "head": 1}))
+        );
+        // A retry is free.
+        assert_eq!(
+            post(&h, "/v1/collections/notes/documents/d1/updates", &first),
+            (200, json!({"seq": null, "head": 1}))
+        );
+
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let batch = json!({"updates": [
+            {"doc": "d1", "update": b64.encode(c.insert(5, " world"))},
+            {"doc": "d2", "update": b64.encode(Client::new(2).insert(0, "other"))},
+        ]});
+        let (s, body) = post(
+            &h,
+            "/v1/collections/notes/batch",
+            batch.to_string().as_bytes(),
+        );
+        assert_eq!((s, body), (200, json!({"seqs": [2, 3], "head": 3})));
+
+        let (s, page) = get(&h, "/v1/collections/notes/changes?after=0&limit=2");
+        assert_eq!(s, 200);
+        assert_eq!(page["changes"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            (
+                page["cursor"].as_u64(),
+                page["has_more"].as_bool(),
+                page["head"].as_u64()
+            ),
+            (Some(2), Some(true), Some(3))
+        );
+        assert_eq!(page["changes"][0]["kind"], "update");
+        assert_eq!(page["changes"][0]["doc"], "d1");
+        assert_eq!(page["changes"][0]["origin"], "phone");
+        assert_eq!(
+            b64.decode(page["changes"][0]["update"].as_str().unwrap())
+                .unwrap(),
+            first
+        );
+        let epoch = page["epoch"].as_str().unwrap().to_owned();
+        let (s, rest) = get(
+            &h,
+            &format!("/v1/collections/notes/changes?after=2&epoch={epoch}"),
+        );
+        assert_eq!(
+            (
+                s,
+                rest["changes"].as_array().unwrap().len(),
+                rest["has_more"].as_bool()
+            ),
+            (200, 1, Some(false))
+        );
+
+        let (status, state, cursor) = call(
+            ureq::get(&h.url("/v1/collections/notes/documents/d1")),
+            None,
+        );
+        assert_eq!(
+            (status, text_of(&state), cursor.as_deref()),
+            (200, "hello world".to_owned(), Some("3"))
+        );
+
+        let offline = Client::new(3);
+        offline.apply(&first);
+        let sv = offline.doc.transact().state_vector().encode_v1();
+        let (status, diff, cursor) = call(
+            ureq::post(&h.url("/v1/collections/notes/documents/d1/recover")),
+            Some(&sv),
+        );
+        assert_eq!((status, cursor.as_deref()), (200, Some("3")));
+        offline.apply(&diff);
+        assert_eq!(offline.string(), "hello world");
+
+        assert_eq!(
+            post(
+                &h,
+                "/v1/collections/notes/peers/phone/ack",
+                br#"{"seq": 2}"#
+            ),
+            (200, json!({"seq": 2}))
+        );
+        assert_eq!(
+            post(
+                &h,
+                "/v1/collections/notes/peers/phone/ack",
+                br#"{"seq": 1}"#
+            ),
+            (200, json!({"seq": 2}))
+        );
+        let (s, peers) = get(&h, "/v1/collections/notes/peers");
+        assert_eq!(s, 200);
+        assert_eq!(
+            (
+                peers[0]["peer"].as_str(),
+                peers[0]["acked"].as_u64(),
+                peers[0]["lag"].as_u64(),
+                peers[0]["active"].as_bool()
+            ),
+            (Some("phone"), Some(2), Some(1), Some(true))
+        );
+
+        let (status, bytes, _) = call(
+            ureq::delete(&h.url("/v1/collections/notes/documents/d2")),
+            None,
+        );
+        assert_eq!(
+            (status, json_of(&bytes)),
+            (200, json!({"seq": 4, "head": 4}))
+        );
+
+        let (s, summary) = post(&h, "/v1/collections/notes/compact", b"");
+        assert_eq!(s, 200, "{summary}");
+        assert_eq!(
+            summary["documents_compacted"].as_u64(),
+            Some(2),
+            "{summary}"
+        );
+        let (_, after) = get(&h, "/v1/collections/notes/changes?after=0");
+        let kinds: Vec<&str> = after["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, vec!["snapshot", "delete"]);
+
+        let (status, metrics, _) = call(ureq::get(&h.url("/metrics")), None);
+        let metrics = String::from_utf8(metrics).unwrap();
+        assert_eq!(status, 200);
+        assert!(metrics.contains("seqsync_pushes_total"), "{metrics}");
+        assert!(metrics.contains("seqsync_commit_group_size"), "{metrics}");
+    }
+
+    #[test]
+    fn every_route_round_trips_on_sqlite() {
+        every_route_round_trips(BackendKind::Sqlite);
+    }
+
+    #[test]
+    fn every_route_round_trips_on_redb() {
+        every_route_round_trips(BackendKind::Redb);
+    }
+
+    /// The bad inputs of BRIEF §11 get JSON errors with fitting statuses and
+    /// store nothing.
+    #[test]
+    fn bad_inputs_get_json_errors_and_store_nothing() {
+        let h = Harness::start(BackendKind::Sqlite, |c| c.limits.max_update_bytes = 1024);
+        let c = Client::new(1);
+        let valid = c.insert(0, "abc");
+        let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
+            (
+                "/v1/collections/c/documents/d/updates".into(),
+                b"not a yjs update".to_vec(),
+                400,
+                "invalid_update",
+            ),
+            (
+                "/v1/collections/c/documents/d/updates".into(),
+                Vec::new(),
+                400,
+                "invalid_update",
+            ),
+            (
+                "/v1/collections/c/documents/d/updates".into(),
+                valid[..valid.len() / 2].to_vec(),
+                400,
+                "invalid_update",
+            ),
+            (
+                "/v1/collections/c/documents/d/updates".into(),
+                vec![1u8; 4096],
+                413,
+                "too_large",
+            ),
+            (
+                "/v1/collections/..%2Fx/documents/d/updates".into(),
+                valid.clone(),
+                400,
+                "invalid_name",
+            ),
+            (
+                "/v1/collections/.hidden/documents/d/updates".into(),
+                valid.clone(),
+                400,
+                "invalid_name",
+            ),
+            (
+                format!(
+                    "/v1/collections/{}/documents/d/updates",
+                    "n".repeat(10 * 1024)
+                ),
+                valid.clone(),
+                400,
+                "invalid_name",
+            ),
+            (
+                "/v1/collections/c/documents/a%00b/updates".into(),
+                valid.clone(),
+                400,
+                "invalid_name",
+            ),
+            (
+                "/v1/collections/c/batch".into(),
+                b"{not json".to_vec(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "/v1/collections/c/batch".into(),
+                br#"{"updates":[{"doc":"d","update":"***"}]}"#.to_vec(),
+                400,
+                "invalid_base64",
+            ),
+            (
+                "/v1/collections/c/batch".into(),
+                br#"{"updates":[]}"#.to_vec(),
+                400,
+                "empty_batch",
+            ),
+            (
+                "/v1/collections/c/peers/p/ack".into(),
+                br#"{"seq": 5}"#.to_vec(),
+                400,
+                "ack_beyond_head",
+            ),
+            (
+                "/v1/collections/c/peers/p/ack".into(),
+                br#"{"sequence": 5}"#.to_vec(),
+                400,
+                "invalid_json",
+            ),
+            (
+                "/v1/collections/c/documents/d/recover".into(),
+                vec![0xff, 0xff, 0xff],
+                400,
+                "invalid_state_vector",
+            ),
+        ];
+        for (path, body, status, code) in cases {
+            let (s, bytes, _) = call(ureq::post(&h.url(&path)), Some(&body));
+            let body = json_of(&bytes);
+            assert_eq!(
+                (s, error_code(&body)),
+                (status, code),
+                "POST {}: {body}",
+                &path[..path.len().min(80)]
+            );
+        }
+        let (s, bytes, _) = call(
+            ureq::post(&h.url("/v1/collections/c/documents/d/updates"))
+                .set("x-schema-version", "two"),
+            Some(&valid),
+        );
+        assert_eq!((s, error_code(&json_of(&bytes))), (400, "invalid_header"));
+        let (s, page) = get(&h, "/v1/collections/c/changes");
+        assert_eq!(
+            (s, page["head"].as_u64()),
+            (200, Some(0)),
+            "nothing was stored: {page}"
+        );
+
+        assert_eq!(
+            post(&h, "/v1/collections/c/documents/d/updates", &valid).0,
+            200
+        );
+        let (s, reset) = get(&h, "/v1/collections/c/changes?after=99");
+        assert_eq!(
+            (s, error_code(&reset), reset["head"].as_u64()),
+            (409, "reset", Some(1))
+        );
+        assert!(reset["epoch"].is_string());
+        let (s, reset) = get(
+            &h,
+            &format!("/v1/collections/c/changes?after=0&epoch={}", "0".repeat(32)),
+        );
+        assert_eq!((s, error_code(&reset)), (409, "reset"));
+        let (s, bad) = get(&h, "/v1/collections/c/changes?after=-1");
+        assert_eq!((s, error_code(&bad)), (400, "invalid_query"));
+        let (s, empty) = get(&h, "/v1/collections/c/changes?after=0&limit=0");
+        assert_eq!(
+            (
+                s,
+                empty["changes"].as_array().unwrap().len(),
+                empty["has_more"].as_bool()
+            ),
+            (200, 0, Some(true))
+        );
+        let (s, all) = get(
+            &h,
+            "/v1/collections/c/changes?after=0&limit=18446744073709551615",
+        );
+        assert_eq!((s, all["changes"].as_array().unwrap().len()), (200, 1));
+        let (s, missing) = get(&h, "/v1/collections/c/documents/nope");
+        assert_eq!((s, error_code(&missing)), (404, "document_not_found"));
+        let (status, bytes, _) = call(ureq::delete(&h.url("/v1/collections/c/documents/d")), None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        let (s, deleted) = post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &c.insert(0, "x"),
+        );
+        assert_eq!((s, error_code(&deleted)), (409, "document_deleted"));
+        let (s, unknown) = get(&h, "/v2/nothing");
+        assert_eq!((s, error_code(&unknown)), (404, "not_found"));
+    }
+
+    /// With tokens configured, reads and writes are refused without the
+    /// right token, and a read token cannot write.
+    #[test]
+    fn auth_refuses_reads_and_writes_without_the_right_token() {
+        let h = Harness::start(BackendKind::Sqlite, |c| {
+            c.server.read_token = "reader".into();
+            c.server.write_token = "writer".into();
+        });
+        let update = Client::new(1).insert(0, "x");
+        let push = |token: Option<&str>| {
+            let mut req = ureq::post(&h.url("/v1/collections/c/documents/d/updates"));
+            if let Some(t) = token {
+                req = req.set("authorization", &format!("Bearer {t}"));
+            }
+            call(req, Some(&update)).0
+        };
+        let read = |token: Option<&str>| {
+            let mut req = ureq::get(&h.url("/v1/collections/c/changes"));
+            if let Some(t) = token {
+                req = req.set("authorization", &format!("Bearer {t}"));
+            }
+            call(req, None).0
+        };
+        assert_eq!(push(None), 401);
+        assert_eq!(push(Some("wrong")), 401);
+        assert_eq!(push(Some("reader")), 403);
+        assert_eq!(push(Some("writer")), 200);
+        assert_eq!(read(None), 401);
+        assert_eq!(read(Some("reader")), 200);
+        assert_eq!(read(Some("writer")), 200);
+        let (s, _, _) = call(
+            ureq::get(&h.url("/v1/collections/c/changes?access_token=reader")),
+            None,
+        );
+        assert_eq!(s, 200);
+    }
+}
+
+mod websockets {
+    use super::*;
+    use tungstenite::Message as Ws;
+
+    fn connect(
+        h: &Harness,
+        path: &str,
+    ) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+        let (ws, _) = tungstenite::connect(format!("ws://{}{}", h.addr(), path)).unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        ws
+    }
+
+    /// The subscribe socket sends stored changes after the cursor, an
+    /// up-to-date marker, then live changes, and a reset as an error.
+    #[test]
+    fn subscribe_streams_stored_then_live_changes() {
+        let h = Harness::start(BackendKind::Sqlite, |_| {});
+        let c = Client::new(1);
+        for i in 0..3 {
+            post(
+                &h,
+                "/v1/collections/c/documents/d/updates",
+                &c.insert(i, "x"),
+            );
+        }
+        let mut ws = connect(&h, "/v1/collections/c/subscribe?after=1");
+        let mut next = || loop {
+            match ws.read().unwrap() {
+                Ws::Text(t) => return json_of(t.as_bytes()),
+                _ => continue,
+            }
+        };
+        assert_eq!(next()["seq"], 2);
+        assert_eq!(next()["seq"], 3);
+        assert_eq!(next(), json!({"up_to_date": 3}));
+        post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &c.insert(0, "live"),
+        );
+        let live = next();
+        assert_eq!(
+            (live["seq"].as_u64(), live["kind"].as_str()),
+            (Some(4), Some("update"))
+        );
+        assert_eq!(next(), json!({"up_to_date": 4}));
+
+        let mut ws = connect(&h, "/v1/collections/c/subscribe?after=99");
+        let reset = loop {
+            match ws.read().unwrap() {
+                Ws::Text(t) => break json_of(t.as_bytes()),
+                _ => continue,
+            }
+        };
+        assert_eq!(error_code(&reset), "reset");
+    }
+
+    /// The y-websocket protocol: the server opens with sync step 1, answers a
+    /// client's step 1 with what it lacks, pushes the client's updates
+    /// through the engine, and forwards updates pushed over HTTP.
+    #[test]
+    fn y_websocket_syncs_both_ways_through_the_engine() {
+        use yrs::sync::{Message, SyncMessage};
+        let h = Harness::start(BackendKind::Sqlite, |_| {});
+        let server_side = Client::new(1);
+        post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &server_side.insert(0, "from http "),
+        );
+        let mut ws = connect(&h, "/yws/c/d");
+        let mut read_message = || loop {
+            match ws.read().unwrap() {
+                Ws::Binary(b) => return Message::decode_v1(&b).unwrap(),
+                _ => continue,
+            }
+        };
+        assert!(matches!(
+            read_message(),
+            Message::Sync(SyncMessage::SyncStep1(_))
+        ));
+        drop(read_message);
+        let browser = Client::new(2);
+        let step1 = Message::Sync(SyncMessage::SyncStep1(
+            browser.doc.transact().state_vector(),
+        ))
+        .encode_v1();
+        ws.send(Ws::Binary(step1.into())).unwrap();
+        let diff = loop {
+            match ws.read().unwrap() {
+                Ws::Binary(b) => {
+                    if let Message::Sync(SyncMessage::SyncStep2(diff)) =
+                        Message::decode_v1(&b).unwrap()
+                    {
+                        break diff;
+                    }
+                }
+                _ => continue,
+            }
+        };
+        browser.apply(&diff);
+        assert_eq!(browser.string(), "from http ");
+        let typed = browser.insert(10, "and ws");
+        ws.send(Ws::Binary(
+            Message::Sync(SyncMessage::Update(typed)).encode_v1().into(),
+        ))
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, bytes, _) = call(ureq::get(&h.url("/v1/collections/c/documents/d")), None);
+            if text_of(&bytes) == "from http and ws" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ws update never reached the engine"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // An update pushed over HTTP reaches the socket.
+        server_side.apply(&browser.insert(0, ""));
+        let more = server_side.insert(0, ">> ");
+        post(&h, "/v1/collections/c/documents/d/updates", &more);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while browser.string() != ">> from http and ws" {
+            assert!(
+                Instant::now() < deadline,
+                "http update never reached the socket"
+            );
+            if let Ws::Binary(b) = ws.read().unwrap() {
+                if let Message::Sync(SyncMessage::Update(u)) = Message::decode_v1(&b).unwrap() {
+                    browser.apply(&u);
+                }
+            }
+        }
+    }
+}
+
+/// The real binary, killed with SIGKILL right after acknowledging pushes,
+/// restarts with every acknowledged update.
+#[test]
+fn sigkill_after_acks_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || -> (Child, SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seqsync-server"))
+            .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
+            .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (child, addr)
+    };
+    let (mut child, addr) = start();
+    let url = |path: &str| format!("http://{addr}{path}");
+    let c = Client::new(1);
+    for i in 0..40 {
+        let (status, _, _) = call(
+            ureq::post(&url("/v1/collections/k/documents/d/updates")),
+            Some(&c.insert(i, "k")),
+        );
+        assert_eq!(status, 200);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (mut child, addr) = start();
+    let url = |path: &str| format!("http://{addr}{path}");
+    let (status, bytes, _) = call(ureq::get(&url("/v1/collections/k/changes?after=0")), None);
+    let page = json_of(&bytes);
+    assert_eq!((status, page["head"].as_u64()), (200, Some(40)));
+    let (_, state, _) = call(ureq::get(&url("/v1/collections/k/documents/d")), None);
+    assert_eq!(text_of(&state), "k".repeat(40));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
