@@ -562,17 +562,13 @@ mod websockets {
             &server_side.insert(0, "from http "),
         );
         let mut ws = connect(&h, "/yws/c/d");
-        let mut read_message = || loop {
+        let opening = loop {
             match ws.read().unwrap() {
-                Ws::Binary(b) => return Message::decode_v1(&b).unwrap(),
+                Ws::Binary(b) => break Message::decode_v1(&b).unwrap(),
                 _ => continue,
             }
         };
-        assert!(matches!(
-            read_message(),
-            Message::Sync(SyncMessage::SyncStep1(_))
-        ));
-        drop(read_message);
+        assert!(matches!(opening, Message::Sync(SyncMessage::SyncStep1(_))));
         let browser = Client::new(2);
         let step1 = Message::Sync(SyncMessage::SyncStep1(
             browser.doc.transact().state_vector(),
