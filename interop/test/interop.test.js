@@ -1,0 +1,161 @@
+// Real Yjs clients from npm (yjs, y-websocket's WebsocketProvider, ws)
+// against the real seqsync server binary: HTTP push + changes, y-websocket
+// collaboration, offline recovery, and a real editing trace typed keystroke by
+// keystroke. Trace data: CC BY 4.0, Joseph Gentle (sveltecomponent).
+import { test, before, after, afterEach } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
+import { gunzipSync } from 'node:zlib'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+import { startServer, waitFor } from './server.js'
+
+let server
+// Providers are destroyed even when a test fails, or their sockets would
+// keep the process alive.
+const cleanups = []
+before(async () => { server = await startServer() })
+afterEach(() => { while (cleanups.length) cleanups.pop()() })
+after(async () => { await server.stop() })
+
+const b64 = bytes => Buffer.from(bytes).toString('base64')
+const unb64 = text => new Uint8Array(Buffer.from(text, 'base64'))
+
+async function push (collection, doc, update, peer) {
+  const res = await fetch(`${server.http}/v1/collections/${collection}/documents/${doc}/updates`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream', ...(peer ? { 'x-peer-id': peer } : {}) },
+    body: update
+  })
+  assert.equal(res.status, 200, await res.clone().text())
+  return res.json()
+}
+
+// Applies every change after `cursor` to `ydoc` and returns the new cursor.
+async function pull (collection, docId, ydoc, cursor) {
+  for (;;) {
+    const res = await fetch(`${server.http}/v1/collections/${collection}/changes?after=${cursor}&limit=500`)
+    assert.equal(res.status, 200)
+    const page = await res.json()
+    for (const change of page.changes) {
+      if (change.doc === docId && change.kind !== 'delete') Y.applyUpdate(ydoc, unb64(change.update), 'server')
+    }
+    cursor = page.cursor
+    if (!page.has_more) return cursor
+  }
+}
+
+// The document as the server holds it; text null while it does not exist.
+async function serverText (collection, docId) {
+  const res = await fetch(`${server.http}/v1/collections/${collection}/documents/${docId}`)
+  if (res.status === 404) return { text: null, cursor: 0 }
+  assert.equal(res.status, 200)
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, new Uint8Array(await res.arrayBuffer()))
+  return { text: doc.getText('content').toString(), cursor: Number(res.headers.get('x-seqsync-cursor')) }
+}
+
+// A provider that is torn down after the test, pass or fail: its socket and
+// the awareness timer would otherwise keep the process alive.
+function provider (collection, docId, ydoc) {
+  const p = new WebsocketProvider(`${server.ws}/yws/${collection}`, docId, ydoc, {
+    WebSocketPolyfill: WebSocket,
+    disableBc: true // sync through the server only, not between providers in this process
+  })
+  cleanups.push(() => { p.destroy(); p.awareness.destroy(); ydoc.destroy() })
+  return p
+}
+
+const synced = p => new Promise(resolve => p.synced ? resolve() : p.once('sync', ok => ok && resolve()))
+
+test('(a) two yjs docs converge through HTTP push and changes', async () => {
+  const a = new Y.Doc()
+  const b = new Y.Doc()
+  const pushes = []
+  a.on('update', (update, origin) => { if (origin !== 'server') pushes.push(push('http-a', 'doc', update, 'client-a')) })
+  b.on('update', (update, origin) => { if (origin !== 'server') pushes.push(push('http-a', 'doc', update, 'client-b')) })
+  a.getText('content').insert(0, 'Hello from A. ')
+  b.getText('content').insert(0, 'Hello from B. ')
+  a.getText('content').insert(3, '!!')
+  await Promise.all(pushes)
+  let ca = await pull('http-a', 'doc', a, 0)
+  let cb = await pull('http-a', 'doc', b, 0)
+  b.getText('content').delete(0, 2)
+  await Promise.all(pushes)
+  ca = await pull('http-a', 'doc', a, ca)
+  cb = await pull('http-a', 'doc', b, cb)
+  assert.equal(a.getText('content').toString(), b.getText('content').toString())
+  assert.equal((await serverText('http-a', 'doc')).text, a.getText('content').toString())
+  assert.equal(ca, cb)
+})
+
+test('(b) two WebsocketProviders converge, and HTTP reads the same document', async () => {
+  const a = new Y.Doc()
+  const b = new Y.Doc()
+  const pa = provider('yws-b', 'room', a)
+  const pb = provider('yws-b', 'room', b)
+  await Promise.all([synced(pa), synced(pb)])
+  a.getText('content').insert(0, 'alpha ')
+  b.getText('content').insert(0, 'beta ')
+  a.getText('content').insert(0, '[A]')
+  await waitFor(() => a.getText('content').toString() === b.getText('content').toString() &&
+    a.getText('content').length === 'alpha beta [A]'.length, 'providers to converge')
+  const expected = a.getText('content').toString()
+  await waitFor(async () => (await serverText('yws-b', 'room')).text === expected, 'the server to hold the same text')
+})
+
+test('(c) an offline client catches up with /recover and its offline edits reach the other client', async () => {
+  const online = new Y.Doc()
+  const po = provider('offline-c', 'doc', online)
+  await synced(po)
+  online.getText('content').insert(0, 'shared start. ')
+  await waitFor(async () => (await serverText('offline-c', 'doc')).text === 'shared start. ', 'first edit stored')
+
+  // The offline client got the document once, then lost its connection.
+  const offline = new Y.Doc()
+  const first = await fetch(`${server.http}/v1/collections/offline-c/documents/doc`)
+  Y.applyUpdate(offline, new Uint8Array(await first.arrayBuffer()))
+  online.getText('content').insert(online.getText('content').length, 'online edit. ')
+  offline.getText('content').insert(0, 'offline edit. ')
+  await waitFor(async () => ((await serverText('offline-c', 'doc')).text || '').includes('online edit.'), 'the online edit stored')
+
+  // Back online: recover what it lacks...
+  const sv = Y.encodeStateVector(offline)
+  const rec = await fetch(`${server.http}/v1/collections/offline-c/documents/doc/recover`, { method: 'POST', body: sv })
+  assert.equal(rec.status, 200)
+  assert.ok(Number(rec.headers.get('x-seqsync-cursor')) >= 1)
+  Y.applyUpdate(offline, new Uint8Array(await rec.arrayBuffer()))
+  assert.ok(offline.getText('content').toString().includes('online edit.'))
+  // ...and push what the server lacks.
+  const serverSv = Y.encodeStateVector(online) // what the server has, as seen by a synced client
+  await push('offline-c', 'doc', Y.encodeStateAsUpdate(offline, serverSv), 'offline')
+  await waitFor(() => online.getText('content').toString() === offline.getText('content').toString(), 'the online client to see the offline edit')
+  assert.ok(online.getText('content').toString().includes('offline edit.'))
+})
+
+test('(d) sveltecomponent typed keystroke by keystroke through a WebsocketProvider', async () => {
+  const here = dirname(fileURLToPath(import.meta.url))
+  const path = join(here, '..', '..', '..', 'shared', 'traces', 'sveltecomponent.json.gz')
+  const trace = JSON.parse(gunzipSync(readFileSync(path)).toString('utf8'))
+  const doc = new Y.Doc()
+  const p = provider('trace-d', 'svelte', doc)
+  await synced(p)
+  const text = doc.getText('content')
+  if (trace.startContent) text.insert(0, trace.startContent)
+  for (const txn of trace.txns) {
+    doc.transact(() => {
+      for (const [pos, del, ins] of txn.patches) {
+        if (del > 0) text.delete(pos, del)
+        if (ins) text.insert(pos, ins)
+      }
+    })
+  }
+  assert.equal(text.toString(), trace.endContent)
+  await waitFor(async () => (await serverText('trace-d', 'svelte')).text === trace.endContent,
+    `the server to hold the trace's endContent (${trace.txns.length} keystrokes)`, 120000)
+  const page = await (await fetch(`${server.http}/v1/collections/trace-d/changes?after=0&limit=1`)).json()
+  assert.ok(page.head >= trace.txns.length * 0.9, `each keystroke was logged (head ${page.head})`)
+})
