@@ -424,6 +424,8 @@ impl CollectionActor {
             SubmitError::Full => WriteError::Overloaded,
             SubmitError::Stopped => WriteError::ShuttingDown,
         })?;
+        // Everything that can fail without touching memory comes first.
+        let (base, epoch) = base_for(state)?;
         let schema_version = state.schema_version;
         let origin = msg.origin;
         let mut appended: Vec<Change> = Vec::new();
@@ -500,7 +502,6 @@ impl CollectionActor {
             known.last_seen_ms = now_ms();
             peers.push(known.clone());
         }
-        let (base, epoch) = base_for(state)?;
         let count = appended.len() as u64;
         metrics::counter!(m::PUSHES).increment(count);
         metrics::counter!(m::NOOP_PUSHES)
@@ -597,6 +598,13 @@ impl CollectionActor {
                 return;
             }
         };
+        let (base, epoch) = match base_for(state) {
+            Ok(pair) => pair,
+            Err(err) => {
+                let _ = tx.send(Err(AckError::Internal(err.to_string())));
+                return;
+            }
+        };
         let record = state
             .peers
             .entry(msg.peer.clone())
@@ -609,13 +617,7 @@ impl CollectionActor {
         record.last_seen_ms = record.last_seen_ms.max(now_ms());
         let record = record.clone();
         let acked = record.acked;
-        let (base, epoch) = match base_for(state) {
-            Ok(pair) => pair,
-            Err(err) => {
-                let _ = tx.send(Err(AckError::Internal(err.to_string())));
-                return;
-            }
-        };
+
         state.epoch = Some(epoch);
         let write = CollectionWrite {
             collection: self.name.clone(),

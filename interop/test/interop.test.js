@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
-import { startServer, waitFor } from './server.js'
+import { startServer, waitFor } from '../support/server.js'
 
 let server
 // Providers are destroyed even when a test fails, or their sockets would
@@ -19,7 +19,7 @@ let server
 const cleanups = []
 before(async () => { server = await startServer() })
 afterEach(() => { while (cleanups.length) cleanups.pop()() })
-after(async () => { await server.stop() })
+after(async () => { if (server) await server.stop() })
 
 const b64 = bytes => Buffer.from(bytes).toString('base64')
 const unb64 = text => new Uint8Array(Buffer.from(text, 'base64'))

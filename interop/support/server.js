@@ -1,5 +1,5 @@
 // Starts the real seqsync server binary on a free loopback port with its own
-// data directory, and stops it. The binary is $SEQSYNC_SERVER_BIN, or the
+// data directory, and stops it. The binary is $INTEROP_SERVER_BIN, or the
 // release build of the example (`cargo build --release --example server`).
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -13,7 +13,7 @@ const defaultBin = join(here, '..', '..', 'target', 'release', 'examples', 'serv
 
 export async function startServer (env = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'seqsync-interop-'))
-  const child = spawn(process.env.SEQSYNC_SERVER_BIN || defaultBin, [], {
+  const child = spawn(process.env.INTEROP_SERVER_BIN || defaultBin, [], {
     env: {
       ...process.env,
       SEQSYNC_STORAGE_PATH: join(dir, 'data'),
