@@ -39,6 +39,13 @@ async fn replay_from(engine: &Engine, history: &History, doc: &str, cursor: Seq)
             client.apply(update);
         }
     }
+    apply_changes_after(engine, &client, doc, cursor).await;
+    client.text()
+}
+
+/// Applies every change of `doc` with seq > `cursor` to `client`, page by
+/// page, as a client catching up would.
+async fn apply_changes_after(engine: &Engine, client: &Client, doc: &str, cursor: Seq) {
     let mut after = cursor;
     loop {
         let page = engine.changes("c", after, 1000, None).await.unwrap();
@@ -53,7 +60,6 @@ async fn replay_from(engine: &Engine, history: &History, doc: &str, cursor: Seq)
             break;
         }
     }
-    client.text()
 }
 
 /// Text of `doc` for a client that reads `document()` and then streams
@@ -62,19 +68,7 @@ async fn server_text(engine: &Engine, doc: &str) -> String {
     let state = engine.document("c", doc).await.unwrap();
     let client = Client::new(4343);
     client.apply(&state.update);
-    let mut after = state.cursor;
-    loop {
-        let page = engine.changes("c", after, 1000, None).await.unwrap();
-        for change in &page.changes {
-            if change.doc.as_str() == doc && change.kind != ChangeKind::Delete {
-                client.apply(&change.payload);
-            }
-        }
-        after = page.cursor;
-        if !page.has_more {
-            break;
-        }
-    }
+    apply_changes_after(engine, &client, doc, state.cursor).await;
     client.text()
 }
 

@@ -307,10 +307,15 @@ async fn document(
     let (collection, doc) = path.into_inner();
     state.auth.authorize(&req, &collection, Access::Read)?;
     let document = state.engine.document(&collection, &doc).await?;
-    Ok(HttpResponse::Ok()
+    Ok(update_response(document.update, document.cursor))
+}
+
+/// A Yjs update as an octet-stream answer, with the cursor it reflects.
+fn update_response(update: Vec<u8>, cursor: u64) -> HttpResponse {
+    HttpResponse::Ok()
         .content_type(ContentType::octet_stream())
-        .insert_header((CURSOR_HEADER, document.cursor.to_string()))
-        .body(document.update))
+        .insert_header((CURSOR_HEADER, cursor.to_string()))
+        .body(update)
 }
 
 async fn recover(
@@ -326,10 +331,7 @@ async fn recover(
         .engine
         .recover(&collection, &doc, &state_vector)
         .await?;
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::octet_stream())
-        .insert_header((CURSOR_HEADER, recovery.cursor.to_string()))
-        .body(recovery.diff))
+    Ok(update_response(recovery.diff, recovery.cursor))
 }
 
 async fn compact(

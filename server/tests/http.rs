@@ -671,6 +671,19 @@ fn sigkill_after_acks_loses_nothing() {
     assert_eq!((status, page["head"].as_u64()), (200, Some(40)));
     let (_, state, _) = call(ureq::get(&url("/v1/collections/k/documents/d")), None);
     assert_eq!(text_of(&state), "k".repeat(40));
+
+    // A second process on the same data directory is refused, not let in to
+    // interleave seqs with the first.
+    let second = Command::new(env!("CARGO_BIN_EXE_seqsync-server"))
+        .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
+        .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already open"), "{stderr}");
+
     child.kill().unwrap();
     child.wait().unwrap();
 }
