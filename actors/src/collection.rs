@@ -381,6 +381,7 @@ impl CollectionActor {
         msg: Write,
         tx: oneshot::Sender<Result<WriteDone, WriteError>>,
     ) {
+        let _span = tracing::debug_span!("apply_write", collection = %self.name).entered();
         let plan = match self.plan_write(msg) {
             Ok(plan) => plan,
             Err(err) => {

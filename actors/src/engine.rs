@@ -189,7 +189,14 @@ impl Engine {
         options: PushOptions,
     ) -> Result<BatchOutcome, WriteError> {
         let started = Instant::now();
-        let result = self.push_batch_inner(collection, updates, options).await;
+        // A span per push: the actor and the writer run elsewhere, so this
+        // span times the whole round trip, durable commit included.
+        let span = tracing::debug_span!("push", collection, updates = updates.len());
+        let result = tracing::Instrument::instrument(
+            self.push_batch_inner(collection, updates, options),
+            span,
+        )
+        .await;
         metrics::histogram!(m::PUSH_SECONDS).record(started.elapsed().as_secs_f64());
         if let Err(err) = &result {
             metrics::counter!(m::ERRORS, "kind" => err.code()).increment(1);

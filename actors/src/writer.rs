@@ -255,6 +255,8 @@ fn next_base(write: &CollectionWrite) -> WriteBase {
 
 fn commit_group(storage: &dyn Storage, group: Vec<WriteRequest>) {
     let requests = group.len();
+    let _span =
+        tracing::debug_span!("commit_group", requests, backend = storage.backend()).entered();
     let mut batches: Vec<Pending> = vec![Pending::default()];
     for request in group {
         // A request that does not chain onto the last batch opens a new one,
