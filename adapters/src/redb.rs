@@ -348,13 +348,17 @@ impl Storage for RedbStorage {
             .map_err(|e| StorageError::backend(BACKEND, "beginning a commit", e))?;
         tx.set_durability(durability)
             .map_err(|e| StorageError::backend(BACKEND, "beginning a commit", e))?;
-        for write in &batch.writes {
-            if let Err(err) = apply_write(&tx, write) {
-                // Nothing of the batch may stay behind.
-                tx.abort()
-                    .map_err(|e| StorageError::backend(BACKEND, "aborting a commit", e))?;
-                return Err(err);
-            }
+        let applied = Tables::open(&tx).and_then(|mut tables| {
+            batch
+                .writes
+                .iter()
+                .try_for_each(|write| apply_write(&mut tables, write))
+        });
+        if let Err(err) = applied {
+            // Nothing of the batch may stay behind.
+            tx.abort()
+                .map_err(|e| StorageError::backend(BACKEND, "aborting a commit", e))?;
+            return Err(err);
         }
         tx.commit()
             .map_err(|e| StorageError::backend(BACKEND, "committing", e))?;
@@ -377,15 +381,38 @@ impl Storage for RedbStorage {
     }
 }
 
-fn apply_write(tx: &redb::WriteTransaction, write: &CollectionWrite) -> Result<(), StorageError> {
+/// The tables a commit writes, opened once per commit (not per collection:
+/// a group commit carries many collections).
+struct Tables<'txn> {
+    collections: redb::Table<'txn, &'static str, &'static [u8]>,
+    changes: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
+    index: redb::Table<'txn, (&'static str, &'static str, u64), u8>,
+    peers: redb::Table<'txn, (&'static str, &'static str), (u64, u64)>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(tx: &'txn redb::WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            collections: tx.open_table(COLLECTIONS).map_err(table_error)?,
+            changes: tx.open_table(CHANGES).map_err(table_error)?,
+            index: tx.open_table(DOC_INDEX).map_err(table_error)?,
+            peers: tx.open_table(PEERS).map_err(table_error)?,
+        })
+    }
+}
+
+fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), StorageError> {
     let name = write.collection.as_str();
-    let mut collections = tx.open_table(COLLECTIONS).map_err(table_error)?;
-    let stored = read_meta(&collections, &write.collection)?;
+    let Tables {
+        collections,
+        changes,
+        index,
+        peers,
+    } = tables;
+    let stored = read_meta(collections, &write.collection)?;
     let meta = plan_collection_write(write, stored.as_ref())?;
-    let mut changes = tx.open_table(CHANGES).map_err(table_error)?;
-    let mut index = tx.open_table(DOC_INDEX).map_err(table_error)?;
     for change in &write.append {
-        insert_change(&mut changes, &mut index, name, change)?;
+        insert_change(changes, index, name, change)?;
     }
     for compaction in &write.compact {
         if compaction.snapshot.is_some() {
@@ -422,10 +449,9 @@ fn apply_write(tx: &redb::WriteTransaction, write: &CollectionWrite) -> Result<(
             index.remove((name, doc, seq)).map_err(storage_error)?;
         }
         if let Some(snapshot) = snapshot_change(compaction) {
-            insert_change(&mut changes, &mut index, name, &snapshot)?;
+            insert_change(changes, index, name, &snapshot)?;
         }
     }
-    let mut peers = tx.open_table(PEERS).map_err(table_error)?;
     for peer in &write.peers {
         let stored = peers
             .get((name, peer.peer.as_str()))
