@@ -898,7 +898,13 @@ impl CollectionActor {
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
         let idle = Duration::from_secs(self.shared.config.actors.idle_unload_secs);
         self.subscribers.retain(|tx| !tx.is_closed());
-        if self.last_active.elapsed() < idle || !self.inflight.is_empty() || self.broken {
+        // Never unload with work under way: writes in flight, a compaction
+        // being planned, or a `compact()` caller waiting for its answer.
+        let busy = !self.inflight.is_empty()
+            || !self.compacting.is_empty()
+            || !self.manual_runs.is_empty()
+            || self.broken;
+        if self.last_active.elapsed() < idle || busy {
             return;
         }
         if self.subscribers.is_empty() {

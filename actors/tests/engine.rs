@@ -727,3 +727,40 @@ engine_suite! {
     redb => BackendKind::Redb,
     memory => BackendKind::Memory,
 }
+
+/// An idle collection is dropped from memory after `idle_unload_secs` (so
+/// 100,000 collections on disk cost nothing), and comes back from storage
+/// intact on the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_collections_unload_and_reload_from_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(BackendKind::Sqlite, dir.path());
+    config.actors.idle_unload_secs = 1;
+    let engine = seqsync_actors::Engine::open(config).unwrap();
+    let client = Client::new(1);
+    for name in ["a", "b", "c"] {
+        engine
+            .push(name, "d", client.insert(0, name), opts())
+            .await
+            .unwrap();
+    }
+    assert_eq!(engine.loaded_collections(), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.loaded_collections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle collections were never unloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let next = engine
+        .push("b", "d", client.insert(0, "again"), opts())
+        .await
+        .unwrap();
+    assert_eq!(next.seq, Some(2), "the head continues from storage");
+    assert_eq!(
+        text_of(&engine.document("a", "d").await.unwrap().update),
+        "a"
+    );
+    engine.shutdown().await;
+}
