@@ -28,7 +28,7 @@ pub use seqsync_adapters::{
     SqliteStorage,
 };
 pub use seqsync_engine::{
-    AckError, BackendKind, Change, ChangeKind, CollectionMeta, CollectionName, ConfigError, DocId,
-    Durability, EngineConfig, Epoch, InvalidName, OpenError, PeerId, ReadError, Seq, Storage,
-    StorageError, WriteError,
+    AckError, BackendKind, Change, ChangeKind, CollectionMeta, CollectionName, CollectionWrite,
+    Compaction, ConfigError, DocId, Durability, EngineConfig, Epoch, InvalidName, OpenError,
+    PeerId, ReadError, Seq, Storage, StorageError, WriteBase, WriteBatch, WriteError,
 };
