@@ -37,7 +37,7 @@ use futures::StreamExt;
 use seqsync::{open_storage, BackendKind, Durability, Engine, EngineConfig, PushOptions};
 use serde_json::json;
 use yrs::updates::decoder::Decode;
-use yrs::{Text, Transact};
+use yrs::Transact;
 
 #[derive(Parser)]
 struct Args {
@@ -156,19 +156,6 @@ fn bare_apply_secs<'a>(updates: impl IntoIterator<Item = &'a Vec<u8>>) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// `n` one-character edits typed by one client, as Yjs updates.
-fn typing(client: u64, n: usize) -> Vec<Vec<u8>> {
-    let doc = yrs::Doc::with_client_id(client);
-    let text = doc.get_or_insert_text("content");
-    (0..n)
-        .map(|i| {
-            let mut txn = doc.transact_mut();
-            text.insert(&mut txn, i as u32, "x");
-            txn.encode_update_v1()
-        })
-        .collect()
-}
-
 async fn server_text(engine: &Engine, collection: &str, doc: &str) -> String {
     let state = engine.document(collection, doc).await.expect("document");
     traces::text_of_updates([state.update.as_slice()])
@@ -231,7 +218,7 @@ async fn replay(
 
 async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> Cell {
     // Baseline: one writer, same backend, same number of pushes per writer.
-    let solo_updates = typing(1, per_writer * 4);
+    let solo_updates = traces::typing(1, per_writer * 4);
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open_engine(kind, dir.path(), Durability::Immediate);
     let started = Instant::now();
@@ -244,7 +231,9 @@ async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> 
     let solo_rate = solo_updates.len() as f64 / started.elapsed().as_secs_f64();
     engine.shutdown().await;
 
-    let work: Vec<Vec<Vec<u8>>> = (0..64).map(|w| typing(100 + w, per_writer)).collect();
+    let work: Vec<Vec<Vec<u8>>> = (0..64)
+        .map(|w| traces::typing(100 + w, per_writer))
+        .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open_engine(kind, dir.path(), Durability::Immediate);
     reset_peak_rss();
@@ -310,7 +299,7 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
     let per_doc = changes / docs;
     let updates: Vec<(String, Vec<u8>)> = (0..docs)
         .flat_map(|d| {
-            typing(1000 + d as u64, per_doc)
+            traces::typing(1000 + d as u64, per_doc)
                 .into_iter()
                 .map(move |u| (format!("d{d}"), u))
         })
@@ -420,7 +409,7 @@ fn seqsync_engine_batch(
 
 /// Load (and compaction) of one document with `n` deltas.
 async fn load_and_compact(kind: BackendKind, backend: &'static str, n: usize) -> Vec<Cell> {
-    let updates = typing(7, n);
+    let updates = traces::typing(7, n);
     let bare_secs = bare_apply_secs(&updates);
     let dir = tempfile::tempdir().expect("tempdir");
     let reopen = || open_engine(kind, dir.path(), Durability::Eventual);

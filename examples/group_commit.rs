@@ -12,11 +12,13 @@
 //! client typing into its own document; 64 writers spread over 16
 //! collections × 4 documents.
 
+#[path = "../benches/support/traces.rs"]
+mod traces;
+
 use std::time::Instant;
 
 use clap::Parser;
 use seqsync::{BackendKind, Durability, Engine, EngineConfig, PushOptions};
-use yrs::{Text, Transact};
 
 #[derive(Parser)]
 struct Args {
@@ -31,19 +33,6 @@ struct Args {
     durability: String,
 }
 
-/// `n` single-character edits typed by one client, as Yjs v1 updates.
-fn typing(client_id: u64, n: usize) -> Vec<Vec<u8>> {
-    let doc = yrs::Doc::with_client_id(client_id);
-    let text = doc.get_or_insert_text("content");
-    (0..n)
-        .map(|i| {
-            let mut txn = doc.transact_mut();
-            text.insert(&mut txn, i as u32, "x");
-            txn.encode_update_v1()
-        })
-        .collect()
-}
-
 fn engine(kind: BackendKind, durability: Durability, dir: &std::path::Path) -> Engine {
     let mut config = EngineConfig::default();
     config.storage.backend = kind;
@@ -55,7 +44,7 @@ fn engine(kind: BackendKind, durability: Durability, dir: &std::path::Path) -> E
 async fn one_writer(kind: BackendKind, durability: Durability, pushes: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine(kind, durability, dir.path());
-    let updates = typing(1, pushes);
+    let updates = traces::typing(1, pushes);
     let started = Instant::now();
     for update in updates {
         engine
@@ -77,7 +66,7 @@ async fn many_writers(
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine(kind, durability, dir.path());
     let work: Vec<Vec<Vec<u8>>> = (0..writers)
-        .map(|w| typing(100 + w as u64, per_writer))
+        .map(|w| traces::typing(100 + w as u64, per_writer))
         .collect();
     let started = Instant::now();
     let tasks: Vec<_> = work

@@ -91,3 +91,17 @@ pub fn text_of_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Strin
     let out = text.get_string(&doc.transact());
     out
 }
+
+/// `n` one-character edits typed at the end by one client, as Yjs updates
+/// (a synthetic workload for the ingest and load benchmarks).
+pub fn typing(client: u64, n: usize) -> Vec<Vec<u8>> {
+    let doc = yrs::Doc::with_client_id(client);
+    let text = doc.get_or_insert_text("content");
+    (0..n)
+        .map(|i| {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, i as u32, "x");
+            txn.encode_update_v1()
+        })
+        .collect()
+}
