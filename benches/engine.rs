@@ -38,6 +38,26 @@ fn engine(kind: BackendKind, dir: &std::path::Path) -> Engine {
     Engine::open(config).expect("open engine")
 }
 
+/// An engine whose collection `bench` holds one document `doc` of 10,000
+/// one-character deltas typed by `client`.
+fn seeded(
+    rt: &tokio::runtime::Runtime,
+    kind: BackendKind,
+    dir: &std::path::Path,
+    client: u64,
+) -> Engine {
+    let engine = engine(kind, dir);
+    for chunk in traces::typing(client, 10_000).chunks(1000) {
+        let batch = chunk
+            .iter()
+            .map(|u| ("doc".to_owned(), u.clone()))
+            .collect();
+        rt.block_on(engine.push_batch("bench", batch, PushOptions::default()))
+            .expect("ingest");
+    }
+    engine
+}
+
 /// One durable push, awaited: the latency a typing client sees.
 fn push_acked(c: &mut Criterion) {
     let rt = runtime();
@@ -66,16 +86,7 @@ fn changes_page(c: &mut Criterion) {
     group.throughput(Throughput::Elements(10_000));
     for (kind, name) in BACKENDS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = engine(kind, dir.path());
-        let updates = traces::typing(2, 10_000);
-        for chunk in updates.chunks(1000) {
-            let batch = chunk
-                .iter()
-                .map(|u| ("doc".to_owned(), u.clone()))
-                .collect();
-            rt.block_on(engine.push_batch("bench", batch, PushOptions::default()))
-                .expect("ingest");
-        }
+        let engine = seeded(&rt, kind, dir.path(), 2);
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 let page = rt
@@ -96,16 +107,7 @@ fn recover_document(c: &mut Criterion) {
     let mut group = c.benchmark_group("recover_10k_deltas");
     for (kind, name) in BACKENDS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = engine(kind, dir.path());
-        let updates = traces::typing(3, 10_000);
-        for chunk in updates.chunks(1000) {
-            let batch = chunk
-                .iter()
-                .map(|u| ("doc".to_owned(), u.clone()))
-                .collect();
-            rt.block_on(engine.push_batch("bench", batch, PushOptions::default()))
-                .expect("ingest");
-        }
+        let engine = seeded(&rt, kind, dir.path(), 3);
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 rt.block_on(engine.recover("bench", "doc", &[]))

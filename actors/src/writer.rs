@@ -17,7 +17,7 @@
 //! fail the others' pushes. An I/O failure fails the whole group, since it
 //! concerns the store itself.
 //!
-//! The queue is bounded (`queue_capacity`); a full queue makes `try_submit`
+//! The queue is bounded (`queue_capacity`); a full queue makes `reserve`
 //! fail, and the actor answers `Overloaded` instead of buffering without end.
 
 use std::sync::{Arc, Mutex};
