@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use seqsync_engine::{
-    decode_update, now_ms, Applied, Change, ChangeKind, CollectionMeta, CollectionName,
-    CollectionWrite, CompactionPlan, DocId, DocState, Epoch, PeerId, PeerRecord, Seq, StorageError,
-    WriteBase, WriteError,
+    decode_update, load_document, now_ms, Applied, Change, ChangeKind, CollectionMeta,
+    CollectionName, CollectionWrite, CompactionPlan, DocId, DocState, Epoch, PeerId, PeerRecord,
+    Seq, StorageError, WriteBase, WriteError,
 };
 use tokio::sync::{mpsc, oneshot};
 use yrs::StateVector;
@@ -311,12 +311,8 @@ impl CollectionActor {
                         loaded.collection = Some((meta, peers));
                     }
                     for doc in missing {
-                        let changes = storage.document_changes(&name, &doc)?;
-                        let state =
-                            DocState::load(&changes).map_err(|e| StorageError::Corrupt {
-                                backend: storage.backend(),
-                                detail: format!("collection {name}, document {doc}: {e}"),
-                            })?;
+                        let state = load_document(storage, &name, &doc)?
+                            .map_or_else(DocState::empty, |loaded| loaded.state);
                         loaded.docs.push((doc, state));
                     }
                     Ok(loaded)

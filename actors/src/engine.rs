@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use actix::{Addr, MailboxError};
 use seqsync_engine::{
-    decode_state_vector, now_ms, AckError, CollectionName, DocId, DocState, EngineConfig, Epoch,
-    OpenError, PeerId, ReadError, Seq, Storage, StorageError, WriteError,
+    decode_state_vector, load_document, now_ms, AckError, CollectionName, DocId, EngineConfig,
+    Epoch, LoadedDocument, OpenError, PeerId, ReadError, Seq, Storage, WriteError,
 };
 use tokio::sync::oneshot;
 
@@ -475,13 +475,12 @@ impl Engine {
                 // Head first: every change ≤ head is then in what we load
                 // (later ones may be too, which Yjs applies idempotently).
                 let head = storage.collection(&name)?.map_or(0, |m| m.head);
-                let changes = storage.document_changes(&name, &doc)?;
-                if changes.is_empty() {
+                let Some(loaded) = load_document(storage, &name, &doc)? else {
                     return Ok(Err(ReadError::DocumentNotFound {
                         doc: doc.to_string(),
                     }));
-                }
-                let state = load_doc(storage, &name, &doc, &changes)?;
+                };
+                let state = &loaded.state;
                 if state.deleted {
                     return Ok(Err(ReadError::DocumentDeleted {
                         doc: doc.to_string(),
@@ -491,7 +490,7 @@ impl Engine {
                     Some(sv) => state.encode_diff(sv),
                     None => state.encode_state(),
                 };
-                Ok(Ok((update, served_cursor(&state, &changes, head))))
+                Ok(Ok((update, served_cursor(&loaded, head))))
             })
             .await?;
         result
@@ -534,8 +533,10 @@ impl Engine {
                         recovery.deleted.push(info.doc);
                         continue;
                     }
-                    let changes = storage.document_changes(&name, &info.doc)?;
-                    let state = load_doc(storage, &name, &info.doc, &changes)?;
+                    let Some(loaded) = load_document(storage, &name, &info.doc)? else {
+                        continue;
+                    };
+                    let state = &loaded.state;
                     if state.deleted {
                         recovery.deleted.push(info.doc);
                         continue;
@@ -544,7 +545,7 @@ impl Engine {
                         Some(sv) => state.encode_diff(sv),
                         None => state.encode_state(),
                     };
-                    recovery.cursor = recovery.cursor.min(served_cursor(&state, &changes, head));
+                    recovery.cursor = recovery.cursor.min(served_cursor(&loaded, head));
                     recovery.documents.push((info.doc, update));
                 }
                 Ok(recovery)
@@ -611,30 +612,13 @@ impl Engine {
 /// before the document's first update after its last snapshot (snapshots never
 /// hold pending structures): streaming from there re-delivers the pending
 /// updates, and Yjs applies the rest of the overlap idempotently.
-fn served_cursor(state: &DocState, changes: &[seqsync_engine::Change], head: Seq) -> Seq {
-    if !state.has_pending() {
+fn served_cursor(loaded: &LoadedDocument, head: Seq) -> Seq {
+    if !loaded.state.has_pending() {
         return head;
     }
-    let after_snapshot = changes
-        .iter()
-        .rposition(|c| c.kind == seqsync_engine::ChangeKind::Snapshot)
-        .map_or(0, |i| i + 1);
-    changes[after_snapshot..]
-        .iter()
-        .find(|c| c.kind == seqsync_engine::ChangeKind::Update)
-        .map_or(head, |c| c.seq.saturating_sub(1).min(head))
-}
-
-fn load_doc(
-    storage: &dyn Storage,
-    name: &CollectionName,
-    doc: &DocId,
-    changes: &[seqsync_engine::Change],
-) -> Result<DocState, StorageError> {
-    DocState::load(changes).map_err(|e| StorageError::Corrupt {
-        backend: storage.backend(),
-        detail: format!("collection {name}, document {doc}: {e}"),
-    })
+    loaded
+        .first_delta_seq
+        .map_or(head, |seq| seq.saturating_sub(1).min(head))
 }
 
 impl Inner {

@@ -9,6 +9,7 @@
 //! Faults are armed per operation family with [`FaultyStorage::arm`] and fire
 //! on the Nth call from then on, once or for every call after (persistent).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -173,6 +174,16 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     ) -> Result<Vec<Change>, StorageError> {
         self.read_fault("document_changes")?;
         self.inner.document_changes(name, doc)
+    }
+
+    fn visit_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        self.read_fault("visit_document_changes")?;
+        self.inner.visit_document_changes(name, doc, visit)
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {

@@ -23,6 +23,7 @@
 //!   or machine loses the commits since the last durable one (at most ~1 s or
 //!   63 commits); the file is never corrupted.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -269,10 +270,23 @@ impl Storage for RedbStorage {
         name: &CollectionName,
         doc: &DocId,
     ) -> Result<Vec<Change>, StorageError> {
+        let mut out = Vec::new();
+        self.visit_document_changes(name, doc, &mut |change| {
+            out.push(change);
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    fn visit_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
         let tx = self.read_txn()?;
         let index = tx.open_table(DOC_INDEX).map_err(table_error)?;
         let changes = tx.open_table(CHANGES).map_err(table_error)?;
-        let mut out = Vec::new();
         let range = index
             .range((name.as_str(), doc.as_str(), 0)..=(name.as_str(), doc.as_str(), u64::MAX))
             .map_err(storage_error)?;
@@ -285,9 +299,11 @@ impl Storage for RedbStorage {
                 .ok_or_else(|| {
                     corrupt(format!("doc_index names missing change {seq} of {name}"))
                 })?;
-            out.push(codec::decode_change(BACKEND, seq, value.value())?);
+            if visit(codec::decode_change(BACKEND, seq, value.value())?).is_break() {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {

@@ -15,6 +15,7 @@
 //!   OS page cache) but the last commits may be lost on power loss or an OS
 //!   crash. The database is never corrupted either way.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -296,21 +297,58 @@ impl Storage for SqliteStorage {
         name: &CollectionName,
         doc: &DocId,
     ) -> Result<Vec<Change>, StorageError> {
+        let mut out = Vec::new();
+        self.visit_document_changes(name, doc, &mut |change| {
+            out.push(change);
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    fn visit_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
         self.with_reader(|tx| {
             let Some((cid, _)) = read_meta(tx, name)? else {
-                return Ok(Vec::new());
+                return Ok(());
             };
+            // The document is known: only seq, kind, schema and origin are
+            // read per row (the doc column would be parsed 100,000 times for
+            // a large document).
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                    "SELECT seq, kind, schema_version, origin, payload FROM changes \
                      WHERE cid = ?1 AND doc = ?2 ORDER BY seq",
                 )
                 .map_err(|e| sql_error("reading a document", e))?;
-            let rows = stmt
+            let mut rows = stmt
                 .query(params![cid, doc.as_str()])
                 .map_err(|e| sql_error("reading a document", e))?;
-            let changes = collect_changes(rows)?;
-            Ok(changes)
+            let read = |e| sql_error("reading a document", e);
+            while let Some(row) = rows.next().map_err(read)? {
+                let seq: i64 = row.get(0).map_err(read)?;
+                let kind: u8 = row.get(1).map_err(read)?;
+                let origin: Option<String> = row.get(3).map_err(read)?;
+                let change = Change {
+                    seq: u64::try_from(seq).map_err(|_| corrupt(format!("negative seq {seq}")))?,
+                    doc: doc.clone(),
+                    kind: ChangeKind::from_code(kind)
+                        .ok_or_else(|| corrupt(format!("change {seq} has unknown kind {kind}")))?,
+                    schema_version: row.get(2).map_err(read)?,
+                    origin: origin
+                        .map(PeerId::new)
+                        .transpose()
+                        .map_err(|e| corrupt(e.to_string()))?,
+                    payload: row.get(4).map_err(read)?,
+                };
+                if visit(change).is_break() {
+                    break;
+                }
+            }
+            Ok(())
         })
     }
 

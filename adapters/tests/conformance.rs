@@ -14,9 +14,9 @@ use seqsync_adapters::{
     SqliteStorage, REDB_FILE_NAME, SQLITE_FILE_NAME,
 };
 use seqsync_engine::{
-    BackendKind, Change, ChangeKind, CollectionName, CollectionWrite, Compaction, DocId,
-    Durability, Epoch, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError, WriteBase,
-    WriteBatch,
+    load_document, BackendKind, Change, ChangeKind, CollectionName, CollectionWrite, Compaction,
+    DocId, DocState, Durability, Epoch, PeerId, PeerRecord, Seq, Storage, StorageConfig,
+    StorageError, WriteBase, WriteBatch,
 };
 
 /// A backend under test with its own temporary directory.
@@ -129,6 +129,110 @@ fn seeded(storage: &dyn Storage, name: &str, n: u64) -> Epoch {
 
 mod cases {
     use super::*;
+
+    /// A large document is loaded while it is still being read (a second
+    /// thread applies chunks); the result must be the one a plain collect and
+    /// replay gives, an early stop must stop the read, and a damaged change
+    /// in the middle must surface as `Corrupt`, not as a half-loaded document.
+    pub fn large_document_loads_streamed_like_collected(fx: &Fixture) {
+        use yrs::{GetString, ReadTxn, Text, Transact};
+        let storage = fx.open();
+        let source = yrs::Doc::with_client_id(9);
+        let text = source.get_or_insert_text("content");
+        let mut changes = Vec::new();
+        for seq in 1..=2_000u64 {
+            let payload = {
+                let mut txn = source.transact_mut();
+                text.insert(&mut txn, 0, "y");
+                txn.encode_update_v1()
+            };
+            // Every third change belongs to another document: the visit must
+            // hand over this document's changes only.
+            let id = if seq % 3 == 0 { "other" } else { "big" };
+            let payload = if id == "big" { payload } else { vec![1, 0] };
+            changes.push(Change {
+                payload,
+                ..update(seq, id, b"")
+            });
+        }
+        // Updates that went to "other" are missing from "big": resend them
+        // all as one update at the end so the text is complete.
+        let full = source
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        changes.push(Change {
+            payload: full,
+            ..update(2_001, "big", b"")
+        });
+        commit(
+            &*storage,
+            vec![write("c", create(Epoch::random().unwrap()), changes)],
+        )
+        .unwrap();
+
+        let loaded = load_document(&*storage, &coll("c"), &doc("big"))
+            .unwrap()
+            .expect("the document exists");
+        let collected =
+            DocState::load(&storage.document_changes(&coll("c"), &doc("big")).unwrap()).unwrap();
+        assert_eq!(loaded.state.encode_state(), collected.encode_state());
+        assert_eq!(loaded.last_seq, 2_001);
+        assert_eq!(loaded.first_delta_seq, Some(1));
+        let replica = yrs::Doc::new();
+        replica
+            .transact_mut()
+            .apply_update(
+                yrs::updates::decoder::Decode::decode_v1(&loaded.state.encode_state()).unwrap(),
+            )
+            .unwrap();
+        let text = replica.get_or_insert_text("content");
+        assert_eq!(text.get_string(&replica.transact()), "y".repeat(2_000));
+
+        let mut seen = 0;
+        storage
+            .visit_document_changes(&coll("c"), &doc("big"), &mut |_| {
+                seen += 1;
+                if seen == 10 {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(seen, 10, "Break stops the visit");
+        assert!(load_document(&*storage, &coll("c"), &doc("nothing"))
+            .unwrap()
+            .is_none());
+
+        // A change that does not decode, after the first chunk (pipelined
+        // path) and within it (collected path).
+        for (name, bad_at) in [("late", 1_500u64), ("early", 5)] {
+            let changes = (1..=2_000u64)
+                .map(|seq| Change {
+                    payload: if seq == bad_at {
+                        vec![0xff; 4]
+                    } else {
+                        vec![0, 0]
+                    },
+                    ..update(seq, "d", b"")
+                })
+                .collect();
+            commit(
+                &*storage,
+                vec![write(name, create(Epoch::random().unwrap()), changes)],
+            )
+            .unwrap();
+            match load_document(&*storage, &coll(name), &doc("d")) {
+                Err(StorageError::Corrupt { detail, .. }) => {
+                    assert!(detail.contains(&format!("{bad_at}")), "{detail}")
+                }
+                other => panic!(
+                    "{name}: expected Corrupt, got {:?}",
+                    other.map(|d| d.is_some())
+                ),
+            }
+        }
+    }
 
     /// What is appended must read back exactly, through every read method.
     pub fn append_and_read_round_trip(fx: &Fixture) {
@@ -746,6 +850,7 @@ macro_rules! conformance {
         mod $backend {
             use super::*;
             fn fixture() -> Fixture { Fixture::new($kind) }
+            #[test] fn large_document_loads_streamed_like_collected() { cases::large_document_loads_streamed_like_collected(&fixture()) }
             #[test] fn append_and_read_round_trip() { cases::append_and_read_round_trip(&fixture()) }
             #[test] fn cursor_is_exclusive() { cases::cursor_is_exclusive(&fixture()) }
             #[test] fn pages_respect_limit_and_cover_everything() { cases::pages_respect_limit_and_cover_everything(&fixture()) }

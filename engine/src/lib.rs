@@ -16,6 +16,7 @@ mod change;
 mod compaction;
 mod config;
 mod error;
+mod load;
 mod name;
 mod storage;
 mod yjs;
@@ -31,6 +32,7 @@ pub use config::{
 pub use error::{
     AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,
 };
+pub use load::{load_document, LoadedDocument};
 pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };

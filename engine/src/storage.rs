@@ -21,6 +21,7 @@
 //! seq `s + 1` without `s`.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
 use crate::change::{
     now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
@@ -141,6 +142,27 @@ pub trait Storage: Send + Sync + 'static {
         name: &CollectionName,
         doc: &DocId,
     ) -> Result<Vec<Change>, StorageError>;
+
+    /// Hands every stored change of one document to `visit`, in seq order,
+    /// all from one read snapshot (the changes [`Storage::document_changes`]
+    /// returns), until `visit` answers [`ControlFlow::Break`].
+    ///
+    /// This is how a large document is loaded while it is still being read
+    /// (see [`crate::load_document`]). The default collects
+    /// [`Storage::document_changes`]; backends that can stream override it.
+    fn visit_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        for change in self.document_changes(name, doc)? {
+            if visit(change).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
 
     /// Every document of the collection that has at least one stored change,
     /// in id order.
@@ -316,6 +338,14 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
         doc: &DocId,
     ) -> Result<Vec<Change>, StorageError> {
         (**self).document_changes(name, doc)
+    }
+    fn visit_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        (**self).visit_document_changes(name, doc, visit)
     }
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
         (**self).documents(name)

@@ -127,34 +127,42 @@ impl DocState {
     pub fn load(changes: &[Change]) -> Result<Self, ApplyError> {
         let mut state = Self::empty();
         for change in changes {
-            match change.kind {
-                ChangeKind::Update | ChangeKind::Snapshot => {
-                    let update = decode_update(&change.payload).map_err(|e| {
-                        ApplyError(format!("stored change {} does not decode: {e}", change.seq))
-                    })?;
-                    // One transaction per change, as when the changes were
-                    // pushed: yrs resolves pending structures at the end of
-                    // each update, and a single transaction over many
-                    // out-of-order updates can leave them unresolved.
-                    state
-                        .apply_unchecked(update)
-                        .map_err(|e| ApplyError(format!("stored change {}: {e}", change.seq)))?;
-                }
-                ChangeKind::Delete => state.deleted = true,
-            }
-            match change.kind {
-                ChangeKind::Update => {
-                    state.deltas_since_snapshot += 1;
-                    state.delta_bytes_since_snapshot += change.payload.len() as u64;
-                }
-                ChangeKind::Snapshot => {
-                    state.deltas_since_snapshot = 0;
-                    state.delta_bytes_since_snapshot = 0;
-                }
-                ChangeKind::Delete => {}
-            }
+            state.load_change(change)?;
         }
         Ok(state)
+    }
+
+    /// Applies the next stored change (seq order) while rebuilding a
+    /// document; [`DocState::load`] is this in a loop.
+    ///
+    /// Errors: a payload that does not decode or apply (a damaged store).
+    pub fn load_change(&mut self, change: &Change) -> Result<(), ApplyError> {
+        match change.kind {
+            ChangeKind::Update | ChangeKind::Snapshot => {
+                let update = decode_update(&change.payload).map_err(|e| {
+                    ApplyError(format!("stored change {} does not decode: {e}", change.seq))
+                })?;
+                // One transaction per change, as when the changes were
+                // pushed: yrs resolves pending structures at the end of each
+                // update, and a single transaction over many out-of-order
+                // updates can leave them unresolved.
+                self.apply_unchecked(update)
+                    .map_err(|e| ApplyError(format!("stored change {}: {e}", change.seq)))?;
+            }
+            ChangeKind::Delete => self.deleted = true,
+        }
+        match change.kind {
+            ChangeKind::Update => {
+                self.deltas_since_snapshot += 1;
+                self.delta_bytes_since_snapshot += change.payload.len() as u64;
+            }
+            ChangeKind::Snapshot => {
+                self.deltas_since_snapshot = 0;
+                self.delta_bytes_since_snapshot = 0;
+            }
+            ChangeKind::Delete => {}
+        }
+        Ok(())
     }
 
     /// Applies a decoded update and says whether it changed the document.

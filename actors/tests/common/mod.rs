@@ -139,6 +139,16 @@ impl Rng {
         Rng(seed.max(1))
     }
 
+    /// A generator replaying `seed` exactly (0 is mapped to 1).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    /// The state, to hand a sub-generator its own seed.
+    pub fn fork(&mut self) -> Rng {
+        Rng::new(self.next())
+    }
+
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
