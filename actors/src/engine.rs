@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::{Addr, MailboxError};
 use seqsync_engine::{
@@ -45,6 +45,8 @@ use crate::writer::Writer;
 
 /// Threads merging compactions.
 const COMPACTOR_THREADS: usize = 1;
+/// How long shutdown waits for the runtime's threads to let go of the store.
+const RELEASE_WAIT_MS: u64 = 2_000;
 /// Threads in the blocking read pool.
 const READ_THREADS: usize = 4;
 /// Writes queued for the writer, at most, across all collections.
@@ -672,7 +674,29 @@ impl Inner {
         }
         self.shared.writer.stop();
         self.shared.pool.shutdown();
+        self.wait_for_release();
         tracing::info!("seqsync engine stopped");
+    }
+
+    /// Waits until nothing but this `Inner` holds the store. Stopping the
+    /// actix system does not join every thread that holds it: arbiters drop
+    /// their actors (each with an `Arc<Shared>`) and the compactor's threads
+    /// drop their storage handle just after. Without this wait, a host that
+    /// shuts down and reopens the same directory at once could find the
+    /// directory lock still held (`AlreadyOpen`); the simulation test found
+    /// it. Bounded: after `RELEASE_WAIT_MS` it logs and returns.
+    fn wait_for_release(&self) {
+        let started = Instant::now();
+        while Arc::strong_count(&self.shared) > 1 || Arc::strong_count(&self.shared.storage) > 1 {
+            if started.elapsed() > Duration::from_millis(RELEASE_WAIT_MS) {
+                tracing::warn!(
+                    "engine threads still hold the store after {RELEASE_WAIT_MS} ms; \
+                     it closes when they end"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -688,5 +712,6 @@ impl Drop for Inner {
         }
         self.shared.writer.stop();
         self.shared.pool.shutdown();
+        self.wait_for_release();
     }
 }
