@@ -508,7 +508,8 @@ async fn simulate(seed: u64) -> Outcome {
             assert_eq!(
                 replica.docs[doc].text(),
                 server_text,
-                "seed {seed}: client {c} did not converge on doc {doc} ({world:?})"
+                "seed {seed}: client {c} did not converge on doc {doc} ({world:?}); {}",
+                describe_gap(&replica.docs[doc], &server_replica)
             );
         }
         // Every acked update is in the server's state: applying it changes
@@ -555,6 +556,41 @@ async fn simulate(seed: u64) -> Outcome {
         texts,
         stats,
     }
+}
+
+/// Why a replica differs from the server: pending structures (a dependency
+/// never arrived) or state the other side lacks.
+fn describe_gap(replica: &Client, server: &Client) -> String {
+    use yrs::{ReadTxn, Transact};
+    let pending = |c: &Client| {
+        let txn = c.doc.transact();
+        let store = txn.store();
+        (
+            store.pending_update().is_some(),
+            store.pending_ds().is_some(),
+        )
+    };
+    let described = format!(
+        "replica pending (update, deletes) {:?}, server pending {:?}; replica sv {:?}, server sv {:?}",
+        pending(replica),
+        pending(server),
+        replica.state_vector(),
+        server.state_vector()
+    );
+    // Does the replica converge if handed the server's whole state?
+    let full = server
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&Default::default());
+    replica.apply(&full);
+    format!(
+        "{described}; after applying the server's full state the replica {}",
+        if replica.text() == server.text() {
+            "converges"
+        } else {
+            "still differs"
+        }
+    )
 }
 
 /// A client's periodic work: retransmit, pull (or recover), ack.
