@@ -60,6 +60,9 @@ pub struct Engine {
 
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
+    /// References to the store that existed when the engine was given it
+    /// (the caller may keep its own): shutdown waits only for the engine's.
+    storage_refs_at_open: usize,
     runtime: Mutex<Option<Runtime>>,
     closed: AtomicBool,
 }
@@ -89,6 +92,7 @@ impl Engine {
         storage: Arc<dyn Storage>,
     ) -> Result<Self, OpenError> {
         config.validate()?;
+        let storage_refs_at_open = Arc::strong_count(&storage);
         let runtime_error = |e: std::io::Error| OpenError::Runtime(e.to_string());
         let arbiters = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -137,6 +141,7 @@ impl Engine {
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
+                storage_refs_at_open,
                 runtime: Mutex::new(Some(Runtime { system, thread })),
                 closed: AtomicBool::new(false),
             }),
@@ -678,7 +683,8 @@ impl Inner {
         tracing::info!("seqsync engine stopped");
     }
 
-    /// Waits until nothing but this `Inner` holds the store. Stopping the
+    /// Waits until nothing of the engine's but this `Inner` holds the store
+    /// (references the caller of `open_with_storage` keeps are its own). Stopping the
     /// actix system does not join every thread that holds it: arbiters drop
     /// their actors (each with an `Arc<Shared>`) and the compactor's threads
     /// drop their storage handle just after. Without this wait, a host that
@@ -687,7 +693,9 @@ impl Inner {
     /// it. Bounded: after `RELEASE_WAIT_MS` it logs and returns.
     fn wait_for_release(&self) {
         let started = Instant::now();
-        while Arc::strong_count(&self.shared) > 1 || Arc::strong_count(&self.shared.storage) > 1 {
+        while Arc::strong_count(&self.shared) > 1
+            || Arc::strong_count(&self.shared.storage) > self.storage_refs_at_open
+        {
             if started.elapsed() > Duration::from_millis(RELEASE_WAIT_MS) {
                 tracing::warn!(
                     "engine threads still hold the store after {RELEASE_WAIT_MS} ms; \
