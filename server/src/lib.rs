@@ -7,11 +7,13 @@
 //!
 //! Code map: `routes` (the REST routes), `subscribe_ws` (the change stream as
 //! a WebSocket), `yws` (the y-websocket protocol), [`auth`] (the hook and the
-//! bearer-token implementation), [`error`] (engine errors as JSON answers).
+//! bearer-token implementation), [`error`] (engine errors as JSON answers),
+//! [`decode`] (pure decoders of bodies, query strings and y-websocket frames).
 
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod decode;
 pub mod error;
 mod routes;
 mod subscribe_ws;

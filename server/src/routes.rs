@@ -2,18 +2,17 @@
 //! owns (bodies, headers, query strings), calls the engine and maps its
 //! answer; the engine validates names, updates and limits itself.
 
-use std::collections::HashMap;
-
 use actix_web::http::header::{ContentType, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
 use futures::StreamExt;
 use seqsync_actors::PushOptions;
-use seqsync_engine::{Change, Epoch};
-use serde::{Deserialize, Serialize};
+use seqsync_engine::Change;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::Access;
+use crate::decode::{self, CursorQuery};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -132,19 +131,6 @@ async fn push_update(
     Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    updates: Vec<BatchItem>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    doc: String,
-    update: String,
-}
-
 async fn push_batch(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -155,22 +141,7 @@ async fn push_batch(
     state.auth.authorize(&req, &collection, Access::Write)?;
     let options = push_options(&req)?;
     let body = read_body(payload, state.batch_body_limit_bytes()).await?;
-    let batch: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("expected {{\"updates\":[{{\"doc\":\"…\",\"update\":\"<base64>\"}}]}}: {e}"),
-        )
-    })?;
-    let mut updates = Vec::with_capacity(batch.updates.len());
-    for (i, item) in batch.updates.into_iter().enumerate() {
-        let bytes = b64().decode(item.update.as_bytes()).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_base64",
-                format!("updates[{i}].update is not base64: {e}"),
-            )
-        })?;
-        updates.push((item.doc, bytes));
-    }
+    let updates = decode::decode_batch_body(&body)?;
     let outcome = state
         .engine
         .push_batch(&collection, updates, options)
@@ -189,46 +160,10 @@ async fn delete_document(
     Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
 }
 
-/// `after`, `limit`, `epoch` of a query string, with JSON errors.
-pub(crate) struct CursorQuery {
-    pub(crate) after: u64,
-    pub(crate) limit: Option<u64>,
-    pub(crate) epoch: Option<Epoch>,
-}
-
+/// `after`, `limit`, `epoch` of the request's query string, with JSON errors
+/// (see [`decode::decode_cursor_query`]).
 pub(crate) fn parse_cursor_query(req: &HttpRequest) -> Result<CursorQuery, ApiError> {
-    let pairs = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
-        .into_inner();
-    let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        pairs
-            .get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_query",
-                        format!("{key}={v:?} is not a non-negative integer"),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let epoch = pairs
-        .get("epoch")
-        .map(|v| {
-            Epoch::parse_hex(v).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("epoch={v:?} is not a 32-digit hex epoch"),
-                )
-            })
-        })
-        .transpose()?;
-    Ok(CursorQuery {
-        after: number("after")?.unwrap_or(0),
-        limit: number("limit")?,
-        epoch,
-    })
+    decode::decode_cursor_query(req.query_string())
 }
 
 async fn changes(
@@ -254,12 +189,6 @@ async fn changes(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AckRequest {
-    seq: u64,
-}
-
 async fn ack(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -269,10 +198,8 @@ async fn ack(
     let (collection, peer) = path.into_inner();
     state.auth.authorize(&req, &collection, Access::Write)?;
     let body = read_body(payload, 4096).await?;
-    let request: AckRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("expected {{\"seq\": n}}: {e}"))
-    })?;
-    let acked = state.engine.ack(&collection, &peer, request.seq).await?;
+    let seq = decode::decode_ack_body(&body)?;
+    let acked = state.engine.ack(&collection, &peer, seq).await?;
     Ok(HttpResponse::Ok().json(json!({"seq": acked})))
 }
 

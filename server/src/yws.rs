@@ -232,7 +232,7 @@ impl Connection {
         bytes: Bytes,
         pushes: &mut FuturesUnordered<futures::future::BoxFuture<'static, Result<(), CloseReason>>>,
     ) -> Step {
-        let message = match Message::decode_v1(&bytes) {
+        let message = match crate::decode::decode_yws_message(&bytes) {
             Ok(message) => message,
             Err(err) => {
                 return Step::Close(Some(CloseReason {

@@ -1,0 +1,186 @@
+//! Pure decoders for what clients send the host server: request bodies,
+//! query strings and y-websocket frames.
+//!
+//! Every function here takes bytes or a string and returns a typed value or a
+//! typed error; none touches a request, a socket or the engine, so each can be
+//! unit-tested and fuzzed on its own (`fuzz/fuzz_targets/http_bodies.rs`).
+//! The routes call them after reading the body (size limits are the routes'
+//! business) and before calling the engine (names and update contents are the
+//! engine's business).
+//!
+//! Guarantees shared by every decoder:
+//! - it never panics, whatever the input;
+//! - an HTTP decoder's error is an [`ApiError`] with status 400 and a stable
+//!   code (`invalid_json`, `invalid_base64`, `invalid_query`), the answer the
+//!   route sends unchanged.
+
+use std::collections::HashMap;
+
+use actix_web::web;
+use base64::Engine as _;
+use seqsync_engine::{Epoch, Seq};
+use serde::Deserialize;
+use yrs::sync::Message;
+use yrs::updates::decoder::Decode;
+
+use crate::error::ApiError;
+
+/// The base64 alphabet of JSON bodies and answers: standard, padded.
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    updates: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    doc: String,
+    update: String,
+}
+
+/// Decodes the body of `POST /v1/collections/{c}/batch`:
+/// `{"updates":[{"doc":"…","update":"<base64>"}, …]}`.
+///
+/// Returns the `(doc, update bytes)` pairs in body order. The document ids and
+/// the update bytes are not validated here (the engine does that); an empty
+/// `updates` list decodes to an empty vector.
+///
+/// Errors (status 400):
+/// - `invalid_json`: not UTF-8 JSON of exactly that shape (unknown fields,
+///   missing fields and trailing data are refused);
+/// - `invalid_base64`: `updates[i].update` is not standard padded base64; the
+///   message names the first such `i`.
+pub fn decode_batch_body(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let batch: BatchRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"updates\":[{{\"doc\":\"…\",\"update\":\"<base64>\"}}]}}: {e}"),
+        )
+    })?;
+    let mut updates = Vec::with_capacity(batch.updates.len());
+    for (i, item) in batch.updates.into_iter().enumerate() {
+        let bytes = b64().decode(item.update.as_bytes()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_base64",
+                format!("updates[{i}].update is not base64: {e}"),
+            )
+        })?;
+        updates.push((item.doc, bytes));
+    }
+    Ok(updates)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    seq: Seq,
+}
+
+/// Decodes the body of `POST /v1/collections/{c}/peers/{p}/ack`: `{"seq": n}`
+/// with `n` a non-negative integer that fits a `u64`.
+///
+/// Returns `n`; whether it is within the collection's head is the engine's
+/// check. Errors: `invalid_json` (status 400) for anything else, including
+/// unknown fields, a negative or fractional `n`, and trailing data.
+pub fn decode_ack_body(body: &[u8]) -> Result<Seq, ApiError> {
+    let request: AckRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("expected {{\"seq\": n}}: {e}"))
+    })?;
+    Ok(request.seq)
+}
+
+/// `after`, `limit` and `epoch` of a change-reading query string
+/// (`GET …/changes`, `GET …/subscribe`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorQuery {
+    /// Read the changes with seq > `after`; 0 when absent.
+    pub after: Seq,
+    /// Page size asked for, if any (the route applies its default and the
+    /// engine its cap).
+    pub limit: Option<u64>,
+    /// The epoch the client's cursor belongs to, if it sent one.
+    pub epoch: Option<Epoch>,
+}
+
+/// Decodes a query string (without the leading `?`) into a [`CursorQuery`].
+///
+/// The string is `application/x-www-form-urlencoded`; keys other than
+/// `after`, `limit` and `epoch` are ignored, and when a key repeats the last
+/// value wins. `after` and `limit` must be decimal integers that fit a `u64`
+/// (`str::parse`, so a leading `+` is accepted); `epoch` must be exactly 32
+/// hex digits (the form the server answers with).
+///
+/// Errors: `invalid_query` (status 400) when the string does not decode as
+/// form data or a value is malformed; the message names the key.
+pub fn decode_cursor_query(query: &str) -> Result<CursorQuery, ApiError> {
+    let pairs = web::Query::<HashMap<String, String>>::from_query(query)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        pairs
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{key}={v:?} is not a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let epoch = pairs
+        .get("epoch")
+        .map(|v| {
+            Epoch::parse_hex(v).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("epoch={v:?} is not a 32-digit hex epoch"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(CursorQuery {
+        after: number("after")?.unwrap_or(0),
+        limit: number("limit")?,
+        epoch,
+    })
+}
+
+/// A binary frame that is not a y-websocket message; the text is the
+/// decoder's reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YwsDecodeError(pub String);
+
+impl std::fmt::Display for YwsDecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for YwsDecodeError {}
+
+/// Decodes one binary y-websocket frame (v1 encoding) into a
+/// [`yrs::sync::Message`]: sync step 1 / step 2 / update, awareness,
+/// awareness query, auth or a custom message.
+///
+/// It decodes like `Message::decode_v1` (what the `/yws` route applies to
+/// each client frame) but never panics: yrs asserts on some malformed
+/// frames in builds with debug assertions (an awareness entry or a state
+/// vector naming a client id of 2^53 or more; found by `fuzz/`), and such a panic
+/// becomes an error here, as `seqsync_engine::decode_update` does for updates.
+/// The update bytes inside a sync message are not decoded here (the engine
+/// decodes them when pushed). Errors: a truncated frame, an unknown message
+/// or sync tag, a malformed varint, or a frame the decoder panicked on.
+pub fn decode_yws_message(frame: &[u8]) -> Result<Message, YwsDecodeError> {
+    match std::panic::catch_unwind(|| Message::decode_v1(frame)) {
+        Ok(Ok(message)) => Ok(message),
+        Ok(Err(e)) => Err(YwsDecodeError(e.to_string())),
+        Err(_) => Err(YwsDecodeError("the decoder rejected the frame".to_owned())),
+    }
+}
