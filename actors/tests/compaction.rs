@@ -129,15 +129,42 @@ mod cases {
                 if rng.below(15) == 0 {
                     engine.compact("c").await.unwrap();
                 }
-                if step % 30 == 29 {
-                    // Mid-history spot check at a random cursor.
+                // Mid-history spot check at a random cursor, when nothing is
+                // held back. With an update still held back, a later update
+                // of the same client may be shown by yrs when it arrives
+                // inside a document state (integrated after the clock gap)
+                // yet stay pending when it arrives on its own, so two
+                // replicas holding the same updates can differ until the
+                // held-back one arrives; the check after the loop, with
+                // everything pushed, is the one that must hold at every
+                // cursor. (Seen under load: the served document showed such
+                // an update while a replay of every push did not.)
+                if step % 30 == 29 && held_back.is_empty() {
                     let c = rng.below(head + 1);
                     for doc in docs {
-                        assert_eq!(
-                            replay_from(&engine, &history, doc, c).await,
-                            server_text(&engine, doc).await,
-                            "round {round} step {step} cursor {c} doc {doc}"
-                        );
+                        let replayed = replay_from(&engine, &history, doc, c).await;
+                        let served = server_text(&engine, doc).await;
+                        if replayed != served {
+                            // Which side is off: the stored log alone, read
+                            // from cursor 0, tells storage from replica.
+                            let stored = replay_from(&engine, &history, doc, 0).await;
+                            let pushed = {
+                                let client = Client::new(4444);
+                                for (_, (d, update)) in history.iter() {
+                                    if d == doc {
+                                        client.apply(update);
+                                    }
+                                }
+                                client.text()
+                            };
+                            panic!(
+                                "round {round} step {step} cursor {c} doc {doc}:\n \
+                                 history ≤ cursor + stream: {replayed:?}\n \
+                                 document + stream:         {served:?}\n \
+                                 stream from 0:             {stored:?}\n \
+                                 every push, in seq order:  {pushed:?}"
+                            );
+                        }
                     }
                 }
             }
