@@ -741,17 +741,12 @@ impl CollectionActor {
         let Some(state) = self.state.as_ref() else {
             return 0;
         };
-        let timeout_ms = self
-            .shared
-            .config
-            .compaction
-            .peer_timeout_secs
-            .saturating_mul(1000);
+        let timeout_secs = self.shared.config.compaction.peer_timeout_secs;
         let now = now_ms();
         state
             .peers
             .values()
-            .filter(|p| now.saturating_sub(p.last_seen_ms) <= timeout_ms)
+            .filter(|p| p.is_active(now, timeout_secs))
             .map(|p| p.acked)
             .min()
             .map_or(state.committed_head, |acked| {

@@ -394,13 +394,7 @@ impl Engine {
     pub async fn peers(&self, collection: &str) -> Result<Vec<PeerInfo>, ReadError> {
         self.check_open()?;
         let name = CollectionName::new(collection)?;
-        let timeout_ms = self
-            .inner
-            .shared
-            .config
-            .compaction
-            .peer_timeout_secs
-            .saturating_mul(1000);
+        let timeout_secs = self.inner.shared.config.compaction.peer_timeout_secs;
         let (head, records) = self
             .inner
             .shared
@@ -414,7 +408,7 @@ impl Engine {
             .into_iter()
             .map(|p| PeerInfo {
                 lag: head.saturating_sub(p.acked),
-                active: now.saturating_sub(p.last_seen_ms) <= timeout_ms,
+                active: p.is_active(now, timeout_secs),
                 peer: p.peer,
                 acked: p.acked,
                 last_seen_ms: p.last_seen_ms,

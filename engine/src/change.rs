@@ -151,6 +151,20 @@ pub struct PeerRecord {
     pub last_seen_ms: u64,
 }
 
+impl PeerRecord {
+    /// Whether the peer was seen less than `timeout_secs` before `now_ms`, so
+    /// that it still holds compaction back.
+    ///
+    /// The bound is strict on purpose: with a timeout of 0 no peer is ever
+    /// active, whatever the clock says. With `<=`, a peer seen in the same
+    /// millisecond as the check counted as active, so whether compaction
+    /// waited for it depended on how fast the machine ran (the seeded
+    /// simulation replayed differently from run to run because of it).
+    pub fn is_active(&self, now_ms: u64, timeout_secs: u64) -> bool {
+        now_ms.saturating_sub(self.last_seen_ms) < timeout_secs.saturating_mul(1000)
+    }
+}
+
 /// A document as listed by [`crate::Storage::documents`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentInfo {
@@ -197,5 +211,22 @@ mod tests {
         assert_eq!(ChangeKind::Delete.code(), 2);
         assert_eq!(ChangeKind::Snapshot.code(), 3);
         assert_eq!(ChangeKind::from_code(0), None);
+    }
+
+    /// Whether compaction waits for a peer must not depend on how fast the
+    /// machine runs: a timeout of 0 never counts a peer as active, even one
+    /// seen in the same millisecond (the seeded simulation relies on it).
+    #[test]
+    fn peer_activity_is_strict_and_zero_means_never() {
+        let peer = PeerRecord {
+            peer: PeerId::new("p").unwrap(),
+            acked: 1,
+            last_seen_ms: 10_000,
+        };
+        assert!(!peer.is_active(10_000, 0), "timeout 0: never active");
+        assert!(peer.is_active(10_000, 1));
+        assert!(peer.is_active(10_999, 1));
+        assert!(!peer.is_active(11_000, 1), "exactly the timeout: inactive");
+        assert!(peer.is_active(5_000, 1), "a clock that went back: active");
     }
 }

@@ -93,7 +93,8 @@ pub struct CompactionConfig {
     /// ... or this many deltas; default 1000.
     pub max_deltas: u64,
     /// A peer not seen for this long is inactive and no longer holds
-    /// compaction back; default 300.
+    /// compaction back; default 300. `0` means acks never hold compaction
+    /// back.
     pub peer_timeout_secs: u64,
 }
 
