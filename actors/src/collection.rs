@@ -11,7 +11,10 @@
 //! takes the next message. The caller waits on a oneshot that the actor
 //! answers when the writer reports the commit (`CommitDone`), in seq order.
 //! Live subscribers are fed at that moment too, so they only ever see
-//! committed changes, in seq order.
+//! committed changes, in seq order. A subscriber follows the whole collection
+//! or one document; a document's subscribers are kept under its id and get
+//! only its changes, so delivering a commit costs the subscribers of the
+//! documents it touched, never those of the rest of the collection.
 //!
 //! Blocking I/O never runs here: loading a document or the collection's
 //! metadata happens on the read pool, inside an `AtomicResponse` so that no
@@ -97,17 +100,36 @@ impl Message for Ack {
     type Result = AckReply;
 }
 
+/// What a live subscriber receives at each commit that touches its scope
+/// (the collection, or one document).
+///
+/// Continuity is checkable: the scope has no committed change in
+/// `(since, first of changes)`, and none in `(last of changes, through]`. A
+/// stream whose cursor is below `since` missed something (it was dropped
+/// and re-registered, say) and must read storage instead.
+pub(crate) struct LiveBatch {
+    pub(crate) since: Seq,
+    pub(crate) through: Seq,
+    pub(crate) changes: Arc<[Change]>,
+}
+
 /// Permission to stream live changes: everything ≤ `head` is in storage,
 /// everything after arrives on `live`.
 pub(crate) struct Grant {
     pub(crate) epoch: Option<Epoch>,
     pub(crate) head: Seq,
-    pub(crate) live: mpsc::Receiver<Arc<[Change]>>,
+    /// The highest seq handed to the writer (≥ `head`). A cursor up to here
+    /// is real: it may come from storage that already holds a commit the
+    /// actor has not yet been told of. Only a cursor beyond it is foreign.
+    pub(crate) assigned_head: Seq,
+    pub(crate) live: mpsc::Receiver<LiveBatch>,
 }
 
-/// Register a live subscriber.
+/// Register a live subscriber of the collection, or of one document.
 #[derive(Clone)]
-pub(crate) struct Subscribe;
+pub(crate) struct Subscribe {
+    pub(crate) doc: Option<DocId>,
+}
 
 impl Message for Subscribe {
     type Result = Result<Grant, StorageError>;
@@ -246,13 +268,27 @@ pub(crate) struct CollectionActor {
     /// A commit failed or memory diverged from storage: refuse writes, and
     /// reset once nothing is in flight.
     broken: bool,
-    subscribers: Vec<mpsc::Sender<Arc<[Change]>>>,
+    /// Subscribers of the whole collection.
+    subscribers: Vec<mpsc::Sender<LiveBatch>>,
+    /// Subscribers of one document, by document.
+    doc_subscribers: HashMap<DocId, DocSubscribers>,
+    /// Live batches handed to subscribers (the engine-wide count).
+    deliveries: metrics::Counter,
     last_active: Instant,
     /// Documents with a compaction planned or in flight, and the manual runs
     /// waiting for it.
     compacting: HashMap<DocId, Vec<u64>>,
     manual_runs: HashMap<u64, ManualRun>,
     next_run: u64,
+}
+
+/// The live subscribers of one document.
+struct DocSubscribers {
+    /// No change of the document is committed in `(since, committed head]`:
+    /// the `through` of the last batch sent, or the head when the entry was
+    /// made (its first subscriber reads storage up to there).
+    since: Seq,
+    senders: Vec<mpsc::Sender<LiveBatch>>,
 }
 
 /// What a load brings back from storage.
@@ -275,6 +311,8 @@ impl CollectionActor {
             next_ticket: 0,
             broken: false,
             subscribers: Vec::new(),
+            doc_subscribers: HashMap::new(),
+            deliveries: metrics::counter!(m::LIVE_DELIVERIES),
             last_active: Instant::now(),
             compacting: HashMap::new(),
             manual_runs: HashMap::new(),
@@ -668,11 +706,14 @@ impl CollectionActor {
                     (Some(state), None) => state.committed_head,
                     (None, last) => last.map_or(0, |c| c.seq),
                 };
-                front.waiters.into_iter().for_each(|w| w.succeed(head));
-                if !self.broken && !front.changes.is_empty() {
-                    let touched: HashSet<DocId> =
-                        front.changes.iter().map(|c| c.doc.clone()).collect();
+                // Subscribers first, then the pushers: by the time a push is
+                // answered, its change is in every live subscriber's buffer.
+                let touched: HashSet<DocId> = front.changes.iter().map(|c| c.doc.clone()).collect();
+                if !self.broken {
                     self.broadcast(front.changes);
+                }
+                front.waiters.into_iter().for_each(|w| w.succeed(head));
+                if !self.broken {
                     for doc in touched {
                         self.maybe_compact(ctx, doc);
                     }
@@ -687,19 +728,91 @@ impl CollectionActor {
         self.reset_if_drained();
     }
 
+    /// Feeds one commit's changes to the live subscribers: the whole batch
+    /// to the collection's, and to each touched document's subscribers only
+    /// that document's changes. A subscriber whose buffer is full is
+    /// dropped: its stream notices the closed channel and catches up from
+    /// storage instead.
     fn broadcast(&mut self, changes: Vec<Change>) {
-        let batch: Arc<[Change]> = changes.into();
-        // A subscriber whose buffer is full is dropped: its stream notices
-        // the closed channel and catches up from storage instead.
-        self.subscribers
-            .retain(|tx| tx.try_send(batch.clone()).is_ok());
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            return;
+        };
+        let (since, through) = (first.seq - 1, last.seq);
+        let mut delivered = 0u64;
+        if !self.doc_subscribers.is_empty() {
+            // Group the touched documents' changes, in seq order, without
+            // looking at documents nobody follows.
+            let mut by_doc: Vec<(DocId, Vec<Change>)> = Vec::new();
+            for change in &changes {
+                if !self.doc_subscribers.contains_key(&change.doc) {
+                    continue;
+                }
+                match by_doc.iter_mut().find(|(d, _)| *d == change.doc) {
+                    Some((_, list)) => list.push(change.clone()),
+                    None => by_doc.push((change.doc.clone(), vec![change.clone()])),
+                }
+            }
+            for (doc, list) in by_doc {
+                let Some(entry) = self.doc_subscribers.get_mut(&doc) else {
+                    continue;
+                };
+                let changes: Arc<[Change]> = list.into();
+                let since = entry.since;
+                entry.senders.retain(|tx| {
+                    let sent = tx
+                        .try_send(LiveBatch {
+                            since,
+                            through,
+                            changes: changes.clone(),
+                        })
+                        .is_ok();
+                    delivered += u64::from(sent);
+                    sent
+                });
+                entry.since = through;
+                if entry.senders.is_empty() {
+                    self.doc_subscribers.remove(&doc);
+                }
+            }
+        }
+        if !self.subscribers.is_empty() {
+            let batch: Arc<[Change]> = changes.into();
+            self.subscribers.retain(|tx| {
+                let sent = tx
+                    .try_send(LiveBatch {
+                        since,
+                        through,
+                        changes: batch.clone(),
+                    })
+                    .is_ok();
+                delivered += u64::from(sent);
+                sent
+            });
+        }
+        if delivered > 0 {
+            self.deliveries.increment(delivered);
+            self.shared
+                .live_deliveries
+                .fetch_add(delivered, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Closes every live subscriber (they resume from storage at their
+    /// cursor, so none sees a gap).
+    fn drop_subscribers(&mut self) {
+        self.subscribers.clear();
+        self.doc_subscribers.clear();
+    }
+
+    fn has_subscribers(&self) -> bool {
+        !self.subscribers.is_empty() || !self.doc_subscribers.is_empty()
     }
 
     fn mark_broken(&mut self) {
         self.broken = true;
         // Live subscribers must not see a gap: close them; they resume from
         // storage at their cursor.
-        self.subscribers.clear();
+        self.drop_subscribers();
         self.reset_if_drained();
     }
 
@@ -889,6 +1002,10 @@ impl CollectionActor {
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
         let idle = Duration::from_secs(self.shared.config.actors.idle_unload_secs);
         self.subscribers.retain(|tx| !tx.is_closed());
+        self.doc_subscribers.retain(|_, entry| {
+            entry.senders.retain(|tx| !tx.is_closed());
+            !entry.senders.is_empty()
+        });
         // Never unload with work under way: writes in flight, a compaction
         // being planned, or a `compact()` caller waiting for its answer.
         let busy = !self.inflight.is_empty()
@@ -898,7 +1015,7 @@ impl CollectionActor {
         if self.last_active.elapsed() < idle || busy {
             return;
         }
-        if self.subscribers.is_empty() {
+        if !self.has_subscribers() {
             ctx.stop();
         } else if !self.docs.is_empty() {
             self.unload_documents();
@@ -916,7 +1033,7 @@ impl CollectionActor {
         if !ok {
             tracing::error!(collection = %self.name, "panic in collection actor; restarting it from storage");
             metrics::counter!(m::ERRORS, "kind" => "panic").increment(1);
-            self.subscribers.clear();
+            self.drop_subscribers();
             ctx.stop();
         }
         ok
@@ -1045,7 +1162,7 @@ impl Handler<Ack> for CollectionActor {
 impl Handler<Subscribe> for CollectionActor {
     type Result = AtomicResponse<Self, Result<Grant, StorageError>>;
 
-    fn handle(&mut self, _msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
         self.with_loaded(&[], move |act, _ctx, loaded| {
             loaded?;
             let Some(state) = act.state.as_ref() else {
@@ -1061,10 +1178,24 @@ impl Handler<Subscribe> for CollectionActor {
             let grant = Grant {
                 epoch: state.epoch,
                 head: state.committed_head,
+                assigned_head: state.assigned_head,
                 live: rx,
             };
             if !act.broken {
-                act.subscribers.push(tx);
+                match msg.doc {
+                    None => act.subscribers.push(tx),
+                    Some(doc) => {
+                        let head = state.committed_head;
+                        act.doc_subscribers
+                            .entry(doc)
+                            .or_insert_with(|| DocSubscribers {
+                                since: head,
+                                senders: Vec::new(),
+                            })
+                            .senders
+                            .push(tx);
+                    }
+                }
             }
             // When broken, `tx` is dropped: the stream catches up to `head`
             // from storage, sees the closed channel and registers again.

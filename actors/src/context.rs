@@ -1,6 +1,7 @@
 //! What every part of the runtime shares: the store, the config, the writer,
 //! the read pool and the registry of collection actors.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use seqsync_engine::{EngineConfig, Storage, StorageError};
@@ -19,6 +20,9 @@ pub(crate) struct Shared {
     pub(crate) pool: BlockingPool,
     pub(crate) registry: Registry,
     pub(crate) compactor: Addr<Compactor>,
+    /// Live batches handed to subscribers since the engine opened
+    /// (`Engine::live_deliveries`).
+    pub(crate) live_deliveries: AtomicU64,
 }
 
 impl Shared {

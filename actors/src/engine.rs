@@ -94,9 +94,7 @@ impl Engine {
         config.validate()?;
         let storage_refs_at_open = Arc::strong_count(&storage);
         let runtime_error = |e: std::io::Error| OpenError::Runtime(e.to_string());
-        let arbiters = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 16);
+        let arbiters = config.actors.arbiter_count();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let compactor_storage = storage.clone();
         let thread = std::thread::Builder::new()
@@ -137,6 +135,7 @@ impl Engine {
             pool,
             registry: Registry::new(arbiter_handles),
             compactor,
+            live_deliveries: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Self {
             inner: Arc::new(Inner {
@@ -363,9 +362,48 @@ impl Engine {
         Ok(subscription::subscribe(
             self.inner.clone(),
             name,
+            None,
             after,
             epoch,
         ))
+    }
+
+    /// [`Engine::subscribe`] for one document: its stored changes with seq >
+    /// `after`, then its live ones, with the same guarantees (no gap, no
+    /// duplicate, bounded memory, `UpToDate`). Cursors and `UpToDate` heads
+    /// are collection seqs; the stream carries only this document's changes
+    /// (its tombstone included).
+    ///
+    /// This is what a client of one document should use: the collection's
+    /// actor hands each commit only to the subscribers of the documents it
+    /// touched, so the cost of following a document does not grow with the
+    /// number of other documents in the collection or their traffic.
+    /// Errors: as [`Engine::subscribe`], plus `InvalidName` for `doc`.
+    pub fn subscribe_document(
+        &self,
+        collection: &str,
+        doc: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> Result<Subscription, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let doc = DocId::new(doc)?;
+        Ok(subscription::subscribe(
+            self.inner.clone(),
+            name,
+            Some(doc),
+            after,
+            epoch,
+        ))
+    }
+
+    /// Live batches the collection actors have handed to subscribers since
+    /// the engine opened: one per subscriber per commit that touched what it
+    /// follows (also the `seqsync_live_deliveries_total` counter). Not
+    /// blocking. For capacity planning and for tests that check fan-out.
+    pub fn live_deliveries(&self) -> u64 {
+        self.inner.shared.live_deliveries.load(Ordering::Relaxed)
     }
 
     /// Records that `peer` has every change ≤ `seq`. The stored ack is the
@@ -651,11 +689,15 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn grant(&self, name: &CollectionName) -> Result<Grant, ReadError> {
+    pub(crate) async fn grant(
+        &self,
+        name: &CollectionName,
+        doc: Option<DocId>,
+    ) -> Result<Grant, ReadError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(ReadError::ShuttingDown);
         }
-        self.send(name, Subscribe)
+        self.send(name, Subscribe { doc })
             .await
             .map_err(|_| ReadError::Internal("the collection actor is gone".to_owned()))?
             .map_err(ReadError::Storage)

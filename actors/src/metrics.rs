@@ -17,6 +17,9 @@ pub const COMMIT_GROUP_SIZE: &str = "seqsync_commit_group_size";
 pub const STORAGE_COMMIT_SECONDS: &str = "seqsync_storage_commit_seconds";
 /// Counter: changes delivered by `changes` and `subscribe`.
 pub const CHANGES_STREAMED: &str = "seqsync_changes_streamed_total";
+/// Counter: live batches handed to subscribers by collection actors (one per
+/// subscriber per commit that touches what it follows).
+pub const LIVE_DELIVERIES: &str = "seqsync_live_deliveries_total";
 /// Gauge: live subscriptions.
 pub const SUBSCRIBERS: &str = "seqsync_subscribers";
 /// Counter: compactions committed.
@@ -51,6 +54,10 @@ pub fn describe() {
     describe_counter!(
         CHANGES_STREAMED,
         "Changes delivered to readers and subscribers"
+    );
+    describe_counter!(
+        LIVE_DELIVERIES,
+        "Live batches handed to subscribers (one per subscriber per commit it follows)"
     );
     describe_gauge!(SUBSCRIBERS, "Live subscriptions");
     describe_counter!(COMPACTIONS, "Compactions committed");

@@ -16,15 +16,31 @@
 //! `UpToDate { head }` is emitted each time the stream has delivered
 //! everything up to `head`: after the catch-up and whenever the live channel
 //! runs empty.
+//!
+//! A subscription may follow one document instead of the whole collection.
+//! It then catches up with `Storage::read_document_changes` (an index seek,
+//! not a scan of the collection) and the actor sends it only that document's
+//! changes. Its live batches are not consecutive in seq, so continuity is
+//! checked with each batch's `since` (see `LiveBatch`): a batch that starts
+//! beyond the cursor means something was missed, and the stream goes back to
+//! storage. Its cursor and `UpToDate` heads are collection seqs like any
+//! other: "every change of this document up to here was delivered".
+//!
+//! The cursor a client starts from may be ahead of the head the actor grants:
+//! a document read from storage can see a commit whose report the actor has
+//! not yet processed. Such a cursor is still a real one (it is at most the
+//! actor's assigned head), so the stream goes live from it instead of
+//! answering `Reset`; the live batches up to it are skipped.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use seqsync_engine::{Change, CollectionName, Epoch, ReadError, Seq};
+use seqsync_engine::{CollectionName, DocId, Epoch, ReadError, Seq};
 use tokio::sync::mpsc;
 
+use crate::collection::LiveBatch;
 use crate::engine::Inner;
 use crate::metrics as m;
 use crate::types::StreamEvent;
@@ -38,10 +54,10 @@ enum Phase {
     /// Read storage until `target`, then go live.
     CatchUp {
         target: Seq,
-        live: mpsc::Receiver<Arc<[Change]>>,
+        live: mpsc::Receiver<LiveBatch>,
     },
     /// Forward live batches.
-    Live(mpsc::Receiver<Arc<[Change]>>),
+    Live(mpsc::Receiver<LiveBatch>),
     /// An error was yielded; the stream is over.
     Done,
 }
@@ -49,11 +65,15 @@ enum Phase {
 struct State {
     inner: Arc<Inner>,
     collection: CollectionName,
+    /// Follow only this document.
+    doc: Option<DocId>,
     cursor: Seq,
     /// The epoch the client's cursor belongs to, once known.
     epoch: Option<Epoch>,
     phase: Phase,
     buffer: VecDeque<StreamEvent>,
+    /// Looked up once, not per change.
+    streamed: metrics::Counter,
     _gauge: SubscriberGauge,
 }
 
@@ -75,16 +95,19 @@ impl Drop for SubscriberGauge {
 pub(crate) fn subscribe(
     inner: Arc<Inner>,
     collection: CollectionName,
+    doc: Option<DocId>,
     after: Seq,
     epoch: Option<Epoch>,
 ) -> Subscription {
     let state = State {
         inner,
         collection,
+        doc,
         cursor: after,
         epoch,
         phase: Phase::Register,
         buffer: VecDeque::new(),
+        streamed: metrics::counter!(m::CHANGES_STREAMED),
         _gauge: SubscriberGauge::new(),
     };
     Box::pin(futures::stream::unfold(state, |mut state| async move {
@@ -98,7 +121,7 @@ impl State {
         loop {
             if let Some(event) = self.buffer.pop_front() {
                 if matches!(event, StreamEvent::Change(_)) {
-                    metrics::counter!(m::CHANGES_STREAMED).increment(1);
+                    self.streamed.increment(1);
                 }
                 return Some(Ok(event));
             }
@@ -116,7 +139,7 @@ impl State {
     }
 
     async fn register(&mut self) -> Result<Phase, ReadError> {
-        let grant = self.inner.grant(&self.collection).await?;
+        let grant = self.inner.grant(&self.collection, self.doc.clone()).await?;
         let reset = ReadError::Reset {
             epoch: grant.epoch,
             head: grant.head,
@@ -126,7 +149,7 @@ impl State {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if foreign_epoch || self.cursor > grant.head {
+        if foreign_epoch || self.cursor > grant.assigned_head {
             return Err(reset);
         }
         if self.epoch.is_none() {
@@ -141,21 +164,25 @@ impl State {
     async fn catch_up(
         &mut self,
         target: Seq,
-        live: mpsc::Receiver<Arc<[Change]>>,
+        live: mpsc::Receiver<LiveBatch>,
     ) -> Result<Phase, ReadError> {
         if self.cursor >= target {
             self.buffer
-                .push_back(StreamEvent::UpToDate { head: target });
+                .push_back(StreamEvent::UpToDate { head: self.cursor });
             return Ok(Phase::Live(live));
         }
         let limit =
             usize::try_from(self.inner.shared.config.limits.stream_page_limit).unwrap_or(1000);
         let name = self.collection.clone();
+        let doc = self.doc.clone();
         let after = self.cursor;
         let page = self
             .inner
             .shared
-            .read(move |storage| storage.read_changes(&name, after, limit))
+            .read(move |storage| match &doc {
+                None => storage.read_changes(&name, after, limit),
+                Some(doc) => storage.read_document_changes(&name, doc, after, limit),
+            })
             .await?;
         let Some(page) = page else {
             // Cannot happen after a grant with target > cursor ≥ 0; treat
@@ -173,6 +200,9 @@ impl State {
                 });
             }
         }
+        // A full page may have more after it; a short one is all there is
+        // (for a document, its changes up to `target` may end well before).
+        let full = page.changes.len() >= limit;
         let mut advanced = false;
         for change in page.changes {
             if change.seq > target {
@@ -182,31 +212,31 @@ impl State {
             advanced = true;
             self.buffer.push_back(StreamEvent::Change(change));
         }
-        if !advanced {
-            // Nothing left ≤ target: the head change always exists, so this
-            // only means we are there.
-            self.cursor = target;
+        if !advanced || !full {
+            // Nothing more ≤ target: everything up to it is delivered.
+            self.cursor = self.cursor.max(target);
         }
         Ok(Phase::CatchUp { target, live })
     }
 
-    async fn live(&mut self, mut live: mpsc::Receiver<Arc<[Change]>>) -> Phase {
+    async fn live(&mut self, mut live: mpsc::Receiver<LiveBatch>) -> Phase {
         let Some(batch) = live.recv().await else {
             // Dropped for lagging, or the actor unloaded or reset: resume
             // from storage at our cursor.
             return Phase::Register;
         };
-        for change in batch.iter() {
+        if batch.since > self.cursor {
+            // A hole would break the promise: fall back to storage.
+            return Phase::Register;
+        }
+        for change in batch.changes.iter() {
             if change.seq <= self.cursor {
                 continue;
-            }
-            if change.seq != self.cursor + 1 {
-                // A hole would break the promise: fall back to storage.
-                return Phase::Register;
             }
             self.cursor = change.seq;
             self.buffer.push_back(StreamEvent::Change(change.clone()));
         }
+        self.cursor = self.cursor.max(batch.through);
         if live.is_empty() {
             self.buffer
                 .push_back(StreamEvent::UpToDate { head: self.cursor });

@@ -186,6 +186,17 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.visit_document_changes(name, doc, visit)
     }
 
+    fn read_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        self.read_fault("read_document_changes")?;
+        self.inner.read_document_changes(name, doc, after, limit)
+    }
+
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
         self.read_fault("documents")?;
         self.inner.documents(name)

@@ -265,6 +265,43 @@ impl Storage for RedbStorage {
         Ok(Some(ChangesPage { meta, changes }))
     }
 
+    fn read_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        let tx = self.read_txn()?;
+        let collections = tx.open_table(COLLECTIONS).map_err(table_error)?;
+        let Some(meta) = read_meta(&collections, name)? else {
+            return Ok(None);
+        };
+        let mut changes = Vec::new();
+        if let Some(from) = after.checked_add(1) {
+            // The doc index seeks straight to `after`, in the same snapshot.
+            let index = tx.open_table(DOC_INDEX).map_err(table_error)?;
+            let table = tx.open_table(CHANGES).map_err(table_error)?;
+            let range = index
+                .range(
+                    (name.as_str(), doc.as_str(), from)..=(name.as_str(), doc.as_str(), u64::MAX),
+                )
+                .map_err(storage_error)?;
+            for entry in range.take(limit) {
+                let (key, _) = entry.map_err(storage_error)?;
+                let seq = key.value().2;
+                let value = table
+                    .get((name.as_str(), seq))
+                    .map_err(storage_error)?
+                    .ok_or_else(|| {
+                        corrupt(format!("doc_index names missing change {seq} of {name}"))
+                    })?;
+                changes.push(codec::decode_change(BACKEND, seq, value.value())?);
+            }
+        }
+        Ok(Some(ChangesPage { meta, changes }))
+    }
+
     fn document_changes(
         &self,
         name: &CollectionName,

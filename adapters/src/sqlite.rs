@@ -292,6 +292,37 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn read_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        self.with_reader(|tx| {
+            let Some((cid, meta)) = read_meta(tx, name)? else {
+                return Ok(None);
+            };
+            // Seeks `changes_by_doc` (cid, doc, seq) straight to `after`.
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                     WHERE cid = ?1 AND doc = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+                )
+                .map_err(|e| sql_error("reading a document's changes", e))?;
+            let changes = collect_changes(
+                stmt.query(params![
+                    cid,
+                    doc.as_str(),
+                    to_i64(after.min(i64::MAX as u64))?,
+                    clamp_limit(limit)
+                ])
+                .map_err(|e| sql_error("reading a document's changes", e))?,
+            )?;
+            Ok(Some(ChangesPage { meta, changes }))
+        })
+    }
+
     fn document_changes(
         &self,
         name: &CollectionName,

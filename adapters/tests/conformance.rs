@@ -310,6 +310,56 @@ mod cases {
         }
     }
 
+    /// A per-document subscription catches up with `read_document_changes`:
+    /// at every cursor and page size, walking it must give exactly that
+    /// document's changes after the cursor, once each, in seq order, and
+    /// nothing of other documents; a missing collection is `None`.
+    pub fn document_pages_cover_one_document_after_the_cursor(fx: &Fixture) {
+        let storage = fx.open();
+        seeded(&*storage, "c", 10); // a: odd seqs, b: even seqs
+        assert!(storage
+            .read_document_changes(&coll("nope"), &doc("a"), 0, 10)
+            .unwrap()
+            .is_none());
+        for (id, parity) in [("a", 1), ("b", 0)] {
+            for cursor in 0..=11u64 {
+                for limit in [1usize, 2, 5, 100] {
+                    let mut after = cursor;
+                    let mut seen = Vec::new();
+                    loop {
+                        let page = storage
+                            .read_document_changes(&coll("c"), &doc(id), after, limit)
+                            .unwrap()
+                            .unwrap();
+                        assert_eq!(page.meta.head, 10);
+                        assert!(page.changes.len() <= limit);
+                        assert!(page.changes.iter().all(|c| c.doc.as_str() == id));
+                        let Some(last) = page.changes.last() else {
+                            break;
+                        };
+                        after = last.seq;
+                        seen.extend(seqs(&page.changes));
+                    }
+                    let expected: Vec<Seq> =
+                        ((cursor + 1)..=10).filter(|s| s % 2 == parity).collect();
+                    assert_eq!(seen, expected, "doc {id} after {cursor}, limit {limit}");
+                }
+            }
+        }
+        assert!(storage
+            .read_document_changes(&coll("c"), &doc("a"), 0, 0)
+            .unwrap()
+            .unwrap()
+            .changes
+            .is_empty());
+        assert!(storage
+            .read_document_changes(&coll("c"), &doc("zz"), 0, 10)
+            .unwrap()
+            .unwrap()
+            .changes
+            .is_empty());
+    }
+
     /// Pages never exceed the limit and, walked with the last seq as the next
     /// cursor, return every change exactly once.
     pub fn pages_respect_limit_and_cover_everything(fx: &Fixture) {
@@ -853,6 +903,7 @@ macro_rules! conformance {
             #[test] fn large_document_loads_streamed_like_collected() { cases::large_document_loads_streamed_like_collected(&fixture()) }
             #[test] fn append_and_read_round_trip() { cases::append_and_read_round_trip(&fixture()) }
             #[test] fn cursor_is_exclusive() { cases::cursor_is_exclusive(&fixture()) }
+            #[test] fn document_pages_cover_one_document_after_the_cursor() { cases::document_pages_cover_one_document_after_the_cursor(&fixture()) }
             #[test] fn pages_respect_limit_and_cover_everything() { cases::pages_respect_limit_and_cover_everything(&fixture()) }
             #[test] fn seqs_must_continue_the_head_without_gaps() { cases::seqs_must_continue_the_head_without_gaps(&fixture()) }
             #[test] fn failed_batch_leaves_nothing() { cases::failed_batch_leaves_nothing(&fixture()) }

@@ -140,13 +140,33 @@ pub struct ActorsConfig {
     /// Bound of every actor's mailbox and of each subscriber's buffer;
     /// default 1024.
     pub mailbox_capacity: u64,
+    /// Arbiter threads the collection actors are spread over (a collection
+    /// stays on one for its life); default 0 = the machine's available
+    /// parallelism. At most 64.
+    pub arbiters: u64,
 }
+
+impl ActorsConfig {
+    /// The number of arbiters to start: `arbiters`, or the available
+    /// parallelism when it is 0 (2 if that cannot be read), at most 64.
+    pub fn arbiter_count(&self) -> usize {
+        let wanted = match self.arbiters {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => usize::try_from(n).unwrap_or(MAX_ARBITERS),
+        };
+        wanted.clamp(1, MAX_ARBITERS)
+    }
+}
+
+/// Upper bound of `actors.arbiters`.
+const MAX_ARBITERS: usize = 64;
 
 impl Default for ActorsConfig {
     fn default() -> Self {
         Self {
             idle_unload_secs: 60,
             mailbox_capacity: 1024,
+            arbiters: 0,
         }
     }
 }
@@ -282,7 +302,8 @@ impl EngineConfig {
                 });
             }
         }
-        let bounded: [(&'static str, u64, u64); 4] = [
+        let bounded: [(&'static str, u64, u64); 5] = [
+            ("actors.arbiters", self.actors.arbiters, MAX_ARBITERS as u64),
             (
                 "limits.max_update_bytes",
                 self.limits.max_update_bytes,

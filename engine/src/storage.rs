@@ -164,6 +164,41 @@ pub trait Storage: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Up to `limit` changes of one document with seq > `after`, in seq
+    /// order, with the collection's metadata. `None` if the collection does
+    /// not exist. This is the catch-up read of a per-document subscription.
+    ///
+    /// The default reads the metadata, then visits the document's changes
+    /// (two read snapshots: a commit in between may add changes newer than
+    /// `meta.head`, which the caller must ignore, as subscriptions do).
+    /// Backends with an index on (document, seq) override it to seek
+    /// straight to `after`.
+    fn read_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        let Some(meta) = self.collection(name)? else {
+            return Ok(None);
+        };
+        let mut changes = Vec::new();
+        if limit > 0 {
+            self.visit_document_changes(name, doc, &mut |change| {
+                if change.seq > after {
+                    changes.push(change);
+                }
+                if changes.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })?;
+        }
+        Ok(Some(ChangesPage { meta, changes }))
+    }
+
     /// Every document of the collection that has at least one stored change,
     /// in id order.
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError>;
@@ -346,6 +381,15 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
         visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
         (**self).visit_document_changes(name, doc, visit)
+    }
+    fn read_document_changes(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        (**self).read_document_changes(name, doc, after, limit)
     }
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
         (**self).documents(name)

@@ -105,12 +105,15 @@ pub struct CursorQuery {
     pub limit: Option<u64>,
     /// The epoch the client's cursor belongs to, if it sent one.
     pub epoch: Option<Epoch>,
+    /// Only this document's changes (the subscribe socket's `doc=`); the
+    /// engine validates the id.
+    pub doc: Option<String>,
 }
 
 /// Decodes a query string (without the leading `?`) into a [`CursorQuery`].
 ///
 /// The string is `application/x-www-form-urlencoded`; keys other than
-/// `after`, `limit` and `epoch` are ignored, and when a key repeats the last
+/// `after`, `limit`, `epoch` and `doc` are ignored, and when a key repeats the last
 /// value wins. `after` and `limit` must be decimal integers that fit a `u64`
 /// (`str::parse`, so a leading `+` is accepted); `epoch` must be exactly 32
 /// hex digits (the form the server answers with).
@@ -149,6 +152,7 @@ pub fn decode_cursor_query(query: &str) -> Result<CursorQuery, ApiError> {
         after: number("after")?.unwrap_or(0),
         limit: number("limit")?,
         epoch,
+        doc: pairs.get("doc").cloned(),
     })
 }
 

@@ -1,4 +1,5 @@
-//! `GET /v1/collections/{c}/subscribe?after=N`: the engine's subscription as a
+//! `GET /v1/collections/{c}/subscribe?after=N[&doc=D]`: the engine's
+//! subscription (of the collection, or with `doc` of one document) as a
 //! WebSocket of JSON text messages, one per change, and `{"up_to_date": head}`
 //! markers. A reset or failure is sent as an error object, then the socket
 //! closes.
@@ -27,9 +28,14 @@ pub(crate) async fn subscribe(
     let collection = path.into_inner();
     state.auth.authorize(&req, &collection, Access::Read)?;
     let query = parse_cursor_query(&req)?;
-    let changes = state
-        .engine
-        .subscribe(&collection, query.after, query.epoch)?;
+    let changes = match &query.doc {
+        None => state
+            .engine
+            .subscribe(&collection, query.after, query.epoch)?,
+        Some(doc) => state
+            .engine
+            .subscribe_document(&collection, doc, query.after, query.epoch)?,
+    };
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
     actix_web::rt::spawn(pump(session, incoming, changes));

@@ -6,9 +6,11 @@
 //!   for the client's state vector; sync step 2 and updates are **pushed
 //!   through the engine** like any HTTP push (durable, sequenced, visible to
 //!   `changes` and `subscribe`); awareness is relayed to the room;
-//! - the engine's subscription to the collection, filtered to this document:
-//!   every committed change (from any client, HTTP or WebSocket) is sent as a
-//!   sync update, starting exactly at the cursor of the state the connection
+//! - the engine's subscription to this document (`subscribe_document`: the
+//!   collection's actor hands it only this document's commits, so a room's
+//!   cost does not grow with the other rooms of the collection): every
+//!   committed change (from any client, HTTP or WebSocket) is sent as a sync
+//!   update, starting exactly at the cursor of the state the connection
 //!   started from, so nothing falls between the initial sync and the stream;
 //! - the room's awareness relay.
 //!
@@ -125,7 +127,9 @@ pub(crate) async fn connect(
         Err(ReadError::DocumentNotFound { .. }) => (StateVector::default(), head),
         Err(err) => return Err(err.into()),
     };
-    let changes = state.engine.subscribe(&collection, cursor, None)?;
+    let changes = state
+        .engine
+        .subscribe_document(&collection, &doc, cursor, None)?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
     let limit = usize::try_from(state.limits.max_update_bytes)
@@ -302,23 +306,20 @@ impl Connection {
 
     async fn on_change(&mut self, event: Option<Result<StreamEvent, ReadError>>) -> Step {
         match event {
-            Some(Ok(StreamEvent::Change(change))) if change.doc.as_str() == self.key.1 => {
-                match change.kind {
-                    ChangeKind::Delete => Step::Close(Some(CloseReason {
-                        code: CloseCode::Normal,
-                        description: Some("document deleted".to_owned()),
-                    })),
-                    _ => {
-                        let message =
-                            Message::Sync(SyncMessage::Update(change.payload)).encode_v1();
-                        if self.session.binary(message).await.is_err() {
-                            Step::Close(None)
-                        } else {
-                            Step::Continue
-                        }
+            Some(Ok(StreamEvent::Change(change))) => match change.kind {
+                ChangeKind::Delete => Step::Close(Some(CloseReason {
+                    code: CloseCode::Normal,
+                    description: Some("document deleted".to_owned()),
+                })),
+                _ => {
+                    let message = Message::Sync(SyncMessage::Update(change.payload)).encode_v1();
+                    if self.session.binary(message).await.is_err() {
+                        Step::Close(None)
+                    } else {
+                        Step::Continue
                     }
                 }
-            }
+            },
             Some(Ok(_)) => Step::Continue,
             Some(Err(err)) => Step::Close(Some(CloseReason {
                 code: CloseCode::Error,

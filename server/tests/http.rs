@@ -549,6 +549,60 @@ mod websockets {
         assert_eq!(error_code(&reset), "reset");
     }
 
+    /// `doc=` narrows the subscribe socket to one document: stored and live
+    /// changes of other documents never reach it, and a bad id is refused.
+    #[test]
+    fn subscribe_with_doc_streams_only_that_document() {
+        let h = Harness::start(BackendKind::Sqlite, |_| {});
+        let (d, e) = (Client::new(1), Client::new(2));
+        post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &d.insert(0, "d"),
+        );
+        post(
+            &h,
+            "/v1/collections/c/documents/e/updates",
+            &e.insert(0, "e"),
+        );
+        post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &d.insert(0, "d"),
+        );
+        let mut ws = connect(&h, "/v1/collections/c/subscribe?after=0&doc=e");
+        let mut next = || loop {
+            match ws.read().unwrap() {
+                Ws::Text(t) => return json_of(t.as_bytes()),
+                _ => continue,
+            }
+        };
+        let stored = next();
+        assert_eq!(
+            (stored["seq"].as_u64(), stored["doc"].as_str()),
+            (Some(2), Some("e"))
+        );
+        assert_eq!(next(), json!({"up_to_date": 3}));
+        post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &d.insert(0, "d"),
+        );
+        post(
+            &h,
+            "/v1/collections/c/documents/e/updates",
+            &e.insert(0, "e"),
+        );
+        let live = next();
+        assert_eq!(
+            (live["seq"].as_u64(), live["doc"].as_str()),
+            (Some(5), Some("e"))
+        );
+        assert_eq!(next(), json!({"up_to_date": 5}));
+        let (status, body) = get(&h, "/v1/collections/c/subscribe?doc=bad%00id");
+        assert_eq!(status, 400, "{body}");
+    }
+
     /// The y-websocket protocol: the server opens with sync step 1, answers a
     /// client's step 1 with what it lacks, pushes the client's updates
     /// through the engine, and forwards updates pushed over HTTP.
