@@ -1,0 +1,959 @@
+//! Many rooms at human pace over the y-websocket protocol, measured as a user
+//! would see them (issue: many-room scale).
+//!
+//! ```text
+//! cargo run --release --example yws_load -- --rooms 300 --rate 10 --secs 30
+//! cargo run --release --example yws_load -- --rooms 300 --layout per-room
+//! cargo run --release --example yws_load -- --ramp            # until p99 > 100 ms
+//! cargo run --release --example yws_load -- --join 150 --doc-mb 20
+//! cargo run --release --example yws_load -- --addr 127.0.0.1:8787 --pid 1234
+//! ```
+//!
+//! Each room is one document with one writer and one observer, both real
+//! WebSocket clients speaking the y-websocket protocol (sync step 1/2,
+//! updates) with yrs on the client side, as an unmodified `WebsocketProvider`
+//! does. The writer types a real editing trace from `../shared/traces` (one
+//! transaction = one keystroke, the trace's own updates) at `--rate`
+//! keystrokes per second, each room at its own phase. The observer applies
+//! what it receives; a keystroke counts as delivered when the observer's
+//! state vector covers it, and its latency is from the moment the writer
+//! sent it. Layouts: `one` puts every room in collection `bench` (document
+//! `room-N`); `per-room` gives each room its own collection.
+//!
+//! By default the server is this program itself, re-run as a child process
+//! (the real host server, `seqsync_server::ServerThread`, on a fresh data
+//! directory per run), so its CPU, disk writes and memory are its own:
+//! - server CPU per delivered edit: user + system time of the server process
+//!   during the run (typing and drain), divided by delivered keystrokes;
+//! - disk writes per edit: `write_bytes` of `/proc/PID/io` (bytes the server
+//!   caused to be sent to the block layer) over keystrokes sent;
+//! - peak RSS: `VmHWM` of the server process.
+//!
+//! With `--addr`, an external server is used instead (give `--pid` for the
+//! server columns). The load generator's own CPU is printed too: on one
+//! machine, the clients compete with the server for the same cores.
+//!
+//! `--join N --doc-mb M` measures a class joining a large document: one
+//! client writes a document of about M MB (many small items, as typing
+//! makes), then N clients connect at the same moment and each completes the
+//! y-websocket handshake; time to synced is from the start of its connect to
+//! the full state received.
+
+#[path = "../benches/support/traces.rs"]
+mod traces;
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Text, Transact};
+
+/// Set in the child that serves: the data directory.
+const SERVE_DIR_VAR: &str = "YWS_LOAD_SERVE_DIR";
+/// Set in the child that serves: the backend name.
+const SERVE_BACKEND_VAR: &str = "YWS_LOAD_BACKEND";
+/// Connections opened at once while a run sets up.
+const CONNECT_CONCURRENCY: usize = 64;
+/// How long observers may take to receive the last keystrokes after typing
+/// stops; what arrives later is not delivered.
+const DRAIN_SECS: u64 = 10;
+/// Largest frame a client accepts (a joined document arrives in one frame).
+const MAX_FRAME_BYTES: usize = 1 << 30;
+/// Client id of the trace's writer (as `traces::load` builds it).
+const TRACE_CLIENT: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// Every room a document of collection `bench`.
+    One,
+    /// Every room its own collection.
+    PerRoom,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "y-websocket load: rooms × (writer + observer) at human pace")]
+struct Args {
+    /// Rooms (documents), each with one writer and one observer.
+    #[arg(long, default_value_t = 300)]
+    rooms: usize,
+    /// Keystrokes per second per writer.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of typing per run.
+    #[arg(long, default_value_t = 30)]
+    secs: u64,
+    /// Where the rooms live.
+    #[arg(long, value_enum, default_value = "one")]
+    layout: Layout,
+    /// Run both layouts, one after the other.
+    #[arg(long)]
+    both_layouts: bool,
+    /// Backend of the server this program starts: sqlite or redb.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// Trace each writer types (a file of ../shared/traces without .json.gz).
+    #[arg(long, default_value = "sveltecomponent")]
+    trace: String,
+    /// Use a running server at this address instead of starting one.
+    #[arg(long)]
+    addr: Option<String>,
+    /// The external server's pid, for its CPU, disk and memory columns.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Raise the room count (through --ramp-steps) until p99 exceeds
+    /// --ramp-p99-ms or an edit is not delivered.
+    #[arg(long)]
+    ramp: bool,
+    /// Room counts the ramp tries, in order.
+    #[arg(long, default_value = "100,300,500,1000,1500,2000,2500,3000,4000")]
+    ramp_steps: String,
+    /// The ramp stops once p99 exceeds this.
+    #[arg(long, default_value_t = 100.0)]
+    ramp_p99_ms: f64,
+    /// Joiners for the many-joins scenario (instead of rooms).
+    #[arg(long)]
+    join: Option<usize>,
+    /// Size of the joined document, MB.
+    #[arg(long, default_value_t = 20)]
+    doc_mb: usize,
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var(SERVE_DIR_VAR) {
+        serve_child(PathBuf::from(dir));
+        return;
+    }
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    if let Some(joiners) = args.join {
+        let server = Server::start(&args);
+        let row = joins(&server, joiners, args.doc_mb).await;
+        println!(
+            "\n| joiners | document | synced p50 | p99 | max | all synced | server CPU | server peak RSS |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        println!("{row}");
+        server.stop();
+        return;
+    }
+    let trace = Arc::new(TypedTrace::load(&args.trace));
+    let layouts = if args.both_layouts {
+        vec![Layout::One, Layout::PerRoom]
+    } else {
+        vec![args.layout]
+    };
+    let steps: Vec<usize> = if args.ramp {
+        args.ramp_steps
+            .split(',')
+            .map(|s| s.trim().parse().expect("--ramp-steps: numbers"))
+            .collect()
+    } else {
+        vec![args.rooms]
+    };
+    let mut rows = Vec::new();
+    for layout in layouts {
+        for &rooms in &steps {
+            let server = Server::start(&args);
+            let result = rooms_run(&server, &trace, rooms, args.rate, args.secs, layout).await;
+            server.stop();
+            eprintln!("{}", result.row());
+            let stop = args.ramp
+                && (result.p99_ms() > args.ramp_p99_ms || result.delivered < result.sent);
+            rows.push(result);
+            if stop {
+                break;
+            }
+        }
+    }
+    println!("\n{}", RunResult::header());
+    for row in &rows {
+        println!("{}", row.row());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------
+
+/// The child side: serve a fresh engine until stdin closes.
+fn serve_child(dir: PathBuf) {
+    let mut config = seqsync::EngineConfig::default();
+    config.storage.path = dir;
+    config.storage.backend = match std::env::var(SERVE_BACKEND_VAR).as_deref() {
+        Ok("redb") => seqsync::BackendKind::Redb,
+        Ok("memory") => seqsync::BackendKind::Memory,
+        _ => seqsync::BackendKind::Sqlite,
+    };
+    config.server.listen = "127.0.0.1:0".to_owned();
+    let server = seqsync_server::ServerThread::start(config).expect("server starts");
+    println!("listening {}", server.addr);
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).map_or(false, |n| n > 0) {
+        line.clear();
+    }
+    server.stop();
+}
+
+struct Server {
+    addr: String,
+    pid: Option<u32>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start(args: &Args) -> Self {
+        if let Some(addr) = &args.addr {
+            return Self {
+                addr: addr.clone(),
+                pid: args.pid,
+                child: None,
+                _dir: None,
+            };
+        }
+        let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd"))
+            .expect("a data directory on the working directory's disk");
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env(SERVE_DIR_VAR, dir.path())
+            .env(SERVE_BACKEND_VAR, &args.backend)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("server address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .expect("the child prints its address")
+            .to_owned();
+        Self {
+            addr,
+            pid: Some(child.id()),
+            child: Some(child),
+            _dir: Some(dir),
+        }
+    }
+
+    fn stats(&self) -> Option<ProcStats> {
+        self.pid.and_then(ProcStats::read)
+    }
+
+    fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU, disk and memory of a process, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcStats {
+    cpu_secs: f64,
+    write_bytes: u64,
+    peak_rss_bytes: u64,
+}
+
+impl ProcStats {
+    fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) in parens.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let write_bytes = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let peak_rss_bytes = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        Some(Self {
+            cpu_secs: ticks / 100.0,
+            write_bytes,
+            peak_rss_bytes,
+        })
+    }
+
+    fn own() -> Self {
+        Self::read(std::process::id()).unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The trace, as keystrokes
+// ---------------------------------------------------------------------------
+
+struct TypedTrace {
+    name: String,
+    /// One update per keystroke (transaction of the trace).
+    updates: Vec<Vec<u8>>,
+    /// The writer's clock once keystroke k is applied: an observer whose
+    /// state vector reaches it has keystroke k (an insertion; a deletion
+    /// does not move the clock).
+    end_clock: Vec<u32>,
+    /// Keystroke by the hash of its update: the server relays each pushed
+    /// update byte for byte, so an observer recognises what it receives.
+    by_hash: std::collections::HashMap<u64, usize>,
+}
+
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl TypedTrace {
+    fn load(name: &str) -> Self {
+        let trace = traces::load(name);
+        let doc = yrs::Doc::new();
+        let mut end_clock = Vec::with_capacity(trace.updates.len());
+        let mut updates = Vec::with_capacity(trace.updates.len());
+        let mut by_hash = std::collections::HashMap::new();
+        for update in trace.updates {
+            let decoded = yrs::Update::decode_v1(&update).expect("trace update");
+            if decoded.is_empty() {
+                continue; // an empty transaction is not a keystroke
+            }
+            let mut txn = doc.transact_mut();
+            txn.apply_update(decoded).expect("trace applies");
+            let after = txn.state_vector();
+            end_clock.push(after.get(&yrs::block::ClientID::new(TRACE_CLIENT)));
+            by_hash.insert(hash_of(&update), updates.len());
+            updates.push(update);
+        }
+        Self {
+            name: trace.name,
+            updates,
+            end_clock,
+            by_hash,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rooms
+// ---------------------------------------------------------------------------
+
+type Socket = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn connect(addr: &str, path: &str) -> Socket {
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .max_message_size(Some(MAX_FRAME_BYTES));
+    let url = format!("ws://{addr}{path}");
+    let mut tries = 0;
+    loop {
+        match tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await {
+            Ok((socket, _)) => return socket,
+            Err(err) if tries < 20 => {
+                tries += 1;
+                eprintln!("connect {url}: {err}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("connect {url}: {err}"),
+        }
+    }
+}
+
+fn room_path(layout: Layout, room: usize) -> String {
+    match layout {
+        Layout::One => format!("/yws/bench/room-{room}"),
+        Layout::PerRoom => format!("/yws/room-{room}/doc"),
+    }
+}
+
+/// One room's shared clock: when each keystroke was sent (µs since the
+/// run's start, 0 = not yet), and the observer's latencies.
+struct RoomClock {
+    sent_us: Vec<AtomicU64>,
+    latencies_us: Mutex<Vec<u64>>,
+    delivered: AtomicU64,
+}
+
+struct RunResult {
+    layout: Layout,
+    rooms: usize,
+    rate: f64,
+    secs: u64,
+    trace: String,
+    sent: u64,
+    delivered: u64,
+    latencies_us: Vec<u64>,
+    server: Option<(ProcStats, ProcStats)>,
+    client_cpu_secs: f64,
+    wall_secs: f64,
+    resets: u64,
+}
+
+impl RunResult {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+
+    fn header() -> String {
+        "| layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | disk / edit | server peak RSS | client CPU | closed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            .to_owned()
+    }
+
+    fn row(&self) -> String {
+        let (cpu, disk, rss) = match self.server {
+            Some((before, after)) => (
+                format!(
+                    "{:.0} µs",
+                    (after.cpu_secs - before.cpu_secs) * 1e6 / self.delivered.max(1) as f64
+                ),
+                format!(
+                    "{:.2} KB",
+                    (after.write_bytes - before.write_bytes) as f64
+                        / 1024.0
+                        / self.sent.max(1) as f64
+                ),
+                format!("{:.0} MB", after.peak_rss_bytes as f64 / 1e6),
+            ),
+            None => ("—".into(), "—".into(), "—".into()),
+        };
+        format!(
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % ({}/{}) | {} | {} | {} | {:.0} % of a core | {} |",
+            match self.layout {
+                Layout::One => "one collection",
+                Layout::PerRoom => "collection per room",
+            },
+            self.rooms,
+            self.rooms as f64 * self.rate,
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.95),
+            self.p99_ms(),
+            self.percentile_ms(1.0),
+            100.0 * self.delivered as f64 / self.sent.max(1) as f64,
+            self.delivered,
+            self.sent,
+            cpu,
+            disk,
+            rss,
+            100.0 * self.client_cpu_secs / self.wall_secs.max(1e-9),
+            self.resets,
+        ) + &format!(" <!-- {} s, {} -->", self.secs, self.trace)
+    }
+}
+
+async fn rooms_run(
+    server: &Server,
+    trace: &Arc<TypedTrace>,
+    rooms: usize,
+    rate: f64,
+    secs: u64,
+    layout: Layout,
+) -> RunResult {
+    let keystrokes = ((rate * secs as f64).ceil() as usize).min(trace.updates.len());
+    let clocks: Vec<Arc<RoomClock>> = (0..rooms)
+        .map(|_| {
+            Arc::new(RoomClock {
+                sent_us: (0..keystrokes).map(|_| AtomicU64::new(0)).collect(),
+                latencies_us: Mutex::new(Vec::new()),
+                delivered: AtomicU64::new(0),
+            })
+        })
+        .collect();
+    let resets = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(Mutex::new(None::<Instant>));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(AtomicBool::new(false));
+    let done_typing = Arc::new(AtomicBool::new(false));
+
+    // Observers first, each synced before any writer types.
+    let mut observers = Vec::new();
+    let setup = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
+    for room in 0..rooms {
+        let addr = server.addr.clone();
+        let path = room_path(layout, room);
+        let clock = clocks[room].clone();
+        let trace = trace.clone();
+        let setup = setup.clone();
+        let synced = synced_tx.clone();
+        let start = start.clone();
+        let resets = resets.clone();
+        let done_typing = done_typing.clone();
+        observers.push(tokio::spawn(async move {
+            let permit = setup.acquire_owned().await.expect("semaphore");
+            let socket = connect(&addr, &path).await;
+            observe(socket, clock, trace, keystrokes, synced, permit, start, resets, done_typing)
+                .await;
+        }));
+    }
+    for _ in 0..rooms {
+        synced_rx.recv().await.expect("an observer synced");
+    }
+    let mut writers = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
+    let (typed_tx, mut typed_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
+    let finish = Arc::new(tokio::sync::Notify::new());
+    for room in 0..rooms {
+        let addr = server.addr.clone();
+        let path = room_path(layout, room);
+        let clock = clocks[room].clone();
+        let trace = trace.clone();
+        let setup = setup.clone();
+        let ready = ready_tx.clone();
+        let go = go.clone();
+        let started = started.clone();
+        let start = start.clone();
+        let resets = resets.clone();
+        let typed = typed_tx.clone();
+        let finish = finish.clone();
+        let done_typing = done_typing.clone();
+        // Each room types at its own phase within the first interval.
+        let phase = Duration::from_secs_f64((room as f64 * 0.618_034).fract() / rate);
+        writers.push(tokio::spawn(async move {
+            let permit = setup.acquire_owned().await.expect("semaphore");
+            let socket = connect(&addr, &path).await;
+            drop(permit);
+            let signals = WriterSignals {
+                ready,
+                go,
+                started,
+                typed,
+                finish,
+                done: done_typing,
+            };
+            write(socket, clock, trace, keystrokes, rate, phase, signals, start, resets).await;
+        }));
+    }
+    for _ in 0..rooms {
+        ready_rx.recv().await.expect("a writer connected");
+    }
+    // Go: measure from here.
+    let server_before = server.stats();
+    let own_before = ProcStats::own();
+    let t0 = Instant::now();
+    *start.lock().expect("start") = Some(t0);
+    started.store(true, Ordering::SeqCst);
+    go.notify_waiters();
+    for _ in 0..rooms {
+        if typed_rx.recv().await.is_none() {
+            break;
+        }
+    }
+    let typed_at = Instant::now();
+    let sent = (rooms * keystrokes) as u64;
+    // Drain: until everything arrived or DRAIN_SECS passed.
+    loop {
+        let delivered: u64 = clocks.iter().map(|c| c.delivered.load(Ordering::Relaxed)).sum();
+        if delivered >= sent || typed_at.elapsed() > Duration::from_secs(DRAIN_SECS) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall_secs = t0.elapsed().as_secs_f64();
+    let server_after = server.stats();
+    let own_after = ProcStats::own();
+    done_typing.store(true, Ordering::SeqCst);
+    finish.notify_waiters();
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+    }
+    for o in observers {
+        o.abort();
+    }
+    let mut latencies_us = Vec::new();
+    let mut delivered = 0;
+    for clock in &clocks {
+        latencies_us.extend(clock.latencies_us.lock().expect("latencies").iter());
+        delivered += clock.delivered.load(Ordering::Relaxed);
+    }
+    latencies_us.sort_unstable();
+    RunResult {
+        layout,
+        rooms,
+        rate,
+        secs,
+        trace: trace.name.clone(),
+        sent,
+        delivered,
+        latencies_us,
+        server: server_before.zip(server_after),
+        client_cpu_secs: own_after.cpu_secs - own_before.cpu_secs,
+        wall_secs,
+        resets: resets.load(Ordering::Relaxed),
+    }
+}
+
+fn micros_since(start: &Mutex<Option<Instant>>) -> u64 {
+    start
+        .lock()
+        .ok()
+        .and_then(|s| *s)
+        .map_or(0, |t0| t0.elapsed().as_micros() as u64)
+}
+
+/// Answers the server's sync step 1 with our (empty) state and asks for its
+/// state, as a provider does on connect.
+async fn handshake(socket: &mut Socket, doc: &yrs::Doc) {
+    let step1 = Message::Sync(SyncMessage::SyncStep1(doc.transact().state_vector())).encode_v1();
+    socket.send(Ws::Binary(step1.into())).await.expect("send step 1");
+}
+
+fn reply_to_step1(doc: &yrs::Doc, sv: &StateVector) -> Vec<u8> {
+    let diff = doc.transact().encode_state_as_update_v1(sv);
+    Message::Sync(SyncMessage::SyncStep2(diff)).encode_v1()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn observe(
+    mut socket: Socket,
+    clock: Arc<RoomClock>,
+    trace: Arc<TypedTrace>,
+    keystrokes: usize,
+    synced: tokio::sync::mpsc::Sender<()>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    start: Arc<Mutex<Option<Instant>>>,
+    resets: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+) {
+    let doc = yrs::Doc::new();
+    let writer = yrs::block::ClientID::new(TRACE_CLIENT);
+    handshake(&mut socket, &doc).await;
+    let mut permit = Some(permit);
+    let mut seen = vec![false; keystrokes];
+    while let Some(frame) = socket.next().await {
+        let bytes = match frame {
+            Ok(Ws::Binary(bytes)) => bytes,
+            Ok(Ws::Close(_)) | Err(_) => {
+                if !done.load(Ordering::Relaxed) {
+                    resets.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Ok(_) => continue,
+        };
+        let Ok(message) = Message::decode_v1(&bytes) else {
+            continue;
+        };
+        let (update, relayed) = match message {
+            Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                let reply = reply_to_step1(&doc, &sv);
+                if socket.send(Ws::Binary(reply.into())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Message::Sync(SyncMessage::SyncStep2(update)) => {
+                if permit.take().is_some() {
+                    let _ = synced.send(()).await;
+                }
+                (update, None)
+            }
+            Message::Sync(SyncMessage::Update(update)) => {
+                let k = trace.by_hash.get(&hash_of(&update)).copied();
+                (update, k)
+            }
+            _ => continue,
+        };
+        let now_us = micros_since(&start);
+        let Ok(decoded) = yrs::Update::decode_v1(&update) else {
+            continue;
+        };
+        let mut txn = doc.transact_mut();
+        if txn.apply_update(decoded).is_err() {
+            continue;
+        }
+        let have = txn.state_vector().get(&writer);
+        drop(txn);
+        let mut latencies = Vec::new();
+        let mut deliver = |k: usize, latencies: &mut Vec<u64>| {
+            let sent = clock.sent_us[k].load(Ordering::Acquire);
+            if k < keystrokes && !seen[k] && sent > 0 {
+                seen[k] = true;
+                latencies.push(now_us.saturating_sub(sent));
+            }
+        };
+        match relayed {
+            // The relayed keystroke itself.
+            Some(k) if k < keystrokes => deliver(k, &mut latencies),
+            Some(_) => {}
+            // Anything else (a state, a snapshot): the insertions it covers.
+            None => {
+                for k in 0..keystrokes {
+                    if trace.end_clock[k] <= have && trace.end_clock[k] > 0 {
+                        deliver(k, &mut latencies);
+                    }
+                }
+            }
+        }
+        if !latencies.is_empty() {
+            clock
+                .delivered
+                .fetch_add(latencies.len() as u64, Ordering::Relaxed);
+            clock.latencies_us.lock().expect("latencies").extend(latencies);
+        }
+    }
+}
+
+/// How a writer and the run agree on when to start and stop.
+struct WriterSignals {
+    /// "Connected and synced."
+    ready: tokio::sync::mpsc::Sender<()>,
+    /// Start typing (with `started` for a writer that arrives late).
+    go: Arc<tokio::sync::Notify>,
+    started: Arc<AtomicBool>,
+    /// "Sent my last keystroke."
+    typed: tokio::sync::mpsc::Sender<()>,
+    /// Close now (with `done` for a writer that arrives late): the run is
+    /// measured, so a close is no longer a failure.
+    finish: Arc<tokio::sync::Notify>,
+    done: Arc<AtomicBool>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    socket: Socket,
+    clock: Arc<RoomClock>,
+    trace: Arc<TypedTrace>,
+    keystrokes: usize,
+    rate: f64,
+    phase: Duration,
+    signals: WriterSignals,
+    start: Arc<Mutex<Option<Instant>>>,
+    resets: Arc<AtomicU64>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let doc = yrs::Doc::new();
+    let step1 = Message::Sync(SyncMessage::SyncStep1(doc.transact().state_vector())).encode_v1();
+    sink.send(Ws::Binary(step1.into())).await.expect("send step 1");
+    // The writer's reader: answers the server's step 1, drains the echo of
+    // its own updates (the server sends every committed change to every
+    // connection of the document, as y-websocket's server does).
+    let (step2_tx, mut step2_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let done = signals.done.clone();
+    let reader = tokio::spawn(async move {
+        let mut answered = false;
+        while let Some(frame) = stream.next().await {
+            match frame {
+                Ok(Ws::Binary(bytes)) => {
+                    if !answered {
+                        if let Ok(Message::Sync(SyncMessage::SyncStep1(sv))) =
+                            Message::decode_v1(&bytes)
+                        {
+                            answered = true;
+                            let _ = step2_tx.send(reply_to_step1(&yrs::Doc::new(), &sv)).await;
+                        }
+                    }
+                }
+                Ok(Ws::Close(_)) | Err(_) => {
+                    if !done.load(Ordering::Relaxed) {
+                        resets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    if let Some(reply) = step2_rx.recv().await {
+        sink.send(Ws::Binary(reply.into())).await.expect("send step 2");
+    }
+    let notified = signals.go.notified();
+    let _ = signals.ready.send(()).await;
+    if !signals.started.load(Ordering::SeqCst) {
+        notified.await;
+    }
+    tokio::time::sleep(phase).await;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for k in 0..keystrokes {
+        ticks.tick().await;
+        clock.sent_us[k].store(micros_since(&start).max(1), Ordering::Release);
+        let message = Message::Sync(SyncMessage::Update(trace.updates[k].clone())).encode_v1();
+        if sink.send(Ws::Binary(message.into())).await.is_err() {
+            break;
+        }
+    }
+    // Stay connected, as a user who stopped typing does, until the run has
+    // been measured.
+    let finished = signals.finish.notified();
+    let _ = signals.typed.send(()).await;
+    if !signals.done.load(Ordering::SeqCst) {
+        finished.await;
+    }
+    let _ = sink.close().await;
+    reader.abort();
+}
+
+// ---------------------------------------------------------------------------
+// Many joins of one large document
+// ---------------------------------------------------------------------------
+
+async fn joins(server: &Server, joiners: usize, doc_mb: usize) -> String {
+    let path = "/yws/bench/big";
+    // The author: a document of about doc_mb MB made of many 100-byte
+    // inserts at scattered positions, sent as updates of about 4 MB.
+    let author = yrs::Doc::with_client_id(7);
+    let text = author.get_or_insert_text("content");
+    let mut socket = connect(&server.addr, path).await;
+    handshake(&mut socket, &author).await;
+    let target_bytes = doc_mb * 1_000_000;
+    let chunk = "abcdefghij".repeat(10);
+    let mut written = 0usize;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut last_clock = 0u32;
+    while written < target_bytes {
+        let mut txn = author.transact_mut();
+        for _ in 0..40_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = text.len(&txn);
+            let at = (rng % (u64::from(len) + 1)) as u32;
+            text.insert(&mut txn, at, &chunk);
+            written += chunk.len();
+            if written >= target_bytes {
+                break;
+            }
+        }
+        let update = txn.encode_update_v1();
+        last_clock = txn.state_vector().get(&yrs::block::ClientID::new(7));
+        drop(txn);
+        let message = Message::Sync(SyncMessage::Update(update)).encode_v1();
+        socket
+            .send(Ws::Binary(message.into()))
+            .await
+            .expect("send a part of the large document");
+    }
+    // Wait for the echo of the last part: it is committed.
+    let echo = yrs::Doc::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(120), socket.next())
+            .await
+            .expect("the large document is committed within 120 s")
+            .expect("socket open")
+            .expect("frame");
+        if let Ws::Binary(bytes) = frame {
+            if let Ok(Message::Sync(SyncMessage::Update(u) | SyncMessage::SyncStep2(u))) =
+                Message::decode_v1(&bytes)
+            {
+                if let Ok(u) = yrs::Update::decode_v1(&u) {
+                    let _ = echo.transact_mut().apply_update(u);
+                }
+                if echo.transact().state_vector().get(&yrs::block::ClientID::new(7)) >= last_clock {
+                    break;
+                }
+            }
+        }
+    }
+    drop(socket);
+    let expected_len = author.transact().encode_state_as_update_v1(&StateVector::default()).len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = server.stats();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for j in 0..joiners {
+        let addr = server.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut socket = connect(&addr, path).await;
+            let doc = yrs::Doc::new();
+            handshake(&mut socket, &doc).await;
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(300), socket.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+                let Ws::Binary(bytes) = frame else { continue };
+                match Message::decode_v1(&bytes).ok()? {
+                    Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                        let reply = reply_to_step1(&doc, &sv);
+                        socket.send(Ws::Binary(reply.into())).await.ok()?;
+                    }
+                    Message::Sync(SyncMessage::SyncStep2(state)) => {
+                        let elapsed = started.elapsed();
+                        // One joiner checks that what it got is the document.
+                        if j == 0 {
+                            let got = yrs::Doc::new();
+                            got.transact_mut()
+                                .apply_update(yrs::Update::decode_v1(&state).ok()?)
+                                .ok()?;
+                            let len = got
+                                .transact()
+                                .encode_state_as_update_v1(&StateVector::default())
+                                .len();
+                            assert_eq!(len, expected_len, "the joiner got the whole document");
+                        }
+                        return Some(elapsed);
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let mut times: Vec<Duration> = Vec::new();
+    for t in tasks {
+        if let Ok(Some(elapsed)) = t.await {
+            times.push(elapsed);
+        }
+    }
+    let wall = t0.elapsed();
+    let after = server.stats();
+    times.sort();
+    let pct = |p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p).round() as usize)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    let (cpu, rss) = match before.zip(after) {
+        Some((b, a)) => (
+            format!("{:.2} s", a.cpu_secs - b.cpu_secs),
+            format!("{:.0} MB", a.peak_rss_bytes as f64 / 1e6),
+        ),
+        None => ("—".into(), "—".into()),
+    };
+    format!(
+        "| {joiners} | {:.1} MB state | {:.0} ms | {:.0} ms | {:.0} ms | {}/{joiners} in {:.1} s | {cpu} | {rss} |",
+        expected_len as f64 / 1e6,
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        times.len(),
+        wall.as_secs_f64(),
+    )
+}
