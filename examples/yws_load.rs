@@ -174,8 +174,8 @@ async fn run(args: Args) {
             let result = rooms_run(&server, &trace, rooms, args.rate, args.secs, layout).await;
             server.stop();
             eprintln!("{}", result.row());
-            let stop = args.ramp
-                && (result.p99_ms() > args.ramp_p99_ms || result.delivered < result.sent);
+            let stop =
+                args.ramp && (result.p99_ms() > args.ramp_p99_ms || result.delivered < result.sent);
             rows.push(result);
             if stop {
                 break;
@@ -206,7 +206,10 @@ fn serve_child(dir: PathBuf) {
     println!("listening {}", server.addr);
     let _ = std::io::stdout().flush();
     let mut line = String::new();
-    while std::io::stdin().read_line(&mut line).map_or(false, |n| n > 0) {
+    while std::io::stdin()
+        .read_line(&mut line)
+        .map_or(false, |n| n > 0)
+    {
         line.clear();
     }
     server.stop();
@@ -256,6 +259,32 @@ impl Server {
         }
     }
 
+    /// The count of storage commits so far, from the server's `/metrics`
+    /// (the `seqsync_commit_group_size` summary), if it answers.
+    fn commits(&self) -> Option<f64> {
+        use std::io::Read as _;
+        let mut stream = std::net::TcpStream::connect(&self.addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        if !body.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        // No line yet: nothing was committed.
+        Some(
+            body.lines()
+                .find_map(|l| l.strip_prefix("seqsync_commit_group_size_count "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0),
+        )
+    }
+
     fn stats(&self) -> Option<ProcStats> {
         self.pid.and_then(ProcStats::read)
     }
@@ -282,7 +311,8 @@ impl ProcStats {
         // Fields after the command name (which may hold spaces) in parens.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
         let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
         let write_bytes = io
             .lines()
@@ -363,9 +393,8 @@ impl TypedTrace {
 // Rooms
 // ---------------------------------------------------------------------------
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: &str, path: &str) -> Socket {
     let config = WebSocketConfig::default()
@@ -414,6 +443,8 @@ struct RunResult {
     client_cpu_secs: f64,
     wall_secs: f64,
     resets: u64,
+    /// Storage commits during the run, if the server's metrics said.
+    commits: Option<f64>,
 }
 
 impl RunResult {
@@ -430,8 +461,8 @@ impl RunResult {
     }
 
     fn header() -> String {
-        "| layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | disk / edit | server peak RSS | client CPU | closed |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | disk / edit | edits / commit | server peak RSS | client CPU | closed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             .to_owned()
     }
 
@@ -453,7 +484,7 @@ impl RunResult {
             None => ("—".into(), "—".into(), "—".into()),
         };
         format!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % ({}/{}) | {} | {} | {} | {:.0} % of a core | {} |",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % ({}/{}) | {} | {} | {} | {} | {:.0} % of a core | {} |",
             match self.layout {
                 Layout::One => "one collection",
                 Layout::PerRoom => "collection per room",
@@ -469,6 +500,9 @@ impl RunResult {
             self.sent,
             cpu,
             disk,
+            self.commits
+                .filter(|c| *c > 0.0)
+                .map_or("—".to_owned(), |c| format!("{:.1}", self.sent as f64 / c)),
             rss,
             100.0 * self.client_cpu_secs / self.wall_secs.max(1e-9),
             self.resets,
@@ -517,8 +551,18 @@ async fn rooms_run(
         observers.push(tokio::spawn(async move {
             let permit = setup.acquire_owned().await.expect("semaphore");
             let socket = connect(&addr, &path).await;
-            observe(socket, clock, trace, keystrokes, synced, permit, start, resets, done_typing)
-                .await;
+            observe(
+                socket,
+                clock,
+                trace,
+                keystrokes,
+                synced,
+                permit,
+                start,
+                resets,
+                done_typing,
+            )
+            .await;
         }));
     }
     for _ in 0..rooms {
@@ -556,7 +600,10 @@ async fn rooms_run(
                 finish,
                 done: done_typing,
             };
-            write(socket, clock, trace, keystrokes, rate, phase, signals, start, resets).await;
+            write(
+                socket, clock, trace, keystrokes, rate, phase, signals, start, resets,
+            )
+            .await;
         }));
     }
     for _ in 0..rooms {
@@ -564,6 +611,7 @@ async fn rooms_run(
     }
     // Go: measure from here.
     let server_before = server.stats();
+    let commits_before = server.commits();
     let own_before = ProcStats::own();
     let t0 = Instant::now();
     *start.lock().expect("start") = Some(t0);
@@ -578,7 +626,10 @@ async fn rooms_run(
     let sent = (rooms * keystrokes) as u64;
     // Drain: until everything arrived or DRAIN_SECS passed.
     loop {
-        let delivered: u64 = clocks.iter().map(|c| c.delivered.load(Ordering::Relaxed)).sum();
+        let delivered: u64 = clocks
+            .iter()
+            .map(|c| c.delivered.load(Ordering::Relaxed))
+            .sum();
         if delivered >= sent || typed_at.elapsed() > Duration::from_secs(DRAIN_SECS) {
             break;
         }
@@ -586,6 +637,7 @@ async fn rooms_run(
     }
     let wall_secs = t0.elapsed().as_secs_f64();
     let server_after = server.stats();
+    let commits_after = server.commits();
     let own_after = ProcStats::own();
     done_typing.store(true, Ordering::SeqCst);
     finish.notify_waiters();
@@ -615,6 +667,9 @@ async fn rooms_run(
         client_cpu_secs: own_after.cpu_secs - own_before.cpu_secs,
         wall_secs,
         resets: resets.load(Ordering::Relaxed),
+        commits: commits_before
+            .zip(commits_after)
+            .map(|(before, after)| after - before),
     }
 }
 
@@ -630,7 +685,10 @@ fn micros_since(start: &Mutex<Option<Instant>>) -> u64 {
 /// state, as a provider does on connect.
 async fn handshake(socket: &mut Socket, doc: &yrs::Doc) {
     let step1 = Message::Sync(SyncMessage::SyncStep1(doc.transact().state_vector())).encode_v1();
-    socket.send(Ws::Binary(step1.into())).await.expect("send step 1");
+    socket
+        .send(Ws::Binary(step1.into()))
+        .await
+        .expect("send step 1");
 }
 
 fn reply_to_step1(doc: &yrs::Doc, sv: &StateVector) -> Vec<u8> {
@@ -724,7 +782,11 @@ async fn observe(
             clock
                 .delivered
                 .fetch_add(latencies.len() as u64, Ordering::Relaxed);
-            clock.latencies_us.lock().expect("latencies").extend(latencies);
+            clock
+                .latencies_us
+                .lock()
+                .expect("latencies")
+                .extend(latencies);
         }
     }
 }
@@ -759,7 +821,9 @@ async fn write(
     let (mut sink, mut stream) = socket.split();
     let doc = yrs::Doc::new();
     let step1 = Message::Sync(SyncMessage::SyncStep1(doc.transact().state_vector())).encode_v1();
-    sink.send(Ws::Binary(step1.into())).await.expect("send step 1");
+    sink.send(Ws::Binary(step1.into()))
+        .await
+        .expect("send step 1");
     // The writer's reader: answers the server's step 1, drains the echo of
     // its own updates (the server sends every committed change to every
     // connection of the document, as y-websocket's server does).
@@ -790,7 +854,9 @@ async fn write(
         }
     });
     if let Some(reply) = step2_rx.recv().await {
-        sink.send(Ws::Binary(reply.into())).await.expect("send step 2");
+        sink.send(Ws::Binary(reply.into()))
+            .await
+            .expect("send step 2");
     }
     let notified = signals.go.notified();
     let _ = signals.ready.send(()).await;
@@ -874,14 +940,22 @@ async fn joins(server: &Server, joiners: usize, doc_mb: usize) -> String {
                 if let Ok(u) = yrs::Update::decode_v1(&u) {
                     let _ = echo.transact_mut().apply_update(u);
                 }
-                if echo.transact().state_vector().get(&yrs::block::ClientID::new(7)) >= last_clock {
+                if echo
+                    .transact()
+                    .state_vector()
+                    .get(&yrs::block::ClientID::new(7))
+                    >= last_clock
+                {
                     break;
                 }
             }
         }
     }
     drop(socket);
-    let expected_len = author.transact().encode_state_as_update_v1(&StateVector::default()).len();
+    let expected_len = author
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default())
+        .len();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let before = server.stats();

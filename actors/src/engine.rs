@@ -124,8 +124,12 @@ impl Engine {
         let (system, arbiter_handles, compactor) = started_rx
             .recv()
             .map_err(|_| OpenError::Runtime("the actix thread died while starting".to_owned()))?;
-        let writer =
-            Writer::start(storage.clone(), WRITER_QUEUE_CAPACITY).map_err(runtime_error)?;
+        let writer = Writer::start(
+            storage.clone(),
+            WRITER_QUEUE_CAPACITY,
+            Duration::from_micros(config.actors.trickle_linger_us),
+        )
+        .map_err(runtime_error)?;
         let pool = BlockingPool::start("seqsync-read", READ_THREADS).map_err(runtime_error)?;
         tracing::info!(backend = storage.backend(), durability = ?storage.durability(), "seqsync engine started");
         let shared = Arc::new(Shared {

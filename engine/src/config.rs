@@ -144,6 +144,14 @@ pub struct ActorsConfig {
     /// stays on one for its life); default 0 = the machine's available
     /// parallelism. At most 64.
     pub arbiters: u64,
+    /// Under a trickle of writes from writers that do not wait for each
+    /// other (many rooms typing), the longest the oldest write of a commit
+    /// group waits for others to share its commit (one fsync, fewer pages
+    /// written per edit); default 1000 µs, at most 100,000; 0 = commit at
+    /// once. Writers that wait for their ack never wait for this, and
+    /// durability is unchanged: a push is still answered only once
+    /// committed.
+    pub trickle_linger_us: u64,
 }
 
 impl ActorsConfig {
@@ -167,6 +175,7 @@ impl Default for ActorsConfig {
             idle_unload_secs: 60,
             mailbox_capacity: 1024,
             arbiters: 0,
+            trickle_linger_us: 1000,
         }
     }
 }
@@ -302,8 +311,13 @@ impl EngineConfig {
                 });
             }
         }
-        let bounded: [(&'static str, u64, u64); 5] = [
+        let bounded: [(&'static str, u64, u64); 6] = [
             ("actors.arbiters", self.actors.arbiters, MAX_ARBITERS as u64),
+            (
+                "actors.trickle_linger_us",
+                self.actors.trickle_linger_us,
+                100_000,
+            ),
             (
                 "limits.max_update_bytes",
                 self.limits.max_update_bytes,
