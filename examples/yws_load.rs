@@ -192,9 +192,13 @@ async fn run(args: Args) {
 // The server under test
 // ---------------------------------------------------------------------------
 
-/// The child side: serve a fresh engine until stdin closes.
+/// The child side: serve a fresh engine until stdin closes. `SEQSYNC_*`
+/// variables apply as they do to the host server (e.g.
+/// `SEQSYNC_ACTORS_TRICKLE_LINGER_US=0`).
 fn serve_child(dir: PathBuf) {
-    let mut config = seqsync::EngineConfig::default();
+    let mut config = seqsync::EngineConfig::default()
+        .with_env(std::env::vars())
+        .expect("SEQSYNC_* variables name config keys");
     config.storage.path = dir;
     config.storage.backend = match std::env::var(SERVE_BACKEND_VAR).as_deref() {
         Ok("redb") => seqsync::BackendKind::Redb,

@@ -58,6 +58,8 @@ const TRICKLE_MAX_GROUP: usize = 16;
 
 /// Sleep between looks at the queue while lingering.
 const LINGER_STEP: Duration = Duration::from_micros(20);
+/// Sleep between looks at the queue while lingering under a trickle.
+const TRICKLE_STEP: Duration = Duration::from_micros(250);
 
 /// Called once with the outcome of the commit that carried a request.
 pub(crate) type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
@@ -213,7 +215,7 @@ fn run(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<WriterMsg>, trickle_lin
             // typing at human pace) queue requests while a commit runs.
             // Committing each small group at once costs a commit (an fsync
             // and a few rewritten pages) per one or two edits; waiting until
-            // the oldest request has been queued for TRICKLE_LINGER lets
+            // the oldest request has been queued for `trickle_linger` lets
             // several share it. Writers that wait for their ack (a lone
             // writer, or N writers in a closed loop) queue nothing while a
             // commit runs: their next request needs this commit, so
@@ -228,7 +230,19 @@ fn run(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<WriterMsg>, trickle_lin
             if !room || !(returning || trickle) {
                 break;
             }
-            std::thread::sleep(LINGER_STEP);
+            // Writers coming back arrive within microseconds: look often.
+            // A trickle arrives every few hundred: look a few times per
+            // linger, not fifty (each look is a wakeup of this thread).
+            let step = if returning {
+                LINGER_STEP
+            } else {
+                let waited = oldest.map_or(Duration::ZERO, |t| t.elapsed());
+                trickle_linger
+                    .saturating_sub(waited)
+                    .min(TRICKLE_STEP)
+                    .max(LINGER_STEP)
+            };
+            std::thread::sleep(step);
             next = rx.try_recv().ok();
         }
         if !group.is_empty() {

@@ -17,8 +17,17 @@
 //! Pushes from one connection are pipelined (at most `MAX_PUSHES_IN_FLIGHT`)
 //! so a fast typist is not held to one fsync per keystroke: concurrent pushes
 //! share group commits, and Yjs tolerates their order.
+//!
+//! A connection is not sent back its own updates: the seqs its pushes were
+//! given are remembered (at most `MAX_OWN_SEQS`) and skipped when the
+//! stream delivers them. (y-websocket's reference server echoes every update
+//! to its sender too; the client ignores it, so skipping it saves a frame,
+//! a write and a wakeup per keystroke.) The push's answer and its change
+//! become ready together (the collection actor feeds subscribers, then
+//! answers the push), and the loop looks at answers first, so the seq is
+//! known in time; if it ever is not, the echo is sent, which is harmless.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -28,7 +37,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
-use seqsync_engine::{ChangeKind, ReadError};
+use seqsync_engine::{ChangeKind, ReadError, Seq};
 use tokio::sync::broadcast;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -41,6 +50,9 @@ use crate::AppState;
 
 /// Pushes of one connection awaiting their commit, at most.
 const MAX_PUSHES_IN_FLIGHT: usize = 256;
+/// Seqs of this connection's own pushes remembered for skipping their echo;
+/// beyond this, the oldest are forgotten (their echo would just be sent).
+const MAX_OWN_SEQS: usize = 1024;
 /// Awareness messages buffered per room for slow connections.
 const ROOM_RELAY_CAPACITY: usize = 256;
 
@@ -144,6 +156,7 @@ pub(crate) async fn connect(
         key: (collection, doc),
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         session,
+        own_seqs: BTreeSet::new(),
     };
     actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
     Ok(response)
@@ -163,6 +176,8 @@ struct Connection {
     key: RoomKey,
     id: u64,
     session: actix_ws::Session,
+    /// Seqs of this connection's pushes whose echo is still to be skipped.
+    own_seqs: BTreeSet<Seq>,
 }
 
 enum Step {
@@ -171,6 +186,15 @@ enum Step {
 }
 
 impl Connection {
+    fn remember_own(&mut self, seq: Option<Seq>) {
+        if let Some(seq) = seq {
+            self.own_seqs.insert(seq);
+            if self.own_seqs.len() > MAX_OWN_SEQS {
+                self.own_seqs.pop_first();
+            }
+        }
+    }
+
     async fn run(
         mut self,
         mut incoming: actix_ws::AggregatedMessageStream,
@@ -190,6 +214,18 @@ impl Connection {
         }
         let close = loop {
             let step = tokio::select! {
+                // Answers before changes: see the module docs (echo).
+                biased;
+                Some(result) = pushes.next(), if !pushes.is_empty() => {
+                    match result {
+                        Ok(seq) => {
+                            self.remember_own(seq);
+                            Step::Continue
+                        }
+                        Err(reason) => Step::Close(Some(reason)),
+                    }
+                }
+                event = changes.next() => self.on_change(event).await,
                 message = incoming.next(), if pushes.len() < MAX_PUSHES_IN_FLIGHT => {
                     match message {
                         Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_client_message(bytes, &mut pushes).await,
@@ -204,13 +240,6 @@ impl Connection {
                         Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Step::Close(None),
                     }
                 }
-                Some(result) = pushes.next(), if !pushes.is_empty() => {
-                    match result {
-                        Ok(()) => Step::Continue,
-                        Err(reason) => Step::Close(Some(reason)),
-                    }
-                }
-                event = changes.next() => self.on_change(event).await,
                 relayed = relay.recv() => match relayed {
                     Ok((from, message)) if from != self.id => {
                         if self.session.binary(message).await.is_err() { Step::Close(None) } else { Step::Continue }
@@ -234,7 +263,9 @@ impl Connection {
     async fn on_client_message(
         &mut self,
         bytes: Bytes,
-        pushes: &mut FuturesUnordered<futures::future::BoxFuture<'static, Result<(), CloseReason>>>,
+        pushes: &mut FuturesUnordered<
+            futures::future::BoxFuture<'static, Result<Option<Seq>, CloseReason>>,
+        >,
     ) -> Step {
         let message = match crate::decode::decode_yws_message(&bytes) {
             Ok(message) => message,
@@ -276,7 +307,7 @@ impl Connection {
                 let (collection, doc) = (collection.clone(), doc.clone());
                 pushes.push(Box::pin(async move {
                     match engine.push(&collection, &doc, update, PushOptions::default()).await {
-                        Ok(_) => Ok(()),
+                        Ok(outcome) => Ok(outcome.seq),
                         Err(err) => {
                             tracing::warn!(%collection, %doc, error = %err, "y-websocket push refused");
                             Err(CloseReason {
@@ -306,6 +337,9 @@ impl Connection {
 
     async fn on_change(&mut self, event: Option<Result<StreamEvent, ReadError>>) -> Step {
         match event {
+            Some(Ok(StreamEvent::Change(change))) if self.own_seqs.remove(&change.seq) => {
+                Step::Continue
+            }
             Some(Ok(StreamEvent::Change(change))) => match change.kind {
                 ChangeKind::Delete => Step::Close(Some(CloseReason {
                     code: CloseCode::Normal,
