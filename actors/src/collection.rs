@@ -155,6 +155,42 @@ impl Message for CachedRead {
     type Result = Option<CachedDoc>;
 }
 
+/// What a `SharedRead` asks for.
+#[derive(Clone, Copy)]
+pub(crate) enum SharedWhat {
+    /// The full state, encoded once per version of the document and shared.
+    State,
+    /// The state vector.
+    StateVector,
+}
+
+/// Serve a document from memory, loading it into the actor first if needed
+/// (many joiners of one large document share one load and one encoding).
+#[derive(Clone)]
+pub(crate) struct SharedRead {
+    pub(crate) doc: DocId,
+    pub(crate) what: SharedWhat,
+}
+
+/// A `SharedRead` answer.
+pub(crate) enum SharedDoc {
+    /// The full state (shared bytes) and the cursor it reflects.
+    State(Arc<[u8]>, Seq),
+    /// The state vector (Yjs v1) and the cursor it reflects.
+    StateVector(Vec<u8>, Seq),
+    /// The document has a tombstone.
+    Deleted,
+    /// The document has no content (never written).
+    Empty,
+    /// Memory is not exact right now (a write of it in flight, pending
+    /// structures, a failed commit): read storage instead.
+    Unavailable,
+}
+
+impl Message for SharedRead {
+    type Result = Result<SharedDoc, StorageError>;
+}
+
 pub(crate) type CompactReply = oneshot::Receiver<Result<CompactionSummary, WriteError>>;
 
 /// Compact every document now (peer-gated like automatic compaction);
@@ -260,6 +296,9 @@ pub(crate) struct CollectionActor {
     shared: Arc<Shared>,
     state: Option<CollectionState>,
     docs: HashMap<DocId, DocState>,
+    /// Full-state encodings handed out by `SharedRead`, until the document
+    /// next changes (or is unloaded).
+    encoded: HashMap<DocId, Arc<[u8]>>,
     /// Per document, writes in flight (a document with none is exact in
     /// memory).
     doc_inflight: HashMap<DocId, u32>,
@@ -306,6 +345,7 @@ impl CollectionActor {
             shared,
             state: None,
             docs: HashMap::new(),
+            encoded: HashMap::new(),
             doc_inflight: HashMap::new(),
             inflight: VecDeque::new(),
             next_ticket: 0,
@@ -491,6 +531,7 @@ impl CollectionActor {
                     match doc_state.apply(update) {
                         Ok(Applied::NoOp) => seqs.push(None),
                         Ok(Applied::Changed) => {
+                            self.encoded.remove(&doc);
                             doc_state.note_delta(bytes.len() as u64);
                             seqs.push(Some(next_seq));
                             appended.push(Change {
@@ -519,6 +560,7 @@ impl CollectionActor {
                 Some(d) if d.deleted => seqs.push(None),
                 Some(d) => {
                     d.deleted = true;
+                    self.encoded.remove(&doc);
                     seqs.push(Some(next_seq));
                     appended.push(Change {
                         seq: next_seq,
@@ -832,6 +874,7 @@ impl CollectionActor {
     fn unload_documents(&mut self) {
         metrics::gauge!(m::LOADED_DOCUMENTS).decrement(self.docs.len() as f64);
         self.docs.clear();
+        self.encoded.clear();
     }
 
     /// Starts a compaction of `doc` if its deltas crossed a threshold (or it
@@ -997,6 +1040,45 @@ impl CollectionActor {
             None => doc.encode_state(),
         };
         Some(CachedDoc::State(update, state.committed_head))
+    }
+
+    fn shared_read(&mut self, msg: &SharedRead) -> SharedDoc {
+        let Some(state) = self.state.as_ref() else {
+            return SharedDoc::Unavailable;
+        };
+        let head = state.committed_head;
+        if self.broken || self.doc_inflight.contains_key(&msg.doc) {
+            return SharedDoc::Unavailable;
+        }
+        let Some(doc) = self.docs.get(&msg.doc) else {
+            return SharedDoc::Unavailable;
+        };
+        if doc.has_pending() {
+            return SharedDoc::Unavailable;
+        }
+        if doc.deleted {
+            return SharedDoc::Deleted;
+        }
+        let state_vector = doc.state_vector();
+        if state_vector.is_empty() {
+            // Every stored update adds content, so an existing document
+            // never has an empty state vector (pending ones are above).
+            return SharedDoc::Empty;
+        }
+        match msg.what {
+            SharedWhat::StateVector => SharedDoc::StateVector(
+                yrs::updates::encoder::Encode::encode_v1(&state_vector),
+                head,
+            ),
+            SharedWhat::State => {
+                let encoded = self
+                    .encoded
+                    .entry(msg.doc.clone())
+                    .or_insert_with(|| doc.encode_state().into())
+                    .clone();
+                SharedDoc::State(encoded, head)
+            }
+        }
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
@@ -1212,6 +1294,20 @@ impl Handler<CachedRead> for CollectionActor {
         let mut out = None;
         self.guarded(ctx, |act, _| out = act.cached_read(msg));
         out
+    }
+}
+
+impl Handler<SharedRead> for CollectionActor {
+    type Result = AtomicResponse<Self, Result<SharedDoc, StorageError>>;
+
+    fn handle(&mut self, msg: SharedRead, _ctx: &mut Context<Self>) -> Self::Result {
+        let docs = [msg.doc.clone()];
+        self.with_loaded(&docs, move |act, ctx, loaded| {
+            loaded?;
+            let mut out = SharedDoc::Unavailable;
+            act.guarded(ctx, |act, _| out = act.shared_read(&msg));
+            Ok(out)
+        })
     }
 }
 

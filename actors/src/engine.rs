@@ -28,8 +28,8 @@ use seqsync_engine::{
 use tokio::sync::oneshot;
 
 use crate::collection::{
-    Ack, CachedDoc, CachedRead, CollectionActor, CompactNow, Grant, Subscribe, Write, WriteDone,
-    WriteOp,
+    Ack, CachedDoc, CachedRead, CollectionActor, CompactNow, Grant, SharedDoc, SharedRead,
+    SharedWhat, Subscribe, Write, WriteDone, WriteOp,
 };
 use crate::compactor::Compactor;
 use crate::context::Shared;
@@ -39,7 +39,7 @@ use crate::registry::Registry;
 use crate::subscription::{self, Subscription};
 use crate::types::{
     BatchOutcome, ChangesPage, CollectionRecovery, CompactionSummary, DeleteOutcome, DocumentState,
-    PeerInfo, PushOptions, PushOutcome, Recovery,
+    DocumentStateVector, PeerInfo, PushOptions, PushOutcome, Recovery, SharedDocumentState,
 };
 use crate::writer::Writer;
 
@@ -465,6 +465,95 @@ impl Engine {
     pub async fn document(&self, collection: &str, doc: &str) -> Result<DocumentState, ReadError> {
         let (update, cursor) = self.read_document(collection, doc, None).await?;
         Ok(DocumentState { update, cursor })
+    }
+
+    /// [`Engine::document`] for many readers of one document at once (a
+    /// class joining a large document): the document is loaded into its
+    /// collection's actor once, its state is encoded once per version, and
+    /// every caller gets the same bytes until the document changes. Memory:
+    /// one encoding per document read this way, held until it changes or
+    /// its collection unloads. Falls back to a storage read when memory is
+    /// not exact (a write of the document in flight). Errors: as
+    /// [`Engine::document`].
+    pub async fn document_shared(
+        &self,
+        collection: &str,
+        doc: &str,
+    ) -> Result<SharedDocumentState, ReadError> {
+        match self.shared_read(collection, doc, SharedWhat::State).await? {
+            Some(SharedDoc::State(update, cursor)) => Ok(SharedDocumentState { update, cursor }),
+            _ => {
+                let state = self.document(collection, doc).await?;
+                Ok(SharedDocumentState {
+                    update: state.update.into(),
+                    cursor: state.cursor,
+                })
+            }
+        }
+    }
+
+    /// A document's state vector and the cursor it reflects, without
+    /// encoding its state (what a y-websocket server sends a client first).
+    /// Served from the collection actor's memory (loading the document
+    /// there if needed); from storage while a write of it is in flight.
+    /// Errors: `DocumentNotFound`, `DocumentDeleted`, `Storage`.
+    pub async fn document_state_vector(
+        &self,
+        collection: &str,
+        doc: &str,
+    ) -> Result<DocumentStateVector, ReadError> {
+        match self
+            .shared_read(collection, doc, SharedWhat::StateVector)
+            .await?
+        {
+            Some(SharedDoc::StateVector(state_vector, cursor)) => Ok(DocumentStateVector {
+                state_vector,
+                cursor,
+            }),
+            _ => {
+                let state = self.document(collection, doc).await?;
+                let decoded = seqsync_engine::decode_update(&state.update).map_err(|e| {
+                    ReadError::Internal(format!("a served state did not decode: {e}"))
+                })?;
+                let mut loaded = seqsync_engine::DocState::empty();
+                loaded.apply(decoded).map_err(|e| {
+                    ReadError::Internal(format!("a served state did not apply: {}", e.0))
+                })?;
+                Ok(DocumentStateVector {
+                    state_vector: yrs::updates::encoder::Encode::encode_v1(&loaded.state_vector()),
+                    cursor: state.cursor,
+                })
+            }
+        }
+    }
+
+    /// The actor's answer to a `SharedRead`, with the typed errors of a
+    /// document read; `None` (or `Unavailable`) means "read storage".
+    async fn shared_read(
+        &self,
+        collection: &str,
+        doc: &str,
+        what: SharedWhat,
+    ) -> Result<Option<SharedDoc>, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let doc_id = DocId::new(doc)?;
+        let answer = self
+            .inner
+            .send(&name, SharedRead { doc: doc_id, what })
+            .await
+            .ok();
+        match answer {
+            Some(Ok(SharedDoc::Deleted)) => Err(ReadError::DocumentDeleted {
+                doc: doc.to_owned(),
+            }),
+            Some(Ok(SharedDoc::Empty)) => Err(ReadError::DocumentNotFound {
+                doc: doc.to_owned(),
+            }),
+            Some(Ok(answer)) => Ok(Some(answer)),
+            Some(Err(err)) => Err(ReadError::Storage(err)),
+            None => Ok(None),
+        }
     }
 
     /// What a client with `state_vector` (Yjs v1; empty = nothing) lacks of a

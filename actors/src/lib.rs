@@ -31,5 +31,6 @@ pub use crate::engine::Engine;
 pub use crate::subscription::Subscription;
 pub use crate::types::{
     BatchOutcome, ChangesPage, CollectionRecovery, CompactionSummary, DeleteOutcome, DocumentState,
-    PeerInfo, PushOptions, PushOutcome, Recovery, StreamEvent,
+    DocumentStateVector, PeerInfo, PushOptions, PushOutcome, Recovery, SharedDocumentState,
+    StreamEvent,
 };

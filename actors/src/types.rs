@@ -79,6 +79,25 @@ pub struct DocumentState {
     pub cursor: Seq,
 }
 
+/// A document's full state as bytes shared with every other reader of the
+/// same version (see `Engine::document_shared`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedDocumentState {
+    /// The state as one Yjs v1 update. Do not assume it is a fresh copy.
+    pub update: std::sync::Arc<[u8]>,
+    /// Every change ≤ `cursor` is reflected; stream from here.
+    pub cursor: Seq,
+}
+
+/// A document's state vector (see `Engine::document_state_vector`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentStateVector {
+    /// Yjs v1 encoding of the state vector.
+    pub state_vector: Vec<u8>,
+    /// Every change ≤ `cursor` is reflected; stream from here.
+    pub cursor: Seq,
+}
+
 /// What a client lacks of one document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recovery {

@@ -41,7 +41,10 @@ pub const SQLITE_FILE_NAME: &str = "seqsync.sqlite3";
 ///   primary-key index) and no stored head: the head is the highest stored
 ///   seq, so a commit of a few changes touches two leaves (the log and the
 ///   document index) instead of four pages. This is what cut the bytes
-///   written per acked edit.
+///   written per acked edit. Queries of one document say `INDEXED BY
+///   changes_by_doc`: with the log `WITHOUT ROWID`, SQLite's planner
+///   otherwise prefers the primary key (cid, seq) and scans the whole
+///   collection's log for one document.
 const FORMAT_VERSION: u64 = 2;
 /// Page size of a new database. A commit of a few small updates dirties a
 /// handful of pages and the WAL writes each whole; small pages keep that
@@ -291,12 +294,19 @@ fn migrate_v1_to_v2(conn: &Connection, path: &Path) -> Result<(), StorageError> 
     Ok(())
 }
 
-/// The head of a collection: its highest stored seq (format 2 stores no
-/// head; compaction never removes a collection's last change, since a
-/// snapshot takes the seq of the last change it covers and a tombstone is
-/// never covered).
-const HEAD_OF_COLLECTION: &str =
-    "coalesce((SELECT max(seq) FROM changes WHERE changes.cid = collections.id), 0)";
+/// The head of collection `cid`: its highest stored seq, or 0 (format 2
+/// stores no head; compaction never removes a collection's last change,
+/// since a snapshot takes the seq of the last change it covers and a
+/// tombstone is never covered). One seek to the end of the primary key,
+/// written as `ORDER BY … DESC LIMIT 1` on purpose: as `max(seq)` inside a
+/// query of `collections`, SQLite stepped through every change of the
+/// collection, on every commit.
+fn head_of(tx: &rusqlite::Transaction<'_>, cid: i64) -> Result<i64, StorageError> {
+    tx.prepare_cached("SELECT seq FROM changes WHERE cid = ?1 ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row(params![cid], |row| row.get(0)).optional())
+        .map(|head| head.unwrap_or(0))
+        .map_err(|e| sql_error("reading the head", e))
+}
 
 impl Storage for SqliteStorage {
     fn backend(&self) -> &'static str {
@@ -318,10 +328,10 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<(CollectionName, CollectionMeta)>, StorageError> {
         self.with_reader(|tx| {
             let mut stmt = tx
-                .prepare_cached(&format!(
-                    "SELECT name, epoch, {HEAD_OF_COLLECTION}, schema_version, created_ms \
-                     FROM collections WHERE name > ?1 ORDER BY name LIMIT ?2"
-                ))
+                .prepare_cached(
+                    "SELECT name, epoch, id, schema_version, created_ms \
+                     FROM collections WHERE name > ?1 ORDER BY name LIMIT ?2",
+                )
                 .map_err(|e| sql_error("listing collections", e))?;
             let rows = stmt
                 .query_map(
@@ -339,12 +349,17 @@ impl Storage for SqliteStorage {
                 .map_err(|e| sql_error("listing collections", e))?;
             let mut out = Vec::new();
             for row in rows {
-                let (name, epoch, head, schema, created) =
+                let (name, epoch, cid, schema, created) =
                     row.map_err(|e| sql_error("listing collections", e))?;
                 let name = CollectionName::new(name).map_err(|e| corrupt(e.to_string()))?;
-                out.push((name, meta_from_row(&epoch, head, schema, created)?));
+                out.push((name, (epoch, cid, schema, created)));
             }
-            Ok(out)
+            let mut listed = Vec::with_capacity(out.len());
+            for (name, (epoch, cid, schema, created)) in out {
+                let head = head_of(tx, cid)?;
+                listed.push((name, meta_from_row(&epoch, head, schema, created)?));
+            }
+            Ok(listed)
         })
     }
 
@@ -391,6 +406,7 @@ impl Storage for SqliteStorage {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                     INDEXED BY changes_by_doc \
                      WHERE cid = ?1 AND doc = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
                 )
                 .map_err(|e| sql_error("reading a document's changes", e))?;
@@ -436,7 +452,7 @@ impl Storage for SqliteStorage {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT seq, kind, schema_version, origin, payload FROM changes \
-                     WHERE cid = ?1 AND doc = ?2 ORDER BY seq",
+                     INDEXED BY changes_by_doc WHERE cid = ?1 AND doc = ?2 ORDER BY seq",
                 )
                 .map_err(|e| sql_error("reading a document", e))?;
             let mut rows = stmt
@@ -640,7 +656,8 @@ fn apply_write(
                 }
             }
             tx.prepare_cached(
-                "DELETE FROM changes WHERE cid = ?1 AND doc = ?2 AND seq <= ?3 \
+                "DELETE FROM changes INDEXED BY changes_by_doc \
+                 WHERE cid = ?1 AND doc = ?2 AND seq <= ?3 \
                  AND kind IN (?4, ?5)",
             )
             .and_then(|mut s| {
@@ -689,10 +706,9 @@ fn read_meta(
     name: &CollectionName,
 ) -> Result<Option<(i64, CollectionMeta)>, StorageError> {
     let row = tx
-        .prepare_cached(&format!(
-            "SELECT id, epoch, {HEAD_OF_COLLECTION}, schema_version, created_ms \
-             FROM collections WHERE name = ?1"
-        ))
+        .prepare_cached(
+            "SELECT id, epoch, schema_version, created_ms FROM collections WHERE name = ?1",
+        )
         .and_then(|mut s| {
             s.query_row(params![name.as_str()], |row| {
                 Ok((
@@ -700,7 +716,6 @@ fn read_meta(
                     row.get::<_, Vec<u8>>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
                 ))
             })
             .optional()
@@ -708,7 +723,8 @@ fn read_meta(
         .map_err(|e| sql_error("reading collection metadata", e))?;
     match row {
         None => Ok(None),
-        Some((cid, epoch, head, schema, created)) => {
+        Some((cid, epoch, schema, created)) => {
+            let head = head_of(tx, cid)?;
             Ok(Some((cid, meta_from_row(&epoch, head, schema, created)?)))
         }
     }
