@@ -212,7 +212,7 @@ fn serve_child(dir: PathBuf) {
     let mut line = String::new();
     while std::io::stdin()
         .read_line(&mut line)
-        .map_or(false, |n| n > 0)
+        .is_ok_and(|n| n > 0)
     {
         line.clear();
     }
@@ -542,10 +542,10 @@ async fn rooms_run(
     let mut observers = Vec::new();
     let setup = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
-    for room in 0..rooms {
+    for (room, clock) in clocks.iter().enumerate() {
         let addr = server.addr.clone();
         let path = room_path(layout, room);
-        let clock = clocks[room].clone();
+        let clock = clock.clone();
         let trace = trace.clone();
         let setup = setup.clone();
         let synced = synced_tx.clone();
@@ -576,10 +576,10 @@ async fn rooms_run(
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
     let (typed_tx, mut typed_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
     let finish = Arc::new(tokio::sync::Notify::new());
-    for room in 0..rooms {
+    for (room, clock) in clocks.iter().enumerate() {
         let addr = server.addr.clone();
         let path = room_path(layout, room);
-        let clock = clocks[room].clone();
+        let clock = clock.clone();
         let trace = trace.clone();
         let setup = setup.clone();
         let ready = ready_tx.clone();
