@@ -69,6 +69,9 @@ struct Cell {
     secs: f64,
     latencies_us: Vec<f64>,
     disk_bytes: u64,
+    /// Bytes this process caused to be written to disk during the workload
+    /// (`write_bytes` of /proc/self/io, opening and shutting down included).
+    written_bytes: u64,
     peak_rss_kb: u64,
     baseline: &'static str,
     baseline_secs: f64,
@@ -138,6 +141,19 @@ fn dir_bytes(path: &Path) -> u64 {
 /// Asks the kernel to reset this process's peak-RSS mark (Linux ≥ 4.0), so
 /// each workload reports its own peak; where that is refused the column is
 /// the process's peak so far (MiB).
+/// `write_bytes` of /proc/self/io: bytes this process caused to be sent to
+/// the block layer (0 where the file is missing).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -178,6 +194,7 @@ async fn replay(
     bare_secs: f64,
 ) -> Cell {
     let dir = tempfile::tempdir().expect("tempdir");
+    let written_before = written_bytes();
     let engine = open_engine(kind, dir.path(), Durability::Immediate);
     reset_peak_rss();
     let started = Instant::now();
@@ -204,6 +221,7 @@ async fn replay(
         trace.name
     );
     engine.shutdown().await;
+    let written = written_bytes() - written_before;
     Cell {
         workload: format!(
             "replay-{}/{}",
@@ -219,6 +237,7 @@ async fn replay(
         secs,
         latencies_us: latencies,
         disk_bytes: dir_bytes(dir.path()),
+        written_bytes: written,
         peak_rss_kb: peak_rss_kb(),
         baseline: "bare yrs replay",
         baseline_secs: bare_secs,
@@ -244,6 +263,7 @@ async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> 
         .map(|w| traces::typing(100 + w, per_writer))
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
+    let written_before = written_bytes();
     let engine = open_engine(kind, dir.path(), Durability::Immediate);
     reset_peak_rss();
     let started = Instant::now();
@@ -287,6 +307,7 @@ async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> 
     };
     assert_eq!(head, ops, "every push logged");
     engine.shutdown().await;
+    let written = written_bytes() - written_before;
     Cell {
         workload: "ingest-64 (ratio = gain)".to_owned(),
         backend,
@@ -294,6 +315,7 @@ async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> 
         secs,
         latencies_us: latencies,
         disk_bytes: dir_bytes(dir.path()),
+        written_bytes: written,
         peak_rss_kb: peak_rss_kb(),
         baseline: "1 writer",
         // Expressed so that ratio() = time(64) / time(1 writer at its rate)
@@ -392,6 +414,7 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
         secs,
         latencies_us: Vec::new(),
         disk_bytes: dir_bytes(dir.path()),
+        written_bytes: 0,
         peak_rss_kb: peak,
         baseline: "raw range scan",
         baseline_secs,
@@ -493,6 +516,7 @@ async fn load_and_compact(kind: BackendKind, backend: &'static str, n: usize) ->
                 secs,
                 latencies_us: Vec::new(),
                 disk_bytes: 0,
+                written_bytes: 0,
                 peak_rss_kb: peak,
                 baseline: "bare yrs apply",
                 baseline_secs,
@@ -514,6 +538,7 @@ async fn load_and_compact(kind: BackendKind, backend: &'static str, n: usize) ->
             secs: compact_secs,
             latencies_us: Vec::new(),
             disk_bytes: dir_bytes(dir.path()),
+            written_bytes: 0,
             peak_rss_kb: peak_rss_kb(),
             baseline: "bare yrs apply",
             baseline_secs: bare_secs,
@@ -545,6 +570,7 @@ async fn load_and_compact(kind: BackendKind, backend: &'static str, n: usize) ->
             secs: started.elapsed().as_secs_f64(),
             latencies_us: Vec::new(),
             disk_bytes: 0,
+            written_bytes: 0,
             peak_rss_kb: peak_rss_kb(),
             baseline: "bare yrs apply",
             baseline_secs: bare_secs,
@@ -645,8 +671,16 @@ async fn main() {
         if args.quick { " --quick" } else { "" }
     );
     println!(
-        "{:<34} {:<7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9}  baseline",
-        "workload", "backend", "ops/s", "p50 µs", "p99 µs", "disk KiB", "RSS peak", "ratio"
+        "{:<34} {:<7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}  baseline",
+        "workload",
+        "backend",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "disk KiB",
+        "wrote B/op",
+        "RSS peak",
+        "ratio"
     );
     for cell in &cells {
         let ratio = if cell.workload.starts_with("ingest") {
@@ -655,14 +689,20 @@ async fn main() {
             format!("{:.2}x", cell.ratio())
         };
         let fmt_us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        let wrote = if cell.written_bytes > 0 {
+            format!("{:.0}", cell.written_bytes as f64 / cell.ops.max(1) as f64)
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "{:<34} {:<7} {:>12.0} {:>10} {:>10} {:>10} {:>10.1} {:>9}  {}",
+            "{:<34} {:<7} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10.1} {:>9}  {}",
             cell.workload,
             cell.backend,
             cell.ops_per_sec(),
             fmt_us(cell.percentile_us(0.5)),
             fmt_us(cell.percentile_us(0.99)),
             cell.disk_bytes / 1024,
+            wrote,
             cell.peak_rss_kb as f64 / 1024.0,
             ratio,
             cell.baseline
@@ -675,7 +715,7 @@ async fn main() {
                 json!({
                     "workload": c.workload, "backend": c.backend, "ops": c.ops, "secs": c.secs,
                     "ops_per_sec": c.ops_per_sec(), "p50_us": c.percentile_us(0.5), "p99_us": c.percentile_us(0.99),
-                    "disk_bytes": c.disk_bytes, "peak_rss_kb": c.peak_rss_kb,
+                    "disk_bytes": c.disk_bytes, "written_bytes": c.written_bytes, "peak_rss_kb": c.peak_rss_kb,
                     "baseline": c.baseline, "baseline_secs": c.baseline_secs, "ratio": c.ratio(),
                 })
             })

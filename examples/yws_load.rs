@@ -210,10 +210,7 @@ fn serve_child(dir: PathBuf) {
     println!("listening {}", server.addr);
     let _ = std::io::stdout().flush();
     let mut line = String::new();
-    while std::io::stdin()
-        .read_line(&mut line)
-        .is_ok_and(|n| n > 0)
-    {
+    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
         line.clear();
     }
     server.stop();
