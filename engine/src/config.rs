@@ -147,7 +147,7 @@ pub struct ActorsConfig {
     /// Under a trickle of writes from writers that do not wait for each
     /// other (many rooms typing), the longest the oldest write of a commit
     /// group waits for others to share its commit (one fsync, fewer pages
-    /// written per edit); default 1000 µs, at most 100,000; 0 = commit at
+    /// written per edit); default 2000 µs, at most 100,000; 0 = commit at
     /// once. Writers that wait for their ack never wait for this, and
     /// durability is unchanged: a push is still answered only once
     /// committed.
@@ -175,7 +175,7 @@ impl Default for ActorsConfig {
             idle_unload_secs: 60,
             mailbox_capacity: 1024,
             arbiters: 0,
-            trickle_linger_us: 1000,
+            trickle_linger_us: 2000,
         }
     }
 }
