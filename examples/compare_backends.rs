@@ -109,7 +109,10 @@ fn kind_of(name: &str) -> (BackendKind, &'static str) {
 }
 
 fn open_engine(kind: BackendKind, dir: &Path, durability: Durability) -> Engine {
-    let mut config = EngineConfig::default();
+    // SEQSYNC_* variables apply (e.g. SEQSYNC_ACTORS_ARBITERS=1).
+    let mut config = EngineConfig::default()
+        .with_env(std::env::vars())
+        .expect("SEQSYNC_* variables name config keys");
     config.storage.backend = kind;
     config.storage.path = dir.to_path_buf();
     config.storage.durability = durability;

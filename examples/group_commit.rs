@@ -34,7 +34,10 @@ struct Args {
 }
 
 fn engine(kind: BackendKind, durability: Durability, dir: &std::path::Path) -> Engine {
-    let mut config = EngineConfig::default();
+    // SEQSYNC_* variables apply (e.g. SEQSYNC_ACTORS_ARBITERS=1).
+    let mut config = EngineConfig::default()
+        .with_env(std::env::vars())
+        .expect("SEQSYNC_* variables name config keys");
     config.storage.backend = kind;
     config.storage.path = dir.to_path_buf();
     config.storage.durability = durability;
