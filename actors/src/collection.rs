@@ -164,6 +164,10 @@ pub(crate) enum SharedWhat {
     StateVector,
 }
 
+/// Most bytes of shared full-state encodings one collection actor keeps
+/// (`SharedRead`); a larger encoding is handed out but not kept.
+const MAX_SHARED_ENCODED_BYTES: usize = 256 << 20;
+
 /// Serve a document from memory, loading it into the actor first if needed
 /// (many joiners of one large document share one load and one encoding).
 #[derive(Clone)]
@@ -1071,11 +1075,19 @@ impl CollectionActor {
                 head,
             ),
             SharedWhat::State => {
-                let encoded = self
-                    .encoded
-                    .entry(msg.doc.clone())
-                    .or_insert_with(|| doc.encode_state().into())
-                    .clone();
+                if let Some(encoded) = self.encoded.get(&msg.doc) {
+                    return SharedDoc::State(encoded.clone(), head);
+                }
+                let encoded: Arc<[u8]> = doc.encode_state().into();
+                // Bounded: past MAX_SHARED_ENCODED_BYTES every kept
+                // encoding is dropped (callers holding one keep theirs).
+                let cached: usize = self.encoded.values().map(|e| e.len()).sum();
+                if cached + encoded.len() > MAX_SHARED_ENCODED_BYTES {
+                    self.encoded.clear();
+                }
+                if encoded.len() <= MAX_SHARED_ENCODED_BYTES {
+                    self.encoded.insert(msg.doc.clone(), encoded.clone());
+                }
                 SharedDoc::State(encoded, head)
             }
         }

@@ -286,6 +286,63 @@ mod cases {
         ));
     }
 
+    /// Many joiners share one encoding: `document_shared` must hand out the
+    /// same state as `document` (the same bytes object while the document
+    /// does not change, a new one after it changes), `document_state_vector`
+    /// the state vector of that state, and both the typed errors of a
+    /// document read.
+    pub async fn shared_reads_match_document_reads(kind: BackendKind) {
+        use yrs::updates::decoder::Decode;
+        let t = open(kind);
+        let engine = &t.engine;
+        let writer = Client::new(1);
+        for i in 0..20u32 {
+            engine
+                .push("c", "d", writer.insert(i, "x"), opts())
+                .await
+                .unwrap();
+        }
+        let plain = engine.document("c", "d").await.unwrap();
+        let first = engine.document_shared("c", "d").await.unwrap();
+        let again = engine.document_shared("c", "d").await.unwrap();
+        assert_eq!(&*first.update, &plain.update[..]);
+        assert_eq!(first.cursor, plain.cursor);
+        assert!(
+            std::sync::Arc::ptr_eq(&first.update, &again.update),
+            "one encoding per version, shared"
+        );
+        let sv = engine.document_state_vector("c", "d").await.unwrap();
+        assert_eq!(
+            yrs::StateVector::decode_v1(&sv.state_vector).unwrap(),
+            writer.state_vector()
+        );
+        assert_eq!(sv.cursor, plain.cursor);
+        engine
+            .push("c", "d", writer.insert(0, "y"), opts())
+            .await
+            .unwrap();
+        let changed = engine.document_shared("c", "d").await.unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first.update, &changed.update));
+        assert_eq!(common::text_of(&changed.update), writer.text());
+        assert!(matches!(
+            engine.document_shared("c", "nope").await,
+            Err(ReadError::DocumentNotFound { .. })
+        ));
+        assert!(matches!(
+            engine.document_state_vector("c", "nope").await,
+            Err(ReadError::DocumentNotFound { .. })
+        ));
+        engine.delete("c", "d").await.unwrap();
+        assert!(matches!(
+            engine.document_shared("c", "d").await,
+            Err(ReadError::DocumentDeleted { .. })
+        ));
+        assert!(matches!(
+            engine.document_state_vector("c", "d").await,
+            Err(ReadError::DocumentDeleted { .. })
+        ));
+    }
+
     /// A tombstone is a change of its document: a document subscriber sees it.
     pub async fn delete_reaches_the_document_subscriber(kind: BackendKind) {
         let t = open(kind);
@@ -325,6 +382,8 @@ macro_rules! suite {
             async fn lagging_subscriber_falls_back_to_storage() { cases::lagging_subscriber_falls_back_to_storage($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cursor_from_storage_is_never_reset() { cases::cursor_from_storage_is_never_reset($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shared_reads_match_document_reads() { cases::shared_reads_match_document_reads($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn delete_reaches_the_document_subscriber() { cases::delete_reaches_the_document_subscriber($kind).await }
         }
