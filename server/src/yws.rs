@@ -229,6 +229,7 @@ impl Connection {
         let close = loop {
             let step = tokio::select! {
                 // Answers before changes: see the module docs (echo).
+                // `biased`: the branches are polled in this order.
                 biased;
                 Some(result) = pushes.next(), if !pushes.is_empty() => {
                     match result {
@@ -239,7 +240,6 @@ impl Connection {
                         Err(reason) => Step::Close(Some(reason)),
                     }
                 }
-                event = changes.next() => self.on_change(event).await,
                 message = incoming.next(), if pushes.len() < MAX_PUSHES_IN_FLIGHT => {
                     match message {
                         Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_client_message(bytes, &mut pushes).await,
@@ -254,6 +254,10 @@ impl Connection {
                         Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Step::Close(None),
                     }
                 }
+                // After the client's own messages: a busy room's traffic
+                // must not hold back what this client sends (a client that
+                // floods only delays its own view).
+                event = changes.next() => self.on_change(event).await,
                 relayed = relay.recv() => match relayed {
                     Ok((from, message)) if from != self.id => {
                         if self.session.binary(message).await.is_err() { Step::Close(None) } else { Step::Continue }
