@@ -786,16 +786,15 @@ impl CollectionActor {
         let (since, through) = (first.seq - 1, last.seq);
         let mut delivered = 0u64;
         if !self.doc_subscribers.is_empty() {
-            // Group the touched documents' changes, in seq order, without
-            // looking at documents nobody follows.
-            let mut by_doc: Vec<(DocId, Vec<Change>)> = Vec::new();
+            // Group the touched documents' changes, each in seq order,
+            // without looking at documents nobody follows.
+            let mut by_doc: HashMap<DocId, Vec<Change>> = HashMap::new();
             for change in &changes {
-                if !self.doc_subscribers.contains_key(&change.doc) {
-                    continue;
-                }
-                match by_doc.iter_mut().find(|(d, _)| *d == change.doc) {
-                    Some((_, list)) => list.push(change.clone()),
-                    None => by_doc.push((change.doc.clone(), vec![change.clone()])),
+                if self.doc_subscribers.contains_key(&change.doc) {
+                    by_doc
+                        .entry(change.doc.clone())
+                        .or_default()
+                        .push(change.clone());
                 }
             }
             for (doc, list) in by_doc {
@@ -1025,17 +1024,24 @@ impl CollectionActor {
         }
     }
 
-    fn cached_read(&self, msg: CachedRead) -> Option<CachedDoc> {
+    /// The document as memory holds it and the committed head, when that
+    /// is exactly what storage holds: loaded, not broken, no write of it in
+    /// flight, and no pending structures (the encoding leaves those out;
+    /// storage knows which cursor re-delivers them). `None`: read storage.
+    fn exact_doc(&self, doc: &DocId) -> Option<(&DocState, Seq)> {
         let state = self.state.as_ref()?;
-        if self.broken || self.doc_inflight.contains_key(&msg.doc) {
+        if self.broken || self.doc_inflight.contains_key(doc) {
             return None;
         }
-        let doc = self.docs.get(&msg.doc)?;
-        if doc.has_pending() {
-            // The encoding leaves pending structures out; storage knows
-            // which cursor re-delivers them.
+        let loaded = self.docs.get(doc)?;
+        if loaded.has_pending() {
             return None;
         }
+        Some((loaded, state.committed_head))
+    }
+
+    fn cached_read(&self, msg: CachedRead) -> Option<CachedDoc> {
+        let (doc, head) = self.exact_doc(&msg.doc)?;
         if doc.deleted {
             return Some(CachedDoc::Deleted);
         }
@@ -1043,23 +1049,13 @@ impl CollectionActor {
             Some(sv) => doc.encode_diff(sv),
             None => doc.encode_state(),
         };
-        Some(CachedDoc::State(update, state.committed_head))
+        Some(CachedDoc::State(update, head))
     }
 
     fn shared_read(&mut self, msg: &SharedRead) -> SharedDoc {
-        let Some(state) = self.state.as_ref() else {
+        let Some((doc, head)) = self.exact_doc(&msg.doc) else {
             return SharedDoc::Unavailable;
         };
-        let head = state.committed_head;
-        if self.broken || self.doc_inflight.contains_key(&msg.doc) {
-            return SharedDoc::Unavailable;
-        }
-        let Some(doc) = self.docs.get(&msg.doc) else {
-            return SharedDoc::Unavailable;
-        };
-        if doc.has_pending() {
-            return SharedDoc::Unavailable;
-        }
         if doc.deleted {
             return SharedDoc::Deleted;
         }

@@ -34,7 +34,7 @@ const BACKEND: &str = "sqlite";
 /// File name of the database inside the storage directory.
 pub const SQLITE_FILE_NAME: &str = "seqsync.sqlite3";
 /// Version of the table layout below. Bump it with a migration when the
-/// layout changes (see `migrate`).
+/// layout changes (see `migrate_v1_to_v2`).
 ///
 /// - 1: `changes` a rowid table; the head stored in `collections` and
 ///   updated by every commit.
@@ -374,14 +374,10 @@ impl Storage for SqliteStorage {
                 let (name, epoch, cid, schema, created) =
                     row.map_err(|e| sql_error("listing collections", e))?;
                 let name = CollectionName::new(name).map_err(|e| corrupt(e.to_string()))?;
-                out.push((name, (epoch, cid, schema, created)));
-            }
-            let mut listed = Vec::with_capacity(out.len());
-            for (name, (epoch, cid, schema, created)) in out {
                 let head = head_of(tx, cid)?;
-                listed.push((name, meta_from_row(&epoch, head, schema, created)?));
+                out.push((name, meta_from_row(&epoch, head, schema, created)?));
             }
-            Ok(listed)
+            Ok(out)
         })
     }
 

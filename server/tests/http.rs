@@ -603,6 +603,85 @@ mod websockets {
         assert_eq!(status, 400, "{body}");
     }
 
+    /// Reads y-websocket messages until one matches `pick`.
+    fn next_sync<T>(
+        ws: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+        mut pick: impl FnMut(yrs::sync::SyncMessage) -> Option<T>,
+    ) -> T {
+        use yrs::sync::Message;
+        loop {
+            if let Ws::Binary(b) = ws.read().unwrap() {
+                if let Message::Sync(sync) = Message::decode_v1(&b).unwrap() {
+                    if let Some(found) = pick(sync) {
+                        return found;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A joiner of a document larger than one frame gets its whole state
+    /// (sent as one message in 64 KiB fragments of shared bytes), and a
+    /// connection is not sent back its own updates: after pushing, the next
+    /// update it receives is somebody else's.
+    #[test]
+    fn y_websocket_large_join_and_no_echo_of_own_updates() {
+        use yrs::sync::{Message, SyncMessage};
+        let h = Harness::start(BackendKind::Sqlite, |_| {});
+        let author = Client::new(1);
+        let big = "0123456789abcdef".repeat(20_000); // 320 KB: five fragments
+        post(
+            &h,
+            "/v1/collections/c/documents/d/updates",
+            &author.insert(0, &big),
+        );
+
+        let mut joiner = connect(&h, "/yws/c/d");
+        let empty = Message::Sync(SyncMessage::SyncStep1(yrs::StateVector::default())).encode_v1();
+        joiner.send(Ws::Binary(empty.into())).unwrap();
+        let state = next_sync(&mut joiner, |m| match m {
+            SyncMessage::SyncStep2(state) => Some(state),
+            _ => None,
+        });
+        let browser = Client::new(2);
+        browser.apply(&state);
+        assert_eq!(browser.string(), big, "the whole state, in one message");
+
+        // The joiner types; then another client pushes over HTTP. The next
+        // update the joiner receives must be the HTTP one, not its own echo.
+        let own = browser.insert(0, "mine ");
+        joiner
+            .send(Ws::Binary(
+                Message::Sync(SyncMessage::Update(own.clone()))
+                    .encode_v1()
+                    .into(),
+            ))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, bytes, _) = call(ureq::get(&h.url("/v1/collections/c/documents/d")), None);
+            if text_of(&bytes).starts_with("mine ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the joiner's update was not stored"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        author.apply(&own);
+        let other = author.insert(0, ">> ");
+        post(&h, "/v1/collections/c/documents/d/updates", &other);
+        let received = next_sync(&mut joiner, |m| match m {
+            SyncMessage::Update(update) => Some(update),
+            _ => None,
+        });
+        assert_eq!(
+            received, other,
+            "the first update sent back is not the joiner's own"
+        );
+    }
+
     /// The y-websocket protocol: the server opens with sync step 1, answers a
     /// client's step 1 with what it lacks, pushes the client's updates
     /// through the engine, and forwards updates pushed over HTTP.
