@@ -18,16 +18,18 @@
 //! so a fast typist is not held to one fsync per keystroke: concurrent pushes
 //! share group commits, and Yjs tolerates their order.
 //!
-//! A connection is not sent back its own updates: the seqs its pushes were
-//! given are remembered (at most `MAX_OWN_SEQS`) and skipped when the
-//! stream delivers them. (y-websocket's reference server echoes every update
-//! to its sender too; the client ignores it, so skipping it saves a frame,
-//! a write and a wakeup per keystroke.) The push's answer and its change
-//! become ready together (the collection actor feeds subscribers, then
-//! answers the push), and the loop looks at answers first, so the seq is
-//! known in time; if it ever is not, the echo is sent, which is harmless.
+//! A connection is not sent back its own updates. (y-websocket's reference
+//! server echoes every update to its sender too; the client ignores it, so
+//! skipping it saves a frame, a write and a wakeup per keystroke.) A change's
+//! payload is the pushed bytes themselves, so the connection remembers a
+//! hash of each update it pushes (at most `MAX_OWN_UPDATES`) and skips the
+//! change that carries them, whenever it arrives: before or after the push
+//! is answered (the stream and the answer are woken on other threads, in
+//! either order). A push answered as a no-op logs nothing, so its hash is
+//! forgotten then. Skipping an identical update from another client would be
+//! harmless: this client already has that content.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -50,9 +52,9 @@ use crate::AppState;
 
 /// Pushes of one connection awaiting their commit, at most.
 const MAX_PUSHES_IN_FLIGHT: usize = 256;
-/// Seqs of this connection's own pushes remembered for skipping their echo;
-/// beyond this, the oldest are forgotten (their echo would just be sent).
-const MAX_OWN_SEQS: usize = 1024;
+/// Hashes of this connection's own pushes remembered for skipping their
+/// echo; beyond this all are forgotten (their echoes would just be sent).
+const MAX_OWN_UPDATES: usize = 1024;
 /// Frame size of a large shared state sent in fragments.
 const FRAGMENT_BYTES: usize = 64 << 10;
 /// Awareness messages buffered per room for slow connections.
@@ -163,10 +165,22 @@ pub(crate) async fn connect(
         key: (collection, doc),
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         session,
-        own_seqs: BTreeSet::new(),
+        own_updates: HashMap::new(),
     };
     actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
     Ok(response)
+}
+
+/// A push of this connection: the hash of its update and its seq (`None`:
+/// a no-op), or why the connection closes.
+type PushFuture = futures::future::BoxFuture<'static, Result<(u64, Option<Seq>), CloseReason>>;
+
+/// A hash of an update's bytes, to recognise this connection's own pushes.
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The y-websocket prefix of a sync step 2 message carrying `len` bytes:
@@ -190,8 +204,9 @@ struct Connection {
     key: RoomKey,
     id: u64,
     session: actix_ws::Session,
-    /// Seqs of this connection's pushes whose echo is still to be skipped.
-    own_seqs: BTreeSet<Seq>,
+    /// Hashes of this connection's pushes whose change is still to come
+    /// (with a count, for the same bytes pushed twice).
+    own_updates: HashMap<u64, u32>,
 }
 
 enum Step {
@@ -200,12 +215,27 @@ enum Step {
 }
 
 impl Connection {
-    fn remember_own(&mut self, seq: Option<Seq>) {
-        if let Some(seq) = seq {
-            self.own_seqs.insert(seq);
-            if self.own_seqs.len() > MAX_OWN_SEQS {
-                self.own_seqs.pop_first();
+    /// Notes an update this connection is about to push.
+    fn remember_own(&mut self, hash: u64) {
+        if self.own_updates.len() >= MAX_OWN_UPDATES {
+            self.own_updates.clear();
+        }
+        *self.own_updates.entry(hash).or_default() += 1;
+    }
+
+    /// Takes back one note of `hash`: its change arrived, or it logged
+    /// nothing. Whether there was one.
+    fn forget_own(&mut self, hash: u64) -> bool {
+        match self.own_updates.get_mut(&hash) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                true
             }
+            Some(_) => {
+                self.own_updates.remove(&hash);
+                true
+            }
+            None => false,
         }
     }
 
@@ -216,7 +246,7 @@ impl Connection {
         server_state_vector: StateVector,
     ) {
         let (mut relay, awareness) = self.state.rooms.join(&self.key);
-        let mut pushes = FuturesUnordered::new();
+        let mut pushes: FuturesUnordered<PushFuture> = FuturesUnordered::new();
         let hello = Message::Sync(SyncMessage::SyncStep1(server_state_vector)).encode_v1();
         let mut ok = self.session.binary(hello).await.is_ok();
         for message in awareness {
@@ -228,13 +258,15 @@ impl Connection {
         }
         let close = loop {
             let step = tokio::select! {
-                // Answers before changes: see the module docs (echo).
-                // `biased`: the branches are polled in this order.
+                // `biased`: the branches are polled in this order (see the
+                // comment before `changes`).
                 biased;
                 Some(result) = pushes.next(), if !pushes.is_empty() => {
                     match result {
-                        Ok(seq) => {
-                            self.remember_own(seq);
+                        Ok((hash, seq)) => {
+                            if seq.is_none() {
+                                self.forget_own(hash); // logged nothing
+                            }
                             Step::Continue
                         }
                         Err(reason) => Step::Close(Some(reason)),
@@ -281,9 +313,7 @@ impl Connection {
     async fn on_client_message(
         &mut self,
         bytes: Bytes,
-        pushes: &mut FuturesUnordered<
-            futures::future::BoxFuture<'static, Result<Option<Seq>, CloseReason>>,
-        >,
+        pushes: &mut FuturesUnordered<PushFuture>,
     ) -> Step {
         let message = match crate::decode::decode_yws_message(&bytes) {
             Ok(message) => message,
@@ -352,9 +382,11 @@ impl Connection {
             | Message::Sync(SyncMessage::Update(update)) => {
                 let engine = self.state.engine.clone();
                 let (collection, doc) = (collection.clone(), doc.clone());
+                let hash = hash_of(&update);
+                self.remember_own(hash);
                 pushes.push(Box::pin(async move {
                     match engine.push(&collection, &doc, update, PushOptions::default()).await {
-                        Ok(outcome) => Ok(outcome.seq),
+                        Ok(outcome) => Ok((hash, outcome.seq)),
                         Err(err) => {
                             tracing::warn!(%collection, %doc, error = %err, "y-websocket push refused");
                             Err(CloseReason {
@@ -425,7 +457,10 @@ impl Connection {
 
     async fn on_change(&mut self, event: Option<Result<StreamEvent, ReadError>>) -> Step {
         match event {
-            Some(Ok(StreamEvent::Change(change))) if self.own_seqs.remove(&change.seq) => {
+            Some(Ok(StreamEvent::Change(change)))
+                if change.kind == ChangeKind::Update
+                    && self.forget_own(hash_of(&change.payload)) =>
+            {
                 Step::Continue
             }
             Some(Ok(StreamEvent::Change(change))) => match change.kind {
