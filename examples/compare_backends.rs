@@ -479,6 +479,7 @@ fn seqsync_engine_batch(
             append: changes,
             compact: Vec::new(),
             peers: Vec::new(),
+            raise_schema_version: None,
         }],
     }
 }

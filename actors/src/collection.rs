@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use seqsync_engine::{
-    decode_update, load_document, now_ms, Applied, Change, ChangeKind, CollectionMeta,
-    CollectionName, CollectionWrite, CompactionPlan, DocId, DocState, Epoch, PeerId, PeerRecord,
-    Seq, StorageError, WriteBase, WriteError,
+    decode_update, load_document, migration::reserved_client_in, now_ms, Applied, Change,
+    ChangeKind, CollectionMeta, CollectionName, CollectionWrite, CompactionPlan, DocId, DocState,
+    Epoch, PeerId, PeerRecord, Seq, StorageError, WriteBase, WriteError, MIGRATION_CLIENT_IDS,
 };
 use tokio::sync::{mpsc, oneshot};
 use yrs::StateVector;
@@ -47,10 +47,6 @@ use crate::context::Shared;
 use crate::metrics as m;
 use crate::types::CompactionSummary;
 use crate::writer::{SubmitError, WriteRequest};
-
-/// Schema version given to a collection created by a push (migrations will
-/// make it configurable).
-pub(crate) const INITIAL_SCHEMA_VERSION: u32 = 1;
 
 // ---------------------------------------------------------------------------
 // Messages
@@ -410,7 +406,7 @@ impl CollectionActor {
                 epoch: meta.as_ref().map(|m| m.epoch),
                 schema_version: meta
                     .as_ref()
-                    .map_or(INITIAL_SCHEMA_VERSION, |m| m.schema_version),
+                    .map_or(self.shared.migrations.latest(), |m| m.schema_version),
                 assigned_head: head,
                 committed_head: head,
                 peers: peers.into_iter().map(|p| (p.peer.clone(), p)).collect(),
@@ -488,15 +484,28 @@ impl CollectionActor {
         let Some(state) = self.state.as_mut() else {
             return Err(WriteError::Internal("collection not loaded".to_owned()));
         };
-        if let Some(client) = msg.schema_version {
-            let collection = state.schema_version;
-            if client < collection {
-                return Err(WriteError::SchemaTooOld { client, collection });
-            }
-            if client > collection {
-                return Err(WriteError::SchemaTooNew { client, collection });
-            }
-        }
+        // Which version the push was written at: the current one (also when
+        // the client does not say), or an older one to upgrade on ingest.
+        let current = state.schema_version;
+        let migrations = self.shared.migrations.clone();
+        let upgrade_from = match msg.schema_version {
+            Some(client) => crate::engine::client_schema_fit(
+                &migrations,
+                self.shared.config.schema.min_supported_version,
+                client,
+            )?
+            .then_some(client),
+            None => None,
+        };
+        debug_assert_eq!(
+            current,
+            migrations.latest(),
+            "collections are migrated at open"
+        );
+        // Only a client that declares the current version (it ran the
+        // migrations itself) may carry blocks under the ids reserved for
+        // migration steps.
+        let may_write_reserved = msg.schema_version == Some(current);
         // Reserve room in the commit queue before touching any document, so
         // a full queue refuses the write cleanly.
         let permit = self.shared.writer.reserve().map_err(|e| match e {
@@ -521,6 +530,17 @@ impl CollectionActor {
                             doc: doc.to_string(),
                             reason,
                         })?;
+                    if !may_write_reserved {
+                        if let Some(client) = reserved_client_in(&update) {
+                            return Err(WriteError::ReservedClientId {
+                                doc: doc.to_string(),
+                                client,
+                                collection: current,
+                                reserved_start: MIGRATION_CLIENT_IDS.start,
+                                reserved_end: MIGRATION_CLIENT_IDS.end,
+                            });
+                        }
+                    }
                     if self.docs.get(&doc).is_some_and(|d| d.deleted) {
                         return Err(WriteError::DocumentDeleted {
                             doc: doc.to_string(),
@@ -540,13 +560,45 @@ impl CollectionActor {
                             seqs.push(Some(next_seq));
                             appended.push(Change {
                                 seq: next_seq,
-                                doc,
+                                doc: doc.clone(),
                                 kind: ChangeKind::Update,
                                 payload: bytes,
-                                schema_version,
+                                schema_version: upgrade_from.unwrap_or(schema_version),
                                 origin: origin.clone(),
                             });
                             next_seq += 1;
+                            let Some(from) = upgrade_from else {
+                                continue;
+                            };
+                            // Upgrade on ingest: the client wrote at `from`,
+                            // so the steps from there run on the document and
+                            // their output joins the same commit.
+                            match migrations.migrate_state(&doc, doc_state, from, current) {
+                                Ok(outputs) => {
+                                    metrics::counter!(m::UPGRADED_PUSHES).increment(1);
+                                    for output in outputs {
+                                        doc_state.note_delta(output.update.len() as u64);
+                                        appended.push(Change {
+                                            seq: next_seq,
+                                            doc: doc.clone(),
+                                            kind: ChangeKind::Update,
+                                            payload: output.update,
+                                            schema_version: current,
+                                            origin: Some(PeerId::migration()),
+                                        });
+                                        next_seq += 1;
+                                    }
+                                }
+                                Err(err) => {
+                                    // The client's update is in memory already.
+                                    self.mark_broken();
+                                    return Err(WriteError::MigrationFailed {
+                                        doc: doc.to_string(),
+                                        from,
+                                        reason: err.to_string(),
+                                    });
+                                }
+                            }
                         }
                         Err(err) => {
                             // Earlier updates of the batch may be applied
@@ -600,6 +652,7 @@ impl CollectionActor {
                 append: appended,
                 compact: Vec::new(),
                 peers,
+                raise_schema_version: None,
             },
             seqs,
             permit,
@@ -706,6 +759,7 @@ impl CollectionActor {
             append: Vec::new(),
             compact: Vec::new(),
             peers: vec![record],
+            raise_schema_version: None,
         };
         self.submit(ctx, write, None, vec![Waiter::Ack { tx, acked }], permit);
     }
@@ -979,6 +1033,7 @@ impl CollectionActor {
             append: Vec::new(),
             compact: vec![plan.compaction.clone()],
             peers: Vec::new(),
+            raise_schema_version: None,
         };
         self.submit(ctx, write, Some((doc, plan)), Vec::new(), permit);
     }

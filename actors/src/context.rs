@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use seqsync_engine::{EngineConfig, Storage, StorageError};
+use seqsync_engine::{EngineConfig, Migrations, Storage, StorageError};
 
 use actix::Addr;
 
@@ -20,6 +20,9 @@ pub(crate) struct Shared {
     pub(crate) pool: BlockingPool,
     pub(crate) registry: Registry,
     pub(crate) compactor: Addr<Compactor>,
+    /// The app's schema migrations; their newest version is every
+    /// collection's.
+    pub(crate) migrations: Arc<Migrations>,
     /// Live batches handed to subscribers since the engine opened
     /// (`Engine::live_deliveries`).
     pub(crate) live_deliveries: AtomicU64,

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, MailboxError};
 use seqsync_engine::{
-    decode_state_vector, load_document, now_ms, AckError, CollectionName, DocId, EngineConfig,
-    Epoch, LoadedDocument, OpenError, PeerId, ReadError, Seq, Storage, WriteError,
+    decode_state_vector, load_document, migrate_collection, now_ms, AckError, CollectionName,
+    DocId, EngineConfig, Epoch, LoadedDocument, Migrations, OpenError, PeerId, ReadError, Seq,
+    Storage, WriteError,
 };
 use tokio::sync::oneshot;
 
@@ -51,6 +52,136 @@ const RELEASE_WAIT_MS: u64 = 2_000;
 const READ_THREADS: usize = 4;
 /// Writes queued for the writer, at most, across all collections.
 const WRITER_QUEUE_CAPACITY: usize = 65_536;
+
+/// Configures an [`Engine`] before it opens; from [`Engine::builder`].
+#[must_use = "an EngineBuilder does nothing until open() is called"]
+pub struct EngineBuilder {
+    config: EngineConfig,
+    storage: Option<Arc<dyn Storage>>,
+    migrations: Migrations,
+}
+
+impl EngineBuilder {
+    /// Use this store instead of opening `config.storage`.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The app's schema migrations; the engine's schema version becomes
+    /// their newest version.
+    pub fn migrations(mut self, migrations: Migrations) -> Self {
+        self.migrations = migrations;
+        self
+    }
+
+    /// Opens the store (unless one was given), migrates every collection
+    /// stored at an older schema version, and starts the engine.
+    ///
+    /// Blocking: opens files, starts threads, and migrates (reads every
+    /// document of each collection to migrate, commits in groups; progress
+    /// is logged with `tracing` and counted in
+    /// `seqsync_migrated_documents_total`). A crash while migrating leaves a
+    /// store that the next open finishes migrating.
+    ///
+    /// Errors: [`OpenError`] for an invalid config or migration registry
+    /// (gap, duplicate step), a stored collection the steps cannot reach
+    /// (`StoreNewerThanSchema`, `NoMigrationPath`), a failing step
+    /// (`Migration`), a store that cannot be opened, or threads that cannot
+    /// start.
+    pub fn open(self) -> Result<Engine, OpenError> {
+        self.config.validate()?;
+        self.migrations.validate()?;
+        let storage = match self.storage {
+            Some(storage) => storage,
+            None => seqsync_adapters::open_storage(&self.config.storage)?,
+        };
+        Engine::start(self.config, storage, self.migrations)
+    }
+}
+
+/// See [`Engine::check_client_schema`]: `Ok(true)` when a client at `client`
+/// is upgraded on ingest.
+pub(crate) fn client_schema_fit(
+    migrations: &Migrations,
+    min_supported_version: u32,
+    client: u32,
+) -> Result<bool, WriteError> {
+    let current = migrations.latest();
+    if client > current {
+        return Err(WriteError::SchemaTooNew {
+            client,
+            collection: current,
+        });
+    }
+    if client == current {
+        return Ok(false);
+    }
+    let min_supported = min_supported_version.max(migrations.oldest()).min(current);
+    if client < min_supported {
+        return Err(WriteError::SchemaTooOld {
+            client,
+            collection: current,
+            min_supported,
+        });
+    }
+    Ok(true)
+}
+
+/// Brings every stored collection to the migrations' newest version, in name
+/// order, before anything is served.
+fn migrate_store(storage: &dyn Storage, migrations: &Migrations) -> Result<(), OpenError> {
+    const PAGE: usize = 1024;
+    let latest = migrations.latest();
+    let mut after: Option<CollectionName> = None;
+    loop {
+        let page = storage.list_collections(after.as_ref(), PAGE)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        let next_after = last.clone();
+        for (name, meta) in &page {
+            migrations.check_stored(name, meta.schema_version)?;
+            if meta.schema_version == latest {
+                continue;
+            }
+            tracing::info!(collection = %name, from = meta.schema_version, to = latest, "migrating collection");
+            let started = Instant::now();
+            let mut reported = 0u64;
+            let migrated = migrate_collection(storage, name, migrations, &mut |progress| {
+                metrics::counter!(m::MIGRATED_DOCUMENTS)
+                    .increment(progress.documents_done.saturating_sub(reported));
+                reported = progress.documents_done;
+                tracing::info!(
+                    collection = %progress.collection,
+                    from = progress.from,
+                    to = progress.to,
+                    done = progress.documents_done,
+                    total = progress.documents_total,
+                    changes = progress.changes_written,
+                    "migration progress"
+                );
+            })?;
+            if let Some(done) = migrated {
+                tracing::info!(
+                    collection = %name,
+                    from = done.from,
+                    to = done.to,
+                    visited = done.documents_visited,
+                    changed = done.documents_changed,
+                    changes = done.changes_written,
+                    resumed_after = ?done.resumed_after.as_ref().map(|d| d.as_str()),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "collection migrated"
+                );
+            }
+        }
+        if page.len() < PAGE {
+            return Ok(());
+        }
+        after = Some(next_after);
+    }
+}
 
 /// The embedded engine. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
@@ -80,9 +211,7 @@ impl Engine {
     /// that cannot be opened (e.g. already open by another engine), or
     /// threads that cannot start.
     pub fn open(config: EngineConfig) -> Result<Self, OpenError> {
-        config.validate()?;
-        let storage = seqsync_adapters::open_storage(&config.storage)?;
-        Self::open_with_storage(config, storage)
+        Self::builder(config).open()
     }
 
     /// Starts the engine on a store the caller opened (e.g. a fault-injecting
@@ -91,7 +220,27 @@ impl Engine {
         config: EngineConfig,
         storage: Arc<dyn Storage>,
     ) -> Result<Self, OpenError> {
+        Self::builder(config).storage(storage).open()
+    }
+
+    /// An engine to configure further before it opens: its store, its
+    /// schema migrations.
+    pub fn builder(config: EngineConfig) -> EngineBuilder {
+        EngineBuilder {
+            config,
+            storage: None,
+            migrations: Migrations::new(),
+        }
+    }
+
+    fn start(
+        config: EngineConfig,
+        storage: Arc<dyn Storage>,
+        migrations: Migrations,
+    ) -> Result<Self, OpenError> {
         config.validate()?;
+        migrations.validate()?;
+        migrate_store(&*storage, &migrations)?;
         let storage_refs_at_open = Arc::strong_count(&storage);
         let runtime_error = |e: std::io::Error| OpenError::Runtime(e.to_string());
         let arbiters = config.actors.arbiter_count();
@@ -139,6 +288,7 @@ impl Engine {
             pool,
             registry: Registry::new(arbiter_handles),
             compactor,
+            migrations: Arc::new(migrations),
             live_deliveries: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Self {
@@ -149,6 +299,27 @@ impl Engine {
                 closed: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The schema version of every collection this engine serves: the
+    /// newest version of its registered migrations (1 with none). Every
+    /// stored collection was migrated to it when the engine opened.
+    pub fn schema_version(&self) -> u32 {
+        self.inner.shared.migrations.latest()
+    }
+
+    /// Whether a client at schema version `client` may write: `Ok(true)` if
+    /// its pushes are upgraded on ingest (it is older than the engine but
+    /// not older than `schema.min_supported_version`), `Ok(false)` if it is
+    /// current. Errors: `SchemaTooOld`, `SchemaTooNew`. Pure, no I/O; a push
+    /// checks the same.
+    pub fn check_client_schema(&self, client: u32) -> Result<bool, WriteError> {
+        let shared = &self.inner.shared;
+        client_schema_fit(
+            &shared.migrations,
+            shared.config.schema.min_supported_version,
+            client,
+        )
     }
 
     /// The configuration the engine runs with.
@@ -328,6 +499,7 @@ impl Engine {
                 has_more: false,
                 head: 0,
                 epoch: None,
+                schema_version: self.schema_version(),
             });
         };
         let meta = page.meta;
@@ -347,6 +519,7 @@ impl Engine {
             cursor,
             head: meta.head,
             epoch: Some(meta.epoch),
+            schema_version: meta.schema_version,
         })
     }
 
@@ -464,7 +637,11 @@ impl Engine {
     /// Errors: `DocumentNotFound`, `DocumentDeleted`, `Storage`.
     pub async fn document(&self, collection: &str, doc: &str) -> Result<DocumentState, ReadError> {
         let (update, cursor) = self.read_document(collection, doc, None).await?;
-        Ok(DocumentState { update, cursor })
+        Ok(DocumentState {
+            update,
+            cursor,
+            schema_version: self.schema_version(),
+        })
     }
 
     /// [`Engine::document`] for many readers of one document at once (a
@@ -567,7 +744,11 @@ impl Engine {
     ) -> Result<Recovery, ReadError> {
         let sv = decode_state_vector(state_vector).map_err(ReadError::InvalidStateVector)?;
         let (diff, cursor) = self.read_document(collection, doc, Some(sv)).await?;
-        Ok(Recovery { diff, cursor })
+        Ok(Recovery {
+            diff,
+            cursor,
+            schema_version: self.schema_version(),
+        })
     }
 
     async fn read_document(
@@ -640,6 +821,7 @@ impl Engine {
     ) -> Result<CollectionRecovery, ReadError> {
         self.check_open()?;
         let name = CollectionName::new(collection)?;
+        let latest = self.schema_version();
         let mut svs = HashMap::with_capacity(state_vectors.len());
         for (doc, sv) in state_vectors {
             let doc = DocId::new(doc)?;
@@ -658,6 +840,7 @@ impl Engine {
                     documents: Vec::new(),
                     deleted: Vec::new(),
                     cursor: head,
+                    schema_version: meta.as_ref().map_or(latest, |m| m.schema_version),
                     epoch: meta.map(|m| m.epoch),
                 };
                 for info in storage.documents(&name)? {

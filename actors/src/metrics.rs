@@ -36,12 +36,26 @@ pub const LOADED_DOCUMENTS: &str = "seqsync_loaded_documents";
 pub const ACTIVE_PEERS: &str = "seqsync_active_peers";
 /// Counter, label `kind`: errors answered, by code.
 pub const ERRORS: &str = "seqsync_errors_total";
+/// Counter: documents a schema migration has gone through when a store was
+/// opened (BRIEF §6).
+pub const MIGRATED_DOCUMENTS: &str = "seqsync_migrated_documents_total";
+/// Counter: pushes from older clients upgraded on ingest (the steps from the
+/// client's version ran on the document).
+pub const UPGRADED_PUSHES: &str = "seqsync_upgraded_pushes_total";
 
 /// Registers descriptions with the installed recorder (call after installing
 /// one; harmless otherwise).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(PUSHES, "Pushes that logged a change");
+    describe_counter!(
+        MIGRATED_DOCUMENTS,
+        "Documents a schema migration went through when the store opened"
+    );
+    describe_counter!(
+        UPGRADED_PUSHES,
+        "Pushes from older clients upgraded on ingest"
+    );
     describe_counter!(NOOP_PUSHES, "Pushes that added nothing (free retries)");
     describe_counter!(PUSHED_BYTES, Unit::Bytes, "Update bytes logged");
     describe_histogram!(PUSH_SECONDS, Unit::Seconds, "Push call to durable ack");

@@ -56,6 +56,10 @@ pub struct ChangesPage {
     pub head: Seq,
     /// The collection's epoch (`None` if it has never been written).
     pub epoch: Option<Epoch>,
+    /// The collection's schema version (each change carries the version it was written at): the collection's, which
+    /// is the engine's (every stored collection is migrated when the engine
+    /// opens, and older clients' pushes are upgraded on ingest).
+    pub schema_version: u32,
 }
 
 /// An item of a subscription stream.
@@ -77,6 +81,10 @@ pub struct DocumentState {
     pub update: Vec<u8>,
     /// Every change ≤ `cursor` is reflected; stream from here.
     pub cursor: Seq,
+    /// The schema version of the data handed out: the collection's, which
+    /// is the engine's (every stored collection is migrated when the engine
+    /// opens, and older clients' pushes are upgraded on ingest).
+    pub schema_version: u32,
 }
 
 /// A document's full state as bytes shared with every other reader of the
@@ -105,6 +113,10 @@ pub struct Recovery {
     pub diff: Vec<u8>,
     /// Every change ≤ `cursor` is reflected; stream from here.
     pub cursor: Seq,
+    /// The schema version of the data handed out: the collection's, which
+    /// is the engine's (every stored collection is migrated when the engine
+    /// opens, and older clients' pushes are upgraded on ingest).
+    pub schema_version: u32,
 }
 
 /// A whole collection for a cold start.
@@ -119,6 +131,10 @@ pub struct CollectionRecovery {
     pub cursor: Seq,
     /// The collection's epoch (`None` if it has never been written).
     pub epoch: Option<Epoch>,
+    /// The schema version of the data handed out: the collection's, which
+    /// is the engine's (every stored collection is migrated when the engine
+    /// opens, and older clients' pushes are upgraded on ingest).
+    pub schema_version: u32,
 }
 
 /// A peer as reported by `peers`.

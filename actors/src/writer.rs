@@ -305,6 +305,9 @@ impl Pending {
                 existing.append.extend(write.append);
                 existing.compact.extend(write.compact);
                 existing.peers.extend(write.peers);
+                existing.raise_schema_version = existing
+                    .raise_schema_version
+                    .max(write.raise_schema_version);
                 self.completions[i].push(done);
             }
             None => {

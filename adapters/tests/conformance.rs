@@ -87,6 +87,7 @@ fn write(name: &str, base: WriteBase, append: Vec<Change>) -> CollectionWrite {
         append,
         compact: Vec::new(),
         peers: Vec::new(),
+        raise_schema_version: None,
     }
 }
 

@@ -138,6 +138,7 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             append: Vec::new(),
             compact: Vec::new(),
             peers: Vec::new(),
+            raise_schema_version: None,
         };
         let refused = storage.commit(&WriteBatch {
             writes: vec![stale],
@@ -156,6 +157,7 @@ fn format_1_store_is_migrated_with_everything_in_it() {
                     append: vec![next],
                     compact: Vec::new(),
                     peers: Vec::new(),
+                    raise_schema_version: None,
                 }],
             })
             .unwrap();

@@ -30,8 +30,32 @@ pub struct EngineConfig {
     pub limits: LimitsConfig,
     /// `[actors]`: the runtime's memory and queue bounds.
     pub actors: ActorsConfig,
+    /// `[schema]`: which older clients are upgraded on ingest.
+    pub schema: SchemaConfig,
     /// `[server]`: read by the host server, ignored by the engine.
     pub server: ServerConfig,
+}
+
+/// `[schema]` section. The schema version itself is not configured: it is
+/// the newest version of the migration steps the host registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Pushes from clients at a version in `[min_supported_version,
+    /// current)` are upgraded on ingest (applied, then the steps from the
+    /// client's version run on the document, both in one commit); older
+    /// clients get `SchemaTooOld`. Default 1 (every version the registered
+    /// steps cover); versions older than the first registered step are never
+    /// upgraded, whatever this says.
+    pub min_supported_version: u32,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        Self {
+            min_supported_version: 1,
+        }
+    }
 }
 
 /// Which storage backend an engine uses.

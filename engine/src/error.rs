@@ -254,13 +254,16 @@ pub enum WriteError {
         /// The document.
         doc: String,
     },
-    /// The client's schema version is older than the collection's.
-    #[error("client schema version {client} is older than the collection's {collection}; upgrade the client")]
+    /// The client's schema version is older than the oldest the server
+    /// still upgrades on ingest (`schema.min_supported_version`).
+    #[error("client schema version {client} is older than {min_supported}, the oldest this server upgrades (the collection is at {collection}); upgrade the client")]
     SchemaTooOld {
         /// The client's version.
         client: u32,
         /// The collection's version.
         collection: u32,
+        /// The oldest client version the server still upgrades on ingest.
+        min_supported: u32,
     },
     /// The client's schema version is newer than the collection's.
     #[error("client schema version {client} is newer than the collection's {collection}; upgrade the server")]
@@ -269,6 +272,33 @@ pub enum WriteError {
         client: u32,
         /// The collection's version.
         collection: u32,
+    },
+    /// The update writes blocks under a client id reserved for migration
+    /// steps, and the push does not declare the collection's current schema
+    /// version. A client whose own id is in that range must pick another.
+    #[error("the update for document {doc} writes blocks under client id {client}, reserved for migrations (ids {reserved_start}..{reserved_end}); use another client id, or declare schema version {collection} if you push the output of seqsync migrations")]
+    ReservedClientId {
+        /// The document.
+        doc: String,
+        /// The reserved client id found.
+        client: u64,
+        /// The collection's schema version.
+        collection: u32,
+        /// First reserved id.
+        reserved_start: u64,
+        /// One past the last reserved id.
+        reserved_end: u64,
+    },
+    /// Upgrading an older client's push failed in a migration step; nothing
+    /// of the push is stored.
+    #[error("upgrading the push for document {doc} from schema version {from} failed: {reason}")]
+    MigrationFailed {
+        /// The document.
+        doc: String,
+        /// The client's version.
+        from: u32,
+        /// What the step or yrs said.
+        reason: String,
     },
     /// The commit queue is full; retry after a short pause.
     #[error("the engine is overloaded (commit queue full); retry shortly")]
@@ -370,6 +400,60 @@ pub enum OpenError {
     /// The runtime's threads could not be started.
     #[error("cannot start the engine runtime: {0}")]
     Runtime(String),
+    /// Two migration steps were registered from the same version.
+    #[error("migration step {from} -> {to} is registered twice; register each step once")]
+    DuplicateMigrationStep {
+        /// The step's input version.
+        from: u32,
+        /// The step's output version.
+        to: u32,
+    },
+    /// The registered steps skip a version.
+    #[error("migration steps reach version {reached} but the next step starts at {next_step_from}; register the step {reached} -> {}", reached + 1)]
+    MigrationGap {
+        /// The version the steps before the gap reach.
+        reached: u32,
+        /// The input version of the first step after the gap.
+        next_step_from: u32,
+    },
+    /// A step was registered from a version that cannot exist (0, or the
+    /// largest version).
+    #[error("migration step from version {from} is invalid: versions start at 1")]
+    InvalidMigrationStep {
+        /// The step's input version.
+        from: u32,
+    },
+    /// A stored collection is at a newer version than the registered steps
+    /// reach: the store was written by a newer release.
+    #[error("collection {collection} is stored at schema version {stored}, newer than this engine's {latest}; run the newer release (or register its steps)")]
+    StoreNewerThanSchema {
+        /// The collection.
+        collection: String,
+        /// Its stored version.
+        stored: u32,
+        /// The newest version of the registered steps.
+        latest: u32,
+    },
+    /// A stored collection is older than the first registered step.
+    #[error("collection {collection} is stored at schema version {stored}, but the first migration step starts at {oldest_step_from}; register the steps from {stored}")]
+    NoMigrationPath {
+        /// The collection.
+        collection: String,
+        /// Its stored version.
+        stored: u32,
+        /// The input version of the first registered step.
+        oldest_step_from: u32,
+    },
+    /// Migrating a stored collection failed; the store keeps what was
+    /// migrated so far and reopening resumes from there.
+    #[error("migrating collection {collection} failed: {source}")]
+    Migration {
+        /// The collection.
+        collection: String,
+        /// What failed.
+        #[source]
+        source: crate::migration::MigrationError,
+    },
 }
 
 impl WriteError {
@@ -384,6 +468,8 @@ impl WriteError {
             WriteError::DocumentDeleted { .. } => "document_deleted",
             WriteError::SchemaTooOld { .. } => "schema_too_old",
             WriteError::SchemaTooNew { .. } => "schema_too_new",
+            WriteError::ReservedClientId { .. } => "reserved_client_id",
+            WriteError::MigrationFailed { .. } => "migration_failed",
             WriteError::Overloaded => "overloaded",
             WriteError::Storage(_) => "storage",
             WriteError::Internal(_) => "internal",

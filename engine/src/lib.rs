@@ -17,6 +17,8 @@ mod compaction;
 mod config;
 mod error;
 mod load;
+mod migrate;
+pub mod migration;
 mod name;
 mod storage;
 mod yjs;
@@ -27,12 +29,17 @@ pub use change::{
 pub use compaction::{plan_compaction, CompactionPlan};
 pub use config::{
     ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
-    ServerConfig, StorageConfig, ENV_PREFIX,
+    SchemaConfig, ServerConfig, StorageConfig, ENV_PREFIX,
 };
 pub use error::{
     AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,
 };
 pub use load::{load_document, LoadedDocument};
+pub use migrate::{migrate_collection, CollectionMigration, MigrationProgress};
+pub use migration::{
+    MigrationError, Migrations, StepError, StepOutput, INITIAL_SCHEMA_VERSION,
+    MIGRATION_CLIENT_IDS, MIGRATION_ORIGIN,
+};
 pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };

@@ -82,6 +82,12 @@ impl PeerId {
         Ok(Self(id))
     }
 
+    /// The origin of every change a schema migration writes
+    /// ([`crate::MIGRATION_ORIGIN`]).
+    pub fn migration() -> Self {
+        Self(crate::migration::MIGRATION_ORIGIN.to_owned())
+    }
+
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -62,6 +62,10 @@ pub struct CollectionWrite {
     /// Peer records to upsert: acked and last-seen become the max of stored
     /// and given values.
     pub peers: Vec<PeerRecord>,
+    /// Raise the collection's schema version to this (a migration's last
+    /// commit). Never lower: a smaller version than the stored one is
+    /// refused. `None` leaves it.
+    pub raise_schema_version: Option<u32>,
 }
 
 /// The state a [`CollectionWrite`] expects to find.
@@ -267,6 +271,15 @@ pub fn plan_collection_write(
             found.clone()
         }
     };
+    if let Some(version) = write.raise_schema_version {
+        if version < meta.schema_version {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: schema version {version} would lower the stored {}",
+                write.collection, meta.schema_version
+            )));
+        }
+        meta.schema_version = version;
+    }
     for change in &write.append {
         let expected = meta.head + 1;
         if change.seq != expected {

@@ -156,6 +156,28 @@ pub fn decode_cursor_query(query: &str) -> Result<CursorQuery, ApiError> {
     })
 }
 
+/// The `schema` key of a `/yws` query string: the client's schema version,
+/// if it says.
+///
+/// Errors: `invalid_query` (status 400) when the string does not decode or
+/// `schema` is not a non-negative 32-bit integer.
+pub fn decode_yws_schema(query: &str) -> Result<Option<u32>, ApiError> {
+    let pairs = web::Query::<HashMap<String, String>>::from_query(query)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    pairs
+        .get("schema")
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("schema={v:?} is not a schema version (a non-negative integer)"),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// A binary frame that is not a y-websocket message; the text is the
 /// decoder's reason.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -72,16 +72,38 @@ impl From<WriteError> for ApiError {
             | WriteError::InvalidUpdate { .. }
             | WriteError::BatchTooLarge { .. }
             | WriteError::EmptyBatch => StatusCode::BAD_REQUEST,
+            WriteError::ReservedClientId { .. } => StatusCode::BAD_REQUEST,
             WriteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WriteError::DocumentDeleted { .. }
             | WriteError::SchemaTooOld { .. }
-            | WriteError::SchemaTooNew { .. } => StatusCode::CONFLICT,
+            | WriteError::SchemaTooNew { .. }
+            | WriteError::MigrationFailed { .. } => StatusCode::CONFLICT,
             WriteError::Overloaded | WriteError::Storage(_) | WriteError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, err.code(), err.to_string())
+        let mut api = Self::new(status, err.code(), err.to_string());
+        // Schema errors carry the versions, so a client can tell whether to
+        // upgrade itself or wait for the server.
+        match &err {
+            WriteError::SchemaTooOld {
+                client,
+                collection,
+                min_supported,
+            } => {
+                api.extra.insert("client".to_owned(), json!(client));
+                api.extra.insert("collection".to_owned(), json!(collection));
+                api.extra
+                    .insert("min_supported".to_owned(), json!(min_supported));
+            }
+            WriteError::SchemaTooNew { client, collection } => {
+                api.extra.insert("client".to_owned(), json!(client));
+                api.extra.insert("collection".to_owned(), json!(collection));
+            }
+            _ => {}
+        }
+        api
     }
 }
 

@@ -18,6 +18,8 @@ use crate::AppState;
 
 /// Header carrying the cursor a document read reflects.
 pub const CURSOR_HEADER: &str = "x-seqsync-cursor";
+/// Header carrying the schema version of the state a document read returns.
+pub const SCHEMA_VERSION_HEADER: &str = "x-seqsync-schema-version";
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -103,6 +105,7 @@ pub(crate) struct ChangeJson<'a> {
     update: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<&'a str>,
+    schema_version: u32,
 }
 
 impl<'a> ChangeJson<'a> {
@@ -113,6 +116,7 @@ impl<'a> ChangeJson<'a> {
             kind: change.kind.as_str(),
             update: b64().encode(&change.payload),
             origin: change.origin.as_ref().map(|p| p.as_str()),
+            schema_version: change.schema_version,
         }
     }
 }
@@ -186,6 +190,7 @@ async fn changes(
         "has_more": page.has_more,
         "head": page.head,
         "epoch": page.epoch.map(|e| e.to_string()),
+        "schema_version": page.schema_version,
     })))
 }
 
@@ -234,14 +239,20 @@ async fn document(
     let (collection, doc) = path.into_inner();
     state.auth.authorize(&req, &collection, Access::Read)?;
     let document = state.engine.document(&collection, &doc).await?;
-    Ok(update_response(document.update, document.cursor))
+    Ok(update_response(
+        document.update,
+        document.cursor,
+        document.schema_version,
+    ))
 }
 
-/// A Yjs update as an octet-stream answer, with the cursor it reflects.
-fn update_response(update: Vec<u8>, cursor: u64) -> HttpResponse {
+/// A Yjs update as an octet-stream answer, with the cursor it reflects and
+/// the schema version of its data.
+fn update_response(update: Vec<u8>, cursor: u64, schema_version: u32) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::octet_stream())
         .insert_header((CURSOR_HEADER, cursor.to_string()))
+        .insert_header((SCHEMA_VERSION_HEADER, schema_version.to_string()))
         .body(update)
 }
 
@@ -258,7 +269,11 @@ async fn recover(
         .engine
         .recover(&collection, &doc, &state_vector)
         .await?;
-    Ok(update_response(recovery.diff, recovery.cursor))
+    Ok(update_response(
+        recovery.diff,
+        recovery.cursor,
+        recovery.schema_version,
+    ))
 }
 
 async fn compact(

@@ -39,7 +39,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Item};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
-use seqsync_engine::{ChangeKind, ReadError, Seq};
+use seqsync_engine::{ChangeKind, ReadError, Seq, WriteError};
 use tokio::sync::broadcast;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -136,6 +136,24 @@ pub(crate) async fn connect(
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
     state.auth.authorize(&req, &collection, Access::Write)?;
+    let schema_version = crate::decode::decode_yws_schema(req.query_string())?;
+    if let Some(Err(err)) = schema_version.map(|v| state.engine.check_client_schema(v)) {
+        // A y-websocket client reconnects after a refused handshake and
+        // never shows why; a socket closed with the reason says it.
+        let (response, session, _incoming) = actix_ws::handle(&req, body)
+            .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
+        let description = close_description(&err);
+        tracing::warn!(%collection, %doc, error = %err, "y-websocket client at a refused schema version");
+        actix_web::rt::spawn(async move {
+            let _ = session
+                .close(Some(CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some(description),
+                }))
+                .await;
+        });
+        return Ok(response);
+    }
     // Head first: if the document does not exist yet, nothing of it is ≤ head.
     let head = state.engine.changes(&collection, 0, 0, None).await?.head;
     // The state vector only: a joiner of a large document costs no
@@ -166,6 +184,7 @@ pub(crate) async fn connect(
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         session,
         own_updates: HashMap::new(),
+        schema_version,
     };
     actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
     Ok(response)
@@ -174,6 +193,24 @@ pub(crate) async fn connect(
 /// A push of this connection: the hash of its update and its seq (`None`:
 /// a no-op), or why the connection closes.
 type PushFuture = futures::future::BoxFuture<'static, Result<(u64, Option<Seq>), CloseReason>>;
+
+/// The reason a socket closes for a refused write: the error's code, then
+/// its message, cut to the 123 bytes a close frame can carry.
+fn close_description(err: &WriteError) -> String {
+    let mut text = format!("{}: {err}", err.code());
+    if text.len() > MAX_CLOSE_REASON_BYTES {
+        let mut end = MAX_CLOSE_REASON_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The longest reason a WebSocket close frame carries (125 bytes of payload
+/// minus the 2-byte code).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
 
 /// A hash of an update's bytes, to recognise this connection's own pushes.
 fn hash_of(bytes: &[u8]) -> u64 {
@@ -207,6 +244,8 @@ struct Connection {
     /// Hashes of this connection's pushes whose change is still to come
     /// (with a count, for the same bytes pushed twice).
     own_updates: HashMap<u64, u32>,
+    /// The client's schema version (`?schema=N`), given with every push.
+    schema_version: Option<u32>,
 }
 
 enum Step {
@@ -384,14 +423,18 @@ impl Connection {
                 let (collection, doc) = (collection.clone(), doc.clone());
                 let hash = hash_of(&update);
                 self.remember_own(hash);
+                let options = PushOptions {
+                    origin: None,
+                    schema_version: self.schema_version,
+                };
                 pushes.push(Box::pin(async move {
-                    match engine.push(&collection, &doc, update, PushOptions::default()).await {
+                    match engine.push(&collection, &doc, update, options).await {
                         Ok(outcome) => Ok((hash, outcome.seq)),
                         Err(err) => {
                             tracing::warn!(%collection, %doc, error = %err, "y-websocket push refused");
                             Err(CloseReason {
                                 code: CloseCode::Error,
-                                description: Some(err.code().to_owned()),
+                                description: Some(close_description(&err)),
                             })
                         }
                     }
