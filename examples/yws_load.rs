@@ -70,7 +70,9 @@ const DRAIN_SECS: u64 = 10;
 /// Largest frame a client accepts (a joined document arrives in one frame).
 const MAX_FRAME_BYTES: usize = 1 << 30;
 /// Client id of the trace's writer (as `traces::load` builds it).
-const TRACE_CLIENT: u64 = 1;
+const TRACE_CLIENT: u64 = traces::TRACE_CLIENT_ID;
+/// Client id of the author of the document the joiners load.
+const AUTHOR_CLIENT: u64 = traces::TRACE_CLIENT_ID + 7;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Layout {
@@ -900,7 +902,7 @@ async fn joins(server: &Server, joiners: usize, doc_mb: usize, full_clients: boo
     // The author: a document of about doc_mb MB made of 1 KB inserts at
     // scattered positions (20,000 items for 20 MB: a document with a
     // history, not one string), sent as updates of about 4 MB.
-    let author = yrs::Doc::with_client_id(7);
+    let author = yrs::Doc::with_client_id(AUTHOR_CLIENT);
     let text = author.get_or_insert_text("content");
     let mut socket = connect(&server.addr, path).await;
     handshake(&mut socket, &author).await;
@@ -924,7 +926,9 @@ async fn joins(server: &Server, joiners: usize, doc_mb: usize, full_clients: boo
             }
         }
         let update = txn.encode_update_v1();
-        last_clock = txn.state_vector().get(&yrs::block::ClientID::new(7));
+        last_clock = txn
+            .state_vector()
+            .get(&yrs::block::ClientID::new(AUTHOR_CLIENT));
         drop(txn);
         let message = Message::Sync(SyncMessage::Update(update)).encode_v1();
         socket
@@ -959,7 +963,7 @@ async fn joins(server: &Server, joiners: usize, doc_mb: usize, full_clients: boo
         if got
             .transact()
             .state_vector()
-            .get(&yrs::block::ClientID::new(7))
+            .get(&yrs::block::ClientID::new(AUTHOR_CLIENT))
             >= last_clock
         {
             break;

@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 use yrs::{Text, Transact};
 
+/// The yrs client id a trace is typed under; `typing(n)` uses this plus `n`.
+/// Ids below 65,536 are reserved for migration steps and refused in pushes.
+pub const TRACE_CLIENT_ID: u64 = 1 << 20;
+
 /// A sequential trace turned into updates.
 pub struct Trace {
     pub name: String,
@@ -40,7 +44,7 @@ pub fn load(name: &str) -> Trace {
     let value: serde_json::Value = serde_json::from_str(&json).expect("trace JSON");
     let end_content = value["endContent"].as_str().expect("endContent").to_owned();
     let doc = yrs::Doc::with_options(yrs::Options {
-        client_id: yrs::block::ClientID::new(1),
+        client_id: yrs::block::ClientID::new(TRACE_CLIENT_ID),
         offset_kind: yrs::OffsetKind::Utf16,
         ..yrs::Options::default()
     });
@@ -95,7 +99,7 @@ pub fn text_of_updates<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Strin
 /// `n` one-character edits typed at the end by one client, as Yjs updates
 /// (a synthetic workload for the ingest and load benchmarks).
 pub fn typing(client: u64, n: usize) -> Vec<Vec<u8>> {
-    let doc = yrs::Doc::with_client_id(client);
+    let doc = yrs::Doc::with_client_id(TRACE_CLIENT_ID + client);
     let text = doc.get_or_insert_text("content");
     (0..n)
         .map(|i| {

@@ -95,8 +95,10 @@ struct Client {
 }
 
 impl Client {
+    /// Client `id`, under yrs client id `2^20 + id` (ids below 65,536 are
+    /// reserved for migration steps and refused in pushes).
     fn new(id: u64) -> Self {
-        let doc = yrs::Doc::with_client_id(id);
+        let doc = yrs::Doc::with_client_id((1 << 20) + id);
         let text = doc.get_or_insert_text("content");
         Self { doc, text }
     }

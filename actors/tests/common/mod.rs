@@ -10,6 +10,9 @@ use seqsync_engine::{BackendKind, Durability, EngineConfig, Seq, Storage};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update};
 
+/// Test clients' ids start here, above the ids reserved for migrations.
+pub const USER_CLIENT_BASE: u64 = 1 << 20;
+
 /// An engine on `kind` in a fresh temporary directory (kept alive by the
 /// returned guard).
 pub struct TestEngine {
@@ -46,11 +49,13 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(client_id: u64) -> Self {
+    /// Client `n`, under the yrs client id `USER_CLIENT_BASE + n` (ids below
+    /// 65,536 are reserved for migration steps and refused in pushes).
+    pub fn new(n: u64) -> Self {
         // UTF-16 offsets, as JavaScript clients use: random edits may land
         // next to non-ASCII characters.
         let doc = Doc::with_options(yrs::Options {
-            client_id: yrs::block::ClientID::new(client_id),
+            client_id: yrs::block::ClientID::new(USER_CLIENT_BASE + n),
             offset_kind: yrs::OffsetKind::Utf16,
             ..yrs::Options::default()
         });
