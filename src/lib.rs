@@ -21,14 +21,21 @@
 
 pub use seqsync_actors::{
     metrics, BatchOutcome, ChangesPage, CollectionRecovery, DeleteOutcome, DocumentState, Engine,
-    PeerInfo, PushOptions, PushOutcome, Recovery, StreamEvent, Subscription,
+    EngineBuilder, PeerInfo, PushOptions, PushOutcome, Recovery, StreamEvent, Subscription,
 };
 pub use seqsync_adapters::{
     open_storage, Fault, FaultMode, FaultTarget, FaultyStorage, MemoryStorage, RedbStorage,
     SqliteStorage,
 };
+/// Schema migrations (BRIEF §6): [`migration::Migrations`] and what it
+/// guarantees.
+pub use seqsync_engine::migration;
+pub use seqsync_engine::{
+    migrate_collection, CollectionMigration, MigrationError, MigrationProgress, Migrations,
+    StepError, StepOutput, INITIAL_SCHEMA_VERSION, MIGRATION_CLIENT_IDS, MIGRATION_ORIGIN,
+};
 pub use seqsync_engine::{
     AckError, BackendKind, Change, ChangeKind, CollectionMeta, CollectionName, CollectionWrite,
     Compaction, ConfigError, DocId, Durability, EngineConfig, Epoch, InvalidName, OpenError,
-    PeerId, ReadError, Seq, Storage, StorageError, WriteBase, WriteBatch, WriteError,
+    PeerId, ReadError, SchemaConfig, Seq, Storage, StorageError, WriteBase, WriteBatch, WriteError,
 };

@@ -127,13 +127,22 @@ impl ServerThread {
     /// Opens the engine of `config` and serves it on `config.server.listen`
     /// (port 0 picks a free port). Blocking until the server listens.
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+        Self::start_with_migrations(config, seqsync_engine::Migrations::new())
+    }
+
+    /// [`ServerThread::start`] with the app's schema migrations: the store
+    /// is migrated before the server listens (blocking until it is).
+    pub fn start_with_migrations(
+        config: EngineConfig,
+        migrations: seqsync_engine::Migrations,
+    ) -> Result<Self, StartError> {
         let auth = Arc::new(BearerTokens::new(
             config.server.read_token.clone(),
             config.server.write_token.clone(),
         ));
         let listener = TcpListener::bind(&config.server.listen)?;
         let addr = listener.local_addr()?;
-        let engine = Engine::open(config)?;
+        let engine = Engine::builder(config).migrations(migrations).open()?;
         let server = server(engine.clone(), auth, listener, false)?;
         let handle = server.handle();
         let thread = std::thread::Builder::new()

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use seqsync_engine::{BackendKind, EngineConfig};
 use seqsync_server::ServerThread;
+
+#[path = "../../engine/tests/support/notes_schema.rs"]
+mod notes;
 use serde_json::{json, Value};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -22,6 +25,14 @@ struct Harness {
 
 impl Harness {
     fn start(kind: BackendKind, tune: impl FnOnce(&mut EngineConfig)) -> Self {
+        Self::start_with(kind, seqsync_engine::Migrations::new(), tune)
+    }
+
+    fn start_with(
+        kind: BackendKind,
+        migrations: seqsync_engine::Migrations,
+        tune: impl FnOnce(&mut EngineConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EngineConfig::default();
         config.storage.backend = kind;
@@ -29,7 +40,7 @@ impl Harness {
         config.server.listen = "127.0.0.1:0".to_owned();
         tune(&mut config);
         Self {
-            server: Some(ServerThread::start(config).unwrap()),
+            server: Some(ServerThread::start_with_migrations(config, migrations).unwrap()),
             _dir: dir,
         }
     }
@@ -821,4 +832,139 @@ fn sigkill_after_acks_loses_nothing() {
 
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+mod schema {
+    use super::*;
+
+    fn push_at(h: &Harness, doc: &str, update: &[u8], version: u32) -> (u16, Value) {
+        let (status, bytes, _) = call(
+            ureq::post(&h.url(&format!("/v1/collections/c/documents/{doc}/updates")))
+                .set("x-schema-version", &version.to_string()),
+            Some(update),
+        );
+        (status, json_of(&bytes))
+    }
+
+    /// Every answer says the schema version of what it hands out, and pushes
+    /// at versions that do not fit get 409 with the versions in the body: a
+    /// client must be able to tell "upgrade yourself" from "wait for the
+    /// server" without parsing a message.
+    #[test]
+    fn versions_in_answers_and_409_for_versions_that_do_not_fit() {
+        let h = Harness::start_with(BackendKind::Sqlite, notes::migrations_to_v2(), |_| {});
+        let old = notes::doc_from(&[0, 0], 0x4000_0001);
+        let (status, body) = push_at(&h, "d", &notes::v1_edit(&old, Some("t"), None, ""), 1);
+        assert_eq!(
+            (status, body["seq"].as_u64(), body["head"].as_u64()),
+            (200, Some(1), Some(2))
+        );
+        let (status, page) = get(&h, "/v1/collections/c/changes?after=0");
+        assert_eq!(status, 200);
+        assert_eq!(page["schema_version"], json!(2));
+        let versions: Vec<u64> = page["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["schema_version"].as_u64().unwrap())
+            .collect();
+        assert_eq!(versions, vec![1, 2], "the client's change, then the step's");
+        assert_eq!(page["changes"][1]["origin"], json!("migration"));
+
+        let response = ureq::get(&h.url("/v1/collections/c/documents/d"))
+            .call()
+            .unwrap();
+        assert_eq!(response.header("x-seqsync-schema-version"), Some("2"));
+        let mut state = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut state).unwrap();
+        let view = notes::view(&notes::doc_from(&state, 9));
+        assert_eq!((view.name.as_deref(), view.title), (Some("t"), None));
+        let sv = yrs::Doc::new().transact().state_vector().encode_v1();
+        let response = ureq::post(&h.url("/v1/collections/c/documents/d/recover"))
+            .send_bytes(&sv)
+            .unwrap();
+        assert_eq!(response.header("x-seqsync-schema-version"), Some("2"));
+
+        let (status, body) = push_at(&h, "d", &notes::v1_edit(&old, None, Some("x"), ""), 3);
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(error_code(&body), "schema_too_new");
+        assert_eq!(
+            (
+                body["client"].clone(),
+                body["collection"].clone()
+            ),
+            (json!(3), json!(2))
+        );
+        let (status, body) = push_at(&h, "d", &notes::v1_edit(&old, None, Some("x"), ""), 0);
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(error_code(&body), "schema_too_old");
+        assert_eq!(body["min_supported"], json!(1));
+
+        // A browser-style push under a reserved client id is refused.
+        let low = notes::doc_from(&[0, 0], 77);
+        let (status, bytes, _) = call(
+            ureq::post(&h.url("/v1/collections/c/documents/d/updates")),
+            Some(&notes::v1_edit(&low, None, Some("x"), "")),
+        );
+        let body = json_of(&bytes);
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "reserved_client_id"),
+            "{body}"
+        );
+    }
+
+    /// `/yws?schema=N` pushes at N, and a version that does not fit closes
+    /// the socket with a reason that says so (a y-websocket client would
+    /// otherwise reconnect forever without showing why).
+    #[test]
+    fn y_websocket_schema_query() {
+        use tungstenite::Message as Ws;
+        use yrs::sync::{Message, SyncMessage};
+        let h = Harness::start_with(BackendKind::Sqlite, notes::migrations_to_v2(), |config| {
+            config.schema.min_supported_version = 2;
+        });
+        let (mut ws, _) =
+            tungstenite::connect(format!("ws://{}/yws/c/d?schema=1", h.addr())).unwrap();
+        let reason = loop {
+            match ws.read() {
+                Ok(Ws::Close(Some(frame))) => break frame.reason.to_string(),
+                Ok(_) => continue,
+                Err(e) => panic!("closed without a reason: {e}"),
+            }
+        };
+        assert!(reason.starts_with("schema_too_old"), "{reason}");
+        assert!(reason.contains('2'), "{reason}");
+
+        let (status, body) = get(&h, "/yws/c/d?schema=two");
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_query"),
+            "{body}"
+        );
+
+        let (mut ws, _) =
+            tungstenite::connect(format!("ws://{}/yws/c/d?schema=2", h.addr())).unwrap();
+        let client = notes::doc_from(&[0, 0], 0x4000_0002);
+        let update = notes::v1_edit(&client, None, Some("from ws"), "");
+        ws.send(Ws::Binary(
+            Message::Sync(SyncMessage::Update(update))
+                .encode_v1()
+                .into(),
+        ))
+        .unwrap();
+        let started = Instant::now();
+        loop {
+            let (_, page) = get(&h, "/v1/collections/c/changes?after=0");
+            if let Some(change) = page["changes"].get(0) {
+                assert_eq!(change["schema_version"], json!(2));
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the push never landed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
