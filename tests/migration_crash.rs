@@ -14,6 +14,7 @@
 //! - the migration's changes are the tail of the log, one per migrated
 //!   document, for a prefix of the documents in id order;
 //! - no document migrated in an earlier round was run again.
+//!
 //! After three kills a last child runs to the end; then every document the
 //! step changes holds exactly one marker (a second run on a committed result
 //! would have added another) and the collection is at version 2.

@@ -203,9 +203,8 @@ fn migrate_pass(
         committed_head: meta.head,
     };
     let total = documents.len() as u64;
-    let mut done = 0u64;
-    for info in documents {
-        done += 1;
+    for (index, info) in documents.into_iter().enumerate() {
+        let done = index as u64 + 1;
         if resume_after.as_ref().is_some_and(|last| &info.doc <= last) || info.deleted {
             continue;
         }

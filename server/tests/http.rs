@@ -889,10 +889,7 @@ mod schema {
         assert_eq!(status, 409, "{body}");
         assert_eq!(error_code(&body), "schema_too_new");
         assert_eq!(
-            (
-                body["client"].clone(),
-                body["collection"].clone()
-            ),
+            (body["client"].clone(), body["collection"].clone()),
             (json!(3), json!(2))
         );
         let (status, body) = push_at(&h, "d", &notes::v1_edit(&old, None, Some("x"), ""), 0);

@@ -1,0 +1,144 @@
+//! Schema migrations, end to end: a release at schema version 1 writes notes
+//! with a `title`; the next release registers a step 1 → 2 that renames it
+//! `name` and gives `status` a default, reopens the same store, and every
+//! document is migrated before anything is served. An old client that still
+//! pushes at version 1 is upgraded on ingest.
+//!
+//! Run: `cargo run --example migrations` (prints the store before and after;
+//! `--dir PATH` keeps the store there instead of a temporary directory).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use seqsync::{
+    BackendKind, DocId, Engine, EngineConfig, Migrations, PushOptions, StepError, MIGRATION_ORIGIN,
+};
+use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
+use yrs::{Any, Doc, Map, MapRef, ReadTxn, Transact, TransactionMut, WriteTxn};
+
+#[derive(Parser)]
+struct Args {
+    /// Where to keep the store (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The step 1 → 2 of the app: re-runnable (it moves only what is still in
+/// the old shape) and it never loses a field (copy, then delete).
+fn rename_title(_: &DocId, txn: &mut TransactionMut<'_>) -> Result<(), StepError> {
+    let note = txn.get_or_insert_map("note");
+    if let Some(title) = note.get(txn, "title") {
+        let Any::String(title) = title.to_json(txn) else {
+            return Err(StepError::new("note.title is not a string"));
+        };
+        note.insert(txn, "name", title.to_string());
+        note.remove(txn, "title");
+    }
+    if note.get(txn, "status").is_none() {
+        note.insert(txn, "status", "draft");
+    }
+    Ok(())
+}
+
+fn note_json(state: &[u8]) -> String {
+    let doc = Doc::new();
+    doc.transact_mut()
+        .apply_update(yrs::Update::decode_v1(state).expect("a stored state decodes"))
+        .expect("a stored state applies");
+    let txn = doc.transact();
+    txn.get_map("note")
+        .map_or_else(|| "{}".to_owned(), |note| note.to_json(&txn).to_string())
+}
+
+async fn print_store(engine: &Engine, heading: &str) {
+    println!("== {heading} (schema version {})", engine.schema_version());
+    for doc in ["groceries", "reading-list"] {
+        let state = engine.document("notes", doc).await.expect("document");
+        println!("  {doc:<13} {}", note_json(&state.update));
+    }
+    let page = engine
+        .changes("notes", 0, 100, None)
+        .await
+        .expect("changes");
+    println!("  log:");
+    for change in &page.changes {
+        println!(
+            "    seq {:>2}  {:<13} v{}  {}",
+            change.seq,
+            change.doc.as_str(),
+            change.schema_version,
+            change.origin.as_ref().map_or("-", |p| p.as_str())
+        );
+    }
+}
+
+fn user_doc(client_id: u64) -> Doc {
+    Doc::with_client_id(client_id)
+}
+
+fn set(doc: &Doc, key: &str, value: &str) -> Vec<u8> {
+    let note: MapRef = doc.get_or_insert_map("note");
+    let mut txn = doc.transact_mut();
+    note.insert(&mut txn, key, value);
+    txn.encode_update_v1()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    let dir = args.dir.unwrap_or_else(|| temp.path().to_owned());
+    let mut config = EngineConfig::default();
+    config.storage.backend = BackendKind::Sqlite;
+    config.storage.path = dir.join("data");
+
+    // Release 1: no migrations, schema version 1.
+    let v1 = Engine::open(config.clone()).expect("open v1");
+    let (alice, bob) = (user_doc(0x4000_0001), user_doc(0x4000_0002));
+    for (client, doc, title) in [
+        (&alice, "groceries", "Groceries"),
+        (&bob, "reading-list", "Reading list"),
+    ] {
+        v1.push(
+            "notes",
+            doc,
+            set(client, "title", title),
+            PushOptions::default(),
+        )
+        .await
+        .expect("push at v1");
+    }
+    print_store(&v1, "written by release 1").await;
+    v1.shutdown().await;
+    drop(v1);
+
+    // Release 2 registers the step and reopens the same store.
+    let migrations = Migrations::new().step(1, rename_title);
+    let v2 = Engine::builder(config)
+        .migrations(migrations)
+        .open()
+        .expect("open v2 (migrates)");
+    print_store(&v2, "opened by release 2").await;
+
+    // Bob has not updated his app yet: he still writes `title`, at v1.
+    let outcome = v2
+        .push(
+            "notes",
+            "reading-list",
+            set(&bob, "title", "Reading list (2027)"),
+            PushOptions {
+                origin: Some("bob".to_owned()),
+                schema_version: Some(1),
+            },
+        )
+        .await
+        .expect("an older client is upgraded on ingest");
+    println!(
+        "== bob pushed at v1: seq {:?}, head {} (the step's change is in the same commit)",
+        outcome.seq, outcome.head
+    );
+    print_store(&v2, "after the upgraded push").await;
+    println!("(changes by `{MIGRATION_ORIGIN}` are what the steps wrote)");
+    v2.shutdown().await;
+}
