@@ -408,6 +408,9 @@ mod cases {
         alice.edit("shared", None, Some("alice-2"), "A2 ");
         alice.push_all(&v1, &["shared"]).await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let peers = v1.peers(C).await.unwrap();
+        let truant_peer = peers.iter().find(|p| p.peer.as_str() == "truant").unwrap();
+        assert!(!truant_peer.active, "the truant is past its peer timeout");
         v1.compact(C).await.unwrap();
         close(v1).await;
 

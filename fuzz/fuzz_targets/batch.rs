@@ -605,6 +605,7 @@ fn build_write(
         append,
         compact,
         peers,
+        raise_schema_version: None,
     }
 }
 
