@@ -6,6 +6,12 @@
 //!
 //! Run: `cargo run --example migrations` (prints the store before and after;
 //! `--dir PATH` keeps the store there instead of a temporary directory).
+//!
+//! `cargo run --release --example migrations -- --measure 20000` measures
+//! instead: it writes that many v1 notes (each with some typed content), then
+//! times, on the same store, reading every document once (the baseline: what
+//! the migration cannot avoid) and opening with the step (the migration),
+//! and prints both with their ratio and the process's peak memory.
 
 use std::path::PathBuf;
 
@@ -22,6 +28,9 @@ struct Args {
     /// Where to keep the store (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Measure the migration of this many documents instead of the demo.
+    #[arg(long)]
+    measure: Option<usize>,
 }
 
 /// The step 1 → 2 of the app: re-runnable (it moves only what is still in
@@ -92,6 +101,10 @@ async fn main() {
     let mut config = EngineConfig::default();
     config.storage.backend = BackendKind::Sqlite;
     config.storage.path = dir.join("data");
+    if let Some(documents) = args.measure {
+        measure(config, documents).await;
+        return;
+    }
 
     // Release 1: no migrations, schema version 1.
     let v1 = Engine::open(config.clone()).expect("open v1");
@@ -141,4 +154,101 @@ async fn main() {
     print_store(&v2, "after the upgraded push").await;
     println!("(changes by `{MIGRATION_ORIGIN}` are what the steps wrote)");
     v2.shutdown().await;
+}
+
+/// Peak resident memory of this process (`VmHWM`), in MiB; 0 if unknown.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn measure(config: EngineConfig, documents: usize) {
+    use std::time::Instant;
+    let engine = Engine::open(config.clone()).expect("open v1");
+    let started = Instant::now();
+    for chunk in (0..documents).collect::<Vec<_>>().chunks(500) {
+        let updates = chunk
+            .iter()
+            .map(|&i| {
+                let doc = user_doc(0x4000_0000 + i as u64);
+                let mut update = set(&doc, "title", &format!("note {i}"));
+                // Some history per document: 20 typed words.
+                let text = doc.get_or_insert_text("content");
+                let before = doc.transact().state_vector();
+                for w in 0..20 {
+                    let mut txn = doc.transact_mut();
+                    let len = yrs::Text::len(&text, &txn);
+                    yrs::Text::insert(&text, &mut txn, len, &format!("word{w} "));
+                }
+                update = yrs::merge_updates_v1([
+                    update,
+                    doc.transact().encode_state_as_update_v1(&before),
+                ])
+                .expect("merge");
+                (format!("n{i:06}"), update)
+            })
+            .collect();
+        engine
+            .push_batch("notes", updates, PushOptions::default())
+            .await
+            .expect("push");
+    }
+    println!(
+        "wrote {documents} v1 documents in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    engine.shutdown().await;
+    drop(engine);
+
+    // Baseline: open (nothing to migrate) and read every document once.
+    let started = Instant::now();
+    let reader = Engine::open(config.clone()).expect("open for reading");
+    for i in 0..documents {
+        reader
+            .document("notes", &format!("n{i:06}"))
+            .await
+            .expect("read");
+    }
+    let read_s = started.elapsed().as_secs_f64();
+    reader.shutdown().await;
+    drop(reader);
+    let rss_before = peak_rss_mib();
+
+    let started = Instant::now();
+    let migrated = Engine::builder(config)
+        .migrations(Migrations::new().step(1, rename_title))
+        .open()
+        .expect("open with the step");
+    let migrate_s = started.elapsed().as_secs_f64();
+    let head = migrated
+        .changes("notes", 0, 0, None)
+        .await
+        .expect("head")
+        .head;
+    migrated.shutdown().await;
+    println!("| what | documents | seconds | documents/s | ratio |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| read every document once (baseline) | {documents} | {read_s:.2} | {:.0} | 1.00 |",
+        documents as f64 / read_s
+    );
+    println!(
+        "| open with step 1 -> 2 (migrate all) | {documents} | {migrate_s:.2} | {:.0} | {:.2} |",
+        documents as f64 / migrate_s,
+        migrate_s / read_s
+    );
+    println!(
+        "head after: {head} ({documents} v1 changes + {} migration changes); peak RSS {:.0} MiB before the migration, {:.0} MiB after",
+        head as usize - documents,
+        rss_before,
+        peak_rss_mib()
+    );
 }

@@ -201,7 +201,10 @@ fn runs_of(dir: &Path, round: u64) -> Vec<String> {
         .collect()
 }
 
-fn migration_survives_sigkill(backend: BackendKind, backend_name: &str) {
+/// Kills `kills` migrating children, then lets one finish; returns how many
+/// kills landed inside the migration (not before it started or after it
+/// ended).
+fn migration_survives_sigkill(backend: BackendKind, backend_name: &str, kills: u64) -> u64 {
     let mut rng = Rng::from_env("migration_survives_sigkill");
     let dir = tempfile::tempdir().unwrap();
     write_v1_store(dir.path(), backend);
@@ -209,7 +212,6 @@ fn migration_survives_sigkill(backend: BackendKind, backend_name: &str) {
     // Every document the store says was finished, with the round it was.
     let mut finished: BTreeSet<String> = BTreeSet::new();
     let mut kills_mid_migration = 0;
-    let kills = 3;
     for round in 1..=kills + 1 {
         let mut child = Command::new(&exe)
             .args([
@@ -230,7 +232,7 @@ fn migration_survives_sigkill(backend: BackendKind, backend_name: &str) {
         if !last {
             // A migration of 600 documents at 2 ms each takes over a second;
             // kill somewhere inside it.
-            let delay = Duration::from_millis(150 + rng.below(700));
+            let delay = Duration::from_millis(100 + rng.below(900));
             let started = Instant::now();
             while started.elapsed() < delay {
                 if child.try_wait().unwrap().is_some() {
@@ -328,14 +330,37 @@ fn migration_survives_sigkill(backend: BackendKind, backend_name: &str) {
         }
         engine.shutdown().await;
     });
+    kills_mid_migration
 }
 
 #[test]
 fn a_migration_killed_midway_resumes_without_rerunning_a_step_sqlite() {
-    migration_survives_sigkill(BackendKind::Sqlite, "sqlite");
+    migration_survives_sigkill(BackendKind::Sqlite, "sqlite", 3);
 }
 
 #[test]
 fn a_migration_killed_midway_resumes_without_rerunning_a_step_redb() {
-    migration_survives_sigkill(BackendKind::Redb, "redb");
+    migration_survives_sigkill(BackendKind::Redb, "redb", 3);
+}
+
+/// The long run: `MIGRATION_KILLS` kills per store (default 12) on 5 stores
+/// per backend. `cargo test --release --test migration_crash -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "long: about 120 kill points; run with --ignored"]
+fn a_migration_killed_many_times_resumes_without_rerunning_a_step() {
+    let kills: u64 = std::env::var("MIGRATION_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    for (backend, name) in [(BackendKind::Sqlite, "sqlite"), (BackendKind::Redb, "redb")] {
+        let mut inside = 0;
+        for _ in 0..5 {
+            inside += migration_survives_sigkill(backend, name, kills);
+        }
+        println!(
+            "{name}: {} kill points, {inside} inside a migration",
+            5 * kills
+        );
+    }
 }

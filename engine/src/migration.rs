@@ -296,7 +296,9 @@ impl Migrations {
     ///
     /// Deterministic: the same document id and state give byte-identical
     /// outputs on every machine (see the module docs). Pure CPU work, no I/O;
-    /// memory is a few copies of the document.
+    /// memory is a few copies of the document. Structures yrs still holds as
+    /// pending (their dependencies are missing) are not part of the state a
+    /// step sees: they are invisible to every reader until they integrate.
     ///
     /// Errors: [`MigrationError::NoPath`] when the steps do not cover
     /// `from..to`; a step's refusal or panic; [`MigrationError::Apply`] if the
@@ -326,9 +328,7 @@ impl Migrations {
         };
         load_into(
             &between,
-            &state
-                .transact()
-                .encode_state_as_update_v1(&StateVector::default()),
+            &state.transact().encode_diff_v1(&StateVector::default()),
         )
         .map_err(apply_error)?;
         for version in from..to {
@@ -339,9 +339,7 @@ impl Migrations {
                     registered: self.registered(),
                 });
             };
-            let input = between
-                .transact()
-                .encode_state_as_update_v1(&StateVector::default());
+            let input = between.transact().encode_diff_v1(&StateVector::default());
             if let Some(output) = run_step(doc, version, step.as_ref(), &input)? {
                 load_into(&between, &output.update).map_err(apply_error)?;
                 outputs.push(output);
@@ -658,12 +656,8 @@ mod tests {
         let mut state = DocState::empty();
         state
             .apply(
-                Update::decode_v1(
-                    &source
-                        .transact()
-                        .encode_state_as_update_v1(&StateVector::default()),
-                )
-                .unwrap(),
+                Update::decode_v1(&source.transact().encode_diff_v1(&StateVector::default()))
+                    .unwrap(),
             )
             .unwrap();
         migrations.migrate_state(&d, &mut state, 1, 2).unwrap();
