@@ -385,6 +385,7 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
                 payload: u.clone(),
                 schema_version: 1,
                 origin: None,
+                log_checksum: 0,
             })
             .collect();
         storage
@@ -453,6 +454,7 @@ fn raw_append_secs(kind: BackendKind, updates: &[Vec<u8>], per_commit: usize) ->
                 payload: u.clone(),
                 schema_version: 1,
                 origin: None,
+                log_checksum: 0,
             })
             .collect();
         let mut batch = seqsync_engine_batch(epoch, append);

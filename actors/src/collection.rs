@@ -565,6 +565,7 @@ impl CollectionActor {
                                 payload: bytes,
                                 schema_version: upgrade_from.unwrap_or(schema_version),
                                 origin: origin.clone(),
+                                log_checksum: 0,
                             });
                             next_seq += 1;
                             let Some(from) = upgrade_from else {
@@ -585,6 +586,7 @@ impl CollectionActor {
                                             payload: output.update,
                                             schema_version: current,
                                             origin: Some(PeerId::migration()),
+                                            log_checksum: 0,
                                         });
                                         next_seq += 1;
                                     }
@@ -625,6 +627,7 @@ impl CollectionActor {
                         payload: Vec::new(),
                         schema_version,
                         origin: origin.clone(),
+                        log_checksum: 0,
                     });
                 }
                 None => return Err(WriteError::Internal(format!("document {doc} not loaded"))),

@@ -6,21 +6,33 @@
 
 use seqsync_engine::{Change, ChangeKind, CollectionMeta, DocId, Epoch, PeerId, Seq, StorageError};
 
-/// Encoded size of [`CollectionMeta`].
-const META_BYTES: usize = 16 + 8 + 4 + 8;
+/// Encoded size of [`CollectionMeta`] (format 2).
+const META_BYTES: usize = 16 + 8 + 4 + 8 + 8;
 
-/// `epoch[16] | head u64 | schema_version u32 | created_ms u64`.
+/// Format 2: `epoch[16] | head u64 | schema_version u32 | created_ms u64 |
+/// log_checksum u64`. Format 1 had no `log_checksum`.
 pub fn encode_meta(meta: &CollectionMeta) -> [u8; META_BYTES] {
     let mut out = [0u8; META_BYTES];
     out[..16].copy_from_slice(&meta.epoch.0);
     out[16..24].copy_from_slice(&meta.head.to_le_bytes());
     out[24..28].copy_from_slice(&meta.schema_version.to_le_bytes());
     out[28..36].copy_from_slice(&meta.created_ms.to_le_bytes());
+    out[36..44].copy_from_slice(&meta.log_checksum.to_le_bytes());
     out
 }
 
 /// Inverse of [`encode_meta`].
 pub fn decode_meta(backend: &'static str, bytes: &[u8]) -> Result<CollectionMeta, StorageError> {
+    decode_meta_format(backend, bytes, 2)
+}
+
+/// [`decode_meta`] of a store at `format` (1 or 2); format 1 decodes with a
+/// log checksum of 0.
+pub fn decode_meta_format(
+    backend: &'static str,
+    bytes: &[u8],
+    format: u64,
+) -> Result<CollectionMeta, StorageError> {
     let mut reader = Reader::new(backend, bytes, "collection metadata");
     let mut epoch = [0u8; 16];
     epoch.copy_from_slice(reader.take(16)?);
@@ -29,20 +41,23 @@ pub fn decode_meta(backend: &'static str, bytes: &[u8]) -> Result<CollectionMeta
         head: reader.u64()?,
         schema_version: reader.u32()?,
         created_ms: reader.u64()?,
+        log_checksum: if format >= 2 { reader.u64()? } else { 0 },
     };
     reader.finish()?;
     Ok(meta)
 }
 
-/// `kind u8 | schema_version u32 | origin_len u16 (0xFFFF = none) | origin |
-/// doc_len u16 | doc | payload` (the seq is the key, not part of the value).
+/// Format 2: `kind u8 | log_checksum u64 | schema_version u32 | origin_len
+/// u16 (0xFFFF = none) | origin | doc_len u16 | doc | payload` (the seq is the
+/// key, not part of the value). Format 1 had no `log_checksum`.
 pub fn encode_change(change: &Change) -> Vec<u8> {
     let origin = change.origin.as_ref().map(|p| p.as_str().as_bytes());
     let doc = change.doc.as_str().as_bytes();
     let mut out = Vec::with_capacity(
-        1 + 4 + 2 + origin.map_or(0, <[u8]>::len) + 2 + doc.len() + change.payload.len(),
+        1 + 8 + 4 + 2 + origin.map_or(0, <[u8]>::len) + 2 + doc.len() + change.payload.len(),
     );
     out.push(change.kind.code());
+    out.extend_from_slice(&change.log_checksum.to_le_bytes());
     out.extend_from_slice(&change.schema_version.to_le_bytes());
     match origin {
         // Peer ids are at most 256 bytes, so they always fit below 0xFFFF.
@@ -64,10 +79,22 @@ pub fn decode_change(
     seq: Seq,
     bytes: &[u8],
 ) -> Result<Change, StorageError> {
+    decode_change_format(backend, seq, bytes, 2)
+}
+
+/// [`decode_change`] of a store at `format` (1 or 2); format 1 decodes with
+/// a log checksum of 0.
+pub fn decode_change_format(
+    backend: &'static str,
+    seq: Seq,
+    bytes: &[u8],
+    format: u64,
+) -> Result<Change, StorageError> {
     let mut reader = Reader::new(backend, bytes, "change");
     let code = reader.u8()?;
     let kind = ChangeKind::from_code(code)
         .ok_or_else(|| corrupt(backend, format!("change {seq} has unknown kind {code}")))?;
+    let log_checksum = if format >= 2 { reader.u64()? } else { 0 };
     let schema_version = reader.u32()?;
     let origin_len = reader.u16()?;
     let origin = if origin_len == u16::MAX {
@@ -86,6 +113,7 @@ pub fn decode_change(
         payload: reader.rest().to_vec(),
         schema_version,
         origin,
+        log_checksum,
     })
 }
 
@@ -176,11 +204,13 @@ mod tests {
             payload: vec![1, 2, 3],
             schema_version: 4,
             origin: Some(PeerId::new("p1").unwrap()),
+            log_checksum: 0xdead_beef_0123,
         };
         let bytes = encode_change(&change);
         assert_eq!(decode_change("t", 7, &bytes).unwrap(), change);
         let anonymous = Change {
             origin: None,
+            log_checksum: 0,
             ..change
         };
         assert_eq!(
@@ -198,6 +228,7 @@ mod tests {
             head: 12,
             schema_version: 3,
             created_ms: 99,
+            log_checksum: u64::MAX - 5,
         };
         assert_eq!(decode_meta("t", &encode_meta(&meta)).unwrap(), meta);
         assert!(decode_meta("t", &encode_meta(&meta)[..20]).is_err());

@@ -206,13 +206,22 @@ impl Storage for MemoryStorage {
             planned.push(meta);
         }
         // Pass 2: apply; nothing here can fail.
-        for (write, meta) in batch.writes.iter().zip(planned) {
+        for (write, plan) in batch.writes.iter().zip(planned) {
             let collection = guard.entry(write.collection.clone()).or_default();
-            collection.meta = Some(meta);
-            for change in &write.append {
-                collection.insert(change.clone());
+            collection.meta = Some(plan.meta);
+            for (change, log_checksum) in write.append.iter().zip(plan.append_checksums) {
+                collection.insert(Change {
+                    log_checksum,
+                    ..change.clone()
+                });
             }
             for compaction in &write.compact {
+                // Checked in pass 1: with a snapshot, a change at `through`
+                // exists; the snapshot keeps its log checksum.
+                let target_checksum = collection
+                    .changes
+                    .get(&compaction.through)
+                    .map_or(0, |c| c.log_checksum);
                 let seqs = collection.by_doc.entry(compaction.doc.clone()).or_default();
                 let covered: Vec<Seq> = seqs
                     .range(..=compaction.through)
@@ -226,7 +235,7 @@ impl Storage for MemoryStorage {
                 if seqs.is_empty() {
                     collection.by_doc.remove(&compaction.doc);
                 }
-                if let Some(snapshot) = snapshot_change(compaction) {
+                if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
                     collection.insert(snapshot);
                 }
             }

@@ -41,7 +41,9 @@ use crate::dir_lock::DirLock;
 const BACKEND: &str = "redb";
 /// File name of the database inside the storage directory.
 pub const REDB_FILE_NAME: &str = "seqsync.redb";
-const FORMAT_VERSION: u64 = 1;
+/// Format 2 adds the log checksum to every change and collection (format 1
+/// stores are migrated when opened, see `migrate_format_1_to_2`).
+const FORMAT_VERSION: u64 = 2;
 /// With `eventual` durability, at most this many commits stay non-durable.
 const EVENTUAL_MAX_PENDING_COMMITS: u64 = 64;
 /// With `eventual` durability, at most this long passes without a durable commit
@@ -175,6 +177,14 @@ fn check_or_create_schema(db: &Database, path: &Path) -> Result<(), StorageError
                 .map(|v| v.value());
             match found {
                 Some(FORMAT_VERSION) => {}
+                Some(1) => {
+                    drop(format);
+                    migrate_format_1_to_2(&tx)?;
+                    let mut format = tx.open_table(FORMAT).map_err(table_error)?;
+                    format
+                        .insert("format", FORMAT_VERSION)
+                        .map_err(storage_error)?;
+                }
                 Some(found) => {
                     return Err(StorageError::UnsupportedFormat {
                         backend: BACKEND,
@@ -200,6 +210,52 @@ fn check_or_create_schema(db: &Database, path: &Path) -> Result<(), StorageError
     }
     tx.commit()
         .map_err(|e| StorageError::backend(BACKEND, "creating the schema", e))
+}
+
+/// Rewrites a format-1 store in the open transaction: every change gains
+/// its running log checksum, every collection its checksum through the
+/// head. Snapshots written before count as ordinary changes (what they
+/// replaced is gone), so a migrated store's checksums start here. One
+/// transaction: a crash leaves the store at format 1.
+fn migrate_format_1_to_2(tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+    let mut collections = tx.open_table(COLLECTIONS).map_err(table_error)?;
+    let mut changes = tx.open_table(CHANGES).map_err(table_error)?;
+    let mut names = Vec::new();
+    for entry in collections.iter().map_err(storage_error)? {
+        let (name, value) = entry.map_err(storage_error)?;
+        names.push((
+            name.value().to_owned(),
+            codec::decode_meta_format(BACKEND, value.value(), 1)?,
+        ));
+    }
+    for (name, mut meta) in names {
+        let mut rewritten = Vec::new();
+        let mut running = 0u64;
+        for entry in changes
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+            .map_err(storage_error)?
+        {
+            let (key, value) = entry.map_err(storage_error)?;
+            let seq = key.value().1;
+            let mut change = codec::decode_change_format(BACKEND, seq, value.value(), 1)?;
+            running = running.wrapping_add(seqsync_engine::change_checksum(&meta.epoch, &change));
+            change.log_checksum = running;
+            rewritten.push(change);
+        }
+        for change in &rewritten {
+            changes
+                .insert(
+                    (name.as_str(), change.seq),
+                    codec::encode_change(change).as_slice(),
+                )
+                .map_err(storage_error)?;
+        }
+        meta.log_checksum = running;
+        collections
+            .insert(name.as_str(), &codec::encode_meta(&meta)[..])
+            .map_err(storage_error)?;
+    }
+    Ok(())
 }
 
 impl Storage for RedbStorage {
@@ -463,11 +519,17 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
         peers,
     } = tables;
     let stored = read_meta(collections, &write.collection)?;
-    let meta = plan_collection_write(write, stored.as_ref())?;
-    for change in &write.append {
-        insert_change(changes, index, name, change)?;
+    let plan = plan_collection_write(write, stored.as_ref())?;
+    let meta = plan.meta;
+    for (change, log_checksum) in write.append.iter().zip(plan.append_checksums) {
+        let change = Change {
+            log_checksum,
+            ..change.clone()
+        };
+        insert_change(changes, index, name, &change)?;
     }
     for compaction in &write.compact {
+        let mut target_checksum = 0;
         if compaction.snapshot.is_some() {
             let target = changes
                 .get((name, compaction.through))
@@ -475,6 +537,7 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
                 .map(|v| codec::decode_change(BACKEND, compaction.through, v.value()))
                 .transpose()?;
             let replaceable = target
+                .as_ref()
                 .is_some_and(|c| c.doc == compaction.doc && is_covered(compaction, c.seq, c.kind));
             if !replaceable {
                 return Err(StorageError::InvalidWrite(format!(
@@ -482,6 +545,7 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
                     compaction.doc, compaction.through
                 )));
             }
+            target_checksum = target.map_or(0, |c| c.log_checksum);
         }
         let doc = compaction.doc.as_str();
         let mut covered = Vec::new();
@@ -501,7 +565,7 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
             changes.remove((name, seq)).map_err(storage_error)?;
             index.remove((name, doc, seq)).map_err(storage_error)?;
         }
-        if let Some(snapshot) = snapshot_change(compaction) {
+        if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
             insert_change(changes, index, name, &snapshot)?;
         }
     }

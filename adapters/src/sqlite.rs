@@ -46,7 +46,7 @@ pub const SQLITE_FILE_NAME: &str = "seqsync.sqlite3";
 ///   changes_by_doc`: with the log `WITHOUT ROWID`, SQLite's planner
 ///   otherwise prefers the primary key (cid, seq) and scans the whole
 ///   collection's log for one document.
-const FORMAT_VERSION: u64 = 2;
+const FORMAT_VERSION: u64 = 3;
 /// Page size of a new database. A commit of a few small updates dirties a
 /// handful of pages and the WAL writes each whole; small pages keep that
 /// close to what changed. Stores created with another page size keep it.
@@ -81,6 +81,7 @@ CREATE TABLE changes (
     schema_version INTEGER NOT NULL,
     origin TEXT,
     payload BLOB NOT NULL,
+    checksum INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (cid, seq)
 ) WITHOUT ROWID;
 CREATE INDEX changes_by_doc ON changes (cid, doc, seq);
@@ -239,7 +240,11 @@ fn check_or_create_schema(conn: &Connection, path: &Path) -> Result<(), StorageE
             detail: "seqsync_format table without a format version".to_owned(),
         })?;
         if found == 1 {
-            return migrate_v1_to_v2(conn, path);
+            migrate_v1_to_v2(conn, path)?;
+            return migrate_v2_to_v3(conn);
+        }
+        if found == 2 {
+            return migrate_v2_to_v3(conn);
         }
         if found != FORMAT_VERSION as i64 {
             return Err(StorageError::UnsupportedFormat {
@@ -316,6 +321,57 @@ fn migrate_v1_to_v2(conn: &Connection, path: &Path) -> Result<(), StorageError> 
     Ok(())
 }
 
+/// Adds the log checksum to a format-2 store, in one transaction: every
+/// change gets the running checksum through itself, computed in seq order
+/// per collection. Snapshots written before count as ordinary changes (what
+/// they replaced is gone), so a migrated store's checksums start here. A
+/// crash leaves format 2, which the next open migrates again.
+fn migrate_v2_to_v3(conn: &Connection) -> Result<(), StorageError> {
+    let failed = |e| sql_error("migrating to format 3", e);
+    let tx = conn.unchecked_transaction().map_err(failed)?;
+    tx.execute_batch("ALTER TABLE changes ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0;")
+        .map_err(failed)?;
+    let collections: Vec<(i64, Vec<u8>)> = {
+        let mut stmt = tx
+            .prepare("SELECT id, epoch FROM collections ORDER BY id")
+            .map_err(failed)?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(failed)?;
+        rows.collect::<Result<_, _>>().map_err(failed)?
+    };
+    for (cid, epoch) in collections {
+        let epoch = Epoch(
+            epoch
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt(format!("epoch of {} bytes", epoch.len())))?,
+        );
+        let changes = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum                      FROM changes WHERE cid = ?1 ORDER BY seq",
+                )
+                .map_err(failed)?;
+            let rows = stmt.query(params![cid]).map_err(failed)?;
+            collect_changes(rows)?
+        };
+        let mut update = tx
+            .prepare("UPDATE changes SET checksum = ?3 WHERE cid = ?1 AND seq = ?2")
+            .map_err(failed)?;
+        let mut running = 0u64;
+        for change in &changes {
+            running = running.wrapping_add(seqsync_engine::change_checksum(&epoch, change));
+            update
+                .execute(params![cid, to_i64(change.seq)?, running as i64])
+                .map_err(failed)?;
+        }
+    }
+    tx.execute_batch("UPDATE seqsync_format SET value = 3 WHERE key = 'format';")
+        .map_err(failed)?;
+    tx.commit().map_err(failed)
+}
+
 /// The head of collection `cid`: its highest stored seq, or 0 (format 2
 /// stores no head; compaction never removes a collection's last change,
 /// since a snapshot takes the seq of the last change it covers and a
@@ -323,10 +379,14 @@ fn migrate_v1_to_v2(conn: &Connection, path: &Path) -> Result<(), StorageError> 
 /// written as `ORDER BY … DESC LIMIT 1` on purpose: as `max(seq)` inside a
 /// query of `collections`, SQLite stepped through every change of the
 /// collection, on every commit.
-fn head_of(tx: &rusqlite::Transaction<'_>, cid: i64) -> Result<i64, StorageError> {
-    tx.prepare_cached("SELECT seq FROM changes WHERE cid = ?1 ORDER BY seq DESC LIMIT 1")
-        .and_then(|mut s| s.query_row(params![cid], |row| row.get(0)).optional())
-        .map(|head| head.unwrap_or(0))
+/// Also returns the log checksum stored with the head change (0 if empty).
+fn head_of(tx: &rusqlite::Transaction<'_>, cid: i64) -> Result<(i64, i64), StorageError> {
+    tx.prepare_cached("SELECT seq, checksum FROM changes WHERE cid = ?1 ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| {
+            s.query_row(params![cid], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .map(|head| head.unwrap_or((0, 0)))
         .map_err(|e| sql_error("reading the head", e))
 }
 
@@ -393,7 +453,7 @@ impl Storage for SqliteStorage {
             };
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum FROM changes \
                      WHERE cid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(|e| sql_error("reading changes", e))?;
@@ -423,7 +483,7 @@ impl Storage for SqliteStorage {
             // Seeks `changes_by_doc` (cid, doc, seq) straight to `after`.
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, doc, kind, schema_version, origin, payload FROM changes \
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum FROM changes \
                      INDEXED BY changes_by_doc \
                      WHERE cid = ?1 AND doc = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
                 )
@@ -469,7 +529,7 @@ impl Storage for SqliteStorage {
             // a large document).
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, kind, schema_version, origin, payload FROM changes \
+                    "SELECT seq, kind, schema_version, origin, payload, checksum FROM changes \
                      INDEXED BY changes_by_doc WHERE cid = ?1 AND doc = ?2 ORDER BY seq",
                 )
                 .map_err(|e| sql_error("reading a document", e))?;
@@ -492,6 +552,7 @@ impl Storage for SqliteStorage {
                         .transpose()
                         .map_err(|e| corrupt(e.to_string()))?,
                     payload: row.get(4).map_err(read)?,
+                    log_checksum: row.get::<_, i64>(5).map_err(read)? as u64,
                 };
                 if visit(change).is_break() {
                     break;
@@ -617,7 +678,8 @@ fn apply_write(
     write: &CollectionWrite,
     stored: Option<(i64, CollectionMeta)>,
 ) -> Result<(i64, CollectionMeta), StorageError> {
-    let meta = plan_collection_write(write, stored.as_ref().map(|(_, meta)| meta))?;
+    let plan = plan_collection_write(write, stored.as_ref().map(|(_, meta)| meta))?;
+    let meta = plan.meta;
     let stored_schema = stored.as_ref().map(|(_, meta)| meta.schema_version);
     let cid = match (stored, write.base) {
         (Some((cid, _)), _) => cid,
@@ -647,11 +709,12 @@ fn apply_write(
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO changes (cid, seq, doc, kind, schema_version, origin, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO changes \
+                 (cid, seq, doc, kind, schema_version, origin, payload, checksum) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(|e| sql_error("appending", e))?;
-        let mut insert_change = |change: &Change| -> Result<(), StorageError> {
+        let mut insert_change = |change: &Change, log_checksum: u64| -> Result<(), StorageError> {
             insert
                 .execute(params![
                     cid,
@@ -660,27 +723,32 @@ fn apply_write(
                     change.kind.code(),
                     change.schema_version,
                     change.origin.as_ref().map(|p| p.as_str()),
-                    &change.payload
+                    &change.payload,
+                    log_checksum as i64
                 ])
                 .map_err(|e| sql_error("appending", e))?;
             Ok(())
         };
-        for change in &write.append {
-            insert_change(change)?;
+        for (change, log_checksum) in write.append.iter().zip(&plan.append_checksums) {
+            insert_change(change, *log_checksum)?;
         }
         for compaction in &write.compact {
+            let mut target_checksum = 0u64;
             if compaction.snapshot.is_some() {
-                let target: Option<(String, u8)> = tx
-                    .prepare_cached("SELECT doc, kind FROM changes WHERE cid = ?1 AND seq = ?2")
+                let target: Option<(String, u8, i64)> = tx
+                    .prepare_cached(
+                        "SELECT doc, kind, checksum FROM changes WHERE cid = ?1 AND seq = ?2",
+                    )
                     .and_then(|mut s| {
                         s.query_row(
                             params![cid, to_i64(compaction.through).unwrap_or(-1)],
-                            |row| Ok((row.get(0)?, row.get(1)?)),
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                         )
                         .optional()
                     })
                     .map_err(|e| sql_error("compacting", e))?;
-                let replaceable = target.is_some_and(|(doc, kind)| {
+                target_checksum = target.as_ref().map_or(0, |t| t.2 as u64);
+                let replaceable = target.is_some_and(|(doc, kind, _)| {
                     doc == compaction.doc.as_str()
                         && matches!(
                             ChangeKind::from_code(kind),
@@ -709,8 +777,8 @@ fn apply_write(
                 ])
             })
             .map_err(|e| sql_error("compacting", e))?;
-            if let Some(snapshot) = snapshot_change(compaction) {
-                insert_change(&snapshot)?;
+            if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
+                insert_change(&snapshot, target_checksum)?;
             }
         }
     }
@@ -771,7 +839,7 @@ fn read_meta(
 
 fn meta_from_row(
     epoch: &[u8],
-    head: i64,
+    (head, checksum): (i64, i64),
     schema: i64,
     created: i64,
 ) -> Result<CollectionMeta, StorageError> {
@@ -784,6 +852,8 @@ fn meta_from_row(
         schema_version: u32::try_from(schema)
             .map_err(|_| corrupt(format!("schema version {schema}")))?,
         created_ms: u64::try_from(created).unwrap_or(0),
+        // Stored as the same 64 bits in SQLite's signed INTEGER.
+        log_checksum: checksum as u64,
     })
 }
 
@@ -797,6 +867,7 @@ fn collect_changes(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Change>, StorageE
         let schema_version: u32 = row.get(3).map_err(read)?;
         let origin: Option<String> = row.get(4).map_err(read)?;
         let payload: Vec<u8> = row.get(5).map_err(read)?;
+        let checksum: i64 = row.get(6).map_err(read)?;
         out.push(Change {
             seq: u64::try_from(seq).map_err(|_| corrupt(format!("negative seq {seq}")))?,
             doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
@@ -808,6 +879,7 @@ fn collect_changes(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Change>, StorageE
                 .map(PeerId::new)
                 .transpose()
                 .map_err(|e| corrupt(e.to_string()))?,
+            log_checksum: checksum as u64,
         });
     }
     Ok(out)

@@ -118,6 +118,13 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             ]
         );
         assert_eq!(page.changes[0].origin, Some(PeerId::new("peer-x").unwrap()));
+        // Format 3 gave every change its running log checksum.
+        let mut running = 0u64;
+        for change in &page.changes {
+            running = running.wrapping_add(seqsync_engine::change_checksum(&epoch, change));
+            assert_eq!(change.log_checksum, running, "seq {}", change.seq);
+        }
+        assert_eq!(meta.log_checksum, running);
         let peers = storage.peers(&name("a")).unwrap();
         assert_eq!(
             (peers.len(), peers[0].acked, peers[0].last_seen_ms),
@@ -163,8 +170,8 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             .unwrap();
         assert_eq!(storage.collection(&name("a")).unwrap().unwrap().head, 4);
     }
-    assert_eq!(format_of(dir.path()), 2);
-    // Reopening a format-2 store changes nothing.
+    assert_eq!(format_of(dir.path()), 3);
+    // Reopening a format-3 store changes nothing.
     let storage = SqliteStorage::open(dir.path(), Durability::Immediate).unwrap();
     assert_eq!(storage.collection(&name("a")).unwrap().unwrap().head, 4);
     assert_eq!(

@@ -78,6 +78,12 @@ pub struct Change {
     pub schema_version: u32,
     /// The peer that pushed it, when the client said who it is.
     pub origin: Option<PeerId>,
+    /// The log checksum through this change: the sum (mod 2^64) of
+    /// [`crate::change_checksum`] of every change up to and including it,
+    /// in the log as written (a snapshot carries the value of the change it
+    /// took the seq of, so compaction changes no stored value). Set by the
+    /// storage at commit; ignored (write 0) in changes handed to a commit.
+    pub log_checksum: u64,
 }
 
 /// A collection's identity in time: a random id given at creation and replaced
@@ -138,6 +144,9 @@ pub struct CollectionMeta {
     pub schema_version: u32,
     /// When the collection was created, milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// The log checksum through `head` (see [`Change::log_checksum`]); 0
+    /// for an empty collection.
+    pub log_checksum: u64,
 }
 
 /// How far one peer of a collection got.

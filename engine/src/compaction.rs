@@ -138,6 +138,7 @@ mod tests {
             payload,
             schema_version: 1,
             origin: None,
+            log_checksum: 0,
         }
     }
 

@@ -15,6 +15,7 @@
 mod change;
 mod compaction;
 mod config;
+mod digest;
 mod error;
 mod load;
 mod migrate;
@@ -31,6 +32,7 @@ pub use config::{
     ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
     SchemaConfig, ServerConfig, StorageConfig, ENV_PREFIX,
 };
+pub use digest::{change_checksum, hex, CollectionDigest, DocumentDigest};
 pub use error::{
     AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,
 };
@@ -45,7 +47,7 @@ pub use name::{
 };
 pub use storage::{
     check_batch_shape, is_covered, plan_collection_write, snapshot_change, ChangesPage,
-    CollectionWrite, Compaction, Storage, WriteBase, WriteBatch,
+    CollectionWrite, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
 };
 pub use yjs::{
     decode_state_vector, decode_update, new_doc, Applied, ApplyError, DocState, UpdateDecodeError,

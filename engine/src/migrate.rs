@@ -229,6 +229,7 @@ fn migrate_pass(
                 payload: output.update,
                 schema_version: target,
                 origin: Some(origin.clone()),
+                log_checksum: 0,
             });
         }
         state.pending_documents += 1;

@@ -223,16 +223,28 @@ pub trait Storage: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StorageError>;
 }
 
+/// What [`plan_collection_write`] found a write to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedWrite {
+    /// The collection's metadata after the write (head, log checksum,
+    /// schema version).
+    pub meta: CollectionMeta,
+    /// The log checksum through each appended change, in order: what the
+    /// backend stores with it ([`Change::log_checksum`]).
+    pub append_checksums: Vec<u64>,
+}
+
 /// Checks one [`CollectionWrite`] against the stored metadata and returns the
-/// metadata to store after it. Shared by every backend so they refuse the same
-/// writes with the same errors.
+/// metadata to store after it, with the running log checksum of each
+/// appended change. Shared by every backend so they refuse the same writes
+/// with the same errors and agree on every checksum.
 ///
 /// Does not check what needs the stored changes (that a compaction's target
 /// exists): backends do that themselves.
 pub fn plan_collection_write(
     write: &CollectionWrite,
     stored: Option<&CollectionMeta>,
-) -> Result<CollectionMeta, StorageError> {
+) -> Result<PlannedWrite, StorageError> {
     let conflict = |detail: String| StorageError::Conflict {
         collection: write.collection.to_string(),
         detail,
@@ -255,6 +267,7 @@ pub fn plan_collection_write(
             head: 0,
             schema_version,
             created_ms: now_ms(),
+            log_checksum: 0,
         },
         (WriteBase::Existing { epoch, head }, None) => {
             return Err(conflict(format!(
@@ -280,6 +293,7 @@ pub fn plan_collection_write(
         }
         meta.schema_version = version;
     }
+    let mut append_checksums = Vec::with_capacity(write.append.len());
     for change in &write.append {
         let expected = meta.head + 1;
         if change.seq != expected {
@@ -295,6 +309,10 @@ pub fn plan_collection_write(
             )));
         }
         meta.head = expected;
+        meta.log_checksum = meta
+            .log_checksum
+            .wrapping_add(crate::digest::change_checksum(&meta.epoch, change));
+        append_checksums.push(meta.log_checksum);
     }
     let mut compacted = HashSet::new();
     for compaction in &write.compact {
@@ -319,7 +337,10 @@ pub fn plan_collection_write(
             )));
         }
     }
-    Ok(meta)
+    Ok(PlannedWrite {
+        meta,
+        append_checksums,
+    })
 }
 
 /// Refuses a batch that names a collection twice. Call before applying.
@@ -341,8 +362,10 @@ pub fn is_covered(compaction: &Compaction, change_seq: Seq, kind: ChangeKind) ->
     change_seq <= compaction.through && matches!(kind, ChangeKind::Update | ChangeKind::Snapshot)
 }
 
-/// The `Snapshot` change a compaction stores, if any.
-pub fn snapshot_change(compaction: &Compaction) -> Option<Change> {
+/// The `Snapshot` change a compaction stores, if any. `log_checksum` is the
+/// stored value of the change it replaces at seq `through`: a snapshot keeps
+/// the log checksum of the seq it takes.
+pub fn snapshot_change(compaction: &Compaction, log_checksum: u64) -> Option<Change> {
     compaction.snapshot.as_ref().map(|payload| Change {
         seq: compaction.through,
         doc: compaction.doc.clone(),
@@ -350,6 +373,7 @@ pub fn snapshot_change(compaction: &Compaction) -> Option<Change> {
         payload: payload.clone(),
         schema_version: compaction.schema_version,
         origin: None,
+        log_checksum,
     })
 }
 

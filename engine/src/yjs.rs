@@ -437,6 +437,7 @@ mod tests {
             payload: payload.to_vec(),
             schema_version: 1,
             origin: None,
+            log_checksum: 0,
         };
         let state = DocState::load(&[
             change(1, ChangeKind::Snapshot, &a),
@@ -533,6 +534,7 @@ mod tests {
             payload: payload.clone(),
             schema_version: 1,
             origin: None,
+            log_checksum: 0,
         };
         let loaded = DocState::load(&[change(1, &a), change(2, &after_gap)]).unwrap();
         assert!(loaded.has_pending());

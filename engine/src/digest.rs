@@ -1,0 +1,223 @@
+//! Digests: how two replicas (or a backup and its source) tell whether they
+//! hold the same thing, without comparing everything.
+//!
+//! Three values, each for a different question:
+//! - **change checksum** and **log checksum** ("is this the same history?"):
+//!   each change hashes to a u64 over (epoch, seq, doc, kind, schema version,
+//!   payload), and a collection keeps the running sum modulo 2^64 through its
+//!   head, PowerSync-style. An append adds one term, so keeping it costs O(1)
+//!   per change in the same commit. Every stored change carries the running
+//!   value through itself; a snapshot takes the value of the change whose seq
+//!   it takes, so compaction changes no stored value and the checksum at
+//!   every stored seq, and at the head, survives it.
+//! - **document digest** ("is this the same document?"): BLAKE3 of the
+//!   document's state vector sorted by client and its delete set sorted and
+//!   merged, never of encoded update bytes (two encodings of one state
+//!   differ, e.g. with and without GC, or before and after compaction). None
+//!   while the document has pending structures (its state is not settled); a
+//!   fixed value for a tombstoned document.
+//! - **collection state digest** ("do we hold the same documents?"): the sum
+//!   modulo 2^64 of a per-document term, BLAKE3 of (doc id, document
+//!   digest). A sum lets the collection actor replace one document's term
+//!   when it changes instead of rehashing everything; it does not depend on
+//!   the order documents are visited in.
+
+use std::fmt;
+
+use yrs::ReadTxn;
+
+use crate::change::{Change, Epoch};
+use crate::migration::canonical_state;
+use crate::name::DocId;
+
+/// A document's digest: 32 bytes of BLAKE3.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocumentDigest(pub [u8; 32]);
+
+impl DocumentDigest {
+    /// The digest of a tombstoned document (the same for every one).
+    pub fn tombstone() -> Self {
+        Self(
+            *blake3::Hasher::new_derive_key("seqsync 2026-12 tombstoned document")
+                .finalize()
+                .as_bytes(),
+        )
+    }
+
+    /// The digest of a document's state (read in `txn`), from its state
+    /// vector and delete set only.
+    pub fn of_state<T: ReadTxn>(txn: &T) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key("seqsync 2026-12 document digest");
+        hasher.update(&canonical_state(txn));
+        Self(*hasher.finalize().as_bytes())
+    }
+
+    /// The 64-hex-digit form.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// This document's term in a collection's state digest.
+    pub fn collection_term(&self, doc: &DocId) -> u64 {
+        let mut hasher = blake3::Hasher::new_derive_key("seqsync 2026-12 collection term");
+        hasher.update(&(doc.as_str().len() as u64).to_le_bytes());
+        hasher.update(doc.as_str().as_bytes());
+        hasher.update(&self.0);
+        first_u64(hasher.finalize().as_bytes())
+    }
+}
+
+impl fmt::Display for DocumentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for DocumentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocumentDigest({})", self.to_hex())
+    }
+}
+
+/// A change's own checksum: BLAKE3 over (epoch, seq, doc, kind, schema
+/// version, payload), first 8 bytes little-endian. The origin is left out
+/// (it says who pushed, not what the log holds).
+pub fn change_checksum(epoch: &Epoch, change: &Change) -> u64 {
+    let mut hasher = blake3::Hasher::new_derive_key("seqsync 2026-12 change checksum");
+    hasher.update(&epoch.0);
+    hasher.update(&change.seq.to_le_bytes());
+    hasher.update(&(change.doc.as_str().len() as u64).to_le_bytes());
+    hasher.update(change.doc.as_str().as_bytes());
+    hasher.update(&[change.kind.code()]);
+    hasher.update(&change.schema_version.to_le_bytes());
+    hasher.update(&(change.payload.len() as u64).to_le_bytes());
+    hasher.update(&change.payload);
+    first_u64(hasher.finalize().as_bytes())
+}
+
+fn first_u64(bytes: &[u8; 32]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// A collection's digests at one head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollectionDigest {
+    /// The head they were taken at.
+    pub head: u64,
+    /// The log checksum through `head`.
+    pub log_checksum: u64,
+    /// The sum of every document's term ([`DocumentDigest::collection_term`]);
+    /// `None` while a document has pending structures.
+    pub state_digest: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::ChangeKind;
+    use yrs::{Doc, Options, Text, Transact};
+
+    #[test]
+    fn a_document_digest_ignores_history_and_gc() {
+        // The same state reached with GC on and off, or by one merged update
+        // instead of many, must give one digest.
+        let author = Doc::with_client_id(1 << 20);
+        let text = author.get_or_insert_text("t");
+        let mut updates = Vec::new();
+        for word in ["hello ", "world", "!"] {
+            let mut txn = author.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, word);
+            updates.push(txn.encode_update_v1());
+        }
+        {
+            let mut txn = author.transact_mut();
+            text.remove_range(&mut txn, 0, 6);
+            updates.push(txn.encode_update_v1());
+        }
+        let build = |skip_gc: bool, merged: bool| {
+            let doc = Doc::with_options(Options {
+                skip_gc,
+                ..Options::default()
+            });
+            let apply = |bytes: &[u8]| {
+                use yrs::updates::decoder::Decode;
+                doc.transact_mut()
+                    .apply_update(yrs::Update::decode_v1(bytes).unwrap())
+                    .unwrap();
+            };
+            if merged {
+                apply(&yrs::merge_updates_v1(&updates).unwrap());
+            } else {
+                updates.iter().for_each(|u| apply(u));
+            }
+            let digest = DocumentDigest::of_state(&doc.transact());
+            digest
+        };
+        let reference = build(false, false);
+        assert_eq!(build(true, false), reference);
+        assert_eq!(build(false, true), reference);
+        assert_eq!(build(true, true), reference);
+        assert_eq!(reference, DocumentDigest::of_state(&author.transact()));
+        assert_ne!(reference, DocumentDigest::tombstone());
+    }
+
+    #[test]
+    fn a_change_checksum_covers_every_field_but_the_origin() {
+        // A replaced history must not keep its checksum: each field counts.
+        let epoch = Epoch([7; 16]);
+        let change = Change {
+            seq: 3,
+            doc: DocId::new("d").unwrap(),
+            kind: ChangeKind::Update,
+            payload: vec![1, 2, 3],
+            schema_version: 1,
+            origin: None,
+            log_checksum: 0,
+        };
+        let base = change_checksum(&epoch, &change);
+        let variants = [
+            Change {
+                seq: 4,
+                ..change.clone()
+            },
+            Change {
+                doc: DocId::new("e").unwrap(),
+                ..change.clone()
+            },
+            Change {
+                kind: ChangeKind::Snapshot,
+                ..change.clone()
+            },
+            Change {
+                payload: vec![1, 2, 4],
+                ..change.clone()
+            },
+            Change {
+                schema_version: 2,
+                ..change.clone()
+            },
+        ];
+        for variant in &variants {
+            assert_ne!(change_checksum(&epoch, variant), base, "{variant:?}");
+        }
+        assert_ne!(change_checksum(&Epoch([8; 16]), &change), base);
+        let with_origin = Change {
+            origin: Some(crate::PeerId::new("p").unwrap()),
+            ..change.clone()
+        };
+        assert_eq!(change_checksum(&epoch, &with_origin), base);
+    }
+}
