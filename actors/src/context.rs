@@ -4,7 +4,11 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use seqsync_engine::{EngineConfig, Migrations, Storage, StorageError};
+use std::collections::HashMap;
+
+use seqsync_engine::{
+    CollectionName, DigestCache, EngineConfig, Migrations, Storage, StorageError,
+};
 
 use actix::Addr;
 
@@ -23,6 +27,8 @@ pub(crate) struct Shared {
     /// The app's schema migrations; their newest version is every
     /// collection's.
     pub(crate) migrations: Arc<Migrations>,
+    /// Per collection, the document terms of the last `Engine::digest`.
+    pub(crate) digest_caches: std::sync::Mutex<HashMap<CollectionName, DigestCache>>,
     /// Live batches handed to subscribers since the engine opened
     /// (`Engine::live_deliveries`).
     pub(crate) live_deliveries: AtomicU64,

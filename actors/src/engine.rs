@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, MailboxError};
 use seqsync_engine::{
-    decode_state_vector, load_document, migrate_collection, now_ms, AckError, CollectionName,
-    DocId, EngineConfig, Epoch, LoadedDocument, Migrations, OpenError, PeerId, ReadError, Seq,
-    Storage, WriteError,
+    collection_digest, decode_state_vector, document_digest_at, load_document, migrate_collection,
+    now_ms, AckError, CollectionDigest, CollectionName, DigestCache, DocId, DocumentDigest,
+    DocumentDigestAt, EngineConfig, Epoch, LoadedDocument, Migrations, OpenError, PeerId,
+    ReadError, Seq, Storage, WriteError,
 };
 use tokio::sync::oneshot;
 
@@ -50,6 +51,9 @@ const COMPACTOR_THREADS: usize = 1;
 const RELEASE_WAIT_MS: u64 = 2_000;
 /// Threads in the blocking read pool.
 const READ_THREADS: usize = 4;
+/// Document terms kept for `Engine::digest` across all collections (a seq
+/// and a u64 each); beyond this the caches start over.
+const MAX_DIGEST_CACHE_DOCUMENTS: usize = 1_000_000;
 /// Writes queued for the writer, at most, across all collections.
 const WRITER_QUEUE_CAPACITY: usize = 65_536;
 
@@ -289,6 +293,7 @@ impl Engine {
             registry: Registry::new(arbiter_handles),
             compactor,
             migrations: Arc::new(migrations),
+            digest_caches: Mutex::new(HashMap::new()),
             live_deliveries: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Self {
@@ -498,6 +503,7 @@ impl Engine {
                 cursor: 0,
                 has_more: false,
                 head: 0,
+                cursor_checksum: 0,
                 epoch: None,
                 schema_version: self.schema_version(),
             });
@@ -510,8 +516,16 @@ impl Engine {
             });
         }
         let cursor = page.changes.last().map_or(after, |c| c.seq);
+        // The change at head always exists, so an empty page is at the head
+        // (or at 0).
+        let cursor_checksum = match page.changes.last() {
+            Some(last) => last.log_checksum,
+            None if after == meta.head => meta.log_checksum,
+            None => 0,
+        };
         metrics::counter!(m::CHANGES_STREAMED).increment(page.changes.len() as u64);
         Ok(ChangesPage {
+            cursor_checksum,
             // The change at head always exists (compaction keeps the last
             // covered seq), so anything below head means more to read.
             has_more: cursor < meta.head,
@@ -807,6 +821,72 @@ impl Engine {
             })
             .await?;
         result
+    }
+
+    /// The collection's digests at its current head: `head`, the log
+    /// checksum through it, and the state digest (a sum of per-document
+    /// terms; `None` while a document holds pending structures). Consistent
+    /// at that head while pushes continue (documents are read as of it).
+    ///
+    /// Runs on the read pool; the first call loads every document once, later
+    /// ones only those changed since. Errors: `InvalidName`,
+    /// `CollectionNotFound`, `Storage`.
+    pub async fn digest(&self, collection: &str) -> Result<CollectionDigest, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let shared = self.inner.shared.clone();
+        let found = self
+            .inner
+            .shared
+            .read(move |storage| {
+                let mut cache = shared
+                    .digest_caches
+                    .lock()
+                    .map(|mut caches| caches.remove(&name).unwrap_or_default())
+                    .unwrap_or_default();
+                let digest = collection_digest(storage, &name, &mut cache)?;
+                if let Ok(mut caches) = shared.digest_caches.lock() {
+                    let kept: usize = caches.values().map(DigestCache::len).sum();
+                    if kept + cache.len() > MAX_DIGEST_CACHE_DOCUMENTS {
+                        caches.clear();
+                    }
+                    caches.insert(name, cache);
+                }
+                Ok(digest)
+            })
+            .await?;
+        found.ok_or_else(|| ReadError::CollectionNotFound {
+            collection: collection.to_owned(),
+        })
+    }
+
+    /// A document's digest at the collection's current head (see
+    /// `seqsync_engine::DocumentDigest`): `Ok(None)` while it holds pending
+    /// structures; the fixed tombstone digest for a deleted document.
+    /// Errors: `DocumentNotFound`, `InvalidName`, `Storage`.
+    pub async fn document_digest(
+        &self,
+        collection: &str,
+        doc: &str,
+    ) -> Result<Option<DocumentDigest>, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let doc = DocId::new(doc)?;
+        let at = self
+            .inner
+            .shared
+            .read(move |storage| {
+                let head = storage.collection(&name)?.map_or(0, |m| m.head);
+                Ok((document_digest_at(storage, &name, &doc, head)?, doc))
+            })
+            .await?;
+        match at {
+            (DocumentDigestAt::Missing, doc) => Err(ReadError::DocumentNotFound {
+                doc: doc.to_string(),
+            }),
+            (DocumentDigestAt::Pending, _) => Ok(None),
+            (DocumentDigestAt::Digest(digest), _) => Ok(Some(digest)),
+        }
     }
 
     /// Everything a client needs for a cold start in one call: per live

@@ -54,6 +54,10 @@ pub struct ChangesPage {
     pub has_more: bool,
     /// The collection head when the page was read.
     pub head: Seq,
+    /// The log checksum through `cursor` (0 at cursor 0): a client that
+    /// remembers it can tell a server whose history was replaced without a
+    /// new epoch from one that only moved on.
+    pub cursor_checksum: u64,
     /// The collection's epoch (`None` if it has never been written).
     pub epoch: Option<Epoch>,
     /// The collection's schema version (each change carries the version it was written at): the collection's, which

@@ -22,13 +22,17 @@
 //!   when it changes instead of rehashing everything; it does not depend on
 //!   the order documents are visited in.
 
+use std::collections::HashMap;
 use std::fmt;
 
-use yrs::ReadTxn;
+use yrs::{ReadTxn, Transact};
 
-use crate::change::{Change, Epoch};
+use crate::change::{Change, Epoch, Seq};
+use crate::error::StorageError;
+use crate::load::load_document_through;
 use crate::migration::canonical_state;
-use crate::name::DocId;
+use crate::name::{CollectionName, DocId};
+use crate::storage::Storage;
 
 /// A document's digest: 32 bytes of BLAKE3.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,6 +125,140 @@ pub struct CollectionDigest {
     /// The sum of every document's term ([`DocumentDigest::collection_term`]);
     /// `None` while a document has pending structures.
     pub state_digest: Option<u64>,
+}
+
+/// A document's digest as of some head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentDigestAt {
+    /// The document has no change at or below that head.
+    Missing,
+    /// The document holds pending structures: its state is not settled, so
+    /// it has no digest yet.
+    Pending,
+    /// The digest (the fixed [`DocumentDigest::tombstone`] for a deleted
+    /// document).
+    Digest(DocumentDigest),
+}
+
+/// The digest of document `doc` as of head `through` (changes with seq ≤
+/// `through`), read from storage.
+///
+/// Blocking (loads the document). Errors: the backend's, or `Corrupt` when a
+/// stored change does not apply.
+pub fn document_digest_at(
+    storage: &dyn Storage,
+    name: &CollectionName,
+    doc: &DocId,
+    through: Seq,
+) -> Result<DocumentDigestAt, StorageError> {
+    let Some(loaded) = load_document_through(storage, name, doc, through)? else {
+        return Ok(DocumentDigestAt::Missing);
+    };
+    if loaded.state.deleted {
+        return Ok(DocumentDigestAt::Digest(DocumentDigest::tombstone()));
+    }
+    if loaded.state.has_pending() {
+        return Ok(DocumentDigestAt::Pending);
+    }
+    let digest = DocumentDigest::of_state(&loaded.state.doc().transact());
+    Ok(DocumentDigestAt::Digest(digest))
+}
+
+/// The digest of a served state (one Yjs v1 update applied to an empty
+/// document), `None` if it does not apply completely (it leaves pending
+/// structures or does not decode). What a client that loaded exactly these
+/// bytes would compute.
+pub fn digest_of_update(update: &[u8]) -> Option<DocumentDigest> {
+    let mut state = crate::yjs::DocState::empty();
+    let decoded = crate::yjs::decode_update(update).ok()?;
+    state.apply(decoded).ok()?;
+    if state.has_pending() {
+        return None;
+    }
+    let digest = DocumentDigest::of_state(&state.doc().transact());
+    Some(digest)
+}
+
+/// Per-document terms of a collection's state digest from an earlier
+/// computation, so the next one loads only the documents that changed
+/// since: a document whose last change is the same has the same term.
+#[derive(Debug, Default)]
+pub struct DigestCache {
+    epoch: Option<Epoch>,
+    /// Per document: the seq of its last change and its term (`None`:
+    /// pending, no term).
+    terms: HashMap<DocId, (Seq, Option<u64>)>,
+}
+
+impl DigestCache {
+    /// Documents whose terms are kept.
+    pub fn len(&self) -> usize {
+        self.terms.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+}
+
+/// A collection's digests at its current head: the log checksum through the
+/// head and the state digest (the sum of every document's term), each
+/// document read as of that head, so the result is consistent even while
+/// commits continue. `Ok(None)` if the collection does not exist.
+///
+/// Blocking. Cost: listing the documents, plus loading each document whose
+/// last change is not the one `cache` saw (all of them the first time).
+/// Memory: one document at a time plus the cache (a seq and a u64 per
+/// document). Errors: the backend's, or `Corrupt`.
+pub fn collection_digest(
+    storage: &dyn Storage,
+    name: &CollectionName,
+    cache: &mut DigestCache,
+) -> Result<Option<CollectionDigest>, StorageError> {
+    let Some(meta) = storage.collection(name)? else {
+        return Ok(None);
+    };
+    if cache.epoch != Some(meta.epoch) {
+        cache.terms.clear();
+        cache.epoch = Some(meta.epoch);
+    }
+    let mut sum = 0u64;
+    let mut pending = false;
+    let mut seen = std::collections::HashSet::new();
+    for info in storage.documents(name)? {
+        seen.insert(info.doc.clone());
+        let cached = cache
+            .terms
+            .get(&info.doc)
+            .filter(|(last_seq, _)| *last_seq == info.last_seq && info.last_seq <= meta.head)
+            .map(|(_, term)| *term);
+        let term = match cached {
+            Some(term) => term,
+            None => {
+                let term = match document_digest_at(storage, name, &info.doc, meta.head)? {
+                    // Created after the head was read: not part of it.
+                    DocumentDigestAt::Missing => continue,
+                    DocumentDigestAt::Pending => None,
+                    DocumentDigestAt::Digest(digest) => Some(digest.collection_term(&info.doc)),
+                };
+                if info.last_seq <= meta.head {
+                    cache.terms.insert(info.doc.clone(), (info.last_seq, term));
+                }
+                term
+            }
+        };
+        match term {
+            Some(term) => sum = sum.wrapping_add(term),
+            None => pending = true,
+        }
+    }
+    cache.terms.retain(|doc, _| seen.contains(doc));
+    Ok(Some(CollectionDigest {
+        head: meta.head,
+        log_checksum: meta.log_checksum,
+        state_digest: (!pending).then_some(sum),
+    }))
 }
 
 #[cfg(test)]

@@ -333,6 +333,12 @@ pub enum ReadError {
         /// The document.
         doc: String,
     },
+    /// The collection has never been written.
+    #[error("collection {collection} does not exist")]
+    CollectionNotFound {
+        /// The collection.
+        collection: String,
+    },
     /// The document has a tombstone.
     #[error("document {doc} is deleted")]
     DocumentDeleted {
@@ -485,6 +491,7 @@ impl ReadError {
             ReadError::InvalidName(_) => "invalid_name",
             ReadError::InvalidStateVector(_) => "invalid_state_vector",
             ReadError::DocumentNotFound { .. } => "document_not_found",
+            ReadError::CollectionNotFound { .. } => "collection_not_found",
             ReadError::DocumentDeleted { .. } => "document_deleted",
             ReadError::Reset { .. } => "reset",
             ReadError::Storage(_) => "storage",

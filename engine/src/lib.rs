@@ -32,11 +32,14 @@ pub use config::{
     ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
     SchemaConfig, ServerConfig, StorageConfig, ENV_PREFIX,
 };
-pub use digest::{change_checksum, hex, CollectionDigest, DocumentDigest};
+pub use digest::{
+    change_checksum, collection_digest, digest_of_update, document_digest_at, hex,
+    CollectionDigest, DigestCache, DocumentDigest, DocumentDigestAt,
+};
 pub use error::{
     AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,
 };
-pub use load::{load_document, LoadedDocument};
+pub use load::{load_document, load_document_through, LoadedDocument};
 pub use migrate::{migrate_collection, CollectionMigration, MigrationProgress};
 pub use migration::{
     MigrationError, Migrations, StepError, StepOutput, INITIAL_SCHEMA_VERSION,

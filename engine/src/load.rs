@@ -53,6 +53,24 @@ pub fn load_document(
     name: &CollectionName,
     doc: &DocId,
 ) -> Result<Option<LoadedDocument>, StorageError> {
+    load_document_through(storage, name, doc, Seq::MAX)
+}
+
+/// [`load_document`] as of seq `through`: only the document's changes with
+/// seq ≤ `through` are applied. Since stored changes at or below a head
+/// never change meaning (compaction replaces them by a snapshot of the same
+/// state at a seq ≤ the head), this is the document exactly as it was at
+/// head `through`, whatever was committed since: what a consistent digest
+/// or export reads without holding a transaction open.
+///
+/// Blocking; errors as [`load_document`]. `Ok(None)` when the document has
+/// no change at or below `through`.
+pub fn load_document_through(
+    storage: &dyn Storage,
+    name: &CollectionName,
+    doc: &DocId,
+    through: Seq,
+) -> Result<Option<LoadedDocument>, StorageError> {
     let corrupt = |e: ApplyError| StorageError::Corrupt {
         backend: storage.backend(),
         detail: format!("collection {name}, document {doc}: {e}"),
@@ -62,6 +80,9 @@ pub fn load_document(
         let mut pipeline = None;
         let mut chunk = Vec::new();
         storage.visit_document_changes(name, doc, &mut |change| {
+            if change.seq > through {
+                return ControlFlow::Break(());
+            }
             if pipeline.is_none() {
                 first_chunk.push(change);
                 if first_chunk.len() < CHUNK_CHANGES {

@@ -111,7 +111,9 @@ impl From<ReadError> for ApiError {
     fn from(err: ReadError) -> Self {
         let status = match &err {
             ReadError::InvalidName(_) | ReadError::InvalidStateVector(_) => StatusCode::BAD_REQUEST,
-            ReadError::DocumentNotFound { .. } => StatusCode::NOT_FOUND,
+            ReadError::DocumentNotFound { .. } | ReadError::CollectionNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ReadError::DocumentDeleted { .. } | ReadError::Reset { .. } => StatusCode::CONFLICT,
             ReadError::Storage(_) | ReadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

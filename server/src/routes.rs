@@ -18,6 +18,9 @@ use crate::AppState;
 
 /// Header carrying the cursor a document read reflects.
 pub const CURSOR_HEADER: &str = "x-seqsync-cursor";
+/// Header carrying the digest of the state a document read returns (64 hex
+/// digits; absent when the state leaves structures pending).
+pub const DIGEST_HEADER: &str = "x-seqsync-digest";
 /// Header carrying the schema version of the state a document read returns.
 pub const SCHEMA_VERSION_HEADER: &str = "x-seqsync-schema-version";
 
@@ -30,6 +33,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route("/documents/{doc}", web::delete().to(delete_document))
             .route("/batch", web::post().to(push_batch))
             .route("/changes", web::get().to(changes))
+            .route("/digest", web::get().to(digest))
             .route("/subscribe", web::get().to(crate::subscribe_ws::subscribe))
             .route("/peers/{peer}/ack", web::post().to(ack))
             .route("/peers", web::get().to(peers))
@@ -191,6 +195,7 @@ async fn changes(
         "head": page.head,
         "epoch": page.epoch.map(|e| e.to_string()),
         "schema_version": page.schema_version,
+        "cursor_checksum": hex64(page.cursor_checksum),
     })))
 }
 
@@ -239,7 +244,7 @@ async fn document(
     let (collection, doc) = path.into_inner();
     state.auth.authorize(&req, &collection, Access::Read)?;
     let document = state.engine.document(&collection, &doc).await?;
-    Ok(update_response(
+    Ok(state_response(
         document.update,
         document.cursor,
         document.schema_version,
@@ -249,11 +254,49 @@ async fn document(
 /// A Yjs update as an octet-stream answer, with the cursor it reflects and
 /// the schema version of its data.
 fn update_response(update: Vec<u8>, cursor: u64, schema_version: u32) -> HttpResponse {
-    HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .content_type(ContentType::octet_stream())
         .insert_header((CURSOR_HEADER, cursor.to_string()))
-        .insert_header((SCHEMA_VERSION_HEADER, schema_version.to_string()))
-        .body(update)
+        .insert_header((SCHEMA_VERSION_HEADER, schema_version.to_string()));
+    response.body(update)
+}
+
+/// A full document state answer: [`update_response`] plus the digest of
+/// exactly the bytes served (what a client that loads them computes).
+fn state_response(update: Vec<u8>, cursor: u64, schema_version: u32) -> HttpResponse {
+    let digest = seqsync_engine::digest_of_update(&update);
+    let mut response = update_response(update, cursor, schema_version);
+    if let Some(digest) = digest {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&digest.to_hex()) {
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(DIGEST_HEADER),
+                value,
+            );
+        }
+    }
+    response
+}
+
+/// A 64-bit checksum or digest in JSON: 16 hex digits (JavaScript numbers
+/// cannot hold 64 bits).
+fn hex64(value: u64) -> String {
+    format!("{value:016x}")
+}
+
+async fn digest(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let collection = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let digest = state.engine.digest(&collection).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "head": digest.head,
+        "log_checksum": hex64(digest.log_checksum),
+        "state_digest": digest.state_digest.map(hex64),
+    })))
 }
 
 async fn recover(

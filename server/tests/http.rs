@@ -965,3 +965,52 @@ mod schema {
         }
     }
 }
+
+mod digests {
+    use super::*;
+
+    /// The digest route, the digest header of document reads and the
+    /// checksum at the cursor of `changes` pages agree with each other and
+    /// with what a client computes from the bytes it received.
+    #[test]
+    fn digest_route_header_and_cursor_checksum() {
+        let h = Harness::start(BackendKind::Sqlite, |_| {});
+        let c = Client::new(1);
+        for i in 0..3 {
+            post(
+                &h,
+                "/v1/collections/c/documents/d/updates",
+                &c.insert(i, "x"),
+            );
+        }
+        let (status, digest) = get(&h, "/v1/collections/c/digest");
+        assert_eq!(status, 200, "{digest}");
+        assert_eq!(digest["head"], json!(3));
+        let log_checksum = digest["log_checksum"].as_str().unwrap().to_owned();
+        assert_eq!(log_checksum.len(), 16);
+        assert!(digest["state_digest"].as_str().is_some());
+        let (_, page) = get(&h, "/v1/collections/c/changes?after=0");
+        assert_eq!(
+            page["cursor_checksum"].as_str(),
+            Some(log_checksum.as_str())
+        );
+        let (_, first) = get(&h, "/v1/collections/c/changes?after=0&limit=1");
+        assert_ne!(
+            first["cursor_checksum"].as_str(),
+            Some(log_checksum.as_str())
+        );
+
+        let response = ureq::get(&h.url("/v1/collections/c/documents/d"))
+            .call()
+            .unwrap();
+        let header = response.header("x-seqsync-digest").unwrap().to_owned();
+        let mut state = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut state).unwrap();
+        assert_eq!(
+            Some(header),
+            seqsync_engine::digest_of_update(&state).map(|d| d.to_hex())
+        );
+        let (status, body) = get(&h, "/v1/collections/none/digest");
+        assert_eq!((status, error_code(&body)), (404, "collection_not_found"));
+    }
+}
