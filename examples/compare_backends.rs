@@ -482,6 +482,7 @@ fn seqsync_engine_batch(
             compact: Vec::new(),
             peers: Vec::new(),
             raise_schema_version: None,
+            append_mode: Default::default(),
         }],
     }
 }

@@ -27,9 +27,15 @@ pub use seqsync_adapters::{
     open_storage, Fault, FaultMode, FaultTarget, FaultyStorage, MemoryStorage, RedbStorage,
     SqliteStorage,
 };
+/// Bundles: export, import, verify, backup and restore (docs/BUNDLES.md).
+pub use seqsync_engine::bundle;
 /// Schema migrations (BRIEF §6): [`migration::Migrations`] and what it
 /// guarantees.
 pub use seqsync_engine::migration;
+pub use seqsync_engine::{
+    change_checksum, collection_digest, digest_of_update, document_digest_at, AppendMode,
+    CollectionDigest, DigestCache, DocumentDigest, DocumentDigestAt,
+};
 pub use seqsync_engine::{
     migrate_collection, CollectionMigration, MigrationError, MigrationProgress, Migrations,
     StepError, StepOutput, INITIAL_SCHEMA_VERSION, MIGRATION_CLIENT_IDS, MIGRATION_ORIGIN,

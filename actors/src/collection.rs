@@ -656,6 +656,7 @@ impl CollectionActor {
                 compact: Vec::new(),
                 peers,
                 raise_schema_version: None,
+                append_mode: Default::default(),
             },
             seqs,
             permit,
@@ -763,6 +764,7 @@ impl CollectionActor {
             compact: Vec::new(),
             peers: vec![record],
             raise_schema_version: None,
+            append_mode: Default::default(),
         };
         self.submit(ctx, write, None, vec![Waiter::Ack { tx, acked }], permit);
     }
@@ -1037,6 +1039,7 @@ impl CollectionActor {
             compact: vec![plan.compaction.clone()],
             peers: Vec::new(),
             raise_schema_version: None,
+            append_mode: Default::default(),
         };
         self.submit(ctx, write, Some((doc, plan)), Vec::new(), permit);
     }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, MailboxError};
 use seqsync_engine::{
+    bundle::{export_collection, BundleError, ExportOptions, ExportReport},
     collection_digest, decode_state_vector, document_digest_at, load_document, migrate_collection,
     now_ms, AckError, CollectionDigest, CollectionName, DigestCache, DocId, DocumentDigest,
     DocumentDigestAt, EngineConfig, Epoch, LoadedDocument, Migrations, OpenError, PeerId,
@@ -102,6 +103,25 @@ impl EngineBuilder {
         };
         Engine::start(self.config, storage, self.migrations)
     }
+}
+
+/// Runs blocking `work` on a thread of its own and awaits its result (long
+/// storage work that must not occupy an arbiter or the read pool).
+async fn run_on_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> Result<T, BundleError> + Send + 'static,
+) -> Result<T, BundleError> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| BundleError::Io {
+            path: std::path::PathBuf::from(name),
+            source: e,
+        })?;
+    rx.await.unwrap_or(Err(BundleError::ShuttingDown))
 }
 
 /// See [`Engine::check_client_schema`]: `Ok(true)` when a client at `client`
@@ -887,6 +907,63 @@ impl Engine {
             (DocumentDigestAt::Pending, _) => Ok(None),
             (DocumentDigestAt::Digest(digest), _) => Ok(Some(digest)),
         }
+    }
+
+    /// Exports the changes of `collection` with seq in `(after, until]`
+    /// (`until`: the head when the export starts, or less) as a bundle in
+    /// `dir` (docs/BUNDLES.md), while pushes continue.
+    ///
+    /// Runs on a thread of its own (never an arbiter or the read pool);
+    /// consistent as of that head, never holding a read transaction longer
+    /// than one page. Errors: [`BundleError`] (`Io`, `Storage`, a directory
+    /// that holds a bundle already, a collection that does not exist).
+    pub async fn export(
+        &self,
+        collection: &str,
+        after: Seq,
+        until: Option<Seq>,
+        dir: impl Into<std::path::PathBuf>,
+        options: ExportOptions,
+    ) -> Result<ExportReport, BundleError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BundleError::ShuttingDown);
+        }
+        let name = CollectionName::new(collection)?;
+        let dir = dir.into();
+        let storage = self.inner.shared.storage.clone();
+        run_on_thread("seqsync-export", move || {
+            export_collection(&*storage, &name, after, until, &dir, options, &mut |_| {})
+        })
+        .await
+    }
+
+    /// A consistent backup of every collection into `dir`: one bundle per
+    /// collection under `dir/<collection>/`, each at that collection's head
+    /// when its turn comes, with the state batch, plus `backup.json` listing
+    /// them (written last). Pushes continue meanwhile; none is blocked
+    /// longer than a read transaction. Restore with
+    /// `seqsync_engine::bundle::import_bundle` (or `seqsync restore`) into
+    /// any backend.
+    ///
+    /// Errors: [`BundleError`].
+    pub async fn backup(
+        &self,
+        dir: impl Into<std::path::PathBuf>,
+    ) -> Result<Vec<ExportReport>, BundleError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BundleError::ShuttingDown);
+        }
+        let dir = dir.into();
+        let storage = self.inner.shared.storage.clone();
+        run_on_thread("seqsync-backup", move || {
+            seqsync_engine::bundle::backup_store(
+                &*storage,
+                &dir,
+                ExportOptions::default(),
+                &mut |_| {},
+            )
+        })
+        .await
     }
 
     /// Everything a client needs for a cold start in one call: per live

@@ -90,6 +90,7 @@ fn write(name: &str, base: WriteBase, append: Vec<Change>) -> CollectionWrite {
         compact: Vec::new(),
         peers: Vec::new(),
         raise_schema_version: None,
+        append_mode: Default::default(),
     }
 }
 

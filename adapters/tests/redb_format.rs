@@ -97,6 +97,7 @@ fn format_1_redb_store_gains_log_checksums() {
                 compact: Vec::new(),
                 peers: Vec::new(),
                 raise_schema_version: None,
+                append_mode: Default::default(),
             }],
         })
         .unwrap();

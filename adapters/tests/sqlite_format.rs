@@ -146,6 +146,7 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             compact: Vec::new(),
             peers: Vec::new(),
             raise_schema_version: None,
+            append_mode: Default::default(),
         };
         let refused = storage.commit(&WriteBatch {
             writes: vec![stale],
@@ -165,6 +166,7 @@ fn format_1_store_is_migrated_with_everything_in_it() {
                     compact: Vec::new(),
                     peers: Vec::new(),
                     raise_schema_version: None,
+                    append_mode: Default::default(),
                 }],
             })
             .unwrap();

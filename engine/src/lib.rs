@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod bundle;
 mod change;
 mod compaction;
 mod config;
@@ -49,7 +50,7 @@ pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };
 pub use storage::{
-    check_batch_shape, is_covered, plan_collection_write, snapshot_change, ChangesPage,
+    check_batch_shape, is_covered, plan_collection_write, snapshot_change, AppendMode, ChangesPage,
     CollectionWrite, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
 };
 pub use yjs::{

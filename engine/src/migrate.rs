@@ -29,7 +29,7 @@ use crate::error::{OpenError, StorageError};
 use crate::load::load_document;
 use crate::migration::{MigrationError, Migrations, MIGRATION_ORIGIN};
 use crate::name::{CollectionName, DocId, PeerId};
-use crate::storage::{CollectionWrite, Storage, WriteBase, WriteBatch};
+use crate::storage::{AppendMode, CollectionWrite, Storage, WriteBase, WriteBatch};
 
 /// Commit after this many payload bytes of migration output (a document's
 /// changes are never split across commits, so one commit may hold more).
@@ -297,6 +297,7 @@ impl Progress {
                 compact: Vec::new(),
                 peers: Vec::new(),
                 raise_schema_version,
+                append_mode: AppendMode::Next,
             }],
         };
         storage.commit(&batch).map_err(|e| OpenError::Migration {

@@ -66,6 +66,28 @@ pub struct CollectionWrite {
     /// commit). Never lower: a smaller version than the stored one is
     /// refused. `None` leaves it.
     pub raise_schema_version: Option<u32>,
+    /// How `append` relates to the head; [`AppendMode::Next`] for every
+    /// write but an import.
+    pub append_mode: AppendMode,
+}
+
+/// How the changes of a [`CollectionWrite`] continue the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppendMode {
+    /// Seqs continue the head without a gap; the storage computes each
+    /// change's log checksum.
+    #[default]
+    Next,
+    /// An import of a history that may have been compacted: seqs strictly
+    /// increase above the head (gaps allowed) and each change's
+    /// `log_checksum` is taken as given (the importer verified it against
+    /// the bundle it came from).
+    Imported,
+    /// An import under a new epoch: seqs strictly increase above the head
+    /// (gaps allowed) and the log checksums are computed afresh, each change
+    /// counted as itself (what a compacted history summed is not known
+    /// under another epoch).
+    Rebased,
 }
 
 /// The state a [`CollectionWrite`] expects to find.
@@ -296,7 +318,11 @@ pub fn plan_collection_write(
     let mut append_checksums = Vec::with_capacity(write.append.len());
     for change in &write.append {
         let expected = meta.head + 1;
-        if change.seq != expected {
+        let continues = match write.append_mode {
+            AppendMode::Next => change.seq == expected,
+            AppendMode::Imported | AppendMode::Rebased => change.seq >= expected,
+        };
+        if !continues {
             return Err(StorageError::InvalidWrite(format!(
                 "collection {}: appended seq {} where {expected} was next",
                 write.collection, change.seq
@@ -308,10 +334,13 @@ pub fn plan_collection_write(
                 write.collection, change.seq
             )));
         }
-        meta.head = expected;
-        meta.log_checksum = meta
-            .log_checksum
-            .wrapping_add(crate::digest::change_checksum(&meta.epoch, change));
+        meta.head = change.seq;
+        meta.log_checksum = match write.append_mode {
+            AppendMode::Imported => change.log_checksum,
+            AppendMode::Next | AppendMode::Rebased => meta
+                .log_checksum
+                .wrapping_add(crate::digest::change_checksum(&meta.epoch, change)),
+        };
         append_checksums.push(meta.log_checksum);
     }
     let mut compacted = HashSet::new();

@@ -606,6 +606,7 @@ fn build_write(
         compact,
         peers,
         raise_schema_version: None,
+        append_mode: Default::default(),
     }
 }
 
