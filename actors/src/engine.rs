@@ -347,6 +347,13 @@ impl Engine {
         )
     }
 
+    /// The store the engine runs on, for tools that read it directly
+    /// (listing collections, verifying). Writing to it bypasses the
+    /// collection actors: don't.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.inner.shared.storage.clone()
+    }
+
     /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.shared.config

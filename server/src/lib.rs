@@ -238,6 +238,13 @@ struct Args {
 /// SIGTERM, then shut down cleanly (everything acked is on disk). Prints
 /// `seqsync listening on http://ADDR` on stdout once it accepts connections.
 pub fn run_cli() -> ExitCode {
+    init_tracing();
+    let args = Args::parse();
+    serve(args.config.as_deref())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Call once.
+pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -245,8 +252,13 @@ pub fn run_cli() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    let config = match EngineConfig::load(args.config.as_deref()) {
+}
+
+/// Serves the engine of the config in `config` (or the defaults), with the
+/// `SEQSYNC_*` overrides, until SIGINT or SIGTERM; then shuts down cleanly.
+/// Blocking. What `seqsync serve` and the `seqsync-server` binary run.
+pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
+    let config = match EngineConfig::load(config) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("seqsync: {err}");

@@ -1,0 +1,828 @@
+//! `seqsync`: the command line an operator uses to run, back up, restore,
+//! verify and move seqsync stores.
+//!
+//! Every command but `serve` works on a store directory directly (`--store
+//! sqlite:./seqsync-data`, `redb:PATH`); the store's directory lock makes
+//! it refuse a store a server has open, so stop the server first (a running
+//! host backs up with `Engine::backup` instead). Long commands draw a
+//! progress bar with rate and ETA on stderr; `--json` prints one JSON object
+//! on stdout for scripts instead of text. Errors name the file, the
+//! collection and the batch, and say what to do; the exit code is 1 for a
+//! failure, 2 for bad arguments, 3 when `verify` finds a mismatch.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use seqsync_engine::bundle::{
+    self, BundleError, BundleProgress, ExportOptions, ImportEpoch, ImportOptions,
+};
+use seqsync_engine::{
+    change_checksum, collection_digest, BackendKind, ChangeKind, CollectionName, DigestCache,
+    Durability, Storage, StorageConfig, StorageError,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "seqsync",
+    version,
+    about = "seqsync: run, back up, restore, verify and move stores"
+)]
+struct Cli {
+    /// Print one JSON object on stdout instead of text (no progress bars).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host server (HTTP, WebSocket, y-websocket) until Ctrl-C.
+    Serve {
+        /// TOML config file; SEQSYNC_<SECTION>_<KEY> variables override.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write a collection's changes as a bundle directory.
+    Export {
+        /// The store: `sqlite:DIR` or `redb:DIR`.
+        #[arg(long)]
+        store: String,
+        /// The collection.
+        #[arg(long)]
+        collection: String,
+        /// Where to write the bundle (an empty or new directory).
+        #[arg(long)]
+        out: PathBuf,
+        /// Export changes after this seq (0: everything).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// ... up to this seq (default: the head).
+        #[arg(long)]
+        until: Option<u64>,
+        /// A batch ends after this many changes.
+        #[arg(long, default_value_t = 10_000)]
+        batch_changes: usize,
+        /// ... or this many bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        batch_bytes: usize,
+        /// Do not write the state batch (receivers with nothing need it
+        /// when --after is not 0).
+        #[arg(long)]
+        no_state: bool,
+    },
+    /// Apply a bundle to a store (resumable: run it again after a stop).
+    Import {
+        /// The store: `sqlite:DIR` or `redb:DIR` (created if missing).
+        #[arg(long)]
+        store: String,
+        /// The bundle directory.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Write under a new epoch (clients then get Reset).
+        #[arg(long)]
+        new_epoch: bool,
+    },
+    /// Back up every collection of a store into a directory.
+    Backup {
+        /// The store.
+        #[arg(long)]
+        store: String,
+        /// Where to write the backup (an empty or new directory).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a store.
+    Restore {
+        /// The backup directory (with backup.json).
+        #[arg(long)]
+        backup: PathBuf,
+        /// The store to restore into: `sqlite:DIR` or `redb:DIR`.
+        #[arg(long)]
+        store: String,
+        /// Keep the backup's epochs (for an empty store whose clients may
+        /// keep their cursors). Default: new epochs, so clients reset.
+        #[arg(long)]
+        keep_epoch: bool,
+        /// The store has data: restore into a fresh store beside it, then
+        /// swap the directories (the old one is kept as DIR.replaced-<ms>).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Recompute every checksum and digest of a store or a bundle and report
+    /// the first mismatch.
+    Verify {
+        /// A store to verify.
+        #[arg(long, conflicts_with = "bundle")]
+        store: Option<String>,
+        /// A bundle directory to verify.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// Copy every collection (epochs, seqs, peers, checksums) from one store
+    /// to another, resumably, and compare digests at the end.
+    MigrateStorage {
+        /// The source store.
+        #[arg(long)]
+        from: String,
+        /// The target store.
+        #[arg(long)]
+        to: String,
+    },
+    /// List collections with heads, epochs, sizes, peers and pending
+    /// compaction.
+    Inspect {
+        /// The store.
+        #[arg(long)]
+        store: String,
+    },
+    /// Compact a store's collections now (peer-gated as in the server).
+    Compact {
+        /// The store.
+        #[arg(long)]
+        store: String,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// TOML config for the compaction thresholds.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// What went wrong, with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BundleError> for Failure {
+    fn from(err: BundleError) -> Self {
+        Self {
+            code: 1,
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(err: StorageError) -> Self {
+        Self {
+            code: 1,
+            message: err.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Serve { config } = &cli.command {
+        seqsync_server::init_tracing();
+        return seqsync_server::serve(config.as_deref());
+    }
+    let json = cli.json;
+    match run(cli) {
+        Ok(out) => {
+            if json {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"error": failure.message, "exit_code": failure.code})
+                );
+            }
+            eprintln!("seqsync: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// `sqlite:DIR` / `redb:DIR` (`memory:` is accepted for tests).
+fn parse_store(spec: &str) -> Result<StorageConfig, Failure> {
+    let (kind, path) = spec.split_once(':').ok_or_else(|| {
+        Failure::usage(format!(
+            "store {spec:?}: write it as sqlite:DIR or redb:DIR"
+        ))
+    })?;
+    let backend = match kind {
+        "sqlite" => BackendKind::Sqlite,
+        "redb" => BackendKind::Redb,
+        "memory" => BackendKind::Memory,
+        other => {
+            return Err(Failure::usage(format!(
+                "store {spec:?}: unknown backend {other:?} (sqlite or redb)"
+            )))
+        }
+    };
+    if path.is_empty() && backend != BackendKind::Memory {
+        return Err(Failure::usage(format!(
+            "store {spec:?}: no directory after the colon"
+        )));
+    }
+    Ok(StorageConfig {
+        backend,
+        path: PathBuf::from(path),
+        durability: Durability::Immediate,
+    })
+}
+
+fn open(spec: &str) -> Result<Arc<dyn Storage>, Failure> {
+    let config = parse_store(spec)?;
+    seqsync_adapters::open_storage(&config).map_err(|e| Failure {
+        code: 1,
+        message: format!("{spec}: {e}"),
+    })
+}
+
+/// A progress bar (hidden with --json) fed by [`BundleProgress`].
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new(json: bool, what: &str) -> Self {
+        let bar = if json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {pos}/{len} changes  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        Self { bar }
+    }
+
+    fn update(&self, progress: BundleProgress) {
+        if progress.total > 0 {
+            self.bar.set_length(progress.total);
+        }
+        self.bar.set_position(progress.done);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn collection(name: &str) -> Result<CollectionName, Failure> {
+    CollectionName::new(name).map_err(|e| Failure::usage(e.to_string()))
+}
+
+fn run(cli: Cli) -> Result<Value, Failure> {
+    let json = cli.json;
+    match cli.command {
+        Command::Serve { .. } => Ok(Value::Null),
+        Command::Export {
+            store,
+            collection: name,
+            out,
+            after,
+            until,
+            batch_changes,
+            batch_bytes,
+            no_state,
+        } => {
+            let storage = open(&store)?;
+            let bar = Bar::new(json, "export");
+            let options = ExportOptions {
+                max_batch_changes: batch_changes,
+                max_batch_bytes: batch_bytes,
+                with_state: !no_state,
+            };
+            let started = std::time::Instant::now();
+            let report = bundle::export_collection(
+                &*storage,
+                &collection(&name)?,
+                after,
+                until,
+                &out,
+                options,
+                &mut |p| bar.update(p),
+            )?;
+            bar.finish();
+            let secs = started.elapsed().as_secs_f64();
+            if !json {
+                println!(
+                    "exported {} changes of {} in {} batches{} to {} ({:.1} MB, {:.2} s)",
+                    report.changes,
+                    name,
+                    report.manifest.batches.len(),
+                    if report.manifest.state.is_some() {
+                        " + state"
+                    } else {
+                        ""
+                    },
+                    out.display(),
+                    report.bytes as f64 / 1e6,
+                    secs
+                );
+            }
+            Ok(json!({
+                "command": "export", "collection": name, "changes": report.changes,
+                "batches": report.manifest.batches.len(), "state_batch": report.manifest.state.is_some(),
+                "bytes": report.bytes, "until": report.manifest.until, "seconds": secs,
+            }))
+        }
+        Command::Import {
+            store,
+            bundle: dir,
+            new_epoch,
+        } => {
+            let storage = open(&store)?;
+            let bar = Bar::new(json, "import");
+            let options = ImportOptions {
+                epoch: if new_epoch {
+                    ImportEpoch::New
+                } else {
+                    ImportEpoch::Keep
+                },
+            };
+            let report = bundle::import_bundle(&*storage, &dir, options, &mut |p| bar.update(p))?;
+            bar.finish();
+            if !json {
+                println!(
+                    "imported {} changes into {} ({} batches applied, {} already held); head {}, epoch {}{}",
+                    report.changes,
+                    report.collection,
+                    report.batches_applied,
+                    report.batches_skipped,
+                    report.head,
+                    report.epoch,
+                    if report.state_digest_checked { ", state digest verified" } else { "" }
+                );
+            }
+            Ok(json!({
+                "command": "import", "collection": report.collection, "changes": report.changes,
+                "batches_applied": report.batches_applied, "batches_skipped": report.batches_skipped,
+                "batches_compared": report.batches_compared, "used_state_batch": report.used_state_batch,
+                "head": report.head, "epoch": report.epoch.to_string(),
+                "state_digest_checked": report.state_digest_checked,
+            }))
+        }
+        Command::Backup { store, out } => {
+            let storage = open(&store)?;
+            let bar = Bar::new(json, "backup");
+            let reports =
+                bundle::backup_store(&*storage, &out, ExportOptions::default(), &mut |p| {
+                    bar.update(p)
+                })?;
+            bar.finish();
+            let collections: Vec<Value> = reports
+                .iter()
+                .map(|r| json!({"collection": r.manifest.collection, "head": r.manifest.until, "changes": r.changes}))
+                .collect();
+            if !json {
+                println!(
+                    "backed up {} collection(s) to {}",
+                    reports.len(),
+                    out.display()
+                );
+            }
+            Ok(json!({"command": "backup", "collections": collections}))
+        }
+        Command::Restore {
+            backup,
+            store,
+            keep_epoch,
+            replace,
+        } => restore(json, &backup, &store, keep_epoch, replace),
+        Command::Verify { store, bundle: dir } => match (store, dir) {
+            (Some(store), None) => verify_store(json, &store),
+            (None, Some(dir)) => {
+                let bar = Bar::new(json, "verify");
+                let report =
+                    bundle::verify_bundle(&dir, &mut |p| bar.update(p)).map_err(|e| Failure {
+                        code: 3,
+                        message: e.to_string(),
+                    })?;
+                bar.finish();
+                if !json {
+                    println!(
+                        "{}: {} batches, {} changes, {:.1} MB: every body hash and checksum matches",
+                        dir.display(),
+                        report.batches,
+                        report.changes,
+                        report.bytes as f64 / 1e6
+                    );
+                }
+                Ok(
+                    json!({"command": "verify", "bundle": dir, "batches": report.batches, "changes": report.changes, "ok": true}),
+                )
+            }
+            _ => Err(Failure::usage("verify: give --store or --bundle")),
+        },
+        Command::MigrateStorage { from, to } => migrate_storage(json, &from, &to),
+        Command::Inspect { store } => inspect(json, &store),
+        Command::Compact {
+            store,
+            collection: only,
+            config,
+        } => compact(json, &store, only, config.as_deref()),
+    }
+}
+
+fn restore(
+    json: bool,
+    backup: &Path,
+    store: &str,
+    keep_epoch: bool,
+    replace: bool,
+) -> Result<Value, Failure> {
+    let config = parse_store(store)?;
+    let options = ImportOptions {
+        epoch: if keep_epoch {
+            ImportEpoch::Keep
+        } else {
+            ImportEpoch::New
+        },
+    };
+    let bar = Bar::new(json, "restore");
+    let target = if replace {
+        // Restore beside the store, then swap the directories.
+        let fresh = config.path.with_extension("restoring");
+        let fresh_config = StorageConfig {
+            path: fresh.clone(),
+            ..config.clone()
+        };
+        {
+            let storage = seqsync_adapters::open_storage(&fresh_config)?;
+            bundle::restore_backup(&*storage, backup, options, &mut |p| bar.update(p))?;
+        }
+        let kept = config
+            .path
+            .with_extension(format!("replaced-{}", seqsync_engine::now_ms()));
+        if config.path.exists() {
+            std::fs::rename(&config.path, &kept).map_err(|e| Failure {
+                code: 1,
+                message: format!("{}: cannot move aside: {e}", config.path.display()),
+            })?;
+        }
+        std::fs::rename(&fresh, &config.path).map_err(|e| Failure {
+            code: 1,
+            message: format!(
+                "{}: cannot move the restored store into place: {e}",
+                fresh.display()
+            ),
+        })?;
+        Some(kept)
+    } else {
+        let storage = seqsync_adapters::open_storage(&config)?;
+        // A resumed restore finds its own collections and continues; a
+        // collection that is someone else's data is refused.
+        match bundle::restore_backup(&*storage, backup, options, &mut |p| bar.update(p)) {
+            Ok(_) => {}
+            Err(BundleError::Inconsistent { detail, .. } | BundleError::EpochMismatch { collection: detail, .. }) => {
+                return Err(Failure::usage(format!(
+                    "{store} holds data already ({detail}); restore with --replace (the store is moved aside), or into an empty store"
+                )))
+            }
+            Err(err) => return Err(err.into()),
+        }
+        None
+    };
+    bar.finish();
+    if !json {
+        match &target {
+            Some(kept) => println!(
+                "restored {} into {} (the previous store is kept at {})",
+                backup.display(),
+                store,
+                kept.display()
+            ),
+            None => println!("restored {} into {}", backup.display(), store),
+        }
+    }
+    Ok(json!({"command": "restore", "backup": backup, "store": store, "replaced": target}))
+}
+
+fn list_all(
+    storage: &dyn Storage,
+) -> Result<Vec<(CollectionName, seqsync_engine::CollectionMeta)>, Failure> {
+    let mut out = Vec::new();
+    let mut after: Option<CollectionName> = None;
+    loop {
+        let page = storage.list_collections(after.as_ref(), 1000)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(out);
+        };
+        after = Some(last.clone());
+        let full = page.len() == 1000;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Recomputes each collection's log checksum chain (every change that
+/// directly follows the previous seq must add its own checksum; a snapshot
+/// or a change after a gap carries what compaction summed) and that the
+/// head's value is the collection's, then its state digest.
+fn verify_store(json: bool, store: &str) -> Result<Value, Failure> {
+    let storage = open(store)?;
+    let collections = list_all(&*storage)?;
+    let bar = Bar::new(json, "verify");
+    let total: u64 = collections.iter().map(|(_, m)| m.head).sum();
+    let mut done = 0u64;
+    let mut results = Vec::new();
+    for (name, meta) in &collections {
+        let mut cursor = 0u64;
+        let mut running = 0u64;
+        let mut changes = 0u64;
+        while let Some(page) = storage.read_changes(name, cursor, 1000)? {
+            if page.changes.is_empty() {
+                break;
+            }
+            for change in &page.changes {
+                if change.seq == cursor + 1 && change.kind != ChangeKind::Snapshot {
+                    let expected = running.wrapping_add(change_checksum(&meta.epoch, change));
+                    if change.log_checksum != expected {
+                        return Err(Failure {
+                            code: 3,
+                            message: format!(
+                                "{store}: collection {name}, seq {}: log checksum {:016x}, expected {expected:016x}; the stored change differs from what was committed (restore this collection from a backup)",
+                                change.seq, change.log_checksum
+                            ),
+                        });
+                    }
+                }
+                running = change.log_checksum;
+                cursor = change.seq;
+                changes += 1;
+            }
+            done = done.saturating_add(page.changes.len() as u64);
+            bar.update(BundleProgress {
+                done,
+                total,
+                bytes: 0,
+            });
+        }
+        if running != meta.log_checksum || cursor != meta.head {
+            return Err(Failure {
+                code: 3,
+                message: format!(
+                    "{store}: collection {name}: the log ends at seq {cursor} with checksum {running:016x}, the collection says head {} with {:016x}",
+                    meta.head, meta.log_checksum
+                ),
+            });
+        }
+        let digest = collection_digest(&*storage, name, &mut DigestCache::default())?;
+        results.push(json!({
+            "collection": name.as_str(), "head": meta.head, "changes": changes,
+            "log_checksum": format!("{:016x}", meta.log_checksum),
+            "state_digest": digest.and_then(|d| d.state_digest).map(|d| format!("{d:016x}")),
+        }));
+    }
+    bar.finish();
+    if !json {
+        for result in &results {
+            println!(
+                "{}: head {}, {} changes, log checksum {}, state digest {}: ok",
+                result["collection"].as_str().unwrap_or(""),
+                result["head"],
+                result["changes"],
+                result["log_checksum"].as_str().unwrap_or(""),
+                result["state_digest"].as_str().unwrap_or("none (pending)")
+            );
+        }
+    }
+    Ok(json!({"command": "verify", "store": store, "collections": results, "ok": true}))
+}
+
+/// Copies every collection through a bundle in the target's directory
+/// (kept until the copy is verified, so a rerun resumes), then its peers,
+/// then compares digests.
+fn migrate_storage(json: bool, from: &str, to: &str) -> Result<Value, Failure> {
+    let source = open(from)?;
+    let target_config = parse_store(to)?;
+    let target = seqsync_adapters::open_storage(&target_config)?;
+    let work = target_config.path.join("migrate-storage.partial");
+    let bar = Bar::new(json, "copy");
+    let mut results = Vec::new();
+    for (name, meta) in list_all(&*source)? {
+        let dir = work.join(bundle::backup_dir_name(&name));
+        if dir.exists() && bundle::read_manifest(&dir).is_err() {
+            // An export that did not finish: start it again.
+            std::fs::remove_dir_all(&dir).map_err(|e| Failure {
+                code: 1,
+                message: format!("{}: {e}", dir.display()),
+            })?;
+        }
+        if !dir.exists() {
+            bundle::export_collection(
+                &*source,
+                &name,
+                0,
+                None,
+                &dir,
+                ExportOptions::default(),
+                &mut |p| bar.update(p),
+            )?;
+        }
+        let report = bundle::import_bundle(&*target, &dir, ImportOptions::default(), &mut |p| {
+            bar.update(p)
+        })?;
+        // Peers: upserted with the max of both sides.
+        let peers: Vec<_> = source
+            .peers(&name)?
+            .into_iter()
+            .filter(|p| p.acked <= report.head)
+            .collect();
+        if !peers.is_empty() {
+            let stored = target.collection(&name)?;
+            if let Some(stored) = stored {
+                target.commit(&seqsync_engine::WriteBatch {
+                    writes: vec![seqsync_engine::CollectionWrite {
+                        collection: name.clone(),
+                        base: seqsync_engine::WriteBase::Existing {
+                            epoch: stored.epoch,
+                            head: stored.head,
+                        },
+                        append: Vec::new(),
+                        compact: Vec::new(),
+                        peers,
+                        raise_schema_version: None,
+                        append_mode: Default::default(),
+                    }],
+                })?;
+            }
+        }
+        let a = collection_digest(&*source, &name, &mut DigestCache::default())?;
+        let b = collection_digest(&*target, &name, &mut DigestCache::default())?;
+        let same = match (&a, &b) {
+            (Some(a), Some(b)) => {
+                a.head == b.head
+                    && a.log_checksum == b.log_checksum
+                    && a.state_digest == b.state_digest
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(Failure {
+                code: 3,
+                message: format!(
+                    "collection {name}: after the copy the digests differ ({a:?} vs {b:?}); the source changed during the copy, or the target holds other data; run again"
+                ),
+            });
+        }
+        results.push(json!({"collection": name.as_str(), "head": meta.head, "epoch": meta.epoch.to_string(), "changes": report.changes}));
+    }
+    bar.finish();
+    let _ = std::fs::remove_dir_all(&work);
+    if !json {
+        println!(
+            "copied {} collection(s) from {from} to {to}; epochs, seqs, peers, log checksums and state digests match",
+            results.len()
+        );
+    }
+    Ok(json!({"command": "migrate-storage", "from": from, "to": to, "collections": results}))
+}
+
+fn inspect(json: bool, store: &str) -> Result<Value, Failure> {
+    let storage = open(store)?;
+    let defaults = seqsync_engine::EngineConfig::default().compaction;
+    let mut out = Vec::new();
+    for (name, meta) in list_all(&*storage)? {
+        let mut changes = 0u64;
+        let mut bytes = 0u64;
+        let mut deltas: std::collections::HashMap<String, (u64, u64)> =
+            std::collections::HashMap::new();
+        let mut cursor = 0;
+        while let Some(page) = storage.read_changes(&name, cursor, 1000)? {
+            if page.changes.is_empty() {
+                break;
+            }
+            for change in &page.changes {
+                changes += 1;
+                bytes += change.payload.len() as u64;
+                let entry = deltas.entry(change.doc.to_string()).or_default();
+                match change.kind {
+                    ChangeKind::Update => {
+                        entry.0 += 1;
+                        entry.1 += change.payload.len() as u64;
+                    }
+                    ChangeKind::Snapshot => *entry = (0, 0),
+                    _ => {}
+                }
+                cursor = change.seq;
+            }
+        }
+        let due = deltas
+            .values()
+            .filter(|(n, b)| *n > defaults.max_deltas || *b > defaults.max_delta_bytes)
+            .count();
+        let peers: Vec<Value> = storage
+            .peers(&name)?
+            .iter()
+            .map(|p| json!({"peer": p.peer.as_str(), "acked": p.acked, "lag": meta.head.saturating_sub(p.acked), "last_seen_ms": p.last_seen_ms}))
+            .collect();
+        out.push(json!({
+            "collection": name.as_str(), "epoch": meta.epoch.to_string(), "head": meta.head,
+            "schema_version": meta.schema_version, "documents": deltas.len(), "changes": changes,
+            "payload_bytes": bytes, "log_checksum": format!("{:016x}", meta.log_checksum),
+            "documents_due_for_compaction": due, "peers": peers,
+        }));
+    }
+    if !json {
+        println!(
+            "{:<24} {:>8} {:>6} {:>6} {:>9} {:>12} {:>5} {:>6}  epoch",
+            "collection", "head", "schema", "docs", "changes", "bytes", "peers", "due"
+        );
+        for c in &out {
+            println!(
+                "{:<24} {:>8} {:>6} {:>6} {:>9} {:>12} {:>5} {:>6}  {}",
+                c["collection"].as_str().unwrap_or(""),
+                c["head"],
+                c["schema_version"],
+                c["documents"],
+                c["changes"],
+                c["payload_bytes"],
+                c["peers"].as_array().map_or(0, Vec::len),
+                c["documents_due_for_compaction"],
+                c["epoch"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(json!({"command": "inspect", "store": store, "collections": out}))
+}
+
+fn compact(
+    json: bool,
+    store: &str,
+    only: Option<String>,
+    config: Option<&Path>,
+) -> Result<Value, Failure> {
+    let storage_config = parse_store(store)?;
+    let mut config =
+        seqsync_engine::EngineConfig::load(config).map_err(|e| Failure::usage(e.to_string()))?;
+    config.storage = storage_config;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start a runtime: {e}"),
+        })?;
+    runtime.block_on(async {
+        let engine = seqsync_actors::Engine::open(config).map_err(|e| Failure {
+            code: 1,
+            message: format!("{store}: {e}"),
+        })?;
+        let storage = open_names(&engine, only)?;
+        let mut out = Vec::new();
+        for name in storage {
+            let summary = engine.compact(&name).await.map_err(|e| Failure {
+                code: 1,
+                message: format!("collection {name}: {e}"),
+            })?;
+            if !json {
+                println!(
+                    "{name}: {} documents compacted, {} changes removed, {} -> {} bytes",
+                    summary.documents_compacted, summary.changes_removed, summary.bytes_before, summary.bytes_after
+                );
+            }
+            out.push(json!({"collection": name, "documents_compacted": summary.documents_compacted,
+                "changes_removed": summary.changes_removed, "bytes_before": summary.bytes_before, "bytes_after": summary.bytes_after}));
+        }
+        engine.shutdown().await;
+        Ok(json!({"command": "compact", "store": store, "collections": out}))
+    })
+}
+
+fn open_names(
+    engine: &seqsync_actors::Engine,
+    only: Option<String>,
+) -> Result<Vec<String>, Failure> {
+    if let Some(only) = only {
+        return Ok(vec![only]);
+    }
+    let storage = engine.storage();
+    Ok(list_all(&*storage)?
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect())
+}
