@@ -23,7 +23,7 @@ use yrs::Transact;
 
 #[derive(Parser)]
 struct Args {
-    /// Trace name under ../shared/traces.
+    /// Trace name under benches/traces.
     #[arg(long, default_value = "automerge-paper")]
     trace: String,
     /// sqlite, redb or memory.
@@ -92,7 +92,7 @@ async fn main() {
     engine.shutdown().await;
 
     println!(
-        "trace {} ({} updates) on {}, 2 cores; data CC BY 4.0 (see shared/traces/README.md)",
+        "trace {} ({} updates) on {}, 2 cores; data CC BY 4.0 (see benches/traces/README.md)",
         trace.name, n, args.backend
     );
     println!(

@@ -23,7 +23,7 @@
 //!   them.
 //!
 //! Trace data: CC BY 4.0, Joseph Gentle (seph-blog1, friendsforever) and
-//! Martin Kleppmann (automerge-paper); see `../shared/traces/README.md`.
+//! Martin Kleppmann (automerge-paper); see `benches/traces/README.md`.
 
 #[path = "../benches/support/traces.rs"]
 mod traces;

@@ -12,7 +12,7 @@
 //! Each room is one document with one writer and one observer, both real
 //! WebSocket clients speaking the y-websocket protocol (sync step 1/2,
 //! updates) with yrs on the client side, as an unmodified `WebsocketProvider`
-//! does. The writer types a real editing trace from `../shared/traces` (one
+//! does. The writer types a real editing trace from `benches/traces` (one
 //! transaction = one keystroke, the trace's own updates) at `--rate`
 //! keystrokes per second, each room at its own phase. The observer applies
 //! what it receives; a keystroke counts as delivered when the observer's
@@ -103,7 +103,7 @@ struct Args {
     /// Backend of the server this program starts: sqlite or redb.
     #[arg(long, default_value = "sqlite")]
     backend: String,
-    /// Trace each writer types (a file of ../shared/traces without .json.gz).
+    /// Trace each writer types (a file of benches/traces without .json.gz).
     #[arg(long, default_value = "sveltecomponent")]
     trace: String,
     /// Use a running server at this address instead of starting one.

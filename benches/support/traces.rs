@@ -1,4 +1,4 @@
-//! Loading the editing traces of `../shared/traces` (CC BY 4.0: Joseph
+//! Loading the editing traces of `benches/traces` (CC BY 4.0: Joseph
 //! Gentle; Martin Kleppmann for automerge-paper) as Yjs v1 updates.
 //!
 //! A trace is replayed into a `yrs::Doc` with UTF-16 offsets (the trace's
@@ -23,13 +23,13 @@ pub struct Trace {
     pub end_content: String,
 }
 
-/// `../shared/traces` relative to the workspace root (override with
+/// `benches/traces` in the repository (override with
 /// `SEQSYNC_TRACES_DIR`... not a config key, so named `TRACES_DIR`).
 pub fn traces_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("TRACES_DIR") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/traces")
 }
 
 /// Loads `<name>.json.gz` and replays it into updates.

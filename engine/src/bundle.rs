@@ -391,8 +391,7 @@ pub fn export_collection(
         };
         let end = last.seq;
         let at_end = last.log_checksum;
-        let touched: HashSet<DocId> = pending.iter().map(|c| c.doc.clone()).collect();
-        terms.update(storage, name, end, touched)?;
+        terms.advance(storage, name, pending, end)?;
         let header = BatchHeader {
             format_version: BUNDLE_FORMAT_VERSION,
             kind: BatchKind::Changes,
@@ -544,12 +543,20 @@ fn checksum_at(storage: &dyn Storage, name: &CollectionName, at: Seq) -> Result<
 /// Per-document terms of the state digest as of some seq.
 struct StateTerms {
     terms: HashMap<DocId, Option<u64>>,
+    /// Documents kept in memory between batches, so a document touched by
+    /// every batch is not reloaded from storage each time (at most
+    /// `MAX_EXPORT_CACHED_DOCS`; beyond that the cache starts over).
+    docs: HashMap<DocId, crate::yjs::DocState>,
 }
+
+/// Documents an export keeps loaded between batches.
+const MAX_EXPORT_CACHED_DOCS: usize = 64;
 
 impl StateTerms {
     fn at(storage: &dyn Storage, name: &CollectionName, seq: Seq) -> Result<Self, BundleError> {
         let mut out = Self {
             terms: HashMap::new(),
+            docs: HashMap::new(),
         };
         if seq > 0 {
             let docs: HashSet<DocId> = storage
@@ -583,6 +590,66 @@ impl StateTerms {
         Ok(())
     }
 
+    /// Moves the terms from the previous batch's end to `end`, given the
+    /// batch's changes: cached documents apply them, others are loaded as of
+    /// `end`.
+    fn advance(
+        &mut self,
+        storage: &dyn Storage,
+        name: &CollectionName,
+        batch: &[Change],
+        end: Seq,
+    ) -> Result<(), BundleError> {
+        let mut order: Vec<DocId> = Vec::new();
+        let mut by_doc: HashMap<DocId, Vec<&Change>> = HashMap::new();
+        for change in batch {
+            let entry = by_doc.entry(change.doc.clone()).or_default();
+            if entry.is_empty() {
+                order.push(change.doc.clone());
+            }
+            entry.push(change);
+        }
+        for doc in order {
+            let changes = by_doc.remove(&doc).unwrap_or_default();
+            if !self.docs.contains_key(&doc) {
+                if self.docs.len() >= MAX_EXPORT_CACHED_DOCS {
+                    self.docs.clear();
+                }
+                let loaded = load_document_through(storage, name, &doc, end)?;
+                match loaded {
+                    Some(loaded) => {
+                        self.docs.insert(doc.clone(), loaded.state);
+                    }
+                    None => {
+                        self.terms.remove(&doc);
+                        continue;
+                    }
+                }
+            } else if let Some(state) = self.docs.get_mut(&doc) {
+                for change in changes {
+                    state.load_change(change).map_err(|e| {
+                        BundleError::Storage(StorageError::Corrupt {
+                            backend: storage.backend(),
+                            detail: format!("collection {name}, document {doc}: {e}"),
+                        })
+                    })?;
+                }
+            }
+            let Some(state) = self.docs.get(&doc) else {
+                continue;
+            };
+            let term = if state.deleted {
+                Some(DocumentDigest::tombstone().collection_term(&doc))
+            } else if state.has_pending() {
+                None
+            } else {
+                Some(DocumentDigest::of_state(&state.doc().transact()).collection_term(&doc))
+            };
+            self.terms.insert(doc, term);
+        }
+        Ok(())
+    }
+
     fn digest(&self) -> Option<u64> {
         let mut sum = 0u64;
         for term in self.terms.values() {
@@ -603,6 +670,7 @@ fn write_state_batch(
     let mut records = Vec::new();
     let mut terms = StateTerms {
         terms: HashMap::new(),
+        docs: HashMap::new(),
     };
     for info in storage.documents(name)? {
         let Some(loaded) = load_document_through(storage, name, &info.doc, head)? else {

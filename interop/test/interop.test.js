@@ -138,7 +138,7 @@ test('(c) an offline client catches up with /recover and its offline edits reach
 
 test('(d) sveltecomponent typed keystroke by keystroke through a WebsocketProvider', async () => {
   const here = dirname(fileURLToPath(import.meta.url))
-  const path = join(here, '..', '..', '..', 'shared', 'traces', 'sveltecomponent.json.gz')
+  const path = join(here, '..', '..', 'benches', 'traces', 'sveltecomponent.json.gz')
   const trace = JSON.parse(gunzipSync(readFileSync(path)).toString('utf8'))
   const doc = new Y.Doc()
   const p = provider('trace-d', 'svelte', doc)
