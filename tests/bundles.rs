@@ -185,6 +185,19 @@ fn an_empty_receiver_uses_the_state_batch() {
     assert!(matches!(err, BundleError::NeedsBase { .. }), "{err}");
 }
 
+/// Replaces the first occurrence of `from` in the file by `to` (same
+/// length), leaving every other byte as it was.
+fn replace_bytes(path: &Path, from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern in the file");
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(path, bytes).unwrap();
+}
+
 fn flip_one_bit(path: &Path, at_from_end: usize) {
     let mut bytes = std::fs::read(path).unwrap();
     let at = bytes.len() - at_from_end;
@@ -245,10 +258,7 @@ fn damaged_or_foreign_bundles_are_refused() {
     // A foreign format version, in a batch and in the manifest.
     let bundle = fresh_bundle("foreign");
     let path = first_batch(&bundle);
-    let bytes = std::fs::read(&path).unwrap();
-    let text =
-        String::from_utf8_lossy(&bytes).replacen("\"format_version\":1", "\"format_version\":9", 1);
-    std::fs::write(&path, text.as_bytes()).unwrap();
+    replace_bytes(&path, b"\"format_version\":1", b"\"format_version\":9");
     assert!(matches!(
         read_batch(&path).unwrap_err(),
         BundleError::FormatVersion { found: 9, .. }
@@ -517,4 +527,121 @@ fn a_backup_under_concurrent_pushes_restores_every_earlier_ack() {
             .unwrap();
         assert_eq!(found.payload, update, "{coll} seq {seq}");
     }
+}
+
+/// A bundle that starts after the receiver's head (a gap), and a batch
+/// whose header claims another checksum, are refused with errors that say
+/// so, and nothing is written.
+#[test]
+fn a_gap_or_a_wrong_checksum_is_refused() {
+    let mut rng = Rng::from_env("a_gap_or_a_wrong_checksum_is_refused");
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
+    let full = dir.path().join("full");
+    export_collection(
+        &*src,
+        &name("c"),
+        0,
+        None,
+        &full,
+        small_batches(),
+        &mut noop,
+    )
+    .unwrap();
+    let dst = store(BackendKind::Memory, &dir.path().join("dst"));
+    let prefix = dir.path().join("prefix");
+    copy_prefix(&full, &prefix, 1);
+    import_bundle(&*dst, &prefix, ImportOptions::default(), &mut noop).unwrap();
+    let head = dst.collection(&name("c")).unwrap().unwrap().head;
+    // A bundle of the same history that starts well after the receiver.
+    let later = dir.path().join("later");
+    let after = read_manifest(&full).unwrap().batches[3].end;
+    let options = ExportOptions {
+        with_state: false,
+        ..small_batches()
+    };
+    export_collection(&*src, &name("c"), after, None, &later, options, &mut noop).unwrap();
+    let err = import_bundle(&*dst, &later, ImportOptions::default(), &mut noop).unwrap_err();
+    assert!(matches!(err, BundleError::NoMatchingBatch { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("head {head}")), "{err}");
+    assert_eq!(dst.collection(&name("c")).unwrap().unwrap().head, head);
+
+    // A header whose checksum at the end was changed: the chain inside the
+    // batch no longer adds up to it.
+    let manifest = read_manifest(&full).unwrap();
+    let path = full.join(&manifest.batches[1].file);
+    let batch = read_batch(&path).unwrap();
+    replace_bytes(
+        &path,
+        batch.header.checksum_at_end.as_bytes(),
+        b"0123456789abcdef",
+    );
+    let err = import_bundle(&*dst, &full, ImportOptions::default(), &mut noop).unwrap_err();
+    assert!(matches!(err, BundleError::Checksum { .. }), "{err}");
+    assert_eq!(dst.collection(&name("c")).unwrap().unwrap().head, head);
+    assert!(matches!(
+        verify_bundle(&full, &mut noop).unwrap_err(),
+        BundleError::Checksum { .. }
+    ));
+}
+
+/// A bundle exported at schema version 1 keeps its version on import, and
+/// an engine with steps 1 → 2 migrates it when it opens the store.
+#[test]
+fn a_bundle_of_an_older_schema_is_migrated_when_opened() {
+    let mut rng = Rng::from_env("a_bundle_of_an_older_schema_is_migrated_when_opened");
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
+    let bundle = dir.path().join("bundle");
+    export_collection(
+        &*src,
+        &name("c"),
+        0,
+        None,
+        &bundle,
+        small_batches(),
+        &mut noop,
+    )
+    .unwrap();
+    let dst_dir = dir.path().join("dst");
+    let dst = store(BackendKind::Redb, &dst_dir);
+    import_bundle(&*dst, &bundle, ImportOptions::default(), &mut noop).unwrap();
+    assert_eq!(
+        dst.collection(&name("c")).unwrap().unwrap().schema_version,
+        1
+    );
+    let marks = seqsync::Migrations::new().step(
+        1,
+        |_: &seqsync::DocId, txn: &mut yrs::TransactionMut<'_>| {
+            use yrs::{Map, WriteTxn};
+            let meta = txn.get_or_insert_map("meta");
+            if meta.get(txn, "v2").is_none() {
+                meta.insert(txn, "v2", true);
+            }
+            Ok(())
+        },
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let engine = Engine::builder(EngineConfig::default())
+            .storage(dst.clone())
+            .migrations(marks)
+            .open()
+            .unwrap();
+        assert_eq!(engine.schema_version(), 2);
+        let page = engine.changes("c", 0, 0, None).await.unwrap();
+        assert_eq!(page.schema_version, 2);
+        engine.shutdown().await;
+    });
+    // The live documents got the step's change; the tombstone did not.
+    let migrated: Vec<_> = all_changes(&*dst, "c")
+        .into_iter()
+        .filter(|c| c.schema_version == 2)
+        .map(|c| c.doc.to_string())
+        .collect();
+    assert_eq!(migrated, vec!["d0", "d1", "d2"]);
 }
