@@ -240,6 +240,9 @@ pub struct ManifestBatch {
     pub changes: u64,
     /// File size in bytes.
     pub bytes: u64,
+    /// BLAKE3 of the batch's header bytes (64 hex digits): the manifest
+    /// vouches for each header as each header vouches for its body.
+    pub header_blake3: String,
 }
 
 /// `manifest.json`.
@@ -408,7 +411,7 @@ pub fn export_collection(
             body_blake3: String::new(),
         };
         let file = format!("{:020}-{:020}.batch", *batch_start, end);
-        let size = write_batch(&dir.join(&file), header, pending)?;
+        let (size, header_blake3) = write_batch(&dir.join(&file), header, pending)?;
         *bytes_written += size;
         manifest.batches.push(ManifestBatch {
             file,
@@ -417,6 +420,7 @@ pub fn export_collection(
             end,
             changes: pending.len() as u64,
             bytes: size,
+            header_blake3,
         });
         *before = at_end;
         *batch_start = end + 1;
@@ -478,7 +482,7 @@ pub fn export_collection(
         &mut bytes_written,
     )?;
     if options.with_state && head > 0 {
-        let (file, size, changes) =
+        let (file, size, changes, header_blake3) =
             write_state_batch(storage, name, epoch, meta.schema_version, head, dir)?;
         bytes_written += size;
         manifest.state = Some(ManifestBatch {
@@ -488,6 +492,7 @@ pub fn export_collection(
             end: head,
             changes,
             bytes: size,
+            header_blake3,
         });
     }
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Malformed {
@@ -666,7 +671,7 @@ fn write_state_batch(
     schema_version: u32,
     head: Seq,
     dir: &Path,
-) -> Result<(String, u64, u64), BundleError> {
+) -> Result<(String, u64, u64, String), BundleError> {
     let mut records = Vec::new();
     let mut terms = StateTerms {
         terms: HashMap::new(),
@@ -728,8 +733,8 @@ fn write_state_batch(
         body_blake3: String::new(),
     };
     let file = format!("state-{head:020}.batch");
-    let size = write_batch(&dir.join(&file), header, &records)?;
-    Ok((file, size, records.len() as u64))
+    let (size, header_blake3) = write_batch(&dir.join(&file), header, &records)?;
+    Ok((file, size, records.len() as u64, header_blake3))
 }
 
 fn hex16(value: u64) -> String {
@@ -780,11 +785,12 @@ fn encode_record(change: &Change, out: &mut Vec<u8>) {
     out.extend_from_slice(&change.payload);
 }
 
+/// Writes a batch file; returns its size and the BLAKE3 of its header.
 fn write_batch(
     path: &Path,
     mut header: BatchHeader,
     changes: &[Change],
-) -> Result<u64, BundleError> {
+) -> Result<(u64, String), BundleError> {
     let mut body = Vec::with_capacity(changes.iter().map(record_len).sum());
     for change in changes {
         encode_record(change, &mut body);
@@ -801,7 +807,10 @@ fn write_batch(
     file.extend_from_slice(&header);
     file.extend_from_slice(&body);
     write_durably(path, &file)?;
-    Ok(file.len() as u64)
+    Ok((
+        file.len() as u64,
+        blake3::hash(&header).to_hex().to_string(),
+    ))
 }
 
 /// Writes `bytes` to a temporary file, syncs it, renames it to `path` and
@@ -882,6 +891,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
 pub struct Batch {
     /// Its header.
     pub header: BatchHeader,
+    /// BLAKE3 of the header bytes as read.
+    pub header_blake3: String,
     /// Its changes, in seq order.
     pub changes: Vec<Change>,
 }
@@ -961,7 +972,11 @@ pub fn read_batch(path: &Path) -> Result<Batch, BundleError> {
             header.end
         )));
     }
-    Ok(Batch { header, changes })
+    Ok(Batch {
+        header,
+        header_blake3: blake3::hash(header_bytes).to_hex().to_string(),
+        changes,
+    })
 }
 
 fn decode_records(path: &Path, mut body: &[u8]) -> Result<Vec<Change>, BundleError> {
@@ -1056,9 +1071,39 @@ fn check_batch(
     path: &Path,
     batch: &Batch,
     manifest: &Manifest,
+    entry: &ManifestBatch,
     epoch: &Epoch,
 ) -> Result<(), BundleError> {
     let header = &batch.header;
+    if batch.header_blake3 != entry.header_blake3 {
+        return Err(BundleError::Inconsistent {
+            file: path.to_owned(),
+            detail: format!(
+                "the header's BLAKE3 is {}, the manifest says {}; the file was changed (restore it from another copy, or export again)",
+                batch.header_blake3, entry.header_blake3
+            ),
+        });
+    }
+    if (
+        header.start,
+        header.end,
+        header.kind,
+        header.changes,
+        header.schema_version,
+    ) != (
+        entry.start,
+        entry.end,
+        entry.kind,
+        entry.changes,
+        manifest.schema_version,
+    ) {
+        return Err(BundleError::Inconsistent {
+            file: path.to_owned(),
+            detail:
+                "the batch's span, kind, count or schema version is not what the manifest lists"
+                    .to_owned(),
+        });
+    }
     if header.collection != manifest.collection || header.epoch != manifest.epoch {
         return Err(BundleError::Inconsistent {
             file: path.to_owned(),
@@ -1135,7 +1180,7 @@ pub fn verify_bundle(
     for entry in manifest.batches.iter().chain(manifest.state.iter()) {
         let path = dir.join(&entry.file);
         let batch = read_batch(&path)?;
-        check_batch(&path, &batch, &manifest, &epoch)?;
+        check_batch(&path, &batch, &manifest, entry, &epoch)?;
         let header = &batch.header;
         if (header.start, header.end, header.kind) != (entry.start, entry.end, entry.kind) {
             return Err(BundleError::Inconsistent {
@@ -1300,7 +1345,7 @@ pub fn import_bundle(
         };
         let path = dir.join(&state.file);
         let batch = read_batch(&path)?;
-        check_batch(&path, &batch, &manifest, &bundle_epoch)?;
+        check_batch(&path, &batch, &manifest, state, &bundle_epoch)?;
         apply(
             storage,
             &name,
@@ -1332,7 +1377,7 @@ pub fn import_bundle(
                 let entry = &manifest.batches[candidate];
                 let path = dir.join(&entry.file);
                 let batch = read_batch(&path)?;
-                check_batch(&path, &batch, &manifest, &bundle_epoch)?;
+                check_batch(&path, &batch, &manifest, entry, &bundle_epoch)?;
                 known.extend(
                     batch
                         .changes
@@ -1405,7 +1450,7 @@ pub fn import_bundle(
     for entry in &manifest.batches[first..] {
         let path = dir.join(&entry.file);
         let batch = read_batch(&path)?;
-        check_batch(&path, &batch, &manifest, &bundle_epoch)?;
+        check_batch(&path, &batch, &manifest, entry, &bundle_epoch)?;
         let fresh: Vec<Change> = batch
             .changes
             .iter()
@@ -1415,6 +1460,7 @@ pub fn import_bundle(
         if !fresh.is_empty() {
             let partial = Batch {
                 header: batch.header.clone(),
+                header_blake3: batch.header_blake3.clone(),
                 changes: fresh,
             };
             let base = exists.then_some(head);
