@@ -1,0 +1,26 @@
+//! seqsync-replica: a client replica of a seqsync server, in Rust.
+//!
+//! A [`Replica`] keeps some collections of a server in a local store (the
+//! same [`seqsync_engine::Storage`] trait and backends the engine uses:
+//! SQLite, redb, memory), takes local edits durably before they return
+//! (they wait in an outbox), and syncs on demand with a report of what
+//! happened, Tolstoy-style ([`SyncOutcome`]): nothing, pulled, pushed,
+//! merged, or reset (the server's history was replaced: the replica
+//! recovers and pushes its own state back, losing nothing). Seeds:
+//! `seeds/mentat-tolstoy-sync-readme.txt`, `seeds/ssb-db-replication-issue.txt`.
+//!
+//! It talks to the server through a [`Transport`]: in-process
+//! ([`EngineTransport`]) today; a network transport over the host server's
+//! HTTP routes fits the same trait.
+
+#![deny(missing_docs)]
+
+mod replica;
+mod transport;
+
+pub use crate::replica::{
+    Replica, ReplicaError, ResetReason, SyncOutcome, SyncReport, STATE_COLLECTION,
+};
+pub use crate::transport::{
+    EngineTransport, RemotePage, RemotePush, RemoteRecovery, Transport, TransportError,
+};

@@ -1,0 +1,795 @@
+//! The replica: a local copy of some collections of a server, kept in a
+//! local `Storage`, with an outbox of local edits, synced on demand.
+//!
+//! Local layout, all through the `Storage` trait (so SQLite, redb and memory
+//! all work):
+//! - collection `c` holds the replica's own log of `c`: every update it
+//!   applied, local edits (origin `local`) and what it pulled (origin
+//!   `remote`), in local seq order; a document is the replay of its changes.
+//! - collection [`STATE_COLLECTION`] holds one small Yjs document per synced
+//!   collection with the sync state: the server's epoch, the cursor, and
+//!   `pushed_through` (the local seq up to which local edits are
+//!   acknowledged by the server). The outbox is the local edits after it.
+//!
+//! Why the state is a Yjs document in the same store: a commit may write
+//! several collections atomically, so the changes a sync pulls and the
+//! cursor that covers them land in one local transaction, and the outbox
+//! position moves in the same commit as nothing else. A crash at any point
+//! leaves either the old cursor with none of the page, or both.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use seqsync_engine::{
+    load_document, now_ms, Change, ChangeKind, CollectionName, CollectionWrite, DocId, DocState,
+    Epoch, PeerId, Seq, Storage, StorageError, WriteBase, WriteBatch,
+};
+use tokio::sync::Mutex;
+use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Any, Doc, Map, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
+
+use crate::transport::{RemotePage, Transport, TransportError};
+
+/// The local collection holding the replicas' sync state (reserved: a
+/// collection of this name cannot be synced).
+pub const STATE_COLLECTION: &str = "_seqsync-replica";
+/// The state document holding the replica's own identity.
+const IDENTITY_DOC: &str = "_identity";
+/// Changes asked for per page.
+const PAGE_LIMIT: u64 = 1000;
+/// Local edits pushed per batch (the server's default `max_batch_updates`).
+const PUSH_BATCH: usize = 1000;
+/// The origin of local edits in the local log.
+const LOCAL: &str = "local";
+/// The origin of pulled changes in the local log.
+const REMOTE: &str = "remote";
+
+/// Errors of the replica's operations. Local data is never left half
+/// written: a failed call changed nothing locally, or only whole commits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// A collection or document name is invalid (or reserved).
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Local(#[from] StorageError),
+    /// The server could not be reached, refused, or answered something the
+    /// replica could not use; local data is as before the call.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A local edit or a pulled change is not a valid Yjs update.
+    #[error("document {doc}: {reason}")]
+    InvalidUpdate {
+        /// The document.
+        doc: String,
+        /// What yrs said.
+        reason: String,
+    },
+}
+
+/// Why a sync had to start over from the server's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The server's collection has another epoch (replaced, restored).
+    Epoch,
+    /// The replica's cursor is beyond the server's head (the server lost
+    /// history, e.g. restored from an older backup under the same epoch).
+    CursorBeyondHead,
+}
+
+/// What a sync did, Tolstoy's cases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Nothing moved either way.
+    NoOp,
+    /// Remote changes only (a local fast-forward).
+    Pulled {
+        /// Changes by others applied locally.
+        changes: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
+    /// Local edits only (a remote fast-forward).
+    Pushed {
+        /// Local updates the server took.
+        updates: u64,
+    },
+    /// Both.
+    Merged {
+        /// Changes by others applied locally.
+        pulled: u64,
+        /// Local updates the server took.
+        pushed: u64,
+    },
+    /// The server answered reset: the replica recovered the collection and
+    /// pushed its own state back, so nothing local is lost.
+    Reset {
+        /// Why.
+        reason: ResetReason,
+        /// Documents whose server state was applied locally.
+        pulled: u64,
+        /// Documents whose local state was pushed back.
+        pushed: u64,
+    },
+}
+
+/// The report of one [`Replica::sync`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    /// What happened.
+    pub outcome: SyncOutcome,
+    /// The server moved (others wrote) while this sync ran: sync again to
+    /// pull it.
+    pub follow_up_needed: bool,
+    /// The cursor the replica holds now.
+    pub cursor: Seq,
+    /// The server's head as last seen.
+    pub head: Seq,
+    /// The server's epoch.
+    pub epoch: Option<Epoch>,
+    /// Requests made (pages, pushes, acks).
+    pub requests: u64,
+}
+
+/// The sync state of one collection, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SyncState {
+    epoch: Option<Epoch>,
+    cursor: Seq,
+    pushed_through: Seq,
+}
+
+/// A replica of some collections of one server. Cheap to share (`Arc`);
+/// local writes are serialised inside.
+pub struct Replica<T: Transport> {
+    storage: Arc<dyn Storage>,
+    transport: T,
+    peer: PeerId,
+    client_id: u64,
+    /// One local writer at a time: appends compute their base from the
+    /// stored head.
+    writer: Mutex<()>,
+}
+
+fn name(collection: &str) -> Result<CollectionName, ReplicaError> {
+    if collection == STATE_COLLECTION {
+        return Err(ReplicaError::InvalidName(format!(
+            "{STATE_COLLECTION} is reserved for the replica's own state"
+        )));
+    }
+    CollectionName::new(collection).map_err(|e| ReplicaError::InvalidName(e.to_string()))
+}
+
+fn doc_id(doc: &str) -> Result<DocId, ReplicaError> {
+    DocId::new(doc).map_err(|e| ReplicaError::InvalidName(e.to_string()))
+}
+
+fn state_collection() -> Result<CollectionName, ReplicaError> {
+    CollectionName::new(STATE_COLLECTION).map_err(|e| ReplicaError::InvalidName(e.to_string()))
+}
+
+impl<T: Transport> Replica<T> {
+    /// Opens a replica on `storage` (its local store) talking to the server
+    /// through `transport`, as peer `peer` (stable: the server tracks what
+    /// it acknowledged under it).
+    ///
+    /// Blocking (reads the local store; on first open writes the replica's
+    /// client id). Errors: `InvalidName`, `Local`.
+    pub fn open(storage: Arc<dyn Storage>, transport: T, peer: &str) -> Result<Self, ReplicaError> {
+        let peer = PeerId::new(peer).map_err(|e| ReplicaError::InvalidName(e.to_string()))?;
+        let identity = load_state_doc(&*storage, IDENTITY_DOC)?;
+        let stored = read_u64(&identity, "client_id");
+        let client_id = match stored {
+            Some(id) => id,
+            None => {
+                // A random id above the migration range, 32 bits like a
+                // JavaScript client's, kept for the life of the store so
+                // the clocks of this replica's edits continue across runs.
+                let mut bytes = [0u8; 4];
+                getrandom_fill(&mut bytes)?;
+                let id =
+                    65_536 + u64::from(u32::from_le_bytes(bytes)) % (u64::from(u32::MAX) - 65_536);
+                let update = state_update(&identity, &[("client_id", id)]);
+                commit_state(&*storage, IDENTITY_DOC, update, Vec::new())?;
+                id
+            }
+        };
+        Ok(Self {
+            storage,
+            transport,
+            peer,
+            client_id,
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// The yrs client id this replica's edits are made under.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// Applies a local update (Yjs v1) to document `doc` of `collection`:
+    /// durable in the local store before it returns, and queued in the
+    /// outbox for the next sync. A no-op update is not queued.
+    ///
+    /// Errors: `InvalidName`, `InvalidUpdate`, `Local`.
+    pub async fn apply_local(
+        &self,
+        collection: &str,
+        doc: &str,
+        update: Vec<u8>,
+    ) -> Result<(), ReplicaError> {
+        let c = name(collection)?;
+        let d = doc_id(doc)?;
+        Update::decode_v1(&update).map_err(|e| ReplicaError::InvalidUpdate {
+            doc: doc.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let _guard = self.writer.lock().await;
+        append(&*self.storage, &c, vec![(d, update, LOCAL)], None)
+    }
+
+    /// Edits document `doc` in a yrs transaction under this replica's client
+    /// id, then applies the result as [`Replica::apply_local`]. Returns the
+    /// update written (empty if the edit changed nothing).
+    ///
+    /// Errors: as `apply_local`.
+    pub async fn edit(
+        &self,
+        collection: &str,
+        doc: &str,
+        f: impl FnOnce(&mut TransactionMut<'_>),
+    ) -> Result<Vec<u8>, ReplicaError> {
+        let c = name(collection)?;
+        let d = doc_id(doc)?;
+        let _guard = self.writer.lock().await;
+        let state = self.local_state(&c, &d)?;
+        let working = Doc::with_options(yrs::Options {
+            client_id: yrs::ClientID::new(self.client_id),
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        });
+        apply_bytes(&working, &state, doc)?;
+        let update = {
+            let mut txn = working.transact_mut();
+            f(&mut txn);
+            if txn.insert_set().is_empty() && txn.delete_set().is_empty() {
+                return Ok(Vec::new());
+            }
+            txn.encode_update_v1()
+        };
+        append(&*self.storage, &c, vec![(d, update.clone(), LOCAL)], None)?;
+        Ok(update)
+    }
+
+    /// The local state of a document as one Yjs v1 update (empty document
+    /// if it was never written).
+    ///
+    /// Blocking read of the local store. Errors: `InvalidName`, `Local`.
+    pub fn document(&self, collection: &str, doc: &str) -> Result<Vec<u8>, ReplicaError> {
+        self.local_state(&name(collection)?, &doc_id(doc)?)
+    }
+
+    /// Local edits of `collection` not yet acknowledged by the server.
+    ///
+    /// Errors: `InvalidName`, `Local`.
+    pub fn outbox_len(&self, collection: &str) -> Result<u64, ReplicaError> {
+        let c = name(collection)?;
+        let state = self.sync_state(&c)?;
+        Ok(self.outbox(&c, state.pushed_through)?.len() as u64)
+    }
+
+    fn local_state(&self, c: &CollectionName, d: &DocId) -> Result<Vec<u8>, ReplicaError> {
+        Ok(load_document(&*self.storage, c, d)?.map_or_else(
+            || DocState::empty().encode_state(),
+            |loaded| loaded.state.encode_state(),
+        ))
+    }
+
+    fn sync_state(&self, c: &CollectionName) -> Result<SyncState, ReplicaError> {
+        let doc = load_state_doc(&*self.storage, c.as_str())?;
+        let epoch = read_string(&doc, "epoch").and_then(|e| Epoch::parse_hex(&e));
+        Ok(SyncState {
+            epoch,
+            cursor: read_u64(&doc, "cursor").unwrap_or(0),
+            pushed_through: read_u64(&doc, "pushed_through").unwrap_or(0),
+        })
+    }
+
+    /// The local edits after local seq `after`, in order: (seq, doc, update).
+    fn outbox(
+        &self,
+        c: &CollectionName,
+        after: Seq,
+    ) -> Result<Vec<(Seq, DocId, Vec<u8>)>, ReplicaError> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        while let Some(page) = self.storage.read_changes(c, cursor, 1000)? {
+            if page.changes.is_empty() {
+                break;
+            }
+            for change in page.changes {
+                cursor = change.seq;
+                if change.origin.as_ref().map(PeerId::as_str) == Some(LOCAL) {
+                    out.push((change.seq, change.doc, change.payload));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Syncs `collection` with the server: pulls what others wrote since the
+    /// cursor (each page applied locally in one transaction together with
+    /// the cursor that covers it), then pushes the outbox (in batches; the
+    /// outbox position moves in the same local commit as nothing else, once
+    /// the server acknowledged), then acknowledges the cursor.
+    ///
+    /// A failure or a cancelled future leaves the local store as it was
+    /// after the last whole commit, and the outbox intact: a retry is always
+    /// safe (the server drops what it already has). If the server answers
+    /// reset, the replica recovers the collection (the server's state is
+    /// applied locally) and pushes its own state back, so nothing local is
+    /// lost.
+    ///
+    /// Errors: `InvalidName`, `Local`, `Transport`.
+    pub async fn sync(&self, collection: &str) -> Result<SyncReport, ReplicaError> {
+        let c = name(collection)?;
+        let _guard = self.writer.lock().await;
+        let mut state = self.sync_state(&c)?;
+        let cursor_before = state.cursor;
+        let mut requests = 0u64;
+        let mut pulled = 0u64;
+        let mut pulled_bytes = 0u64;
+        let mut head;
+        // Pull.
+        loop {
+            requests += 1;
+            let page = match self
+                .transport
+                .changes(collection, state.cursor, PAGE_LIMIT, state.epoch)
+                .await
+            {
+                Ok(page) => page,
+                Err(TransportError::Reset { epoch, head }) => {
+                    let reason = if epoch != state.epoch {
+                        ResetReason::Epoch
+                    } else {
+                        ResetReason::CursorBeyondHead
+                    };
+                    let _ = head;
+                    return self.recover(&c, state, reason, requests).await;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            head = page.head;
+            let (count, bytes) = self.apply_page(&c, &mut state, &page)?;
+            pulled += count;
+            pulled_bytes += bytes;
+            if !page.has_more {
+                break;
+            }
+        }
+        // Push.
+        let outbox = self.outbox(&c, state.pushed_through)?;
+        let mut pushed = 0u64;
+        let mut others_wrote = false;
+        for chunk in outbox.chunks(PUSH_BATCH) {
+            requests += 1;
+            let updates = chunk
+                .iter()
+                .map(|(_, d, u)| (d.to_string(), u.clone()))
+                .collect();
+            let outcome = self
+                .transport
+                .push_batch(collection, updates, self.peer.as_str())
+                .await?;
+            let logged = outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
+            pushed += logged;
+            if outcome.head > head + logged {
+                others_wrote = true;
+            }
+            head = outcome.head;
+            if state.epoch.is_none() {
+                // The push created the collection: learn its epoch from a
+                // page (nothing is pulled; our own changes are skipped).
+                requests += 1;
+                let page = self.transport.changes(collection, 0, 0, None).await?;
+                state.epoch = page.epoch;
+            }
+            state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
+            self.commit_sync_state(&c, &state, Vec::new())?;
+        }
+        if state.cursor > cursor_before {
+            requests += 1;
+            // An ack is advisory (compaction gating): a failure does not fail
+            // the sync.
+            let _ = self
+                .transport
+                .ack(collection, self.peer.as_str(), state.cursor)
+                .await;
+        }
+        let outcome = match (pulled, pushed) {
+            (0, 0) => SyncOutcome::NoOp,
+            (p, 0) => SyncOutcome::Pulled {
+                changes: p,
+                bytes: pulled_bytes,
+            },
+            (0, q) => SyncOutcome::Pushed { updates: q },
+            (p, q) => SyncOutcome::Merged {
+                pulled: p,
+                pushed: q,
+            },
+        };
+        Ok(SyncReport {
+            outcome,
+            follow_up_needed: others_wrote,
+            cursor: state.cursor,
+            head,
+            epoch: state.epoch,
+            requests,
+        })
+    }
+
+    /// Applies one pulled page locally in one commit with the new cursor.
+    /// Returns (changes by others, their bytes).
+    fn apply_page(
+        &self,
+        c: &CollectionName,
+        state: &mut SyncState,
+        page: &RemotePage,
+    ) -> Result<(u64, u64), ReplicaError> {
+        let mut items = Vec::new();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for change in &page.changes {
+            // Our own pushes come back in the log: the replica has them.
+            if change.origin.as_ref() == Some(&self.peer) {
+                continue;
+            }
+            if change.kind == ChangeKind::Delete {
+                items.push((change.doc.clone(), Vec::new(), REMOTE));
+            } else {
+                items.push((change.doc.clone(), change.payload.clone(), REMOTE));
+            }
+            count += 1;
+            bytes += change.payload.len() as u64;
+        }
+        let moved =
+            state.cursor != page.cursor || (page.epoch.is_some() && page.epoch != state.epoch);
+        state.cursor = page.cursor;
+        state.epoch = page.epoch.or(state.epoch);
+        if items.is_empty() {
+            // Nothing to apply: store the cursor only if it moved (an
+            // in-sync replica writes nothing locally).
+            if moved {
+                self.commit_sync_state(c, state, Vec::new())?;
+            }
+        } else {
+            append(
+                &*self.storage,
+                c,
+                items,
+                Some(state_write(&*self.storage, c, state)?),
+            )?;
+        }
+        Ok((count, bytes))
+    }
+
+    fn commit_sync_state(
+        &self,
+        c: &CollectionName,
+        state: &SyncState,
+        extra: Vec<CollectionWrite>,
+    ) -> Result<(), ReplicaError> {
+        let write = state_write(&*self.storage, c, state)?;
+        let mut writes = extra;
+        writes.push(write);
+        self.storage.commit(&WriteBatch { writes })?;
+        Ok(())
+    }
+
+    /// After a reset: take the server's state of every document, then push
+    /// back every local document's state the server lacks.
+    async fn recover(
+        &self,
+        c: &CollectionName,
+        mut state: SyncState,
+        reason: ResetReason,
+        mut requests: u64,
+    ) -> Result<SyncReport, ReplicaError> {
+        let docs: Vec<DocId> = self
+            .storage
+            .documents(c)?
+            .into_iter()
+            .map(|d| d.doc)
+            .collect();
+        let mut svs = HashMap::new();
+        for doc in &docs {
+            let local = self.local_state(c, doc)?;
+            let holder = Doc::new();
+            apply_bytes(&holder, &local, doc.as_str())?;
+            svs.insert(
+                doc.to_string(),
+                holder.transact().state_vector().encode_v1(),
+            );
+        }
+        requests += 1;
+        let recovery = self.transport.recover_collection(c.as_str(), svs).await?;
+        let items: Vec<(DocId, Vec<u8>, &str)> = recovery
+            .documents
+            .iter()
+            .map(|(d, u)| (d.clone(), u.clone(), REMOTE))
+            .chain(
+                recovery
+                    .deleted
+                    .iter()
+                    .map(|d| (d.clone(), Vec::new(), REMOTE)),
+            )
+            .collect();
+        let pulled = items.len() as u64;
+        state.epoch = recovery.epoch;
+        state.cursor = recovery.cursor;
+        if items.is_empty() {
+            self.commit_sync_state(c, &state, Vec::new())?;
+        } else {
+            append(
+                &*self.storage,
+                c,
+                items,
+                Some(state_write(&*self.storage, c, &state)?),
+            )?;
+        }
+        // Push back what the server lacks of every local document.
+        let mut pushed = 0u64;
+        let mut head = recovery.cursor;
+        for doc in self.storage.documents(c)?.into_iter().map(|d| d.doc) {
+            requests += 1;
+            let server_sv = match self
+                .transport
+                .state_vector(c.as_str(), doc.as_str())
+                .await?
+            {
+                Some(bytes) => {
+                    StateVector::decode_v1(&bytes).map_err(|e| ReplicaError::InvalidUpdate {
+                        doc: doc.to_string(),
+                        reason: e.to_string(),
+                    })?
+                }
+                None => StateVector::default(),
+            };
+            let local = self.local_state(c, &doc)?;
+            let holder = Doc::new();
+            apply_bytes(&holder, &local, doc.as_str())?;
+            let diff = holder.transact().encode_state_as_update_v1(&server_sv);
+            requests += 1;
+            let outcome = self
+                .transport
+                .push_batch(
+                    c.as_str(),
+                    vec![(doc.to_string(), diff)],
+                    self.peer.as_str(),
+                )
+                .await?;
+            pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
+            head = outcome.head;
+        }
+        if state.epoch.is_none() && pushed > 0 {
+            requests += 1;
+            state.epoch = self.transport.changes(c.as_str(), 0, 0, None).await?.epoch;
+        }
+        // Everything local is on the server now: the outbox is empty.
+        state.pushed_through = self.storage.collection(c)?.map_or(0, |m| m.head);
+        self.commit_sync_state(c, &state, Vec::new())?;
+        Ok(SyncReport {
+            outcome: SyncOutcome::Reset {
+                reason,
+                pulled,
+                pushed,
+            },
+            follow_up_needed: pushed > 0,
+            cursor: state.cursor,
+            head,
+            epoch: state.epoch,
+            requests,
+        })
+    }
+}
+
+fn getrandom_fill(bytes: &mut [u8]) -> Result<(), ReplicaError> {
+    Epoch::random()
+        .map(|epoch| bytes.copy_from_slice(&epoch.0[..bytes.len()]))
+        .map_err(|e| {
+            ReplicaError::Local(StorageError::backend("replica", "choosing a client id", e))
+        })
+}
+
+fn apply_bytes(doc: &Doc, update: &[u8], name: &str) -> Result<(), ReplicaError> {
+    let invalid = |reason: String| ReplicaError::InvalidUpdate {
+        doc: name.to_owned(),
+        reason,
+    };
+    let update = Update::decode_v1(update).map_err(|e| invalid(e.to_string()))?;
+    doc.transact_mut()
+        .apply_update(update)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// Appends `items` (doc, payload — empty for a tombstone —, origin) to the
+/// local collection `c`, plus `state` in the same commit.
+fn append(
+    storage: &dyn Storage,
+    c: &CollectionName,
+    items: Vec<(DocId, Vec<u8>, &str)>,
+    state: Option<CollectionWrite>,
+) -> Result<(), ReplicaError> {
+    let meta = storage.collection(c)?;
+    let (base, mut head) = match &meta {
+        Some(meta) => (
+            WriteBase::Existing {
+                epoch: meta.epoch,
+                head: meta.head,
+            },
+            meta.head,
+        ),
+        None => (
+            WriteBase::Create {
+                epoch: local_epoch()?,
+                schema_version: 1,
+            },
+            0,
+        ),
+    };
+    let append = items
+        .into_iter()
+        .map(|(doc, payload, origin)| {
+            head += 1;
+            let kind = if payload.is_empty() {
+                ChangeKind::Delete
+            } else {
+                ChangeKind::Update
+            };
+            Change {
+                seq: head,
+                doc,
+                kind,
+                payload,
+                schema_version: 1,
+                origin: PeerId::new(origin).ok(),
+                log_checksum: 0,
+            }
+        })
+        .collect();
+    let mut writes = vec![CollectionWrite {
+        collection: c.clone(),
+        base,
+        append,
+        compact: Vec::new(),
+        peers: Vec::new(),
+        raise_schema_version: None,
+        append_mode: Default::default(),
+    }];
+    writes.extend(state);
+    storage.commit(&WriteBatch { writes })?;
+    Ok(())
+}
+
+fn local_epoch() -> Result<Epoch, ReplicaError> {
+    Epoch::random()
+        .map_err(|e| ReplicaError::Local(StorageError::backend("replica", "choosing an epoch", e)))
+}
+
+/// The state document `doc` of the state collection, loaded.
+fn load_state_doc(storage: &dyn Storage, doc: &str) -> Result<Doc, ReplicaError> {
+    let holder = Doc::new();
+    let id = doc_id(doc)?;
+    if let Some(loaded) = load_document(storage, &state_collection()?, &id)? {
+        apply_bytes(&holder, &loaded.state.encode_state(), doc)?;
+    }
+    Ok(holder)
+}
+
+fn read_any(doc: &Doc, key: &str) -> Option<Any> {
+    let txn = doc.transact();
+    let map = txn.get_map("sync")?;
+    map.get(&txn, key).map(|v| v.to_json(&txn))
+}
+
+/// Numbers are stored as decimal strings: exact for every u64, whatever a
+/// JSON-minded reader does with numbers.
+fn read_u64(doc: &Doc, key: &str) -> Option<u64> {
+    read_string(doc, key)?.parse().ok()
+}
+
+fn read_string(doc: &Doc, key: &str) -> Option<String> {
+    match read_any(doc, key)? {
+        Any::String(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// An update of a state document setting `values`.
+fn state_update(doc: &Doc, values: &[(&str, u64)]) -> Vec<u8> {
+    let mut txn = doc.transact_mut();
+    let map = txn.get_or_insert_map("sync");
+    for (key, value) in values {
+        map.insert(&mut txn, *key, value.to_string());
+    }
+    txn.encode_update_v1()
+}
+
+/// The write that stores `state` as the state document of `c`.
+fn state_write(
+    storage: &dyn Storage,
+    c: &CollectionName,
+    state: &SyncState,
+) -> Result<CollectionWrite, ReplicaError> {
+    let doc = load_state_doc(storage, c.as_str())?;
+    let update = {
+        let mut txn = doc.transact_mut();
+        let map = txn.get_or_insert_map("sync");
+        map.insert(&mut txn, "cursor", state.cursor.to_string());
+        map.insert(&mut txn, "pushed_through", state.pushed_through.to_string());
+        let epoch = state.epoch.map(|e| e.to_string()).unwrap_or_default();
+        map.insert(&mut txn, "epoch", epoch);
+        map.insert(&mut txn, "synced_ms", now_ms().to_string());
+        txn.encode_update_v1()
+    };
+    state_collection_write(storage, c.as_str(), update)
+}
+
+fn state_collection_write(
+    storage: &dyn Storage,
+    doc: &str,
+    update: Vec<u8>,
+) -> Result<CollectionWrite, ReplicaError> {
+    let sc = state_collection()?;
+    let meta = storage.collection(&sc)?;
+    let (base, head) = match &meta {
+        Some(meta) => (
+            WriteBase::Existing {
+                epoch: meta.epoch,
+                head: meta.head,
+            },
+            meta.head,
+        ),
+        None => (
+            WriteBase::Create {
+                epoch: local_epoch()?,
+                schema_version: 1,
+            },
+            0,
+        ),
+    };
+    Ok(CollectionWrite {
+        collection: sc,
+        base,
+        append: vec![Change {
+            seq: head + 1,
+            doc: doc_id(doc)?,
+            kind: ChangeKind::Update,
+            payload: update,
+            schema_version: 1,
+            origin: None,
+            log_checksum: 0,
+        }],
+        compact: Vec::new(),
+        peers: Vec::new(),
+        raise_schema_version: None,
+        append_mode: Default::default(),
+    })
+}
+
+fn commit_state(
+    storage: &dyn Storage,
+    doc: &str,
+    update: Vec<u8>,
+    extra: Vec<CollectionWrite>,
+) -> Result<(), ReplicaError> {
+    let mut writes = extra;
+    writes.push(state_collection_write(storage, doc, update)?);
+    storage.commit(&WriteBatch { writes })?;
+    Ok(())
+}

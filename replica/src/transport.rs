@@ -1,0 +1,244 @@
+//! How a replica talks to a server: one trait, whatever carries the calls.
+//!
+//! The trait speaks in the replica's own small types rather than the
+//! engine's, so a network transport (the host server's HTTP routes) and the
+//! in-process one ([`EngineTransport`], an `Engine` handle in the same
+//! process) answer alike, and every replica test can run over either.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use seqsync_actors::{Engine, PushOptions};
+use seqsync_engine::{Change, DocId, Epoch, ReadError, Seq, WriteError};
+
+/// One page of the server's log after a cursor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePage {
+    /// Changes after the cursor asked for, in seq order.
+    pub changes: Vec<Change>,
+    /// Where to continue.
+    pub cursor: Seq,
+    /// Whether more follow.
+    pub has_more: bool,
+    /// The server's head when the page was read.
+    pub head: Seq,
+    /// The collection's epoch (`None`: it does not exist yet).
+    pub epoch: Option<Epoch>,
+}
+
+/// What the server answered to a batch of pushes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePush {
+    /// Per update, its seq (`None`: the server had it already).
+    pub seqs: Vec<Option<Seq>>,
+    /// The head after the batch.
+    pub head: Seq,
+}
+
+/// A whole collection for a replica that must start over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRecovery {
+    /// Per live document, what the replica lacks.
+    pub documents: Vec<(DocId, Vec<u8>)>,
+    /// Deleted documents.
+    pub deleted: Vec<DocId>,
+    /// Stream from here.
+    pub cursor: Seq,
+    /// The collection's epoch.
+    pub epoch: Option<Epoch>,
+}
+
+/// Why a call failed. Every variant leaves the replica's local store as it
+/// was; a later sync retries.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The server's history is not the one the cursor belongs to (another
+    /// epoch, or a cursor beyond its head): the replica must recover.
+    #[error("the server answered reset (epoch {epoch:?}, head {head})")]
+    Reset {
+        /// The server's epoch.
+        epoch: Option<Epoch>,
+        /// Its head.
+        head: Seq,
+    },
+    /// The server refused the request for good (bad input, too large,
+    /// schema mismatch); retrying the same request will not help.
+    #[error("the server refused: {code}: {message}")]
+    Refused {
+        /// The server's stable code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The server could not be reached or failed; retry later.
+    #[error("the server is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The calls a replica makes. Implementations must be cheap to call
+/// concurrently; each call is independent (no session state).
+pub trait Transport: Send + Sync {
+    /// Up to `limit` changes after `after` (exclusive), or `Reset`.
+    fn changes(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+    ) -> impl Future<Output = Result<RemotePage, TransportError>> + Send;
+
+    /// Pushes `updates` atomically, recorded with `origin`.
+    fn push_batch(
+        &self,
+        collection: &str,
+        updates: Vec<(String, Vec<u8>)>,
+        origin: &str,
+    ) -> impl Future<Output = Result<RemotePush, TransportError>> + Send;
+
+    /// Every document's diff against the given state vectors.
+    fn recover_collection(
+        &self,
+        collection: &str,
+        state_vectors: HashMap<String, Vec<u8>>,
+    ) -> impl Future<Output = Result<RemoteRecovery, TransportError>> + Send;
+
+    /// A document's state vector on the server (`None`: not there).
+    fn state_vector(
+        &self,
+        collection: &str,
+        doc: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, TransportError>> + Send;
+
+    /// Acknowledges everything up to `seq` for `peer`.
+    fn ack(
+        &self,
+        collection: &str,
+        peer: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+/// The in-process transport: calls an [`Engine`] in the same process.
+#[derive(Clone)]
+pub struct EngineTransport {
+    engine: Engine,
+}
+
+impl EngineTransport {
+    /// Talks to `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+fn from_read(err: ReadError) -> TransportError {
+    match err {
+        ReadError::Reset { epoch, head } => TransportError::Reset { epoch, head },
+        ReadError::Storage(e) => TransportError::Unavailable(e.to_string()),
+        ReadError::ShuttingDown => {
+            TransportError::Unavailable("the engine is shutting down".to_owned())
+        }
+        other => TransportError::Refused {
+            code: other.code().to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn from_write(err: WriteError) -> TransportError {
+    match err {
+        WriteError::Storage(_)
+        | WriteError::Overloaded
+        | WriteError::ShuttingDown
+        | WriteError::Internal(_) => TransportError::Unavailable(err.to_string()),
+        other => TransportError::Refused {
+            code: other.code().to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+impl Transport for EngineTransport {
+    async fn changes(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+    ) -> Result<RemotePage, TransportError> {
+        let page = self
+            .engine
+            .changes(collection, after, limit, epoch)
+            .await
+            .map_err(from_read)?;
+        Ok(RemotePage {
+            changes: page.changes,
+            cursor: page.cursor,
+            has_more: page.has_more,
+            head: page.head,
+            epoch: page.epoch,
+        })
+    }
+
+    async fn push_batch(
+        &self,
+        collection: &str,
+        updates: Vec<(String, Vec<u8>)>,
+        origin: &str,
+    ) -> Result<RemotePush, TransportError> {
+        let options = PushOptions {
+            origin: Some(origin.to_owned()),
+            schema_version: None,
+        };
+        let outcome = self
+            .engine
+            .push_batch(collection, updates, options)
+            .await
+            .map_err(from_write)?;
+        Ok(RemotePush {
+            seqs: outcome.seqs,
+            head: outcome.head,
+        })
+    }
+
+    async fn recover_collection(
+        &self,
+        collection: &str,
+        state_vectors: HashMap<String, Vec<u8>>,
+    ) -> Result<RemoteRecovery, TransportError> {
+        let recovery = self
+            .engine
+            .recover_collection(collection, state_vectors)
+            .await
+            .map_err(from_read)?;
+        Ok(RemoteRecovery {
+            documents: recovery.documents,
+            deleted: recovery.deleted,
+            cursor: recovery.cursor,
+            epoch: recovery.epoch,
+        })
+    }
+
+    async fn state_vector(
+        &self,
+        collection: &str,
+        doc: &str,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        match self.engine.document_state_vector(collection, doc).await {
+            Ok(found) => Ok(Some(found.state_vector)),
+            Err(ReadError::DocumentNotFound { .. }) => Ok(None),
+            Err(err) => Err(from_read(err)),
+        }
+    }
+
+    async fn ack(&self, collection: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
+        match self.engine.ack(collection, peer, seq).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(TransportError::Refused {
+                code: err.code().to_owned(),
+                message: err.to_string(),
+            }),
+        }
+    }
+}
