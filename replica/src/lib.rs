@@ -10,14 +10,17 @@
 //! `seeds/mentat-tolstoy-sync-readme.txt`, `seeds/ssb-db-replication-issue.txt`.
 //!
 //! It talks to the server through a [`Transport`]: in-process
-//! ([`EngineTransport`]) today; a network transport over the host server's
-//! HTTP routes fits the same trait.
+//! ([`EngineTransport`], an `Engine` handle) or over the network
+//! ([`HttpTransport`], the host server's HTTP routes); every replica test
+//! runs over both.
 
 #![deny(missing_docs)]
 
+mod http;
 mod replica;
 mod transport;
 
+pub use crate::http::HttpTransport;
 pub use crate::replica::{
     Replica, ReplicaError, ResetReason, SyncOutcome, SyncReport, STATE_COLLECTION,
 };

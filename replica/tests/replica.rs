@@ -1,8 +1,10 @@
-//! The replica against a real engine (in-process transport), with its local
-//! store on every backend: every report kind, 3-way replication with an
-//! offline replica and compaction on the server, the exclusive cursor at
-//! page boundaries, a local store reopened with its outbox, and a reset
-//! after the server was restored under a new epoch.
+//! The replica against a real engine, over both transports (in-process, and
+//! the host server's HTTP routes on loopback), with its local store on every
+//! backend: every report kind, 3-way replication with an offline replica and
+//! compaction on the server, the exclusive cursor at page boundaries, a
+//! local store reopened with its outbox, and a reset after the server was
+//! restored under a new epoch. As Scuttlebutt ran its replication tests
+//! over plain streams and over the network, every case runs on both.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,8 +12,8 @@ use std::sync::Arc;
 use seqsync_actors::{Engine, PushOptions};
 use seqsync_engine::{BackendKind, Durability, EngineConfig, Epoch, Seq, Storage};
 use seqsync_replica::{
-    EngineTransport, RemotePage, RemotePush, RemoteRecovery, Replica, ResetReason, SyncOutcome,
-    Transport, TransportError,
+    EngineTransport, HttpTransport, RemotePage, RemotePush, RemoteRecovery, Replica, ResetReason,
+    SyncOutcome, Transport, TransportError,
 };
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact, WriteTxn};
@@ -24,11 +26,124 @@ fn local_store(kind: BackendKind, dir: &std::path::Path) -> Arc<dyn Storage> {
     seqsync_adapters::open_storage(&config.storage).unwrap()
 }
 
-fn server(tune: impl FnOnce(&mut EngineConfig)) -> Engine {
+/// How the replicas reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// An `Engine` handle in this process.
+    Engine,
+    /// The host server over HTTP on loopback.
+    Http,
+}
+
+/// A server (memory backend) reachable both ways: it derefs to its
+/// `Engine` for the test's own checks; `transport()` is for replicas.
+pub struct Server {
+    engine: Engine,
+    http: Option<seqsync_server::ServerThread>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn server(via: Via, tune: impl FnOnce(&mut EngineConfig)) -> Server {
     let mut config = EngineConfig::default();
     config.storage.backend = BackendKind::Memory;
+    config.server.listen = "127.0.0.1:0".to_owned();
     tune(&mut config);
-    Engine::open(config).unwrap()
+    match via {
+        Via::Engine => Server {
+            engine: Engine::open(config).unwrap(),
+            http: None,
+        },
+        Via::Http => {
+            let thread = seqsync_server::ServerThread::start(config).unwrap();
+            Server {
+                engine: thread.engine().clone(),
+                http: Some(thread),
+            }
+        }
+    }
+}
+
+impl Server {
+    fn transport(&self) -> AnyTransport {
+        match &self.http {
+            Some(thread) => {
+                AnyTransport::Http(HttpTransport::new(format!("http://{}", thread.addr), None))
+            }
+            None => AnyTransport::Engine(EngineTransport::new(self.engine.clone())),
+        }
+    }
+
+    async fn stop(mut self) {
+        match self.http.take() {
+            Some(thread) => tokio::task::spawn_blocking(move || thread.stop())
+                .await
+                .unwrap(),
+            None => self.engine.shutdown().await,
+        }
+    }
+}
+
+/// Either transport, behind one type.
+#[derive(Clone)]
+pub enum AnyTransport {
+    /// In-process.
+    Engine(EngineTransport),
+    /// HTTP.
+    Http(HttpTransport),
+}
+
+impl Transport for AnyTransport {
+    async fn changes(
+        &self,
+        c: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+    ) -> Result<RemotePage, TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.changes(c, after, limit, epoch).await,
+            AnyTransport::Http(t) => t.changes(c, after, limit, epoch).await,
+        }
+    }
+    async fn push_batch(
+        &self,
+        c: &str,
+        updates: Vec<(String, Vec<u8>)>,
+        origin: &str,
+    ) -> Result<RemotePush, TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.push_batch(c, updates, origin).await,
+            AnyTransport::Http(t) => t.push_batch(c, updates, origin).await,
+        }
+    }
+    async fn recover_collection(
+        &self,
+        c: &str,
+        svs: std::collections::HashMap<String, Vec<u8>>,
+    ) -> Result<RemoteRecovery, TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.recover_collection(c, svs).await,
+            AnyTransport::Http(t) => t.recover_collection(c, svs).await,
+        }
+    }
+    async fn state_vector(&self, c: &str, d: &str) -> Result<Option<Vec<u8>>, TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.state_vector(c, d).await,
+            AnyTransport::Http(t) => t.state_vector(c, d).await,
+        }
+    }
+    async fn ack(&self, c: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.ack(c, peer, seq).await,
+            AnyTransport::Http(t) => t.ack(c, peer, seq).await,
+        }
+    }
 }
 
 fn text_of(update: &[u8]) -> String {
@@ -59,7 +174,7 @@ async fn server_text(engine: &Engine, doc: &str) -> String {
 /// A transport that lets another client write to the server just before
 /// the replica's first push: the server moved while the sync ran.
 struct Interleaving {
-    inner: EngineTransport,
+    inner: AnyTransport,
     engine: Engine,
     done: AtomicBool,
 }
@@ -116,17 +231,12 @@ mod cases {
     /// Every report kind, each checked: NoOp (one request when in sync),
     /// Pushed, Pulled, Merged, follow-up needed, and Reset after the
     /// server was restored under a new epoch, with nothing local lost.
-    pub async fn every_report_kind(kind: BackendKind) {
+    pub async fn every_report_kind(kind: BackendKind, via: Via) {
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let engine = server(|_| {});
+        let engine = server(via, |_| {});
         let store_a = local_store(kind, dirs.0.path());
-        let a = Replica::open(store_a.clone(), EngineTransport::new(engine.clone()), "a").unwrap();
-        let b = Replica::open(
-            local_store(kind, dirs.1.path()),
-            EngineTransport::new(engine.clone()),
-            "b",
-        )
-        .unwrap();
+        let a = Replica::open(store_a.clone(), engine.transport(), "a").unwrap();
+        let b = Replica::open(local_store(kind, dirs.1.path()), engine.transport(), "b").unwrap();
 
         let report = a.sync("notes").await.unwrap();
         assert_eq!(report.outcome, SyncOutcome::NoOp);
@@ -172,7 +282,7 @@ mod cases {
         // follow-up pulls it.
         let dir_c = tempfile::tempdir().unwrap();
         let racing = Interleaving {
-            inner: EngineTransport::new(engine.clone()),
+            inner: engine.transport(),
             engine: engine.clone(),
             done: AtomicBool::new(false),
         };
@@ -198,7 +308,7 @@ mod cases {
             .await
             .unwrap();
         type_at_end(&a, "d", "offline ").await;
-        let restored = server(|_| {});
+        let restored = server(via, |_| {});
         for (doc, state) in backup.documents.iter().filter(|(d, _)| d.as_str() == "d") {
             let partial = text_of(state);
             assert!(partial.contains("from a"));
@@ -209,8 +319,7 @@ mod cases {
         }
         // The same local store, now pointed at the restored server.
         drop(a);
-        let a2 =
-            Replica::open(store_a.clone(), EngineTransport::new(restored.clone()), "a").unwrap();
+        let a2 = Replica::open(store_a.clone(), restored.transport(), "a").unwrap();
         let report = a2.sync("notes").await.unwrap();
         assert!(
             matches!(
@@ -229,14 +338,14 @@ mod cases {
         );
         assert_eq!(text_of(&a2.document("notes", "d").unwrap()), server);
         assert_eq!(a2.outbox_len("notes").unwrap(), 0);
-        engine.shutdown().await;
-        restored.shutdown().await;
+        engine.stop().await;
+        restored.stop().await;
     }
 
     /// Three replicas edit the same documents through one server that
     /// compacts aggressively; one of them stays offline for a long stretch
     /// (so it receives snapshots). All end equal to the server.
-    pub async fn three_way_with_an_offline_replica_and_compaction(kind: BackendKind) {
+    pub async fn three_way_with_an_offline_replica_and_compaction(kind: BackendKind, via: Via) {
         let seed: u64 = std::env::var("TEST_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -249,7 +358,7 @@ mod cases {
             state ^= state << 17;
             state % n
         };
-        let engine = server(|config| {
+        let engine = server(via, |config| {
             config.compaction.max_deltas = 3;
             config.compaction.peer_timeout_secs = 0;
         });
@@ -260,7 +369,7 @@ mod cases {
             .map(|(i, dir)| {
                 Replica::open(
                     local_store(kind, dir.path()),
-                    EngineTransport::new(engine.clone()),
+                    engine.transport(),
                     &format!("r{i}"),
                 )
                 .unwrap()
@@ -301,15 +410,15 @@ mod cases {
                 );
             }
         }
-        engine.shutdown().await;
+        engine.stop().await;
     }
 
     /// Scuttlebutt's off-by-one: a replica at seq n receives exactly n+1..,
     /// also across a page boundary (1,200 changes, pages of 1,000); then
     /// replicate, add data, replicate again.
-    pub async fn the_cursor_is_exclusive_across_pages(kind: BackendKind) {
+    pub async fn the_cursor_is_exclusive_across_pages(kind: BackendKind, via: Via) {
         // No compaction on the server: every change is delivered as itself.
-        let engine = server(|config| {
+        let engine = server(via, |config| {
             config.compaction.max_deltas = u64::MAX / 2;
             config.compaction.max_delta_bytes = u64::MAX / 2;
         });
@@ -317,13 +426,13 @@ mod cases {
         let reader_dir = tempfile::tempdir().unwrap();
         let writer = Replica::open(
             local_store(kind, writer_dir.path()),
-            EngineTransport::new(engine.clone()),
+            engine.transport(),
             "w",
         )
         .unwrap();
         let reader = Replica::open(
             local_store(kind, reader_dir.path()),
-            EngineTransport::new(engine.clone()),
+            engine.transport(),
             "r",
         )
         .unwrap();
@@ -363,34 +472,26 @@ mod cases {
             text_of(&reader.document("notes", "d").unwrap()),
             server_text(&engine, "d").await
         );
-        engine.shutdown().await;
+        engine.stop().await;
     }
 
     /// Local edits are durable before they return: a replica whose process
     /// goes away (the handle and the store dropped) finds its outbox when
     /// its store is opened again, and pushes it exactly once.
-    pub async fn the_outbox_survives_a_reopen(kind: BackendKind) {
+    pub async fn the_outbox_survives_a_reopen(kind: BackendKind, via: Via) {
         if kind == BackendKind::Memory {
             return;
         }
-        let engine = server(|_| {});
+        let engine = server(via, |_| {});
         let dir = tempfile::tempdir().unwrap();
         {
-            let replica = Replica::open(
-                local_store(kind, dir.path()),
-                EngineTransport::new(engine.clone()),
-                "p",
-            )
-            .unwrap();
+            let replica =
+                Replica::open(local_store(kind, dir.path()), engine.transport(), "p").unwrap();
             type_at_end(&replica, "d", "kept ").await;
             type_at_end(&replica, "d", "twice ").await;
         }
-        let replica = Replica::open(
-            local_store(kind, dir.path()),
-            EngineTransport::new(engine.clone()),
-            "p",
-        )
-        .unwrap();
+        let replica =
+            Replica::open(local_store(kind, dir.path()), engine.transport(), "p").unwrap();
         assert_eq!(replica.outbox_len("notes").unwrap(), 2);
         assert_eq!(
             replica.sync("notes").await.unwrap().outcome,
@@ -402,7 +503,7 @@ mod cases {
         );
         assert_eq!(server_text(&engine, "d").await, "kept twice ");
         assert_eq!(engine.changes("notes", 0, 100, None).await.unwrap().head, 2);
-        engine.shutdown().await;
+        engine.stop().await;
     }
 }
 
@@ -411,13 +512,21 @@ macro_rules! suite {
         mod $backend {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn every_report_kind() { cases::every_report_kind($kind).await }
+            async fn every_report_kind_in_process() { cases::every_report_kind($kind, Via::Engine).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn three_way_with_an_offline_replica_and_compaction() { cases::three_way_with_an_offline_replica_and_compaction($kind).await }
+            async fn every_report_kind_over_http() { cases::every_report_kind($kind, Via::Http).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn the_cursor_is_exclusive_across_pages() { cases::the_cursor_is_exclusive_across_pages($kind).await }
+            async fn three_way_in_process() { cases::three_way_with_an_offline_replica_and_compaction($kind, Via::Engine).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn the_outbox_survives_a_reopen() { cases::the_outbox_survives_a_reopen($kind).await }
+            async fn three_way_over_http() { cases::three_way_with_an_offline_replica_and_compaction($kind, Via::Http).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exclusive_cursor_in_process() { cases::the_cursor_is_exclusive_across_pages($kind, Via::Engine).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exclusive_cursor_over_http() { cases::the_cursor_is_exclusive_across_pages($kind, Via::Http).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn outbox_survives_a_reopen_in_process() { cases::the_outbox_survives_a_reopen($kind, Via::Engine).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn outbox_survives_a_reopen_over_http() { cases::the_outbox_survives_a_reopen($kind, Via::Http).await }
         }
     )*};
 }

@@ -77,6 +77,39 @@ pub fn decode_batch_body(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ApiError
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RecoverCollectionRequest {
+    #[serde(default)]
+    state_vectors: std::collections::HashMap<String, String>,
+}
+
+/// Decodes the body of `POST /v1/collections/{c}/recover`:
+/// `{"state_vectors": {"<doc>": "<base64 state vector>"}}` (a missing
+/// document means "send its full state"; an empty body object is fine).
+///
+/// Errors: `invalid_json` or `invalid_base64` (status 400) naming the
+/// document.
+pub fn decode_recover_collection_body(body: &[u8]) -> Result<HashMap<String, Vec<u8>>, ApiError> {
+    let request: RecoverCollectionRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("expected {{\"state_vectors\":{{\"<doc>\":\"<base64>\"}}}}: {e}"),
+        )
+    })?;
+    let mut out = HashMap::with_capacity(request.state_vectors.len());
+    for (doc, sv) in request.state_vectors {
+        let bytes = b64().decode(sv.as_bytes()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_base64",
+                format!("state_vectors[{doc:?}] is not base64: {e}"),
+            )
+        })?;
+        out.insert(doc, bytes);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AckRequest {
     seq: Seq,
 }

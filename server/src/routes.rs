@@ -29,6 +29,11 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1/collections/{collection}")
             .route("/documents/{doc}/updates", web::post().to(push_update))
             .route("/documents/{doc}/recover", web::post().to(recover))
+            .route(
+                "/documents/{doc}/state-vector",
+                web::get().to(document_state_vector),
+            )
+            .route("/recover", web::post().to(recover_collection))
             .route("/documents/{doc}", web::get().to(document))
             .route("/documents/{doc}", web::delete().to(delete_document))
             .route("/batch", web::post().to(push_batch))
@@ -317,6 +322,52 @@ async fn recover(
         recovery.cursor,
         recovery.schema_version,
     ))
+}
+
+async fn document_state_vector(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let found = state
+        .engine
+        .document_state_vector(&collection, &doc)
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::octet_stream())
+        .insert_header((CURSOR_HEADER, found.cursor.to_string()))
+        .body(found.state_vector))
+}
+
+async fn recover_collection(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let collection = path.into_inner();
+    state.auth.authorize(&req, &collection, Access::Read)?;
+    let body = read_body(payload, state.batch_body_limit_bytes()).await?;
+    let state_vectors = decode::decode_recover_collection_body(&body)?;
+    let recovery = state
+        .engine
+        .recover_collection(&collection, state_vectors)
+        .await?;
+    let documents: Vec<_> = recovery
+        .documents
+        .iter()
+        .map(|(doc, update)| json!({"doc": doc.as_str(), "update": b64().encode(update)}))
+        .collect();
+    let deleted: Vec<&str> = recovery.deleted.iter().map(|d| d.as_str()).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "documents": documents,
+        "deleted": deleted,
+        "cursor": recovery.cursor,
+        "epoch": recovery.epoch.map(|e| e.to_string()),
+        "schema_version": recovery.schema_version,
+    })))
 }
 
 async fn compact(

@@ -1,0 +1,335 @@
+//! The network transport: the host server's HTTP routes (BRIEF §7).
+//!
+//! Calls are blocking `ureq` requests run on tokio's blocking pool, so an
+//! async caller never blocks its executor. Every call has a timeout; a
+//! refused connection, a reset socket, a timeout or a 5xx is
+//! `Unavailable` (retry later), a 409 `reset` is `Reset`, any other error
+//! answer is `Refused` with the server's code.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use seqsync_engine::{Change, ChangeKind, DocId, Epoch, PeerId, Seq};
+use serde_json::{json, Value};
+
+use crate::transport::{RemotePage, RemotePush, RemoteRecovery, Transport, TransportError};
+
+/// How long one request may take, at most.
+const TIMEOUT_MS: u64 = 30_000;
+
+/// A transport to a seqsync host server at `base` (e.g.
+/// `http://127.0.0.1:8787`), optionally with a bearer token.
+#[derive(Clone)]
+pub struct HttpTransport {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl HttpTransport {
+    /// Talks to the server at `base` (no trailing slash needed).
+    pub fn new(base: impl Into<String>, token: Option<String>) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(TIMEOUT_MS))
+            .build();
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &'static str,
+        path: String,
+        body: Option<Vec<u8>>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<(u16, Vec<u8>), TransportError> {
+        let url = format!("{}{}", self.base, path);
+        let agent = self.agent.clone();
+        let token = self.token.clone();
+        let work = move || {
+            let mut request = agent.request(method, &url);
+            if let Some(token) = &token {
+                request = request.set("authorization", &format!("Bearer {token}"));
+            }
+            for (name, value) in &headers {
+                request = request.set(name, value);
+            }
+            let result = match body {
+                Some(bytes) => request.send_bytes(&bytes),
+                None => request.call(),
+            };
+            let response = match result {
+                Ok(response) => response,
+                Err(ureq::Error::Status(_, response)) => response,
+                Err(e) => return Err(TransportError::Unavailable(format!("{url}: {e}"))),
+            };
+            let status = response.status();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).map_err(|e| {
+                TransportError::Unavailable(format!("{url}: reading the answer: {e}"))
+            })?;
+            Ok((status, bytes))
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| TransportError::Unavailable(format!("the request task failed: {e}")))?
+    }
+
+    async fn json(
+        &self,
+        method: &'static str,
+        path: String,
+        body: Option<Vec<u8>>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<Value, TransportError> {
+        let (status, bytes) = self.call(method, path, body, headers).await?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            TransportError::Unavailable(format!("answer {status} is not JSON: {e}"))
+        })?;
+        check(status, &value)?;
+        Ok(value)
+    }
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn bad(detail: &str) -> TransportError {
+    TransportError::Unavailable(format!("the server's answer is malformed: {detail}"))
+}
+
+/// Maps an error answer to a typed error.
+fn check(status: u16, value: &Value) -> Result<(), TransportError> {
+    if status < 400 {
+        return Ok(());
+    }
+    let code = value["error"]["code"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned();
+    let message = value["error"]["message"].as_str().unwrap_or("").to_owned();
+    if code == "reset" {
+        return Err(TransportError::Reset {
+            epoch: value["epoch"].as_str().and_then(Epoch::parse_hex),
+            head: value["head"].as_u64().unwrap_or(0),
+        });
+    }
+    if status >= 500 {
+        return Err(TransportError::Unavailable(format!(
+            "{status} {code}: {message}"
+        )));
+    }
+    Err(TransportError::Refused { code, message })
+}
+
+fn encode_path(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn change_of(value: &Value) -> Result<Change, TransportError> {
+    let seq = value["seq"]
+        .as_u64()
+        .ok_or_else(|| bad("a change without seq"))?;
+    let doc = DocId::new(
+        value["doc"]
+            .as_str()
+            .ok_or_else(|| bad("a change without doc"))?,
+    )
+    .map_err(|e| bad(&e.to_string()))?;
+    let kind = match value["kind"].as_str() {
+        Some("update") => ChangeKind::Update,
+        Some("snapshot") => ChangeKind::Snapshot,
+        Some("delete") => ChangeKind::Delete,
+        _ => return Err(bad("a change of unknown kind")),
+    };
+    let payload = b64()
+        .decode(value["update"].as_str().unwrap_or("").as_bytes())
+        .map_err(|e| bad(&e.to_string()))?;
+    let origin = value["origin"]
+        .as_str()
+        .map(PeerId::new)
+        .transpose()
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(Change {
+        seq,
+        doc,
+        kind,
+        payload,
+        schema_version: value["schema_version"].as_u64().unwrap_or(1) as u32,
+        origin,
+        log_checksum: 0,
+    })
+}
+
+impl Transport for HttpTransport {
+    async fn changes(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+    ) -> Result<RemotePage, TransportError> {
+        let mut path = format!(
+            "/v1/collections/{}/changes?after={after}&limit={limit}",
+            encode_path(collection)
+        );
+        if let Some(epoch) = epoch {
+            path.push_str(&format!("&epoch={epoch}"));
+        }
+        let value = self.json("GET", path, None, Vec::new()).await?;
+        let changes = value["changes"]
+            .as_array()
+            .ok_or_else(|| bad("no changes array"))?
+            .iter()
+            .map(change_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RemotePage {
+            changes,
+            cursor: value["cursor"].as_u64().ok_or_else(|| bad("no cursor"))?,
+            has_more: value["has_more"].as_bool().unwrap_or(false),
+            head: value["head"].as_u64().unwrap_or(0),
+            epoch: value["epoch"].as_str().and_then(Epoch::parse_hex),
+        })
+    }
+
+    async fn push_batch(
+        &self,
+        collection: &str,
+        updates: Vec<(String, Vec<u8>)>,
+        origin: &str,
+    ) -> Result<RemotePush, TransportError> {
+        let items: Vec<Value> = updates
+            .iter()
+            .map(|(doc, update)| json!({"doc": doc, "update": b64().encode(update)}))
+            .collect();
+        let body = serde_json::to_vec(&json!({"updates": items})).map_err(|e| {
+            TransportError::Refused {
+                code: "invalid_json".to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+        let value = self
+            .json(
+                "POST",
+                format!("/v1/collections/{}/batch", encode_path(collection)),
+                Some(body),
+                vec![
+                    ("x-peer-id", origin.to_owned()),
+                    ("content-type", "application/json".to_owned()),
+                ],
+            )
+            .await?;
+        let seqs = value["seqs"]
+            .as_array()
+            .ok_or_else(|| bad("no seqs"))?
+            .iter()
+            .map(Value::as_u64)
+            .collect();
+        Ok(RemotePush {
+            seqs,
+            head: value["head"].as_u64().unwrap_or(0),
+        })
+    }
+
+    async fn recover_collection(
+        &self,
+        collection: &str,
+        state_vectors: HashMap<String, Vec<u8>>,
+    ) -> Result<RemoteRecovery, TransportError> {
+        let svs: serde_json::Map<String, Value> = state_vectors
+            .iter()
+            .map(|(doc, sv)| (doc.clone(), Value::String(b64().encode(sv))))
+            .collect();
+        let body = serde_json::to_vec(&json!({"state_vectors": svs})).map_err(|e| {
+            TransportError::Refused {
+                code: "invalid_json".to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+        let value = self
+            .json(
+                "POST",
+                format!("/v1/collections/{}/recover", encode_path(collection)),
+                Some(body),
+                vec![("content-type", "application/json".to_owned())],
+            )
+            .await?;
+        let mut documents = Vec::new();
+        for item in value["documents"]
+            .as_array()
+            .ok_or_else(|| bad("no documents"))?
+        {
+            let doc =
+                DocId::new(item["doc"].as_str().unwrap_or("")).map_err(|e| bad(&e.to_string()))?;
+            let update = b64()
+                .decode(item["update"].as_str().unwrap_or("").as_bytes())
+                .map_err(|e| bad(&e.to_string()))?;
+            documents.push((doc, update));
+        }
+        let deleted = value["deleted"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|d| d.as_str().and_then(|d| DocId::new(d).ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(RemoteRecovery {
+            documents,
+            deleted,
+            cursor: value["cursor"].as_u64().unwrap_or(0),
+            epoch: value["epoch"].as_str().and_then(Epoch::parse_hex),
+        })
+    }
+
+    async fn state_vector(
+        &self,
+        collection: &str,
+        doc: &str,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        let path = format!(
+            "/v1/collections/{}/documents/{}/state-vector",
+            encode_path(collection),
+            encode_path(doc)
+        );
+        let (status, bytes) = self.call("GET", path, None, Vec::new()).await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        if status >= 400 {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            check(status, &value)?;
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn ack(&self, collection: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
+        let body = serde_json::to_vec(&json!({"seq": seq})).unwrap_or_default();
+        self.json(
+            "POST",
+            format!(
+                "/v1/collections/{}/peers/{}/ack",
+                encode_path(collection),
+                encode_path(peer)
+            ),
+            Some(body),
+            vec![("content-type", "application/json".to_owned())],
+        )
+        .await
+        .map(|_| ())
+    }
+}
