@@ -22,7 +22,7 @@ mod transport;
 
 pub use crate::http::HttpTransport;
 pub use crate::replica::{
-    Replica, ReplicaError, ResetReason, SyncOutcome, SyncReport, STATE_COLLECTION,
+    Replica, ReplicaError, ResetReason, SyncOutcome, SyncProgress, SyncReport, STATE_COLLECTION,
 };
 pub use crate::transport::{
     EngineTransport, RemotePage, RemotePush, RemoteRecovery, Transport, TransportError,

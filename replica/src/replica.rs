@@ -135,6 +135,22 @@ pub struct SyncReport {
     pub requests: u64,
 }
 
+/// Where a running sync is, for a progress bar: `received` of `expected`
+/// changes pulled (from the cursor and the server's head; compaction may
+/// deliver fewer, so the last event sets both equal), `pushed` of
+/// `to_push` local edits sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Changes received so far.
+    pub received: u64,
+    /// Changes expected (head − cursor when the sync began its pull).
+    pub expected: u64,
+    /// Local edits acknowledged so far.
+    pub pushed: u64,
+    /// Local edits in the outbox when the push began.
+    pub to_push: u64,
+}
+
 /// The sync state of one collection, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct SyncState {
@@ -153,7 +169,15 @@ pub struct Replica<T: Transport> {
     /// One local writer at a time: appends compute their base from the
     /// stored head.
     writer: Mutex<()>,
+    /// Documents recently edited, kept loaded under this replica's client
+    /// id so an edit does not replay the document from the local store each
+    /// time (at most `MAX_CACHED_DOCS`; a pull or a raw local update of a
+    /// document drops its entry).
+    editing: std::sync::Mutex<HashMap<(CollectionName, DocId), Doc>>,
 }
+
+/// Documents kept loaded for `edit`.
+const MAX_CACHED_DOCS: usize = 64;
 
 fn name(collection: &str) -> Result<CollectionName, ReplicaError> {
     if collection == STATE_COLLECTION {
@@ -204,6 +228,7 @@ impl<T: Transport> Replica<T> {
             peer,
             client_id,
             writer: Mutex::new(()),
+            editing: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -230,7 +255,15 @@ impl<T: Transport> Replica<T> {
             reason: e.to_string(),
         })?;
         let _guard = self.writer.lock().await;
+        self.forget(&c, &d);
         append(&*self.storage, &c, vec![(d, update, LOCAL)], None)
+    }
+
+    /// Drops a document from the edit cache (it changed some other way).
+    fn forget(&self, c: &CollectionName, d: &DocId) {
+        if let Ok(mut editing) = self.editing.lock() {
+            editing.remove(&(c.clone(), d.clone()));
+        }
     }
 
     /// Edits document `doc` in a yrs transaction under this replica's client
@@ -247,23 +280,48 @@ impl<T: Transport> Replica<T> {
         let c = name(collection)?;
         let d = doc_id(doc)?;
         let _guard = self.writer.lock().await;
-        let state = self.local_state(&c, &d)?;
-        let working = Doc::with_options(yrs::Options {
-            client_id: yrs::ClientID::new(self.client_id),
-            offset_kind: yrs::OffsetKind::Utf16,
-            ..yrs::Options::default()
-        });
-        apply_bytes(&working, &state, doc)?;
+        let key = (c.clone(), d.clone());
+        let cached = self.editing.lock().ok().and_then(|mut e| e.remove(&key));
+        let working = match cached {
+            Some(doc) => doc,
+            None => {
+                let state = self.local_state(&c, &d)?;
+                let working = Doc::with_options(yrs::Options {
+                    client_id: yrs::ClientID::new(self.client_id),
+                    offset_kind: yrs::OffsetKind::Utf16,
+                    ..yrs::Options::default()
+                });
+                apply_bytes(&working, &state, doc)?;
+                working
+            }
+        };
         let update = {
             let mut txn = working.transact_mut();
             f(&mut txn);
             if txn.insert_set().is_empty() && txn.delete_set().is_empty() {
-                return Ok(Vec::new());
+                None
+            } else {
+                Some(txn.encode_update_v1())
             }
-            txn.encode_update_v1()
+        };
+        // Only a committed edit leaves the working copy cached: on a failed
+        // commit it is dropped, so memory never runs ahead of the store.
+        let Some(update) = update else {
+            self.keep(key, working);
+            return Ok(Vec::new());
         };
         append(&*self.storage, &c, vec![(d, update.clone(), LOCAL)], None)?;
+        self.keep(key, working);
         Ok(update)
+    }
+
+    fn keep(&self, key: (CollectionName, DocId), doc: Doc) {
+        if let Ok(mut editing) = self.editing.lock() {
+            if editing.len() >= MAX_CACHED_DOCS {
+                editing.clear();
+            }
+            editing.insert(key, doc);
+        }
     }
 
     /// The local state of a document as one Yjs v1 update (empty document
@@ -337,7 +395,18 @@ impl<T: Transport> Replica<T> {
     ///
     /// Errors: `InvalidName`, `Local`, `Transport`.
     pub async fn sync(&self, collection: &str) -> Result<SyncReport, ReplicaError> {
+        self.sync_with_progress(collection, |_| {}).await
+    }
+
+    /// [`Replica::sync`], calling `progress` after every page pulled and
+    /// every batch pushed (a UI draws `received / expected`).
+    pub async fn sync_with_progress(
+        &self,
+        collection: &str,
+        mut progress: impl FnMut(SyncProgress) + Send,
+    ) -> Result<SyncReport, ReplicaError> {
         let c = name(collection)?;
+        let mut shown = SyncProgress::default();
         let _guard = self.writer.lock().await;
         let mut state = self.sync_state(&c)?;
         let cursor_before = state.cursor;
@@ -366,15 +435,26 @@ impl<T: Transport> Replica<T> {
                 Err(err) => return Err(err.into()),
             };
             head = page.head;
+            if shown.expected == 0 {
+                shown.expected = page.head.saturating_sub(cursor_before);
+            }
             let (count, bytes) = self.apply_page(&c, &mut state, &page)?;
             pulled += count;
             pulled_bytes += bytes;
+            shown.received = state
+                .cursor
+                .saturating_sub(cursor_before)
+                .min(shown.expected);
             if !page.has_more {
+                shown.received = shown.expected;
+                progress(shown);
                 break;
             }
+            progress(shown);
         }
         // Push.
         let outbox = self.outbox(&c, state.pushed_through)?;
+        shown.to_push = outbox.len() as u64;
         let mut pushed = 0u64;
         let mut others_wrote = false;
         for chunk in outbox.chunks(PUSH_BATCH) {
@@ -402,6 +482,8 @@ impl<T: Transport> Replica<T> {
             }
             state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
             self.commit_sync_state(&c, &state, Vec::new())?;
+            shown.pushed += chunk.len() as u64;
+            progress(shown);
         }
         if state.cursor > cursor_before {
             requests += 1;
@@ -449,6 +531,7 @@ impl<T: Transport> Replica<T> {
             if change.origin.as_ref() == Some(&self.peer) {
                 continue;
             }
+            self.forget(c, &change.doc);
             if change.kind == ChangeKind::Delete {
                 items.push((change.doc.clone(), Vec::new(), REMOTE));
             } else {
@@ -530,6 +613,9 @@ impl<T: Transport> Replica<T> {
             )
             .collect();
         let pulled = items.len() as u64;
+        if let Ok(mut editing) = self.editing.lock() {
+            editing.clear();
+        }
         state.epoch = recovery.epoch;
         state.cursor = recovery.cursor;
         if items.is_empty() {

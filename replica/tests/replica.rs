@@ -507,6 +507,113 @@ mod cases {
     }
 }
 
+/// A catch-up reports its progress page by page, ending at
+/// `received == expected`, and pushes report theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_reported_page_by_page() {
+    let srv = server(Via::Engine, |config| {
+        config.compaction.max_deltas = u64::MAX / 2;
+        config.compaction.max_delta_bytes = u64::MAX / 2;
+    });
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let writer = Replica::open(
+        local_store(BackendKind::Memory, dirs.0.path()),
+        srv.transport(),
+        "w",
+    )
+    .unwrap();
+    for i in 0..2500 {
+        type_at_end(&writer, "d", &format!("{i} ")).await;
+    }
+    let mut pushes = Vec::new();
+    writer
+        .sync_with_progress("notes", |p| pushes.push((p.pushed, p.to_push)))
+        .await
+        .unwrap();
+    assert_eq!(pushes.last(), Some(&(2500, 2500)));
+    assert_eq!(
+        pushes.len(),
+        1 + 3,
+        "one pull, three batches of at most 1,000"
+    );
+    let reader = Replica::open(
+        local_store(BackendKind::Memory, dirs.1.path()),
+        srv.transport(),
+        "r",
+    )
+    .unwrap();
+    let mut seen: Vec<seqsync_replica::SyncProgress> = Vec::new();
+    reader
+        .sync_with_progress("notes", |p| seen.push(p))
+        .await
+        .unwrap();
+    let received: Vec<u64> = seen.iter().map(|p| p.received).collect();
+    assert_eq!(received, vec![1000, 2000, 2500]);
+    assert!(seen.iter().all(|p| p.expected == 2500));
+    drop((writer, reader));
+    srv.stop().await;
+}
+
+/// The server is killed while a replica has unsynced edits: the sync
+/// answers a typed `Unavailable` and changes nothing locally; once a server
+/// is back on the same data, the next sync pushes the outbox exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_gives_a_typed_error_and_the_next_sync_recovers() {
+    let server_dir = tempfile::tempdir().unwrap();
+    let config = |dir: &std::path::Path| {
+        let mut config = EngineConfig::default();
+        config.storage.path = dir.join("data");
+        config.server.listen = "127.0.0.1:0".to_owned();
+        config
+    };
+    let first = seqsync_server::ServerThread::start(config(server_dir.path())).unwrap();
+    let local_dir = tempfile::tempdir().unwrap();
+    let store = local_store(BackendKind::Sqlite, local_dir.path());
+    let replica = Replica::open(
+        store.clone(),
+        HttpTransport::new(format!("http://{}", first.addr), None),
+        "p",
+    )
+    .unwrap();
+    type_at_end(&replica, "d", "before ").await;
+    replica.sync("notes").await.unwrap();
+    type_at_end(&replica, "d", "while down ").await;
+    tokio::task::spawn_blocking(move || first.stop())
+        .await
+        .unwrap();
+    let err = replica.sync("notes").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            seqsync_replica::ReplicaError::Transport(TransportError::Unavailable(_))
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        replica.outbox_len("notes").unwrap(),
+        1,
+        "the outbox is intact"
+    );
+    drop(replica);
+    let second = seqsync_server::ServerThread::start(config(server_dir.path())).unwrap();
+    let replica = Replica::open(
+        store,
+        HttpTransport::new(format!("http://{}", second.addr), None),
+        "p",
+    )
+    .unwrap();
+    let report = replica.sync("notes").await.unwrap();
+    assert_eq!(report.outcome, SyncOutcome::Pushed { updates: 1 });
+    assert_eq!(
+        server_text(second.engine(), "d").await,
+        "before while down "
+    );
+    drop(replica);
+    tokio::task::spawn_blocking(move || second.stop())
+        .await
+        .unwrap();
+}
+
 macro_rules! suite {
     ($($backend:ident => $kind:expr),* $(,)?) => {$(
         mod $backend {
