@@ -259,6 +259,33 @@ impl<T: Transport> Replica<T> {
         append(&*self.storage, &c, vec![(d, update, LOCAL)], None)
     }
 
+    /// Applies many local updates in one local commit (an import, or a
+    /// burst of edits made while the app held them in memory): durable
+    /// before it returns, all or nothing, queued in the outbox in order.
+    ///
+    /// Errors: `InvalidName`, `InvalidUpdate` (nothing is written), `Local`.
+    pub async fn apply_local_batch(
+        &self,
+        collection: &str,
+        updates: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), ReplicaError> {
+        let c = name(collection)?;
+        let mut items = Vec::with_capacity(updates.len());
+        for (doc, update) in updates {
+            let d = doc_id(&doc)?;
+            Update::decode_v1(&update).map_err(|e| ReplicaError::InvalidUpdate {
+                doc: doc.clone(),
+                reason: e.to_string(),
+            })?;
+            items.push((d, update, LOCAL));
+        }
+        let _guard = self.writer.lock().await;
+        for (d, _, _) in &items {
+            self.forget(&c, d);
+        }
+        append(&*self.storage, &c, items, None)
+    }
+
     /// Drops a document from the edit cache (it changed some other way).
     fn forget(&self, c: &CollectionName, d: &DocId) {
         if let Ok(mut editing) = self.editing.lock() {
