@@ -57,7 +57,11 @@ fn config(dir: &std::path::Path) -> EngineConfig {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let name = if args.quick { "friendsforever_flat" } else { "automerge-paper" };
+    let name = if args.quick {
+        "friendsforever_flat"
+    } else {
+        "automerge-paper"
+    };
     let trace = traces::load(name);
     let push_n = trace.updates.len().min(100_000);
     println!(
@@ -68,16 +72,29 @@ async fn main() {
 
     // Push: an offline replica with push_n local updates.
     let server = Engine::open(config(&dir.path().join("server-push"))).expect("server");
-    let local = seqsync::open_storage(&config(&dir.path().join("local-push")).storage).expect("local");
-    let replica = Replica::open(local, EngineTransport::new(server.clone()), "phone").expect("replica");
+    let local =
+        seqsync::open_storage(&config(&dir.path().join("local-push")).storage).expect("local");
+    let replica =
+        Replica::open(local, EngineTransport::new(server.clone()), "phone").expect("replica");
     for chunk in trace.updates[..push_n].chunks(10_000) {
-        let batch = chunk.iter().map(|u| ("doc".to_owned(), u.clone())).collect();
-        replica.apply_local_batch("notes", batch).await.expect("local");
+        let batch = chunk
+            .iter()
+            .map(|u| ("doc".to_owned(), u.clone()))
+            .collect();
+        replica
+            .apply_local_batch("notes", batch)
+            .await
+            .expect("local");
     }
     let started = Instant::now();
     let report = replica.sync("notes").await.expect("sync");
     let push_s = started.elapsed().as_secs_f64();
-    assert_eq!(report.outcome, SyncOutcome::Pushed { updates: push_n as u64 });
+    assert_eq!(
+        report.outcome,
+        SyncOutcome::Pushed {
+            updates: push_n as u64
+        }
+    );
     let push_base = bare_replay(&trace.updates[..push_n]);
     drop(replica);
     server.shutdown().await;
@@ -85,11 +102,19 @@ async fn main() {
     // Pull: a server holding the whole trace, a fresh replica.
     let server = Engine::open(config(&dir.path().join("server-pull"))).expect("server");
     for chunk in trace.updates.chunks(1000) {
-        let batch = chunk.iter().map(|u| ("doc".to_owned(), u.clone())).collect();
-        server.push_batch("notes", batch, Default::default()).await.expect("fill");
+        let batch = chunk
+            .iter()
+            .map(|u| ("doc".to_owned(), u.clone()))
+            .collect();
+        server
+            .push_batch("notes", batch, Default::default())
+            .await
+            .expect("fill");
     }
-    let local = seqsync::open_storage(&config(&dir.path().join("local-pull")).storage).expect("local");
-    let fresh = Replica::open(local, EngineTransport::new(server.clone()), "new-phone").expect("replica");
+    let local =
+        seqsync::open_storage(&config(&dir.path().join("local-pull")).storage).expect("local");
+    let fresh =
+        Replica::open(local, EngineTransport::new(server.clone()), "new-phone").expect("replica");
     let started = Instant::now();
     let report = fresh.sync("notes").await.expect("sync");
     let pull_s = started.elapsed().as_secs_f64();
@@ -107,7 +132,10 @@ async fn main() {
         let text = yrs::GetString::get_string(&t, &doc.transact());
         text
     };
-    assert_eq!(text, trace.end_content, "the pulled document is the trace's end");
+    assert_eq!(
+        text, trace.end_content,
+        "the pulled document is the trace's end"
+    );
     let pull_base = bare_replay(&trace.updates);
     server.shutdown().await;
 
@@ -116,7 +144,12 @@ async fn main() {
     println!("|---|---|---|---|---|---|");
     for (what, n, secs, base) in [
         ("push offline edits", push_n, push_s, push_base),
-        ("pull into a fresh replica", trace.updates.len(), pull_s, pull_base),
+        (
+            "pull into a fresh replica",
+            trace.updates.len(),
+            pull_s,
+            pull_base,
+        ),
     ] {
         println!(
             "| {what} | {n} | {secs:.2} | {:.0} | {base:.2} | {:.2}× |",
