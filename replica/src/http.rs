@@ -65,7 +65,8 @@ impl HttpTransport {
             let response = match result {
                 Ok(response) => response,
                 Err(ureq::Error::Status(_, response)) => response,
-                Err(e) => return Err(TransportError::Unavailable(format!("{url}: {e}"))),
+                // ureq names the URL in its message.
+                Err(e) => return Err(TransportError::Unavailable(e.to_string())),
             };
             let status = response.status();
             let mut bytes = Vec::new();

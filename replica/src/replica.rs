@@ -359,6 +359,20 @@ impl<T: Transport> Replica<T> {
         self.local_state(&name(collection)?, &doc_id(doc)?)
     }
 
+    /// The documents of `collection` the replica holds (deleted ones
+    /// included, flagged), in id order.
+    ///
+    /// Errors: `InvalidName`, `Local`.
+    pub fn documents(&self, collection: &str) -> Result<Vec<(String, bool)>, ReplicaError> {
+        let c = name(collection)?;
+        Ok(self
+            .storage
+            .documents(&c)?
+            .into_iter()
+            .map(|d| (d.doc.to_string(), d.deleted))
+            .collect())
+    }
+
     /// Local edits of `collection` not yet acknowledged by the server.
     ///
     /// Errors: `InvalidName`, `Local`.
