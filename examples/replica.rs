@@ -6,6 +6,7 @@
 //! cargo run --example replica -- add "buy milk"               # offline is fine: kept locally
 //! cargo run --example replica -- list
 //! cargo run --example replica -- sync                         # pull, push, report
+//! cargo run --example replica -- follow                       # live until Ctrl-C
 //! cargo run --example replica -- --store ./phone-b --peer phone-b sync   # a second device
 //! ```
 
@@ -44,6 +45,9 @@ enum Cmd {
     List,
     /// Sync with the server and print the report.
     Sync,
+    /// Stay live (remote changes applied as they come, local ones pushed)
+    /// until Ctrl-C, then say goodbye and print what happened.
+    Follow,
 }
 
 const COLLECTION: &str = "notes";
@@ -76,7 +80,7 @@ async fn main() {
         HttpTransport::new(args.server.clone(), None),
         &args.peer,
     ) {
-        Ok(replica) => replica,
+        Ok(replica) => std::sync::Arc::new(replica),
         Err(err) => {
             eprintln!("replica: {err}");
             std::process::exit(1);
@@ -115,6 +119,24 @@ async fn main() {
             }
             Err(err) => eprintln!("replica: {err}"),
         },
+        Cmd::Follow => {
+            let session = match replica.follow(COLLECTION).await {
+                Ok(session) => session,
+                Err(err) => {
+                    eprintln!("replica: {err}");
+                    std::process::exit(1);
+                }
+            };
+            println!("following {COLLECTION} on {}; Ctrl-C to stop", args.server);
+            let _ = tokio::signal::ctrl_c().await;
+            match session.stop().await {
+                Ok(report) => println!(
+                    "stopped cleanly: {} change(s) received, {} pushed, cursor {}",
+                    report.received, report.pushed, report.cursor
+                ),
+                Err(err) => eprintln!("replica: {err}"),
+            }
+        }
         Cmd::Sync => {
             let bar = ProgressBar::new(0);
             bar.set_style(

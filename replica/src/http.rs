@@ -13,7 +13,10 @@ use base64::Engine as _;
 use seqsync_engine::{Change, ChangeKind, DocId, Epoch, PeerId, Seq};
 use serde_json::{json, Value};
 
-use crate::transport::{RemotePage, RemotePush, RemoteRecovery, Transport, TransportError};
+use crate::transport::{
+    RemoteEvent, RemotePage, RemotePush, RemoteRecovery, RemoteStream, Transport, TransportError,
+    STREAM_BUFFER,
+};
 
 /// How long one request may take, at most.
 const TIMEOUT_MS: u64 = 30_000;
@@ -175,7 +178,107 @@ fn change_of(value: &Value) -> Result<Change, TransportError> {
     })
 }
 
+/// How often a live stream's reader thread checks whether its receiver is
+/// gone while the socket is quiet.
+const STREAM_POLL_MS: u64 = 200;
+
+/// One text message of the subscribe socket as an event.
+fn event_of(text: &str) -> Result<RemoteEvent, TransportError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    if let Some(head) = value.get("up_to_date").and_then(Value::as_u64) {
+        return Ok(RemoteEvent::UpToDate { head });
+    }
+    if value.get("error").is_some() {
+        let status = if value["error"]["code"] == "reset" {
+            409
+        } else {
+            400
+        };
+        check(status, &value)?;
+        return Err(bad("an error without a code"));
+    }
+    change_of(&value).map(RemoteEvent::Change)
+}
+
 impl Transport for HttpTransport {
+    async fn subscribe(
+        &self,
+        collection: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> Result<RemoteStream, TransportError> {
+        let ws_base = self
+            .base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        let mut url = format!(
+            "{ws_base}/v1/collections/{}/subscribe?after={after}",
+            encode_path(collection)
+        );
+        if let Some(epoch) = epoch {
+            url.push_str(&format!("&epoch={epoch}"));
+        }
+        if let Some(token) = &self.token {
+            url.push_str(&format!("&access_token={}", encode_path(token)));
+        }
+        let connect = move || match tungstenite::connect(url.as_str()) {
+            Ok((socket, _)) => Ok(socket),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let value: Value = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                check(status, &value)?;
+                Err(TransportError::Unavailable(format!(
+                    "subscribe answered {status}"
+                )))
+            }
+            Err(e) => Err(TransportError::Unavailable(e.to_string())),
+        };
+        let mut socket = tokio::task::spawn_blocking(connect)
+            .await
+            .map_err(|e| TransportError::Unavailable(format!("the connect task failed: {e}")))??;
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(STREAM_POLL_MS)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        std::thread::Builder::new()
+            .name("seqsync-replica-stream".to_owned())
+            .spawn(move || loop {
+                if tx.is_closed() {
+                    let _ = socket.close(None);
+                    return;
+                }
+                let item = match socket.read() {
+                    Ok(tungstenite::Message::Text(text)) => event_of(text.as_str()),
+                    Ok(tungstenite::Message::Close(_)) => Err(TransportError::Unavailable(
+                        "the server closed the stream".to_owned(),
+                    )),
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => Err(TransportError::Unavailable(e.to_string())),
+                };
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    let _ = socket.close(None);
+                    return;
+                }
+            })
+            .map_err(|e| {
+                TransportError::Unavailable(format!("cannot start the stream thread: {e}"))
+            })?;
+        Ok(rx)
+    }
+
     async fn changes(
         &self,
         collection: &str,

@@ -22,8 +22,10 @@ mod transport;
 
 pub use crate::http::HttpTransport;
 pub use crate::replica::{
-    Replica, ReplicaError, ResetReason, SyncOutcome, SyncProgress, SyncReport, STATE_COLLECTION,
+    Follow, FollowReport, Replica, ReplicaError, ResetReason, SyncOutcome, SyncProgress,
+    SyncReport, STATE_COLLECTION,
 };
 pub use crate::transport::{
-    EngineTransport, RemotePage, RemotePush, RemoteRecovery, Transport, TransportError,
+    EngineTransport, RemoteEvent, RemotePage, RemotePush, RemoteRecovery, RemoteStream, Transport,
+    TransportError,
 };

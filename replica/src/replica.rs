@@ -30,7 +30,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, Map, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
-use crate::transport::{RemotePage, Transport, TransportError};
+use crate::transport::{RemoteEvent, RemotePage, Transport, TransportError};
 
 /// The local collection holding the replicas' sync state (reserved: a
 /// collection of this name cannot be synced).
@@ -174,6 +174,50 @@ pub struct Replica<T: Transport> {
     /// time (at most `MAX_CACHED_DOCS`; a pull or a raw local update of a
     /// document drops its entry).
     editing: std::sync::Mutex<HashMap<(CollectionName, DocId), Doc>>,
+    /// Woken by every local edit, so a live `follow` pushes it at once.
+    local_edits: tokio::sync::Notify,
+}
+
+/// How long `Follow::stop` waits for the server to confirm it has sent
+/// everything (the goodbye), at most.
+const GOODBYE_TIMEOUT_MS: u64 = 10_000;
+
+/// A live session started by [`Replica::follow`]; end it with
+/// [`Follow::stop`].
+pub struct Follow {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<FollowReport, ReplicaError>>,
+}
+
+/// What a live session did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FollowReport {
+    /// Changes by others applied locally while following.
+    pub received: u64,
+    /// Local updates pushed while following.
+    pub pushed: u64,
+    /// The cursor at the end.
+    pub cursor: Seq,
+}
+
+impl Follow {
+    /// Ends the session the way Scuttlebutt's fix says, saying goodbye
+    /// before hanging up: every local edit is pushed, then the stream is
+    /// read until the server says it has delivered everything up to the
+    /// head after that push; only then is it closed. So nothing is lost at
+    /// the end of a live session.
+    ///
+    /// Errors: the session's own failure (transport, local store), or
+    /// `Transport(Unavailable)` if the goodbye does not complete in 10 s.
+    pub async fn stop(self) -> Result<FollowReport, ReplicaError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ReplicaError::Transport(TransportError::Unavailable(
+                format!("the follow task failed: {e}"),
+            ))),
+        }
+    }
 }
 
 /// Documents kept loaded for `edit`.
@@ -229,6 +273,7 @@ impl<T: Transport> Replica<T> {
             client_id,
             writer: Mutex::new(()),
             editing: std::sync::Mutex::new(HashMap::new()),
+            local_edits: tokio::sync::Notify::new(),
         })
     }
 
@@ -256,7 +301,9 @@ impl<T: Transport> Replica<T> {
         })?;
         let _guard = self.writer.lock().await;
         self.forget(&c, &d);
-        append(&*self.storage, &c, vec![(d, update, LOCAL)], None)
+        append(&*self.storage, &c, vec![(d, update, LOCAL)], None)?;
+        self.local_edits.notify_one();
+        Ok(())
     }
 
     /// Applies many local updates in one local commit (an import, or a
@@ -283,7 +330,9 @@ impl<T: Transport> Replica<T> {
         for (d, _, _) in &items {
             self.forget(&c, d);
         }
-        append(&*self.storage, &c, items, None)
+        append(&*self.storage, &c, items, None)?;
+        self.local_edits.notify_one();
+        Ok(())
     }
 
     /// Drops a document from the edit cache (it changed some other way).
@@ -339,6 +388,7 @@ impl<T: Transport> Replica<T> {
         };
         append(&*self.storage, &c, vec![(d, update.clone(), LOCAL)], None)?;
         self.keep(key, working);
+        self.local_edits.notify_one();
         Ok(update)
     }
 
@@ -557,6 +607,56 @@ impl<T: Transport> Replica<T> {
         })
     }
 
+    /// Pushes the outbox of `c` (under the writer lock): each batch, then
+    /// the outbox position in its own local commit. Returns (updates logged
+    /// by the server, the head after the last batch).
+    async fn push_pending(&self, c: &CollectionName) -> Result<(u64, Option<Seq>), ReplicaError> {
+        let _guard = self.writer.lock().await;
+        let mut state = self.sync_state(c)?;
+        let outbox = self.outbox(c, state.pushed_through)?;
+        let mut pushed = 0;
+        let mut head = None;
+        for chunk in outbox.chunks(PUSH_BATCH) {
+            let updates = chunk
+                .iter()
+                .map(|(_, d, u)| (d.to_string(), u.clone()))
+                .collect();
+            let outcome = self
+                .transport
+                .push_batch(c.as_str(), updates, self.peer.as_str())
+                .await?;
+            pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
+            head = Some(outcome.head);
+            state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
+            self.commit_sync_state(c, &state, Vec::new())?;
+        }
+        Ok((pushed, head))
+    }
+
+    /// Applies one streamed change (under the writer lock), moving the
+    /// cursor with it. Returns whether it was someone else's.
+    async fn apply_streamed(
+        &self,
+        c: &CollectionName,
+        change: seqsync_engine::Change,
+    ) -> Result<bool, ReplicaError> {
+        let _guard = self.writer.lock().await;
+        let mut state = self.sync_state(c)?;
+        if change.seq <= state.cursor {
+            return Ok(false);
+        }
+        let theirs = change.origin.as_ref() != Some(&self.peer);
+        let page = RemotePage {
+            cursor: change.seq,
+            changes: vec![change],
+            has_more: false,
+            head: 0,
+            epoch: state.epoch,
+        };
+        self.apply_page(c, &mut state, &page)?;
+        Ok(theirs)
+    }
+
     /// Applies one pulled page locally in one commit with the new cursor.
     /// Returns (changes by others, their bytes).
     fn apply_page(
@@ -721,6 +821,106 @@ impl<T: Transport> Replica<T> {
             head,
             epoch: state.epoch,
             requests,
+        })
+    }
+}
+
+impl<T: Transport + 'static> Replica<T> {
+    /// A live session on `collection`: syncs once, then keeps a stream
+    /// open, applies remote changes as they come (each with its cursor in
+    /// one local commit) and pushes local edits as they are made. End it
+    /// with [`Follow::stop`], which says goodbye before hanging up.
+    ///
+    /// Runs as a task on the current tokio runtime. Errors at start:
+    /// `InvalidName`, `Local`, `Transport`; later ones end the session and
+    /// are returned by `stop`.
+    pub async fn follow(self: &Arc<Self>, collection: &str) -> Result<Follow, ReplicaError> {
+        let c = name(collection)?;
+        self.sync(collection).await?;
+        let state = self.sync_state(&c)?;
+        let mut stream = self
+            .transport
+            .subscribe(collection, state.cursor, state.epoch)
+            .await?;
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let replica = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let mut report = FollowReport::default();
+            // Edits made before the session started are pushed first.
+            let (pushed, _) = replica.push_pending(&c).await?;
+            report.pushed += pushed;
+            loop {
+                tokio::select! {
+                    event = stream.recv() => match event {
+                        Some(Ok(RemoteEvent::Change(change))) => {
+                            if replica.apply_streamed(&c, change).await? {
+                                report.received += 1;
+                            }
+                        }
+                        Some(Ok(RemoteEvent::UpToDate { .. })) => {}
+                        Some(Err(err)) => return Err(err.into()),
+                        None => {
+                            return Err(ReplicaError::Transport(TransportError::Unavailable(
+                                "the live stream ended".to_owned(),
+                            )))
+                        }
+                    },
+                    _ = replica.local_edits.notified() => {
+                        let (pushed, _) = replica.push_pending(&c).await?;
+                        report.pushed += pushed;
+                    }
+                    _ = &mut stop_rx => break,
+                }
+            }
+            // Goodbye: everything local is sent, then everything up to the
+            // head after that is received, then the stream closes.
+            let (pushed, head) = replica.push_pending(&c).await?;
+            report.pushed += pushed;
+            let target = match head {
+                Some(head) => head,
+                None => {
+                    let state = replica.sync_state(&c)?;
+                    replica
+                        .transport
+                        .changes(c.as_str(), state.cursor, 0, state.epoch)
+                        .await?
+                        .head
+                }
+            };
+            let deadline =
+                tokio::time::Instant::now() + std::time::Duration::from_millis(GOODBYE_TIMEOUT_MS);
+            loop {
+                if replica.sync_state(&c)?.cursor >= target {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, stream.recv()).await {
+                    Ok(Some(Ok(RemoteEvent::Change(change)))) => {
+                        if replica.apply_streamed(&c, change).await? {
+                            report.received += 1;
+                        }
+                    }
+                    Ok(Some(Ok(RemoteEvent::UpToDate { head }))) => {
+                        if head >= target {
+                            break;
+                        }
+                    }
+                    Ok(Some(Err(err))) => return Err(err.into()),
+                    Ok(None) | Err(_) => {
+                        return Err(ReplicaError::Transport(TransportError::Unavailable(
+                            format!(
+                            "the goodbye did not complete: the server did not confirm seq {target}"
+                        ),
+                        )))
+                    }
+                }
+            }
+            report.cursor = replica.sync_state(&c)?.cursor;
+            drop(stream);
+            Ok(report)
+        });
+        Ok(Follow {
+            stop: stop_tx,
+            task,
         })
     }
 }

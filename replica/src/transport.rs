@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use seqsync_actors::{Engine, PushOptions};
+use futures::StreamExt;
+use seqsync_actors::{Engine, PushOptions, StreamEvent};
 use seqsync_engine::{Change, DocId, Epoch, ReadError, Seq, WriteError};
 
 /// One page of the server's log after a cursor.
@@ -47,6 +48,26 @@ pub struct RemoteRecovery {
     /// The collection's epoch.
     pub epoch: Option<Epoch>,
 }
+
+/// An item of a live stream of the server's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteEvent {
+    /// The next change, in seq order.
+    Change(Change),
+    /// Everything up to `head` has been delivered.
+    UpToDate {
+        /// The head caught up to.
+        head: Seq,
+    },
+}
+
+/// A live stream: stored changes after the cursor, then live ones; ends
+/// with an error item if the server resets or goes away. Bounded (a slow
+/// reader makes the transport wait, never buffer without limit).
+pub type RemoteStream = tokio::sync::mpsc::Receiver<Result<RemoteEvent, TransportError>>;
+
+/// Items a live stream buffers.
+pub(crate) const STREAM_BUFFER: usize = 256;
 
 /// Why a call failed. Every variant leaves the replica's local store as it
 /// was; a later sync retries.
@@ -117,6 +138,14 @@ pub trait Transport: Send + Sync {
         peer: &str,
         seq: Seq,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// A live stream of the log after `after` (exclusive), or `Reset`.
+    fn subscribe(
+        &self,
+        collection: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> impl Future<Output = Result<RemoteStream, TransportError>> + Send;
 }
 
 /// The in-process transport: calls an [`Engine`] in the same process.
@@ -230,6 +259,33 @@ impl Transport for EngineTransport {
             Err(ReadError::DocumentNotFound { .. }) => Ok(None),
             Err(err) => Err(from_read(err)),
         }
+    }
+
+    async fn subscribe(
+        &self,
+        collection: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> Result<RemoteStream, TransportError> {
+        let mut subscription = self
+            .engine
+            .subscribe(collection, after, epoch)
+            .map_err(from_read)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            while let Some(event) = subscription.next().await {
+                let item = match event {
+                    Ok(StreamEvent::Change(change)) => Ok(RemoteEvent::Change(change)),
+                    Ok(StreamEvent::UpToDate { head }) => Ok(RemoteEvent::UpToDate { head }),
+                    Err(err) => Err(from_read(err)),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn ack(&self, collection: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {

@@ -138,6 +138,17 @@ impl Transport for AnyTransport {
             AnyTransport::Http(t) => t.state_vector(c, d).await,
         }
     }
+    async fn subscribe(
+        &self,
+        c: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> Result<seqsync_replica::RemoteStream, TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.subscribe(c, after, epoch).await,
+            AnyTransport::Http(t) => t.subscribe(c, after, epoch).await,
+        }
+    }
     async fn ack(&self, c: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
         match self {
             AnyTransport::Engine(t) => t.ack(c, peer, seq).await,
@@ -219,6 +230,14 @@ impl Transport for Interleaving {
     }
     async fn state_vector(&self, c: &str, d: &str) -> Result<Option<Vec<u8>>, TransportError> {
         self.inner.state_vector(c, d).await
+    }
+    async fn subscribe(
+        &self,
+        c: &str,
+        after: Seq,
+        epoch: Option<Epoch>,
+    ) -> Result<seqsync_replica::RemoteStream, TransportError> {
+        self.inner.subscribe(c, after, epoch).await
     }
     async fn ack(&self, c: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
         self.inner.ack(c, peer, seq).await
@@ -475,6 +494,59 @@ mod cases {
         engine.stop().await;
     }
 
+    /// A live session: remote changes arrive without a sync, local edits
+    /// are pushed as they are made, and stopping says goodbye first, so an
+    /// edit made just before the end is on the server and a change made by
+    /// others just before it is received.
+    pub async fn follow_applies_and_pushes_live_and_ends_cleanly(kind: BackendKind, via: Via) {
+        let engine = server(via, |_| {});
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Arc::new(
+            Replica::open(local_store(kind, dirs.0.path()), engine.transport(), "a").unwrap(),
+        );
+        let b = Replica::open(local_store(kind, dirs.1.path()), engine.transport(), "b").unwrap();
+        type_at_end(&a, "d", "before ").await;
+        let session = a.follow("notes").await.unwrap();
+        // Remote to local, live.
+        type_at_end(&b, "d", "from b ").await;
+        b.sync("notes").await.unwrap();
+        let started = std::time::Instant::now();
+        while !text_of(&a.document("notes", "d").unwrap()).contains("from b") {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the live change never arrived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Local to remote, live.
+        type_at_end(&a, "d", "live ").await;
+        let started = std::time::Instant::now();
+        while !server_text(&engine, "d").await.contains("live ") {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the live edit was never pushed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The last moments: an edit on each side, then stop.
+        type_at_end(&b, "d", "last b ").await;
+        b.sync("notes").await.unwrap();
+        type_at_end(&a, "d", "last a ").await;
+        let report = session.stop().await.unwrap();
+        assert!(report.received >= 2, "{report:?}");
+        assert!(report.pushed >= 2, "{report:?}");
+        let on_server = server_text(&engine, "d").await;
+        assert!(on_server.contains("last a "), "{on_server}");
+        assert_eq!(
+            text_of(&a.document("notes", "d").unwrap()),
+            on_server,
+            "nothing lost at the end"
+        );
+        assert_eq!(a.outbox_len("notes").unwrap(), 0);
+        drop((a, b));
+        engine.stop().await;
+    }
+
     /// Local edits are durable before they return: a replica whose process
     /// goes away (the handle and the store dropped) finds its outbox when
     /// its store is opened again, and pushes it exactly once.
@@ -630,6 +702,10 @@ macro_rules! suite {
             async fn exclusive_cursor_in_process() { cases::the_cursor_is_exclusive_across_pages($kind, Via::Engine).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn exclusive_cursor_over_http() { cases::the_cursor_is_exclusive_across_pages($kind, Via::Http).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn follow_in_process() { cases::follow_applies_and_pushes_live_and_ends_cleanly($kind, Via::Engine).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn follow_over_http() { cases::follow_applies_and_pushes_live_and_ends_cleanly($kind, Via::Http).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn outbox_survives_a_reopen_in_process() { cases::the_outbox_survives_a_reopen($kind, Via::Engine).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
