@@ -314,6 +314,7 @@ impl Transport for HttpTransport {
         collection: &str,
         updates: Vec<(String, Vec<u8>)>,
         origin: &str,
+        schema_version: Option<u32>,
     ) -> Result<RemotePush, TransportError> {
         let items: Vec<Value> = updates
             .iter()
@@ -330,10 +331,16 @@ impl Transport for HttpTransport {
                 "POST",
                 format!("/v1/collections/{}/batch", encode_path(collection)),
                 Some(body),
-                vec![
-                    ("x-peer-id", origin.to_owned()),
-                    ("content-type", "application/json".to_owned()),
-                ],
+                {
+                    let mut headers = vec![
+                        ("x-peer-id", origin.to_owned()),
+                        ("content-type", "application/json".to_owned()),
+                    ];
+                    if let Some(version) = schema_version {
+                        headers.push(("x-schema-version", version.to_string()));
+                    }
+                    headers
+                },
             )
             .await?;
         let seqs = value["seqs"]

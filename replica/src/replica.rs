@@ -61,6 +61,24 @@ pub enum ReplicaError {
     /// replica could not use; local data is as before the call.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The server's data is at a newer schema version than this app
+    /// understands, or the server no longer takes this app's version: the
+    /// app must be upgraded. Nothing local was changed by the failing step
+    /// (pages already applied were at versions the app understands).
+    #[error("the server's schema version is {server}, this app's {app}: upgrade the app (local data is untouched)")]
+    UpgradeRequired {
+        /// The app's schema version.
+        app: u32,
+        /// The server's (when it said).
+        server: u32,
+    },
+    /// The app is at a newer schema version than the server: the server
+    /// must be upgraded before this app can push. Local data is untouched.
+    #[error("this app's schema version {app} is newer than the server's: upgrade the server (local data is untouched)")]
+    ServerBehind {
+        /// The app's schema version.
+        app: u32,
+    },
     /// A local edit or a pulled change is not a valid Yjs update.
     #[error("document {doc}: {reason}")]
     InvalidUpdate {
@@ -159,6 +177,17 @@ struct SyncState {
     pushed_through: Seq,
 }
 
+/// How a replica is opened beyond its store, transport and peer id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaOptions {
+    /// The app's schema version: declared on every push (the server
+    /// upgrades older ones on ingest, refuses what it no longer supports),
+    /// and a pulled change of a newer version stops the sync with
+    /// `UpgradeRequired` before anything of its page is written. `None`:
+    /// the app does not version its schema (the server's is taken).
+    pub schema_version: Option<u32>,
+}
+
 /// A replica of some collections of one server. Cheap to share (`Arc`);
 /// local writes are serialised inside.
 pub struct Replica<T: Transport> {
@@ -166,6 +195,7 @@ pub struct Replica<T: Transport> {
     transport: T,
     peer: PeerId,
     client_id: u64,
+    schema_version: Option<u32>,
     /// One local writer at a time: appends compute their base from the
     /// stored head.
     writer: Mutex<()>,
@@ -248,6 +278,18 @@ impl<T: Transport> Replica<T> {
     /// Blocking (reads the local store; on first open writes the replica's
     /// client id). Errors: `InvalidName`, `Local`.
     pub fn open(storage: Arc<dyn Storage>, transport: T, peer: &str) -> Result<Self, ReplicaError> {
+        Self::open_with(storage, transport, peer, ReplicaOptions::default())
+    }
+
+    /// [`Replica::open`] with options (the app's schema version).
+    ///
+    /// Errors: as `open`.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        transport: T,
+        peer: &str,
+        options: ReplicaOptions,
+    ) -> Result<Self, ReplicaError> {
         let peer = PeerId::new(peer).map_err(|e| ReplicaError::InvalidName(e.to_string()))?;
         let identity = load_state_doc(&*storage, IDENTITY_DOC)?;
         let stored = read_u64(&identity, "client_id");
@@ -271,6 +313,7 @@ impl<T: Transport> Replica<T> {
             transport,
             peer,
             client_id,
+            schema_version: options.schema_version,
             writer: Mutex::new(()),
             editing: std::sync::Mutex::new(HashMap::new()),
             local_edits: tokio::sync::Notify::new(),
@@ -526,6 +569,7 @@ impl<T: Transport> Replica<T> {
                 Err(err) => return Err(err.into()),
             };
             head = page.head;
+            self.check_versions(&page)?;
             if shown.expected == 0 {
                 shown.expected = page.head.saturating_sub(cursor_before);
             }
@@ -556,8 +600,9 @@ impl<T: Transport> Replica<T> {
                 .collect();
             let outcome = self
                 .transport
-                .push_batch(collection, updates, self.peer.as_str())
-                .await?;
+                .push_batch(collection, updates, self.peer.as_str(), self.schema_version)
+                .await
+                .map_err(|e| self.schema_error(e))?;
             let logged = outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
             pushed += logged;
             if outcome.head > head + logged {
@@ -623,8 +668,9 @@ impl<T: Transport> Replica<T> {
                 .collect();
             let outcome = self
                 .transport
-                .push_batch(c.as_str(), updates, self.peer.as_str())
-                .await?;
+                .push_batch(c.as_str(), updates, self.peer.as_str(), self.schema_version)
+                .await
+                .map_err(|e| self.schema_error(e))?;
             pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
             head = Some(outcome.head);
             state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
@@ -655,6 +701,40 @@ impl<T: Transport> Replica<T> {
         };
         self.apply_page(c, &mut state, &page)?;
         Ok(theirs)
+    }
+
+    /// A push the server refused for its schema version, as the typed error
+    /// the app acts on.
+    fn schema_error(&self, err: TransportError) -> ReplicaError {
+        let app = self.schema_version.unwrap_or(1);
+        match &err {
+            TransportError::Refused { code, message } if code == "schema_too_old" => {
+                // "… older than N, the oldest this server upgrades (the
+                // collection is at M) …": the collection's version is the
+                // last number of the message.
+                let server = message
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|n| n.parse::<u32>().ok())
+                    .last()
+                    .unwrap_or(app + 1);
+                ReplicaError::UpgradeRequired { app, server }
+            }
+            TransportError::Refused { code, .. } if code == "schema_too_new" => {
+                ReplicaError::ServerBehind { app }
+            }
+            _ => ReplicaError::Transport(err),
+        }
+    }
+
+    /// Refuses a page holding changes newer than the app understands.
+    fn check_versions(&self, page: &RemotePage) -> Result<(), ReplicaError> {
+        let Some(app) = self.schema_version else {
+            return Ok(());
+        };
+        match page.changes.iter().map(|c| c.schema_version).max() {
+            Some(server) if server > app => Err(ReplicaError::UpgradeRequired { app, server }),
+            _ => Ok(()),
+        }
     }
 
     /// Applies one pulled page locally in one commit with the new cursor.
@@ -798,6 +878,7 @@ impl<T: Transport> Replica<T> {
                     c.as_str(),
                     vec![(doc.to_string(), diff)],
                     self.peer.as_str(),
+                    self.schema_version,
                 )
                 .await?;
             pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;

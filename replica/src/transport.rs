@@ -109,12 +109,14 @@ pub trait Transport: Send + Sync {
         epoch: Option<Epoch>,
     ) -> impl Future<Output = Result<RemotePage, TransportError>> + Send;
 
-    /// Pushes `updates` atomically, recorded with `origin`.
+    /// Pushes `updates` atomically, recorded with `origin`, written at the
+    /// app's `schema_version` (`None`: the server's current one).
     fn push_batch(
         &self,
         collection: &str,
         updates: Vec<(String, Vec<u8>)>,
         origin: &str,
+        schema_version: Option<u32>,
     ) -> impl Future<Output = Result<RemotePush, TransportError>> + Send;
 
     /// Every document's diff against the given state vectors.
@@ -215,10 +217,11 @@ impl Transport for EngineTransport {
         collection: &str,
         updates: Vec<(String, Vec<u8>)>,
         origin: &str,
+        schema_version: Option<u32>,
     ) -> Result<RemotePush, TransportError> {
         let options = PushOptions {
             origin: Some(origin.to_owned()),
-            schema_version: None,
+            schema_version,
         };
         let outcome = self
             .engine

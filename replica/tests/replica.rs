@@ -50,17 +50,29 @@ impl std::ops::Deref for Server {
 }
 
 fn server(via: Via, tune: impl FnOnce(&mut EngineConfig)) -> Server {
+    server_with(via, seqsync_engine::Migrations::new(), tune)
+}
+
+fn server_with(
+    via: Via,
+    migrations: seqsync_engine::Migrations,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> Server {
     let mut config = EngineConfig::default();
     config.storage.backend = BackendKind::Memory;
     config.server.listen = "127.0.0.1:0".to_owned();
     tune(&mut config);
     match via {
         Via::Engine => Server {
-            engine: Engine::open(config).unwrap(),
+            engine: Engine::builder(config)
+                .migrations(migrations)
+                .open()
+                .unwrap(),
             http: None,
         },
         Via::Http => {
-            let thread = seqsync_server::ServerThread::start(config).unwrap();
+            let thread =
+                seqsync_server::ServerThread::start_with_migrations(config, migrations).unwrap();
             Server {
                 engine: thread.engine().clone(),
                 http: Some(thread),
@@ -116,10 +128,11 @@ impl Transport for AnyTransport {
         c: &str,
         updates: Vec<(String, Vec<u8>)>,
         origin: &str,
+        schema_version: Option<u32>,
     ) -> Result<RemotePush, TransportError> {
         match self {
-            AnyTransport::Engine(t) => t.push_batch(c, updates, origin).await,
-            AnyTransport::Http(t) => t.push_batch(c, updates, origin).await,
+            AnyTransport::Engine(t) => t.push_batch(c, updates, origin, schema_version).await,
+            AnyTransport::Http(t) => t.push_batch(c, updates, origin, schema_version).await,
         }
     }
     async fn recover_collection(
@@ -205,6 +218,7 @@ impl Transport for Interleaving {
         c: &str,
         updates: Vec<(String, Vec<u8>)>,
         origin: &str,
+        schema_version: Option<u32>,
     ) -> Result<RemotePush, TransportError> {
         if !self.done.swap(true, Ordering::SeqCst) {
             let update = {
@@ -219,7 +233,9 @@ impl Transport for Interleaving {
                 .await
                 .unwrap();
         }
-        self.inner.push_batch(c, updates, origin).await
+        self.inner
+            .push_batch(c, updates, origin, schema_version)
+            .await
     }
     async fn recover_collection(
         &self,
@@ -547,6 +563,74 @@ mod cases {
         engine.stop().await;
     }
 
+    /// Schema versions: an app older than the server's oldest supported
+    /// version, or one that meets data newer than it understands, gets
+    /// `UpgradeRequired`; an app newer than the server gets `ServerBehind`;
+    /// in every case local data and the outbox are untouched.
+    pub async fn schema_versions_are_typed_answers(kind: BackendKind, via: Via) {
+        let v2 = seqsync_engine::Migrations::new().step(
+            1,
+            |_: &seqsync_engine::DocId, txn: &mut yrs::TransactionMut<'_>| {
+                let meta = txn.get_or_insert_map("meta");
+                if yrs::Map::get(&meta, txn, "v2").is_none() {
+                    yrs::Map::insert(&meta, txn, "v2", true);
+                }
+                Ok(())
+            },
+        );
+        let engine = server_with(via, v2, |config| config.schema.min_supported_version = 2);
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let open = |i: usize, version: u32| {
+            Replica::open_with(
+                local_store(kind, dirs[i].path()),
+                engine.transport(),
+                &format!("p{i}"),
+                seqsync_replica::ReplicaOptions {
+                    schema_version: Some(version),
+                },
+            )
+            .unwrap()
+        };
+        let current = open(0, 2);
+        type_at_end(&current, "d", "v2 text ").await;
+        assert_eq!(
+            current.sync("notes").await.unwrap().outcome,
+            SyncOutcome::Pushed { updates: 1 }
+        );
+
+        let old = open(1, 1);
+        let err = old.sync("notes").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                seqsync_replica::ReplicaError::UpgradeRequired { app: 1, server: 2 }
+            ),
+            "{err}"
+        );
+        assert!(
+            old.documents("notes").unwrap().is_empty(),
+            "nothing of the newer page was written"
+        );
+        type_at_end(&old, "e", "old edit ").await;
+        assert!(matches!(
+            old.sync("notes").await.unwrap_err(),
+            seqsync_replica::ReplicaError::UpgradeRequired { .. }
+        ));
+        assert_eq!(old.outbox_len("notes").unwrap(), 1, "the outbox is intact");
+
+        let newer = open(2, 3);
+        newer.sync("notes").await.unwrap();
+        type_at_end(&newer, "f", "from the future ").await;
+        let err = newer.sync("notes").await.unwrap_err();
+        assert!(
+            matches!(err, seqsync_replica::ReplicaError::ServerBehind { app: 3 }),
+            "{err}"
+        );
+        assert_eq!(newer.outbox_len("notes").unwrap(), 1);
+        drop((current, old, newer));
+        engine.stop().await;
+    }
+
     /// Local edits are durable before they return: a replica whose process
     /// goes away (the handle and the store dropped) finds its outbox when
     /// its store is opened again, and pushes it exactly once.
@@ -706,6 +790,10 @@ macro_rules! suite {
             async fn follow_in_process() { cases::follow_applies_and_pushes_live_and_ends_cleanly($kind, Via::Engine).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn follow_over_http() { cases::follow_applies_and_pushes_live_and_ends_cleanly($kind, Via::Http).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn schema_versions_in_process() { cases::schema_versions_are_typed_answers($kind, Via::Engine).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn schema_versions_over_http() { cases::schema_versions_are_typed_answers($kind, Via::Http).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn outbox_survives_a_reopen_in_process() { cases::the_outbox_survives_a_reopen($kind, Via::Engine).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
