@@ -714,8 +714,8 @@ impl<T: Transport> Replica<T> {
                 // last number of the message.
                 let server = message
                     .split(|c: char| !c.is_ascii_digit())
-                    .filter_map(|n| n.parse::<u32>().ok())
-                    .last()
+                    .rev()
+                    .find_map(|n| n.parse::<u32>().ok())
                     .unwrap_or(app + 1);
                 ReplicaError::UpgradeRequired { app, server }
             }
