@@ -50,11 +50,7 @@ fn noop(_: seqsync::bundle::BundleProgress) {}
 /// deleted), compacted in the middle so the log has holes and snapshots.
 fn source(kind: BackendKind, dir: &Path, rng: &mut Rng) -> Arc<dyn Storage> {
     let storage = store(kind, dir);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let mut config = EngineConfig::default();
         config.compaction.max_deltas = 1_000_000;
@@ -86,6 +82,11 @@ fn small_batches() -> ExportOptions {
     }
 }
 
+/// Exports all of collection `c` into `dir` in small batches.
+fn export_all(src: &dyn Storage, dir: &Path) -> seqsync::bundle::ExportReport {
+    export_collection(src, &name("c"), 0, None, dir, small_batches(), &mut noop).unwrap()
+}
+
 fn state_digest(storage: &dyn Storage) -> Option<u64> {
     collection_digest(storage, &name("c"), &mut DigestCache::default())
         .unwrap()
@@ -104,16 +105,7 @@ fn export_then_import_into_another_backend_is_identical() {
         let dir = tempfile::tempdir().unwrap();
         let src = source(from, &dir.path().join("src"), &mut rng);
         let bundle = dir.path().join("bundle");
-        let report = export_collection(
-            &*src,
-            &name("c"),
-            0,
-            None,
-            &bundle,
-            small_batches(),
-            &mut noop,
-        )
-        .unwrap();
+        let report = export_all(&*src, &bundle);
         assert!(report.manifest.batches.len() > 3, "several batches");
         verify_bundle(&bundle, &mut noop).unwrap();
         for to in kinds {
@@ -216,16 +208,7 @@ fn damaged_or_foreign_bundles_are_refused() {
     let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
     let fresh_bundle = |label: &str| {
         let path = dir.path().join(label);
-        export_collection(
-            &*src,
-            &name("c"),
-            0,
-            None,
-            &path,
-            small_batches(),
-            &mut noop,
-        )
-        .unwrap();
+        export_all(&*src, &path);
         path
     };
     let first_batch = |bundle: &Path| bundle.join(&read_manifest(bundle).unwrap().batches[1].file);
@@ -348,16 +331,7 @@ fn the_importer_steps_back_to_a_batch_that_matches() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
     let coarse = dir.path().join("coarse");
-    export_collection(
-        &*src,
-        &name("c"),
-        0,
-        None,
-        &coarse,
-        small_batches(),
-        &mut noop,
-    )
-    .unwrap();
+    export_all(&*src, &coarse);
     let fine = dir.path().join("fine");
     let options = ExportOptions {
         max_batch_changes: 5,
@@ -369,11 +343,7 @@ fn the_importer_steps_back_to_a_batch_that_matches() {
     let dst = store(BackendKind::Redb, &dir.path().join("dst"));
     import_bundle(&*dst, &prefix, ImportOptions::default(), &mut noop).unwrap();
     // The receiver compacts everything it holds.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let mut config = EngineConfig::default();
         config.compaction.peer_timeout_secs = 0;
@@ -413,16 +383,7 @@ fn an_interrupted_import_finishes_when_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
     let bundle = dir.path().join("bundle");
-    export_collection(
-        &*src,
-        &name("c"),
-        0,
-        None,
-        &bundle,
-        small_batches(),
-        &mut noop,
-    )
-    .unwrap();
+    export_all(&*src, &bundle);
     for epoch in [ImportEpoch::Keep, ImportEpoch::New] {
         for (fail_at, mode) in [
             (1u64, FaultMode::FailBefore),
@@ -476,11 +437,7 @@ fn an_interrupted_import_finishes_when_run_again() {
 #[test]
 fn a_backup_under_concurrent_pushes_restores_every_earlier_ack() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let backup = dir.path().join("backup");
     let src_dir = dir.path().join("src");
     let acked_before = runtime.block_on(async {
@@ -538,16 +495,7 @@ fn a_gap_or_a_wrong_checksum_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
     let full = dir.path().join("full");
-    export_collection(
-        &*src,
-        &name("c"),
-        0,
-        None,
-        &full,
-        small_batches(),
-        &mut noop,
-    )
-    .unwrap();
+    export_all(&*src, &full);
     let dst = store(BackendKind::Memory, &dir.path().join("dst"));
     let prefix = dir.path().join("prefix");
     copy_prefix(&full, &prefix, 1);
@@ -607,16 +555,7 @@ fn a_bundle_of_an_older_schema_is_migrated_when_opened() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(BackendKind::Sqlite, &dir.path().join("src"), &mut rng);
     let bundle = dir.path().join("bundle");
-    export_collection(
-        &*src,
-        &name("c"),
-        0,
-        None,
-        &bundle,
-        small_batches(),
-        &mut noop,
-    )
-    .unwrap();
+    export_all(&*src, &bundle);
     let dst_dir = dir.path().join("dst");
     let dst = store(BackendKind::Redb, &dst_dir);
     import_bundle(&*dst, &bundle, ImportOptions::default(), &mut noop).unwrap();
@@ -635,11 +574,7 @@ fn a_bundle_of_an_older_schema_is_migrated_when_opened() {
             Ok(())
         },
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let engine = Engine::builder(EngineConfig::default())
             .storage(dst.clone())
@@ -669,16 +604,7 @@ fn random_damage_to_a_batch_is_always_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let src = source(BackendKind::Memory, &dir.path().join("src"), &mut rng);
     let bundle = dir.path().join("bundle");
-    export_collection(
-        &*src,
-        &name("c"),
-        0,
-        None,
-        &bundle,
-        small_batches(),
-        &mut noop,
-    )
-    .unwrap();
+    export_all(&*src, &bundle);
     let manifest = read_manifest(&bundle).unwrap();
     let path = bundle.join(&manifest.batches[0].file);
     let original = std::fs::read(&path).unwrap();

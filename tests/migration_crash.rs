@@ -115,11 +115,7 @@ fn migration_child_process() {
 
 /// Writes the v1 store: `DOCUMENTS` notes with a title each.
 fn write_v1_store(dir: &Path, backend: BackendKind) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let engine = Engine::open(engine_config(dir, backend)).unwrap();
         for chunk in (0..DOCUMENTS).collect::<Vec<_>>().chunks(100) {
@@ -303,11 +299,7 @@ fn migration_survives_sigkill(backend: BackendKind, backend_name: &str, kills: u
             .count()
     );
     // Read back through an engine: one marker per changed document.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let noop = Migrations::new().step(1, |_: &DocId, _: &mut TransactionMut<'_>| Ok(()));
         let engine = Engine::builder(engine_config(dir.path(), backend))

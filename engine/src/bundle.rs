@@ -831,11 +831,13 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Reads and checks `manifest.json` of a bundle directory.
-///
-/// Errors: `NoManifest`, `Io`, `Malformed`, `FormatVersion`.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
-    let path = dir.join(MANIFEST_FILE);
+/// Reads `dir/file` as JSON; a missing file is `NoManifest` (the file is
+/// written last, so its absence means "not a bundle, or unfinished").
+fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    file: &str,
+) -> Result<(T, PathBuf), BundleError> {
+    let path = dir.join(file);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -845,11 +847,18 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
         }
         Err(e) => return Err(io_error(&path)(e)),
     };
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| BundleError::Malformed {
-            file: path.clone(),
-            detail: e.to_string(),
-        })?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| BundleError::Malformed {
+        file: path.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok((value, path))
+}
+
+/// Reads and checks `manifest.json` of a bundle directory.
+///
+/// Errors: `NoManifest`, `Io`, `Malformed`, `FormatVersion`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
+    let (manifest, path): (Manifest, PathBuf) = read_json(dir, MANIFEST_FILE)?;
     if manifest.format != MANIFEST_FORMAT {
         return Err(BundleError::Malformed {
             file: path,
@@ -1729,21 +1738,7 @@ pub fn backup_store(
 /// Errors: `NoManifest` (no `backup.json`: not a backup, or unfinished),
 /// `Io`, `Malformed`, `FormatVersion`.
 pub fn read_backup_index(dir: &Path) -> Result<BackupIndex, BundleError> {
-    let path = dir.join(BACKUP_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(BundleError::NoManifest {
-                dir: dir.to_owned(),
-            })
-        }
-        Err(e) => return Err(io_error(&path)(e)),
-    };
-    let index: BackupIndex =
-        serde_json::from_slice(&bytes).map_err(|e| BundleError::Malformed {
-            file: path.clone(),
-            detail: e.to_string(),
-        })?;
+    let (index, path): (BackupIndex, PathBuf) = read_json(dir, BACKUP_FILE)?;
     if index.format_version != BUNDLE_FORMAT_VERSION {
         return Err(BundleError::FormatVersion {
             file: path,

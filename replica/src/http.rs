@@ -99,6 +99,21 @@ impl HttpTransport {
     }
 }
 
+impl HttpTransport {
+    /// POSTs `body` as JSON (plus `headers`) and returns the JSON answer.
+    async fn post_json(
+        &self,
+        path: String,
+        body: Value,
+        mut headers: Vec<(&'static str, String)>,
+    ) -> Result<Value, TransportError> {
+        headers.push(("content-type", "application/json".to_owned()));
+        // A `Value` always prints as valid JSON.
+        self.json("POST", path, Some(body.to_string().into_bytes()), headers)
+            .await
+    }
+}
+
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
@@ -320,27 +335,15 @@ impl Transport for HttpTransport {
             .iter()
             .map(|(doc, update)| json!({"doc": doc, "update": b64().encode(update)}))
             .collect();
-        let body = serde_json::to_vec(&json!({"updates": items})).map_err(|e| {
-            TransportError::Refused {
-                code: "invalid_json".to_owned(),
-                message: e.to_string(),
-            }
-        })?;
+        let mut headers = vec![("x-peer-id", origin.to_owned())];
+        if let Some(version) = schema_version {
+            headers.push(("x-schema-version", version.to_string()));
+        }
         let value = self
-            .json(
-                "POST",
+            .post_json(
                 format!("/v1/collections/{}/batch", encode_path(collection)),
-                Some(body),
-                {
-                    let mut headers = vec![
-                        ("x-peer-id", origin.to_owned()),
-                        ("content-type", "application/json".to_owned()),
-                    ];
-                    if let Some(version) = schema_version {
-                        headers.push(("x-schema-version", version.to_string()));
-                    }
-                    headers
-                },
+                json!({"updates": items}),
+                headers,
             )
             .await?;
         let seqs = value["seqs"]
@@ -364,18 +367,11 @@ impl Transport for HttpTransport {
             .iter()
             .map(|(doc, sv)| (doc.clone(), Value::String(b64().encode(sv))))
             .collect();
-        let body = serde_json::to_vec(&json!({"state_vectors": svs})).map_err(|e| {
-            TransportError::Refused {
-                code: "invalid_json".to_owned(),
-                message: e.to_string(),
-            }
-        })?;
         let value = self
-            .json(
-                "POST",
+            .post_json(
                 format!("/v1/collections/{}/recover", encode_path(collection)),
-                Some(body),
-                vec![("content-type", "application/json".to_owned())],
+                json!({"state_vectors": svs}),
+                Vec::new(),
             )
             .await?;
         let mut documents = Vec::new();
@@ -429,16 +425,14 @@ impl Transport for HttpTransport {
     }
 
     async fn ack(&self, collection: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
-        let body = serde_json::to_vec(&json!({"seq": seq})).unwrap_or_default();
-        self.json(
-            "POST",
+        self.post_json(
             format!(
                 "/v1/collections/{}/peers/{}/ack",
                 encode_path(collection),
                 encode_path(peer)
             ),
-            Some(body),
-            vec![("content-type", "application/json".to_owned())],
+            json!({"seq": seq}),
+            Vec::new(),
         )
         .await
         .map(|_| ())

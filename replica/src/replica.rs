@@ -206,6 +206,11 @@ pub struct Replica<T: Transport> {
     editing: std::sync::Mutex<HashMap<(CollectionName, DocId), Doc>>,
     /// Woken by every local edit, so a live `follow` pushes it at once.
     local_edits: tokio::sync::Notify,
+    /// Each collection's sync state and its state document as last
+    /// committed, so a sync (and a live session, per change) neither
+    /// replays the state document from the store nor parses it again.
+    /// Written only after a commit succeeds; dropped when one fails.
+    states: std::sync::Mutex<HashMap<CollectionName, (SyncState, Doc)>>,
 }
 
 /// How long `Follow::stop` waits for the server to confirm it has sent
@@ -303,7 +308,7 @@ impl<T: Transport> Replica<T> {
                 getrandom_fill(&mut bytes)?;
                 let id =
                     65_536 + u64::from(u32::from_le_bytes(bytes)) % (u64::from(u32::MAX) - 65_536);
-                let update = state_update(&identity, &[("client_id", id)]);
+                let update = state_update(&identity, &[("client_id", id.to_string())]);
                 commit_state(&*storage, IDENTITY_DOC, update, Vec::new())?;
                 id
             }
@@ -317,6 +322,7 @@ impl<T: Transport> Replica<T> {
             writer: Mutex::new(()),
             editing: std::sync::Mutex::new(HashMap::new()),
             local_edits: tokio::sync::Notify::new(),
+            states: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -344,7 +350,7 @@ impl<T: Transport> Replica<T> {
         })?;
         let _guard = self.writer.lock().await;
         self.forget(&c, &d);
-        append(&*self.storage, &c, vec![(d, update, LOCAL)], None)?;
+        append(&*self.storage, &c, vec![(d, update, LOCAL)])?;
         self.local_edits.notify_one();
         Ok(())
     }
@@ -373,7 +379,7 @@ impl<T: Transport> Replica<T> {
         for (d, _, _) in &items {
             self.forget(&c, d);
         }
-        append(&*self.storage, &c, items, None)?;
+        append(&*self.storage, &c, items)?;
         self.local_edits.notify_one();
         Ok(())
     }
@@ -429,7 +435,7 @@ impl<T: Transport> Replica<T> {
             self.keep(key, working);
             return Ok(Vec::new());
         };
-        append(&*self.storage, &c, vec![(d, update.clone(), LOCAL)], None)?;
+        append(&*self.storage, &c, vec![(d, update.clone(), LOCAL)])?;
         self.keep(key, working);
         self.local_edits.notify_one();
         Ok(update)
@@ -483,13 +489,63 @@ impl<T: Transport> Replica<T> {
     }
 
     fn sync_state(&self, c: &CollectionName) -> Result<SyncState, ReplicaError> {
+        Ok(self.cached_state(c)?.0)
+    }
+
+    /// The sync state of `c` and its state document, from the cache or
+    /// loaded from the store (and cached).
+    fn cached_state(&self, c: &CollectionName) -> Result<(SyncState, Doc), ReplicaError> {
+        if let Some(found) = self.states.lock().ok().and_then(|s| s.get(c).cloned()) {
+            return Ok(found);
+        }
         let doc = load_state_doc(&*self.storage, c.as_str())?;
-        let epoch = read_string(&doc, "epoch").and_then(|e| Epoch::parse_hex(&e));
-        Ok(SyncState {
-            epoch,
+        let state = SyncState {
+            epoch: read_string(&doc, "epoch").and_then(|e| Epoch::parse_hex(&e)),
             cursor: read_u64(&doc, "cursor").unwrap_or(0),
             pushed_through: read_u64(&doc, "pushed_through").unwrap_or(0),
-        })
+        };
+        if let Ok(mut states) = self.states.lock() {
+            states.insert(c.clone(), (state.clone(), doc.clone()));
+        }
+        Ok((state, doc))
+    }
+
+    /// Commits `writes` together with `state` as the sync state of `c`, in
+    /// one transaction, and caches it once committed.
+    fn commit_with_state(
+        &self,
+        c: &CollectionName,
+        state: &SyncState,
+        mut writes: Vec<CollectionWrite>,
+    ) -> Result<(), ReplicaError> {
+        let (_, doc) = self.cached_state(c)?;
+        let update = state_update(
+            &doc,
+            &[
+                ("cursor", state.cursor.to_string()),
+                ("pushed_through", state.pushed_through.to_string()),
+                (
+                    "epoch",
+                    state.epoch.map(|e| e.to_string()).unwrap_or_default(),
+                ),
+                ("synced_ms", now_ms().to_string()),
+            ],
+        );
+        writes.push(state_collection_write(&*self.storage, c.as_str(), update)?);
+        let committed = self.storage.commit(&WriteBatch { writes });
+        if let Ok(mut states) = self.states.lock() {
+            match committed {
+                Ok(()) => {
+                    states.insert(c.clone(), (state.clone(), doc));
+                }
+                // The document holds the update that did not land: load
+                // it again next time.
+                Err(_) => {
+                    states.remove(c);
+                }
+            }
+        }
+        committed.map_err(ReplicaError::from)
     }
 
     /// The local edits after local seq `after`, in order: (seq, doc, update).
@@ -617,7 +673,7 @@ impl<T: Transport> Replica<T> {
                 state.epoch = page.epoch;
             }
             state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
-            self.commit_sync_state(&c, &state, Vec::new())?;
+            self.commit_with_state(&c, &state, Vec::new())?;
             shown.pushed += chunk.len() as u64;
             progress(shown);
         }
@@ -674,7 +730,7 @@ impl<T: Transport> Replica<T> {
             pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
             head = Some(outcome.head);
             state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
-            self.commit_sync_state(c, &state, Vec::new())?;
+            self.commit_with_state(c, &state, Vec::new())?;
         }
         Ok((pushed, head))
     }
@@ -769,30 +825,12 @@ impl<T: Transport> Replica<T> {
             // Nothing to apply: store the cursor only if it moved (an
             // in-sync replica writes nothing locally).
             if moved {
-                self.commit_sync_state(c, state, Vec::new())?;
+                self.commit_with_state(c, state, Vec::new())?;
             }
         } else {
-            append(
-                &*self.storage,
-                c,
-                items,
-                Some(state_write(&*self.storage, c, state)?),
-            )?;
+            self.commit_with_state(c, state, vec![append_write(&*self.storage, c, items)?])?;
         }
         Ok((count, bytes))
-    }
-
-    fn commit_sync_state(
-        &self,
-        c: &CollectionName,
-        state: &SyncState,
-        extra: Vec<CollectionWrite>,
-    ) -> Result<(), ReplicaError> {
-        let write = state_write(&*self.storage, c, state)?;
-        let mut writes = extra;
-        writes.push(write);
-        self.storage.commit(&WriteBatch { writes })?;
-        Ok(())
     }
 
     /// After a reset: take the server's state of every document, then push
@@ -840,14 +878,9 @@ impl<T: Transport> Replica<T> {
         state.epoch = recovery.epoch;
         state.cursor = recovery.cursor;
         if items.is_empty() {
-            self.commit_sync_state(c, &state, Vec::new())?;
+            self.commit_with_state(c, &state, Vec::new())?;
         } else {
-            append(
-                &*self.storage,
-                c,
-                items,
-                Some(state_write(&*self.storage, c, &state)?),
-            )?;
+            self.commit_with_state(c, &state, vec![append_write(&*self.storage, c, items)?])?;
         }
         // Push back what the server lacks of every local document.
         let mut pushed = 0u64;
@@ -890,7 +923,7 @@ impl<T: Transport> Replica<T> {
         }
         // Everything local is on the server now: the outbox is empty.
         state.pushed_through = self.storage.collection(c)?.map_or(0, |m| m.head);
-        self.commit_sync_state(c, &state, Vec::new())?;
+        self.commit_with_state(c, &state, Vec::new())?;
         Ok(SyncReport {
             outcome: SyncOutcome::Reset {
                 reason,
@@ -1025,16 +1058,10 @@ fn apply_bytes(doc: &Doc, update: &[u8], name: &str) -> Result<(), ReplicaError>
         .map_err(|e| invalid(e.to_string()))
 }
 
-/// Appends `items` (doc, payload — empty for a tombstone —, origin) to the
-/// local collection `c`, plus `state` in the same commit.
-fn append(
-    storage: &dyn Storage,
-    c: &CollectionName,
-    items: Vec<(DocId, Vec<u8>, &str)>,
-    state: Option<CollectionWrite>,
-) -> Result<(), ReplicaError> {
-    let meta = storage.collection(c)?;
-    let (base, mut head) = match &meta {
+/// The base of a write to `c`: its stored epoch and head, or a new
+/// collection; and the head the write continues.
+fn base_of(storage: &dyn Storage, c: &CollectionName) -> Result<(WriteBase, Seq), ReplicaError> {
+    Ok(match storage.collection(c)? {
         Some(meta) => (
             WriteBase::Existing {
                 epoch: meta.epoch,
@@ -1049,7 +1076,17 @@ fn append(
             },
             0,
         ),
-    };
+    })
+}
+
+/// The write appending `items` (doc, payload — empty for a tombstone —,
+/// origin) to the local collection `c`.
+fn append_write(
+    storage: &dyn Storage,
+    c: &CollectionName,
+    items: Vec<(DocId, Vec<u8>, &str)>,
+) -> Result<CollectionWrite, ReplicaError> {
+    let (base, mut head) = base_of(storage, c)?;
     let append = items
         .into_iter()
         .map(|(doc, payload, origin)| {
@@ -1070,7 +1107,7 @@ fn append(
             }
         })
         .collect();
-    let mut writes = vec![CollectionWrite {
+    Ok(CollectionWrite {
         collection: c.clone(),
         base,
         append,
@@ -1078,9 +1115,19 @@ fn append(
         peers: Vec::new(),
         raise_schema_version: None,
         append_mode: Default::default(),
-    }];
-    writes.extend(state);
-    storage.commit(&WriteBatch { writes })?;
+    })
+}
+
+/// Appends `items` to the local collection `c` in one commit.
+fn append(
+    storage: &dyn Storage,
+    c: &CollectionName,
+    items: Vec<(DocId, Vec<u8>, &str)>,
+) -> Result<(), ReplicaError> {
+    let write = append_write(storage, c, items)?;
+    storage.commit(&WriteBatch {
+        writes: vec![write],
+    })?;
     Ok(())
 }
 
@@ -1118,34 +1165,15 @@ fn read_string(doc: &Doc, key: &str) -> Option<String> {
     }
 }
 
-/// An update of a state document setting `values`.
-fn state_update(doc: &Doc, values: &[(&str, u64)]) -> Vec<u8> {
+/// An update of a state document setting `values` (numbers are written as
+/// decimal strings), applied to `doc` as well.
+fn state_update(doc: &Doc, values: &[(&str, String)]) -> Vec<u8> {
     let mut txn = doc.transact_mut();
     let map = txn.get_or_insert_map("sync");
     for (key, value) in values {
-        map.insert(&mut txn, *key, value.to_string());
+        map.insert(&mut txn, *key, value.clone());
     }
     txn.encode_update_v1()
-}
-
-/// The write that stores `state` as the state document of `c`.
-fn state_write(
-    storage: &dyn Storage,
-    c: &CollectionName,
-    state: &SyncState,
-) -> Result<CollectionWrite, ReplicaError> {
-    let doc = load_state_doc(storage, c.as_str())?;
-    let update = {
-        let mut txn = doc.transact_mut();
-        let map = txn.get_or_insert_map("sync");
-        map.insert(&mut txn, "cursor", state.cursor.to_string());
-        map.insert(&mut txn, "pushed_through", state.pushed_through.to_string());
-        let epoch = state.epoch.map(|e| e.to_string()).unwrap_or_default();
-        map.insert(&mut txn, "epoch", epoch);
-        map.insert(&mut txn, "synced_ms", now_ms().to_string());
-        txn.encode_update_v1()
-    };
-    state_collection_write(storage, c.as_str(), update)
 }
 
 fn state_collection_write(
@@ -1154,23 +1182,7 @@ fn state_collection_write(
     update: Vec<u8>,
 ) -> Result<CollectionWrite, ReplicaError> {
     let sc = state_collection()?;
-    let meta = storage.collection(&sc)?;
-    let (base, head) = match &meta {
-        Some(meta) => (
-            WriteBase::Existing {
-                epoch: meta.epoch,
-                head: meta.head,
-            },
-            meta.head,
-        ),
-        None => (
-            WriteBase::Create {
-                epoch: local_epoch()?,
-                schema_version: 1,
-            },
-            0,
-        ),
-    };
+    let (base, head) = base_of(storage, &sc)?;
     Ok(CollectionWrite {
         collection: sc,
         base,

@@ -10,6 +10,16 @@ use seqsync_engine::{BackendKind, Durability, EngineConfig, Seq, Storage};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update};
 
+/// A two-thread tokio runtime, for tests that are not `#[tokio::test]`
+/// (they start child processes or mix blocking and async steps).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Test clients' ids start here, above the ids reserved for migrations.
 pub const USER_CLIENT_BASE: u64 = 1 << 20;
 
