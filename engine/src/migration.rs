@@ -33,7 +33,7 @@
 //! old shape, and on a document already in the new shape it changes
 //! nothing, in which case nothing is logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -174,6 +174,9 @@ pub type StepFn = dyn Fn(&DocId, &mut TransactionMut<'_>) -> Result<(), StepErro
 #[derive(Clone, Default)]
 pub struct Migrations {
     steps: BTreeMap<u32, Arc<StepFn>>,
+    /// Steps a client must not run itself (see
+    /// [`Migrations::server_only_step`]).
+    server_only: BTreeSet<u32>,
     duplicates: Vec<u32>,
 }
 
@@ -181,6 +184,7 @@ impl fmt::Debug for Migrations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Migrations")
             .field("steps", &self.steps.keys().collect::<Vec<_>>())
+            .field("server_only", &self.server_only)
             .field("duplicates", &self.duplicates)
             .finish()
     }
@@ -203,7 +207,46 @@ impl Migrations {
         if self.steps.insert(from, Arc::new(step)).is_some() {
             self.duplicates.push(from);
         }
+        self.server_only.remove(&from);
         self
+    }
+
+    /// Registers the step from `from` to `from + 1` as one that only the
+    /// server runs: a client replica holding data at `from` waits for the
+    /// server's migration instead of running it on its own copy.
+    ///
+    /// Why: a step that is safe to meet twice on one state (the derived
+    /// client ids make both runs byte-identical) may still not be safe on
+    /// two *different* states, e.g. one that appends a default element to an
+    /// array: a client and the server would each append one. Declare such a
+    /// step server-only. The engine runs it like any other step.
+    pub fn server_only_step<F>(self, from: u32, step: F) -> Self
+    where
+        F: Fn(&DocId, &mut TransactionMut<'_>) -> Result<(), StepError> + Send + Sync + 'static,
+    {
+        let mut this = self.step(from, step);
+        this.server_only.insert(from);
+        this
+    }
+
+    /// Whether the step from `from` is server-only.
+    pub fn is_server_only(&self, from: u32) -> bool {
+        self.server_only.contains(&from)
+    }
+
+    /// How far a client can migrate data at version `from` by itself: the
+    /// version reached by running the registered steps from `from` up to the
+    /// first server-only one (or to [`Migrations::latest`]). `from` itself
+    /// when the next step is server-only or missing.
+    pub fn client_reach(&self, from: u32) -> u32 {
+        let mut version = from;
+        while version < self.latest()
+            && self.steps.contains_key(&version)
+            && !self.server_only.contains(&version)
+        {
+            version += 1;
+        }
+        version
     }
 
     /// The newest version: one past the last step, or

@@ -321,6 +321,7 @@ impl Transport for HttpTransport {
             has_more: value["has_more"].as_bool().unwrap_or(false),
             head: value["head"].as_u64().unwrap_or(0),
             epoch: value["epoch"].as_str().and_then(Epoch::parse_hex),
+            schema_version: value["schema_version"].as_u64().unwrap_or(0) as u32,
         })
     }
 
@@ -400,6 +401,7 @@ impl Transport for HttpTransport {
             deleted,
             cursor: value["cursor"].as_u64().unwrap_or(0),
             epoch: value["epoch"].as_str().and_then(Epoch::parse_hex),
+            schema_version: value["schema_version"].as_u64().unwrap_or(0) as u32,
         })
     }
 

@@ -22,8 +22,8 @@ mod transport;
 
 pub use crate::http::HttpTransport;
 pub use crate::replica::{
-    Follow, FollowReport, Replica, ReplicaError, ReplicaOptions, ResetReason, SyncOutcome,
-    SyncProgress, SyncReport, STATE_COLLECTION,
+    Follow, FollowReport, LocalCompaction, Replica, ReplicaError, ReplicaOptions, ResetReason,
+    SyncOutcome, SyncProgress, SyncReport, STATE_COLLECTION,
 };
 pub use crate::transport::{
     EngineTransport, RemoteEvent, RemotePage, RemotePush, RemoteRecovery, RemoteStream, Transport,

@@ -17,12 +17,13 @@
 //! position moves in the same commit as nothing else. A crash at any point
 //! leaves either the old cursor with none of the page, or both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use seqsync_engine::{
-    load_document, now_ms, Change, ChangeKind, CollectionName, CollectionWrite, DocId, DocState,
-    Epoch, PeerId, Seq, Storage, StorageError, WriteBase, WriteBatch,
+    load_document, now_ms, plan_compaction, Change, ChangeKind, CollectionName, CollectionWrite,
+    Compaction, DocId, DocState, Epoch, MigrationError, Migrations, PeerId, Seq, Storage,
+    StorageError, WriteBase, WriteBatch, INITIAL_SCHEMA_VERSION, MIGRATION_ORIGIN,
 };
 use tokio::sync::Mutex;
 use yrs::types::ToJson;
@@ -30,7 +31,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, Doc, Map, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
-use crate::transport::{RemoteEvent, RemotePage, Transport, TransportError};
+use crate::transport::{RemoteEvent, RemotePage, RemotePush, Transport, TransportError};
 
 /// The local collection holding the replicas' sync state (reserved: a
 /// collection of this name cannot be synced).
@@ -45,6 +46,15 @@ const PUSH_BATCH: usize = 1000;
 const LOCAL: &str = "local";
 /// The origin of pulled changes in the local log.
 const REMOTE: &str = "remote";
+/// The origin of the replica's own migration outputs in the local log
+/// (pulled ones, the server's, are stored as `remote`).
+const MIGRATION: &str = MIGRATION_ORIGIN;
+/// Documents migrated per local commit, and their outputs' bytes at most.
+const MIGRATE_BATCH_DOCS: usize = 256;
+const MIGRATE_BATCH_BYTES: usize = 4 << 20;
+/// State-document changes after which the state document is compacted (in
+/// the commit that writes the next one).
+const STATE_COMPACT_EVERY: u64 = 256;
 
 /// Errors of the replica's operations. Local data is never left half
 /// written: a failed call changed nothing locally, or only whole commits.
@@ -79,6 +89,26 @@ pub enum ReplicaError {
         /// The app's schema version.
         app: u32,
     },
+    /// The app is newer than the collection's local data and the next step
+    /// of its migrations is server-only: the replica waits for the server's
+    /// migration (the next sync brings it) instead of running the step on
+    /// its own copy. Edits are refused until then; reads and syncs work.
+    #[error("collection {collection} is at schema version {local} here and the step to {} is server-only: sync with the server to receive its migration, then edit (local data is untouched)", local + 1)]
+    AwaitingServerMigration {
+        /// The collection.
+        collection: String,
+        /// The version its local data is at.
+        local: u32,
+        /// The app's version.
+        app: u32,
+    },
+    /// The app's migrations do not fit together (a gap, a duplicate step).
+    #[error("the app's migrations: {0}")]
+    InvalidMigrations(String),
+    /// A migration step refused or failed on a local document; nothing of
+    /// that document was written.
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
     /// A local edit or a pulled change is not a valid Yjs update.
     #[error("document {doc}: {reason}")]
     InvalidUpdate {
@@ -151,6 +181,9 @@ pub struct SyncReport {
     pub epoch: Option<Epoch>,
     /// Requests made (pages, pushes, acks).
     pub requests: u64,
+    /// Documents whose own provisional migration output was replaced by
+    /// the server's migration of them (see [`Replica::migrate_local`]).
+    pub rebased: u64,
 }
 
 /// Where a running sync is, for a progress bar: `received` of `expected`
@@ -169,23 +202,51 @@ pub struct SyncProgress {
     pub to_push: u64,
 }
 
+/// What [`Replica::compact`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalCompaction {
+    /// Documents compacted.
+    pub documents: u64,
+    /// Changes replaced by snapshots.
+    pub changes_removed: u64,
+    /// Their payload bytes.
+    pub bytes_before: u64,
+    /// The snapshots' bytes.
+    pub bytes_after: u64,
+}
+
 /// The sync state of one collection, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct SyncState {
     epoch: Option<Epoch>,
     cursor: Seq,
     pushed_through: Seq,
+    /// The schema version every local document of the collection is at.
+    local_version: u32,
+    /// Documents holding provisional migration output of the replica's
+    /// own (never pushed yet), with the local seq of its first change.
+    provisional: BTreeMap<String, Seq>,
+    /// Changes of the state document since it was last compacted.
+    state_changes: u64,
 }
 
 /// How a replica is opened beyond its store, transport and peer id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ReplicaOptions {
     /// The app's schema version: declared on every push (the server
     /// upgrades older ones on ingest, refuses what it no longer supports),
     /// and a pulled change of a newer version stops the sync with
     /// `UpgradeRequired` before anything of its page is written. `None`:
-    /// the app does not version its schema (the server's is taken).
+    /// the latest version of `migrations`, or, without them, the app does
+    /// not version its schema (the server's is taken).
     pub schema_version: Option<u32>,
+    /// The app's migrations (the engine's pure API, the same steps the
+    /// server runs). With them the replica migrates what it holds at an
+    /// older version: its own data when the app was upgraded while offline
+    /// ([`Replica::migrate_local`]), and pulled data of an older version
+    /// before it is written locally. Steps declared
+    /// [`Migrations::server_only_step`] are left to the server.
+    pub migrations: Option<Migrations>,
 }
 
 /// A replica of some collections of one server. Cheap to share (`Arc`);
@@ -196,6 +257,7 @@ pub struct Replica<T: Transport> {
     peer: PeerId,
     client_id: u64,
     schema_version: Option<u32>,
+    migrations: Migrations,
     /// One local writer at a time: appends compute their base from the
     /// stored head.
     writer: Mutex<()>,
@@ -296,6 +358,11 @@ impl<T: Transport> Replica<T> {
         options: ReplicaOptions,
     ) -> Result<Self, ReplicaError> {
         let peer = PeerId::new(peer).map_err(|e| ReplicaError::InvalidName(e.to_string()))?;
+        if let Some(migrations) = &options.migrations {
+            migrations
+                .validate()
+                .map_err(|e| ReplicaError::InvalidMigrations(e.to_string()))?;
+        }
         let identity = load_state_doc(&*storage, IDENTITY_DOC)?;
         let stored = read_u64(&identity, "client_id");
         let client_id = match stored {
@@ -318,7 +385,14 @@ impl<T: Transport> Replica<T> {
             transport,
             peer,
             client_id,
-            schema_version: options.schema_version,
+            schema_version: options.schema_version.or_else(|| {
+                options
+                    .migrations
+                    .as_ref()
+                    .filter(|m| !m.is_empty())
+                    .map(Migrations::latest)
+            }),
+            migrations: options.migrations.unwrap_or_default(),
             writer: Mutex::new(()),
             editing: std::sync::Mutex::new(HashMap::new()),
             local_edits: tokio::sync::Notify::new(),
@@ -349,8 +423,13 @@ impl<T: Transport> Replica<T> {
             reason: e.to_string(),
         })?;
         let _guard = self.writer.lock().await;
+        let version = self.editable_version(&c).await?;
         self.forget(&c, &d);
-        append(&*self.storage, &c, vec![(d, update, LOCAL)])?;
+        append(
+            &*self.storage,
+            &c,
+            vec![Item::new(d, update, LOCAL, version)],
+        )?;
         self.local_edits.notify_one();
         Ok(())
     }
@@ -373,14 +452,84 @@ impl<T: Transport> Replica<T> {
                 doc: doc.clone(),
                 reason: e.to_string(),
             })?;
-            items.push((d, update, LOCAL));
+            items.push((d, update));
         }
         let _guard = self.writer.lock().await;
-        for (d, _, _) in &items {
-            self.forget(&c, d);
+        let version = self.editable_version(&c).await?;
+        let items: Vec<Item> = items
+            .into_iter()
+            .map(|(d, update)| Item::new(d, update, LOCAL, version))
+            .collect();
+        for item in &items {
+            self.forget(&c, &item.doc);
         }
         append(&*self.storage, &c, items)?;
         self.local_edits.notify_one();
+        Ok(())
+    }
+
+    /// Compacts the local log of `collection`: the part of each document's
+    /// history the server has confirmed (pulled changes, acknowledged local
+    /// edits) becomes one snapshot, as the server's compaction does. Unpushed
+    /// edits (the outbox) and provisional migration output stay as they
+    /// are. Call it after syncs now and then (the log otherwise keeps every
+    /// update, like the server's without compaction).
+    ///
+    /// Blocking local I/O, commits of at most 256 documents. Errors:
+    /// `InvalidName`, `Local`, `InvalidUpdate` (a stored change does not
+    /// decode; nothing of that document is changed).
+    pub async fn compact(&self, collection: &str) -> Result<LocalCompaction, ReplicaError> {
+        let c = name(collection)?;
+        let _guard = self.writer.lock().await;
+        let state = self.sync_state(&c)?;
+        let mut report = LocalCompaction::default();
+        let mut plans = Vec::new();
+        for info in self.storage.documents(&c)? {
+            let changes = self.storage.document_changes(&c, &info.doc)?;
+            let first = state.provisional.get(info.doc.as_str()).copied();
+            let keep_from = changes
+                .iter()
+                .filter(|ch| {
+                    let origin = ch.origin.as_ref().map(PeerId::as_str);
+                    (origin == Some(LOCAL) && ch.seq > state.pushed_through)
+                        || (origin == Some(MIGRATION) && first.is_some_and(|f| ch.seq >= f))
+                })
+                .map(|ch| ch.seq)
+                .min();
+            if info.deleted && keep_from.is_some() {
+                // A tombstone's compaction drops everything before it,
+                // whatever the cutoff: keep the unpushed edits.
+                continue;
+            }
+            let cutoff = keep_from.map_or(info.last_seq, |seq| seq.saturating_sub(1));
+            let plan = plan_compaction(&info.doc, &changes, cutoff, state.local_version)
+                .map_err(|e| invalid(&info.doc, e))?;
+            let Some(plan) = plan else { continue };
+            report.documents += 1;
+            report.changes_removed += plan.changes_removed;
+            report.bytes_before += plan.bytes_before;
+            report.bytes_after += plan.bytes_after;
+            plans.push(plan.compaction);
+            if plans.len() >= MIGRATE_BATCH_DOCS {
+                self.commit_compactions(&c, std::mem::take(&mut plans))?;
+            }
+        }
+        if !plans.is_empty() {
+            self.commit_compactions(&c, plans)?;
+        }
+        Ok(report)
+    }
+
+    fn commit_compactions(
+        &self,
+        c: &CollectionName,
+        compact: Vec<Compaction>,
+    ) -> Result<(), ReplicaError> {
+        let mut write = append_write(&*self.storage, c, Vec::new())?;
+        write.compact = compact;
+        self.storage.commit(&WriteBatch {
+            writes: vec![write],
+        })?;
         Ok(())
     }
 
@@ -405,6 +554,7 @@ impl<T: Transport> Replica<T> {
         let c = name(collection)?;
         let d = doc_id(doc)?;
         let _guard = self.writer.lock().await;
+        let version = self.editable_version(&c).await?;
         let key = (c.clone(), d.clone());
         let cached = self.editing.lock().ok().and_then(|mut e| e.remove(&key));
         let working = match cached {
@@ -435,7 +585,11 @@ impl<T: Transport> Replica<T> {
             self.keep(key, working);
             return Ok(Vec::new());
         };
-        append(&*self.storage, &c, vec![(d, update.clone(), LOCAL)])?;
+        append(
+            &*self.storage,
+            &c,
+            vec![Item::new(d, update.clone(), LOCAL, version)],
+        )?;
         self.keep(key, working);
         self.local_edits.notify_one();
         Ok(update)
@@ -478,7 +632,146 @@ impl<T: Transport> Replica<T> {
     pub fn outbox_len(&self, collection: &str) -> Result<u64, ReplicaError> {
         let c = name(collection)?;
         let state = self.sync_state(&c)?;
-        Ok(self.outbox(&c, state.pushed_through)?.len() as u64)
+        Ok(self
+            .outbox(&c, &state)?
+            .iter()
+            .filter(|item| !item.migration)
+            .count() as u64)
+    }
+
+    /// The app's schema version (1 when it does not version its schema).
+    fn app_version(&self) -> u32 {
+        self.schema_version.unwrap_or(INITIAL_SCHEMA_VERSION)
+    }
+
+    /// How far this replica migrates data at `from` by itself: up to the
+    /// app's version, stopping before a server-only step. Without
+    /// migrations, nowhere.
+    fn reach(&self, from: u32) -> u32 {
+        if self.migrations.is_empty() {
+            return from;
+        }
+        self.migrations.client_reach(from).min(self.app_version())
+    }
+
+    /// Migrates the local documents of `collection` that are at an older
+    /// schema version than the app (it was upgraded while they were
+    /// stored), so the app works on them offline. Returns the documents
+    /// that changed. Called by every edit and sync; an app may call it at
+    /// startup to pay the cost up front.
+    ///
+    /// Each step's output is logged locally as *provisional* (origin
+    /// `migration`), under the client id derived from the document's state
+    /// (the engine's contract): where the server migrated the same state,
+    /// both outputs are byte-identical and merge to one. Where the states
+    /// differed, the next sync that pulls the server's migration of a
+    /// document drops the replica's own output from it (a local rebase,
+    /// [`SyncReport::rebased`]), unless a local edit since builds on it: then
+    /// the output is pushed before that edit. A step that must never meet a
+    /// second run on another state (it appends to an array) is declared
+    /// server-only, and the replica waits for the server's
+    /// ([`ReplicaError::AwaitingServerMigration`] on edits until then).
+    ///
+    /// Blocking local I/O; commits of at most 256 documents, the version
+    /// raised in the last one, so a crash resumes where it stopped.
+    /// Errors: `InvalidName`, `Local`, `Migration`, `UpgradeRequired` (the
+    /// local data is newer than the app).
+    pub async fn migrate_local(&self, collection: &str) -> Result<u64, ReplicaError> {
+        let c = name(collection)?;
+        let _guard = self.writer.lock().await;
+        Ok(self.migrate_locked(&c)?.1)
+    }
+
+    /// [`Replica::migrate_local`] under the writer lock.
+    fn migrate_locked(&self, c: &CollectionName) -> Result<(SyncState, u64), ReplicaError> {
+        let mut state = self.sync_state(c)?;
+        let app = self.app_version();
+        if state.local_version > app {
+            return Err(ReplicaError::UpgradeRequired {
+                app,
+                server: state.local_version,
+            });
+        }
+        let from = state.local_version;
+        let target = self.reach(from);
+        if target <= from {
+            return Ok((state, 0));
+        }
+        let mut migrated = 0u64;
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut docs_in_batch = 0usize;
+        for info in self.storage.documents(c)? {
+            if info.deleted {
+                continue;
+            }
+            let Some(loaded) = load_document(&*self.storage, c, &info.doc)? else {
+                continue;
+            };
+            let outputs = self
+                .migrations
+                .migrate(&info.doc, loaded.state.doc(), from, target)?;
+            if outputs.is_empty() {
+                continue;
+            }
+            migrated += 1;
+            docs_in_batch += 1;
+            for output in outputs {
+                bytes += output.update.len();
+                items.push(Item::new(
+                    info.doc.clone(),
+                    output.update,
+                    MIGRATION,
+                    output.to,
+                ));
+            }
+            if docs_in_batch >= MIGRATE_BATCH_DOCS || bytes >= MIGRATE_BATCH_BYTES {
+                let write = append_write(&*self.storage, c, std::mem::take(&mut items))?;
+                self.note_provisional(&mut state, &write);
+                self.commit_with_state(c, &state, vec![write])?;
+                (docs_in_batch, bytes) = (0, 0);
+            }
+        }
+        state.local_version = target;
+        let writes = if items.is_empty() {
+            Vec::new()
+        } else {
+            let write = append_write(&*self.storage, c, items)?;
+            self.note_provisional(&mut state, &write);
+            vec![write]
+        };
+        self.commit_with_state(c, &state, writes)?;
+        if let Ok(mut editing) = self.editing.lock() {
+            editing.retain(|(collection, _), _| collection != c);
+        }
+        Ok((state, migrated))
+    }
+
+    /// Records the documents of `write`'s migration outputs as provisional.
+    fn note_provisional(&self, state: &mut SyncState, write: &CollectionWrite) {
+        for change in &write.append {
+            if change.origin.as_ref().map(PeerId::as_str) == Some(MIGRATION) {
+                state
+                    .provisional
+                    .entry(change.doc.to_string())
+                    .or_insert(change.seq);
+            }
+        }
+    }
+
+    /// The version a local edit of `c` is made at, after migrating what is
+    /// older; `AwaitingServerMigration` while a server-only step is due.
+    async fn editable_version(&self, c: &CollectionName) -> Result<u32, ReplicaError> {
+        let (state, _) = self.migrate_locked(c)?;
+        let app = self.app_version();
+        if state.local_version < app {
+            return Err(ReplicaError::AwaitingServerMigration {
+                collection: c.to_string(),
+                local: state.local_version,
+                app,
+            });
+        }
+        Ok(state.local_version)
     }
 
     fn local_state(&self, c: &CollectionName, d: &DocId) -> Result<Vec<u8>, ReplicaError> {
@@ -499,10 +792,27 @@ impl<T: Transport> Replica<T> {
             return Ok(found);
         }
         let doc = load_state_doc(&*self.storage, c.as_str())?;
+        let local_version = match read_u64(&doc, "local_version") {
+            Some(version) => u32::try_from(version).unwrap_or(u32::MAX),
+            // A store from before versions were kept: data already there
+            // is at the first version if the app can migrate it, and a
+            // collection with nothing local yet starts at the app's.
+            None if !self.migrations.is_empty() && self.storage.collection(c)?.is_some() => {
+                INITIAL_SCHEMA_VERSION
+            }
+            None => self.app_version(),
+        };
+        let provisional = read_string(&doc, "provisional")
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
         let state = SyncState {
             epoch: read_string(&doc, "epoch").and_then(|e| Epoch::parse_hex(&e)),
             cursor: read_u64(&doc, "cursor").unwrap_or(0),
             pushed_through: read_u64(&doc, "pushed_through").unwrap_or(0),
+            local_version,
+            provisional,
+            // Unknown after a restart: count from here.
+            state_changes: 0,
         };
         if let Ok(mut states) = self.states.lock() {
             states.insert(c.clone(), (state.clone(), doc.clone()));
@@ -518,7 +828,8 @@ impl<T: Transport> Replica<T> {
         state: &SyncState,
         mut writes: Vec<CollectionWrite>,
     ) -> Result<(), ReplicaError> {
-        let (_, doc) = self.cached_state(c)?;
+        let (stored, doc) = self.cached_state(c)?;
+        let provisional = serde_json::to_string(&state.provisional).unwrap_or_default();
         let update = state_update(
             &doc,
             &[
@@ -528,15 +839,36 @@ impl<T: Transport> Replica<T> {
                     "epoch",
                     state.epoch.map(|e| e.to_string()).unwrap_or_default(),
                 ),
+                ("local_version", state.local_version.to_string()),
+                ("provisional", provisional),
                 ("synced_ms", now_ms().to_string()),
             ],
         );
-        writes.push(state_collection_write(&*self.storage, c.as_str(), update)?);
+        let mut state_write = state_collection_write(&*self.storage, c.as_str(), update)?;
+        // Every sync writes the state document: fold its history into one
+        // snapshot now and then, so it stays a few hundred bytes to load.
+        let mut state = state.clone();
+        state.state_changes = stored.state_changes + 1;
+        if state.state_changes >= STATE_COMPACT_EVERY {
+            if let Some(change) = state_write.append.first() {
+                state_write.compact.push(Compaction {
+                    doc: change.doc.clone(),
+                    through: change.seq,
+                    snapshot: Some(
+                        doc.transact()
+                            .encode_state_as_update_v1(&StateVector::default()),
+                    ),
+                    schema_version: INITIAL_SCHEMA_VERSION,
+                });
+                state.state_changes = 0;
+            }
+        }
+        writes.push(state_write);
         let committed = self.storage.commit(&WriteBatch { writes });
         if let Ok(mut states) = self.states.lock() {
             match committed {
                 Ok(()) => {
-                    states.insert(c.clone(), (state.clone(), doc));
+                    states.insert(c.clone(), (state, doc));
                 }
                 // The document holds the update that did not land: load
                 // it again next time.
@@ -548,14 +880,19 @@ impl<T: Transport> Replica<T> {
         committed.map_err(ReplicaError::from)
     }
 
-    /// The local edits after local seq `after`, in order: (seq, doc, update).
-    fn outbox(
-        &self,
-        c: &CollectionName,
-        after: Seq,
-    ) -> Result<Vec<(Seq, DocId, Vec<u8>)>, ReplicaError> {
+    /// What the next push sends, in local seq order: the local edits after
+    /// `pushed_through`, and before them the provisional migration output of
+    /// their documents (an edit may build on it, and the server must have
+    /// what an update builds on). An edit is declared at its own version,
+    /// or at the newest version of the replica's own migration output of
+    /// its document that follows it: an edit made before the app was
+    /// upgraded and then migrated locally goes up with its migration (the
+    /// server does not upgrade it a second time); one whose local migration
+    /// was rebased away goes up at its own version, and the server upgrades
+    /// it on ingest.
+    fn outbox(&self, c: &CollectionName, state: &SyncState) -> Result<Vec<Pending>, ReplicaError> {
         let mut out = Vec::new();
-        let mut cursor = after;
+        let mut cursor = state.pushed_through;
         while let Some(page) = self.storage.read_changes(c, cursor, 1000)? {
             if page.changes.is_empty() {
                 break;
@@ -563,11 +900,88 @@ impl<T: Transport> Replica<T> {
             for change in page.changes {
                 cursor = change.seq;
                 if change.origin.as_ref().map(PeerId::as_str) == Some(LOCAL) {
-                    out.push((change.seq, change.doc, change.payload));
+                    out.push(Pending::of(change, false));
                 }
             }
         }
+        let with_provisional: BTreeSet<DocId> = out
+            .iter()
+            .filter(|p| state.provisional.contains_key(p.doc.as_str()))
+            .map(|p| p.doc.clone())
+            .collect();
+        for doc in with_provisional {
+            let first = state.provisional.get(doc.as_str()).copied().unwrap_or(0);
+            for change in self.storage.document_changes(c, &doc)? {
+                if change.seq >= first
+                    && change.origin.as_ref().map(PeerId::as_str) == Some(MIGRATION)
+                {
+                    out.push(Pending::of(change, true));
+                }
+            }
+        }
+        out.sort_by_key(|p| p.seq);
+        // Backwards: the newest version of a later migration item of the
+        // same document raises an edit's declared version.
+        let mut migrated_to: HashMap<DocId, u32> = HashMap::new();
+        for item in out.iter_mut().rev() {
+            if item.migration {
+                let to = migrated_to.entry(item.doc.clone()).or_insert(item.version);
+                *to = (*to).max(item.version);
+            } else if let Some(&to) = migrated_to.get(&item.doc) {
+                item.version = item.version.max(to);
+            }
+        }
         Ok(out)
+    }
+
+    /// Pushes the outbox of `c` (the caller holds the writer lock): batches
+    /// of at most `PUSH_BATCH` items of one declared version, each followed
+    /// by a local commit of the outbox position. `after_batch` sees each
+    /// batch's size and the server's answer. Returns the requests made.
+    async fn push_outbox(
+        &self,
+        c: &CollectionName,
+        state: &mut SyncState,
+        mut after_batch: impl FnMut(u64, &RemotePush) + Send,
+    ) -> Result<u64, ReplicaError> {
+        let outbox = self.outbox(c, state)?;
+        let mut requests = 0u64;
+        let mut rest = &outbox[..];
+        while let Some(first) = rest.first() {
+            let same = rest
+                .iter()
+                .take(PUSH_BATCH)
+                .take_while(|p| p.version == first.version)
+                .count();
+            let (chunk, tail) = rest.split_at(same);
+            rest = tail;
+            requests += 1;
+            let updates = chunk
+                .iter()
+                .map(|p| (p.doc.to_string(), p.update.clone()))
+                .collect();
+            let declared = self.schema_version.map(|_| first.version);
+            let outcome = self
+                .transport
+                .push_batch(c.as_str(), updates, self.peer.as_str(), declared)
+                .await
+                .map_err(|e| self.schema_error(e))?;
+            if state.epoch.is_none() {
+                // The push created the collection: learn its epoch from a
+                // page (nothing is pulled; our own changes are skipped).
+                requests += 1;
+                let page = self.transport.changes(c.as_str(), 0, 0, None).await?;
+                state.epoch = page.epoch;
+            }
+            for item in chunk {
+                state.pushed_through = state.pushed_through.max(item.seq);
+                // On the server now: no longer the replica's own to drop.
+                state.provisional.remove(item.doc.as_str());
+            }
+            self.commit_with_state(c, state, Vec::new())?;
+            after_batch(chunk.len() as u64, &outcome);
+        }
+        Ok(requests)
     }
 
     /// Syncs `collection` with the server: pulls what others wrote since the
@@ -598,11 +1012,15 @@ impl<T: Transport> Replica<T> {
         let c = name(collection)?;
         let mut shown = SyncProgress::default();
         let _guard = self.writer.lock().await;
-        let mut state = self.sync_state(&c)?;
+        // Local data the app can migrate itself is migrated first, so what
+        // the pull brings is rebased onto the migrated documents.
+        let (mut state, _) = self.migrate_locked(&c)?;
         let cursor_before = state.cursor;
         let mut requests = 0u64;
         let mut pulled = 0u64;
         let mut pulled_bytes = 0u64;
+        let mut rebased = 0u64;
+        let mut last_schema_version;
         let mut head;
         // Pull.
         loop {
@@ -629,9 +1047,11 @@ impl<T: Transport> Replica<T> {
             if shown.expected == 0 {
                 shown.expected = page.head.saturating_sub(cursor_before);
             }
-            let (count, bytes) = self.apply_page(&c, &mut state, &page)?;
-            pulled += count;
-            pulled_bytes += bytes;
+            let applied = self.apply_page(&c, &mut state, &page)?;
+            pulled += applied.changes;
+            pulled_bytes += applied.bytes;
+            rebased += applied.rebased;
+            last_schema_version = page.schema_version;
             shown.received = state
                 .cursor
                 .saturating_sub(cursor_before)
@@ -643,40 +1063,34 @@ impl<T: Transport> Replica<T> {
             }
             progress(shown);
         }
+        // The server's collection is at a newer version than the local
+        // data (a server-only step was due): every document pulled is at
+        // it now, so the local data is too; then the app's own steps run.
+        if last_schema_version.min(self.app_version()) > state.local_version {
+            state.local_version = last_schema_version.min(self.app_version());
+            self.commit_with_state(&c, &state, Vec::new())?;
+            state = self.migrate_locked(&c)?.0;
+        }
         // Push.
-        let outbox = self.outbox(&c, state.pushed_through)?;
-        shown.to_push = outbox.len() as u64;
+        shown.to_push = self
+            .outbox(&c, &state)?
+            .iter()
+            .filter(|p| !p.migration)
+            .count() as u64;
         let mut pushed = 0u64;
         let mut others_wrote = false;
-        for chunk in outbox.chunks(PUSH_BATCH) {
-            requests += 1;
-            let updates = chunk
-                .iter()
-                .map(|(_, d, u)| (d.to_string(), u.clone()))
-                .collect();
-            let outcome = self
-                .transport
-                .push_batch(collection, updates, self.peer.as_str(), self.schema_version)
-                .await
-                .map_err(|e| self.schema_error(e))?;
-            let logged = outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
-            pushed += logged;
-            if outcome.head > head + logged {
-                others_wrote = true;
-            }
-            head = outcome.head;
-            if state.epoch.is_none() {
-                // The push created the collection: learn its epoch from a
-                // page (nothing is pulled; our own changes are skipped).
-                requests += 1;
-                let page = self.transport.changes(collection, 0, 0, None).await?;
-                state.epoch = page.epoch;
-            }
-            state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
-            self.commit_with_state(&c, &state, Vec::new())?;
-            shown.pushed += chunk.len() as u64;
-            progress(shown);
-        }
+        requests += self
+            .push_outbox(&c, &mut state, |sent, outcome| {
+                let logged = outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
+                pushed += logged;
+                if outcome.head > head + logged {
+                    others_wrote = true;
+                }
+                head = outcome.head;
+                shown.pushed = (shown.pushed + sent).min(shown.to_push);
+                progress(shown);
+            })
+            .await?;
         if state.cursor > cursor_before {
             requests += 1;
             // An ack is advisory (compaction gating): a failure does not fail
@@ -705,6 +1119,7 @@ impl<T: Transport> Replica<T> {
             head,
             epoch: state.epoch,
             requests,
+            rebased,
         })
     }
 
@@ -713,25 +1128,14 @@ impl<T: Transport> Replica<T> {
     /// by the server, the head after the last batch).
     async fn push_pending(&self, c: &CollectionName) -> Result<(u64, Option<Seq>), ReplicaError> {
         let _guard = self.writer.lock().await;
-        let mut state = self.sync_state(c)?;
-        let outbox = self.outbox(c, state.pushed_through)?;
+        let (mut state, _) = self.migrate_locked(c)?;
         let mut pushed = 0;
         let mut head = None;
-        for chunk in outbox.chunks(PUSH_BATCH) {
-            let updates = chunk
-                .iter()
-                .map(|(_, d, u)| (d.to_string(), u.clone()))
-                .collect();
-            let outcome = self
-                .transport
-                .push_batch(c.as_str(), updates, self.peer.as_str(), self.schema_version)
-                .await
-                .map_err(|e| self.schema_error(e))?;
+        self.push_outbox(c, &mut state, |_, outcome| {
             pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
             head = Some(outcome.head);
-            state.pushed_through = chunk.last().map_or(state.pushed_through, |(s, _, _)| *s);
-            self.commit_with_state(c, &state, Vec::new())?;
-        }
+        })
+        .await?;
         Ok((pushed, head))
     }
 
@@ -754,6 +1158,7 @@ impl<T: Transport> Replica<T> {
             has_more: false,
             head: 0,
             epoch: state.epoch,
+            schema_version: 0,
         };
         self.apply_page(c, &mut state, &page)?;
         Ok(theirs)
@@ -794,28 +1199,41 @@ impl<T: Transport> Replica<T> {
     }
 
     /// Applies one pulled page locally in one commit with the new cursor.
-    /// Returns (changes by others, their bytes).
+    ///
+    /// With migrations, in the same commit: a document the page leaves at
+    /// an older version than the local data is migrated up (provisional
+    /// output, as [`Replica::migrate_local`]); a document the page brings at
+    /// the local version or newer (the server migrated it) that holds
+    /// provisional output of the replica's own is rebased: its history is
+    /// compacted into a snapshot without that output, and its unpushed
+    /// local edits are appended again after it, unless one of them builds on
+    /// the output (then it stays, and is pushed before that edit).
     fn apply_page(
         &self,
         c: &CollectionName,
         state: &mut SyncState,
         page: &RemotePage,
-    ) -> Result<(u64, u64), ReplicaError> {
+    ) -> Result<Applied, ReplicaError> {
         let mut items = Vec::new();
-        let (mut count, mut bytes) = (0u64, 0u64);
+        let mut applied = Applied::default();
+        // Per document: its last change in this page (version, kind).
+        let mut last: BTreeMap<DocId, (u32, ChangeKind)> = BTreeMap::new();
         for change in &page.changes {
             // Our own pushes come back in the log: the replica has them.
             if change.origin.as_ref() == Some(&self.peer) {
                 continue;
             }
             self.forget(c, &change.doc);
-            if change.kind == ChangeKind::Delete {
-                items.push((change.doc.clone(), Vec::new(), REMOTE));
+            let payload = if change.kind == ChangeKind::Delete {
+                Vec::new()
             } else {
-                items.push((change.doc.clone(), change.payload.clone(), REMOTE));
-            }
-            count += 1;
-            bytes += change.payload.len() as u64;
+                change.payload.clone()
+            };
+            let version = change.schema_version.max(INITIAL_SCHEMA_VERSION);
+            items.push(Item::new(change.doc.clone(), payload, REMOTE, version));
+            last.insert(change.doc.clone(), (version, change.kind));
+            applied.changes += 1;
+            applied.bytes += change.payload.len() as u64;
         }
         let moved =
             state.cursor != page.cursor || (page.epoch.is_some() && page.epoch != state.epoch);
@@ -827,10 +1245,125 @@ impl<T: Transport> Replica<T> {
             if moved {
                 self.commit_with_state(c, state, Vec::new())?;
             }
-        } else {
-            self.commit_with_state(c, state, vec![append_write(&*self.storage, c, items)?])?;
+            return Ok(applied);
         }
-        Ok((count, bytes))
+        let mut write = append_write(&*self.storage, c, items)?;
+        if !self.migrations.is_empty() {
+            for (doc, (version, kind)) in last {
+                if kind == ChangeKind::Delete {
+                    state.provisional.remove(doc.as_str());
+                } else if version < state.local_version {
+                    self.migrate_pulled(c, &doc, version, state, &mut write)?;
+                } else if state.provisional.contains_key(doc.as_str())
+                    && self.rebase(c, &doc, state, &mut write)?
+                {
+                    applied.rebased += 1;
+                }
+            }
+        }
+        self.commit_with_state(c, state, vec![write])?;
+        Ok(applied)
+    }
+
+    /// Migrates `doc`, which the pulled changes in `write` leave at
+    /// `version`, up to the local version (as far as the replica may run
+    /// steps), appending the outputs to `write` as provisional.
+    fn migrate_pulled(
+        &self,
+        c: &CollectionName,
+        doc: &DocId,
+        version: u32,
+        state: &mut SyncState,
+        write: &mut CollectionWrite,
+    ) -> Result<(), ReplicaError> {
+        let target = self.reach(version).min(state.local_version);
+        if target <= version {
+            return Ok(());
+        }
+        let mut changes = self.storage.document_changes(c, doc)?;
+        changes.extend(write.append.iter().filter(|ch| &ch.doc == doc).cloned());
+        let current = DocState::load(&changes).map_err(|e| invalid(doc, e))?;
+        let outputs = self
+            .migrations
+            .migrate(doc, current.doc(), version, target)?;
+        let mut next = write.append.last().map_or(0, |ch| ch.seq);
+        for output in outputs {
+            next += 1;
+            state.provisional.entry(doc.to_string()).or_insert(next);
+            write.append.push(change_of(
+                next,
+                Item::new(doc.clone(), output.update, MIGRATION, output.to),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rebases `doc` onto the server's migration of it (see
+    /// [`Replica::apply_page`]). Returns whether it did.
+    fn rebase(
+        &self,
+        c: &CollectionName,
+        doc: &DocId,
+        state: &mut SyncState,
+        write: &mut CollectionWrite,
+    ) -> Result<bool, ReplicaError> {
+        let first = state.provisional.get(doc.as_str()).copied().unwrap_or(0);
+        let origin_is = |change: &Change, origin: &str| {
+            change.origin.as_ref().map(PeerId::as_str) == Some(origin)
+        };
+        let mut kept = Vec::new();
+        let mut unpushed = Vec::new();
+        for change in self.storage.document_changes(c, doc)? {
+            if origin_is(&change, MIGRATION) && change.seq >= first {
+                continue;
+            }
+            if origin_is(&change, LOCAL) && change.seq > state.pushed_through {
+                unpushed.push(change);
+            } else {
+                kept.push(change);
+            }
+        }
+        let pulled: Vec<Change> = write
+            .append
+            .iter()
+            .filter(|ch| &ch.doc == doc)
+            .cloned()
+            .collect();
+        let Some(through) = pulled.last().map(|ch| (ch.seq, ch.schema_version)) else {
+            return Ok(false);
+        };
+        kept.extend(pulled);
+        let base = DocState::load(&kept).map_err(|e| invalid(doc, e))?;
+        if base.has_pending() {
+            return Ok(false);
+        }
+        let mut with_edits = DocState::load(&kept).map_err(|e| invalid(doc, e))?;
+        for change in &unpushed {
+            with_edits
+                .load_change(change)
+                .map_err(|e| invalid(doc, e))?;
+        }
+        if with_edits.has_pending() {
+            // An unpushed edit builds on the replica's own output: keep it,
+            // the push sends it first.
+            return Ok(false);
+        }
+        write.compact.push(Compaction {
+            doc: doc.clone(),
+            through: through.0,
+            snapshot: Some(base.encode_state()),
+            schema_version: through.1,
+        });
+        let next = write.append.last().map_or(0, |ch| ch.seq) + 1;
+        for (seq, change) in (next..).zip(unpushed) {
+            write.append.push(Change {
+                seq,
+                log_checksum: 0,
+                ..change
+            });
+        }
+        state.provisional.remove(doc.as_str());
+        Ok(true)
     }
 
     /// After a reset: take the server's state of every document, then push
@@ -860,15 +1393,16 @@ impl<T: Transport> Replica<T> {
         }
         requests += 1;
         let recovery = self.transport.recover_collection(c.as_str(), svs).await?;
-        let items: Vec<(DocId, Vec<u8>, &str)> = recovery
+        let version = recovery.schema_version.max(INITIAL_SCHEMA_VERSION);
+        let items: Vec<Item> = recovery
             .documents
             .iter()
-            .map(|(d, u)| (d.clone(), u.clone(), REMOTE))
+            .map(|(d, u)| Item::new(d.clone(), u.clone(), REMOTE, version))
             .chain(
                 recovery
                     .deleted
                     .iter()
-                    .map(|d| (d.clone(), Vec::new(), REMOTE)),
+                    .map(|d| Item::new(d.clone(), Vec::new(), REMOTE, version)),
             )
             .collect();
         let pulled = items.len() as u64;
@@ -880,7 +1414,16 @@ impl<T: Transport> Replica<T> {
         if items.is_empty() {
             self.commit_with_state(c, &state, Vec::new())?;
         } else {
-            self.commit_with_state(c, &state, vec![append_write(&*self.storage, c, items)?])?;
+            let mut write = append_write(&*self.storage, c, items)?;
+            // Verdant's reset case, client side: the server's state is at an
+            // older version than the local data; migrate it before the app
+            // sees it.
+            if !self.migrations.is_empty() && version < state.local_version {
+                for (doc, _) in &recovery.documents {
+                    self.migrate_pulled(c, doc, version, &mut state, &mut write)?;
+                }
+            }
+            self.commit_with_state(c, &state, vec![write])?;
         }
         // Push back what the server lacks of every local document.
         let mut pushed = 0u64;
@@ -935,6 +1478,7 @@ impl<T: Transport> Replica<T> {
             head,
             epoch: state.epoch,
             requests,
+            rebased: 0,
         })
     }
 }
@@ -1079,33 +1623,98 @@ fn base_of(storage: &dyn Storage, c: &CollectionName) -> Result<(WriteBase, Seq)
     })
 }
 
-/// The write appending `items` (doc, payload — empty for a tombstone —,
-/// origin) to the local collection `c`.
+/// One change to append to a local collection.
+struct Item {
+    doc: DocId,
+    /// Yjs v1; empty for a tombstone.
+    payload: Vec<u8>,
+    /// `LOCAL`, `REMOTE` or `MIGRATION`.
+    origin: &'static str,
+    /// The schema version it was written at.
+    version: u32,
+}
+
+impl Item {
+    fn new(doc: DocId, payload: Vec<u8>, origin: &'static str, version: u32) -> Self {
+        Self {
+            doc,
+            payload,
+            origin,
+            version,
+        }
+    }
+}
+
+/// An item of the outbox.
+struct Pending {
+    seq: Seq,
+    doc: DocId,
+    update: Vec<u8>,
+    /// The version the push declares.
+    version: u32,
+    /// The replica's own migration output (not a local edit).
+    migration: bool,
+}
+
+impl Pending {
+    fn of(change: Change, migration: bool) -> Self {
+        Self {
+            seq: change.seq,
+            doc: change.doc,
+            update: change.payload,
+            version: change.schema_version,
+            migration,
+        }
+    }
+}
+
+/// What applying one pulled page did.
+#[derive(Default)]
+struct Applied {
+    /// Changes by others applied.
+    changes: u64,
+    /// Their payload bytes.
+    bytes: u64,
+    /// Documents rebased onto the server's migration.
+    rebased: u64,
+}
+
+fn invalid(doc: &DocId, err: impl std::fmt::Display) -> ReplicaError {
+    ReplicaError::InvalidUpdate {
+        doc: doc.to_string(),
+        reason: err.to_string(),
+    }
+}
+
+/// The stored change of `item` at `seq`.
+fn change_of(seq: Seq, item: Item) -> Change {
+    let kind = if item.payload.is_empty() {
+        ChangeKind::Delete
+    } else {
+        ChangeKind::Update
+    };
+    Change {
+        seq,
+        doc: item.doc,
+        kind,
+        payload: item.payload,
+        schema_version: item.version,
+        origin: PeerId::new(item.origin).ok(),
+        log_checksum: 0,
+    }
+}
+
+/// The write appending `items` to the local collection `c`.
 fn append_write(
     storage: &dyn Storage,
     c: &CollectionName,
-    items: Vec<(DocId, Vec<u8>, &str)>,
+    items: Vec<Item>,
 ) -> Result<CollectionWrite, ReplicaError> {
-    let (base, mut head) = base_of(storage, c)?;
+    let (base, head) = base_of(storage, c)?;
     let append = items
         .into_iter()
-        .map(|(doc, payload, origin)| {
-            head += 1;
-            let kind = if payload.is_empty() {
-                ChangeKind::Delete
-            } else {
-                ChangeKind::Update
-            };
-            Change {
-                seq: head,
-                doc,
-                kind,
-                payload,
-                schema_version: 1,
-                origin: PeerId::new(origin).ok(),
-                log_checksum: 0,
-            }
-        })
+        .zip(head + 1..)
+        .map(|(item, seq)| change_of(seq, item))
         .collect();
     Ok(CollectionWrite {
         collection: c.clone(),
@@ -1119,11 +1728,7 @@ fn append_write(
 }
 
 /// Appends `items` to the local collection `c` in one commit.
-fn append(
-    storage: &dyn Storage,
-    c: &CollectionName,
-    items: Vec<(DocId, Vec<u8>, &str)>,
-) -> Result<(), ReplicaError> {
+fn append(storage: &dyn Storage, c: &CollectionName, items: Vec<Item>) -> Result<(), ReplicaError> {
     let write = append_write(storage, c, items)?;
     storage.commit(&WriteBatch {
         writes: vec![write],

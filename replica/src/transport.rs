@@ -25,6 +25,9 @@ pub struct RemotePage {
     pub head: Seq,
     /// The collection's epoch (`None`: it does not exist yet).
     pub epoch: Option<Epoch>,
+    /// The collection's schema version (every document on the server is
+    /// migrated to it); 0 when unknown.
+    pub schema_version: u32,
 }
 
 /// What the server answered to a batch of pushes.
@@ -47,6 +50,8 @@ pub struct RemoteRecovery {
     pub cursor: Seq,
     /// The collection's epoch.
     pub epoch: Option<Epoch>,
+    /// The schema version the documents are at; 0 when unknown.
+    pub schema_version: u32,
 }
 
 /// An item of a live stream of the server's log.
@@ -209,6 +214,7 @@ impl Transport for EngineTransport {
             has_more: page.has_more,
             head: page.head,
             epoch: page.epoch,
+            schema_version: page.schema_version,
         })
     }
 
@@ -249,6 +255,7 @@ impl Transport for EngineTransport {
             deleted: recovery.deleted,
             cursor: recovery.cursor,
             epoch: recovery.epoch,
+            schema_version: recovery.schema_version,
         })
     }
 

@@ -9,166 +9,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod support;
+
 use seqsync_actors::{Engine, PushOptions};
-use seqsync_engine::{BackendKind, Durability, EngineConfig, Epoch, Seq, Storage};
+use seqsync_engine::{BackendKind, EngineConfig, Epoch, Seq};
 use seqsync_replica::{
-    EngineTransport, HttpTransport, RemotePage, RemotePush, RemoteRecovery, Replica, ResetReason,
-    SyncOutcome, Transport, TransportError,
+    HttpTransport, RemotePage, RemotePush, RemoteRecovery, Replica, ResetReason, SyncOutcome,
+    Transport, TransportError,
 };
+use support::{local_store, server, server_with, AnyTransport, Via};
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact, WriteTxn};
-
-fn local_store(kind: BackendKind, dir: &std::path::Path) -> Arc<dyn Storage> {
-    let mut config = EngineConfig::default();
-    config.storage.backend = kind;
-    config.storage.path = dir.to_owned();
-    config.storage.durability = Durability::Immediate;
-    seqsync_adapters::open_storage(&config.storage).unwrap()
-}
-
-/// How the replicas reach the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Via {
-    /// An `Engine` handle in this process.
-    Engine,
-    /// The host server over HTTP on loopback.
-    Http,
-}
-
-/// A server (memory backend) reachable both ways: it derefs to its
-/// `Engine` for the test's own checks; `transport()` is for replicas.
-pub struct Server {
-    engine: Engine,
-    http: Option<seqsync_server::ServerThread>,
-}
-
-impl std::ops::Deref for Server {
-    type Target = Engine;
-    fn deref(&self) -> &Engine {
-        &self.engine
-    }
-}
-
-fn server(via: Via, tune: impl FnOnce(&mut EngineConfig)) -> Server {
-    server_with(via, seqsync_engine::Migrations::new(), tune)
-}
-
-fn server_with(
-    via: Via,
-    migrations: seqsync_engine::Migrations,
-    tune: impl FnOnce(&mut EngineConfig),
-) -> Server {
-    let mut config = EngineConfig::default();
-    config.storage.backend = BackendKind::Memory;
-    config.server.listen = "127.0.0.1:0".to_owned();
-    tune(&mut config);
-    match via {
-        Via::Engine => Server {
-            engine: Engine::builder(config)
-                .migrations(migrations)
-                .open()
-                .unwrap(),
-            http: None,
-        },
-        Via::Http => {
-            let thread =
-                seqsync_server::ServerThread::start_with_migrations(config, migrations).unwrap();
-            Server {
-                engine: thread.engine().clone(),
-                http: Some(thread),
-            }
-        }
-    }
-}
-
-impl Server {
-    fn transport(&self) -> AnyTransport {
-        match &self.http {
-            Some(thread) => {
-                AnyTransport::Http(HttpTransport::new(format!("http://{}", thread.addr), None))
-            }
-            None => AnyTransport::Engine(EngineTransport::new(self.engine.clone())),
-        }
-    }
-
-    async fn stop(mut self) {
-        match self.http.take() {
-            Some(thread) => tokio::task::spawn_blocking(move || thread.stop())
-                .await
-                .unwrap(),
-            None => self.engine.shutdown().await,
-        }
-    }
-}
-
-/// Either transport, behind one type.
-#[derive(Clone)]
-pub enum AnyTransport {
-    /// In-process.
-    Engine(EngineTransport),
-    /// HTTP.
-    Http(HttpTransport),
-}
-
-impl Transport for AnyTransport {
-    async fn changes(
-        &self,
-        c: &str,
-        after: Seq,
-        limit: u64,
-        epoch: Option<Epoch>,
-    ) -> Result<RemotePage, TransportError> {
-        match self {
-            AnyTransport::Engine(t) => t.changes(c, after, limit, epoch).await,
-            AnyTransport::Http(t) => t.changes(c, after, limit, epoch).await,
-        }
-    }
-    async fn push_batch(
-        &self,
-        c: &str,
-        updates: Vec<(String, Vec<u8>)>,
-        origin: &str,
-        schema_version: Option<u32>,
-    ) -> Result<RemotePush, TransportError> {
-        match self {
-            AnyTransport::Engine(t) => t.push_batch(c, updates, origin, schema_version).await,
-            AnyTransport::Http(t) => t.push_batch(c, updates, origin, schema_version).await,
-        }
-    }
-    async fn recover_collection(
-        &self,
-        c: &str,
-        svs: std::collections::HashMap<String, Vec<u8>>,
-    ) -> Result<RemoteRecovery, TransportError> {
-        match self {
-            AnyTransport::Engine(t) => t.recover_collection(c, svs).await,
-            AnyTransport::Http(t) => t.recover_collection(c, svs).await,
-        }
-    }
-    async fn state_vector(&self, c: &str, d: &str) -> Result<Option<Vec<u8>>, TransportError> {
-        match self {
-            AnyTransport::Engine(t) => t.state_vector(c, d).await,
-            AnyTransport::Http(t) => t.state_vector(c, d).await,
-        }
-    }
-    async fn subscribe(
-        &self,
-        c: &str,
-        after: Seq,
-        epoch: Option<Epoch>,
-    ) -> Result<seqsync_replica::RemoteStream, TransportError> {
-        match self {
-            AnyTransport::Engine(t) => t.subscribe(c, after, epoch).await,
-            AnyTransport::Http(t) => t.subscribe(c, after, epoch).await,
-        }
-    }
-    async fn ack(&self, c: &str, peer: &str, seq: Seq) -> Result<(), TransportError> {
-        match self {
-            AnyTransport::Engine(t) => t.ack(c, peer, seq).await,
-            AnyTransport::Http(t) => t.ack(c, peer, seq).await,
-        }
-    }
-}
 
 fn text_of(update: &[u8]) -> String {
     let doc = yrs::Doc::new();
@@ -587,6 +438,7 @@ mod cases {
                 &format!("p{i}"),
                 seqsync_replica::ReplicaOptions {
                     schema_version: Some(version),
+                    ..Default::default()
                 },
             )
             .unwrap()
