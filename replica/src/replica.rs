@@ -40,8 +40,17 @@ pub const STATE_COLLECTION: &str = "_seqsync-replica";
 const IDENTITY_DOC: &str = "_identity";
 /// Changes asked for per page.
 const PAGE_LIMIT: u64 = 1000;
-/// Local edits pushed per batch (the server's default `max_batch_updates`).
+/// Pulled changes committed locally together, at most, and their bytes.
+const LOCAL_COMMIT_CHANGES: usize = 8000;
+const LOCAL_COMMIT_BYTES: usize = 8 << 20;
+/// Updates pushed per batch at most (the server's default
+/// `max_batch_updates`), and their bytes.
 const PUSH_BATCH: usize = 1000;
+const PUSH_BATCH_BYTES: usize = 4 << 20;
+/// Consecutive local updates of one document merged into one pushed
+/// update, at most, and their bytes.
+const MERGE_UPDATES: usize = 1000;
+const MERGE_BYTES: usize = 256 << 10;
 /// The origin of local edits in the local log.
 const LOCAL: &str = "local";
 /// The origin of pulled changes in the local log.
@@ -934,33 +943,69 @@ impl<T: Transport> Replica<T> {
         Ok(out)
     }
 
-    /// Pushes the outbox of `c` (the caller holds the writer lock): batches
-    /// of at most `PUSH_BATCH` items of one declared version, each followed
-    /// by a local commit of the outbox position. `after_batch` sees each
-    /// batch's size and the server's answer. Returns the requests made.
+    /// Pushes `outbox` (of `c`; the caller holds the writer lock).
+    ///
+    /// Consecutive updates of one document at one declared version are
+    /// merged into one update (at most `MERGE_UPDATES` of them, or
+    /// `MERGE_BYTES`): nobody else has seen them, and a phone back from a
+    /// week offline then sends a few merged updates instead of every
+    /// keystroke, which the server logs, checksums and stores once. A batch
+    /// holds at most `PUSH_BATCH` merged updates and `PUSH_BATCH_BYTES`, all
+    /// of one declared version; after the server's answer the outbox
+    /// position moves in one local commit (a crash before it re-sends the
+    /// batch, which the server drops as already had). `after_batch` sees
+    /// each batch as (local edits sent, local edits in updates the server
+    /// logged, its answer). Returns the requests made.
     async fn push_outbox(
         &self,
         c: &CollectionName,
         state: &mut SyncState,
-        mut after_batch: impl FnMut(u64, &RemotePush) + Send,
+        outbox: Vec<Pending>,
+        mut after_batch: impl FnMut(u64, u64, &RemotePush) + Send,
     ) -> Result<u64, ReplicaError> {
-        let outbox = self.outbox(c, state)?;
         let mut requests = 0u64;
+        let mut merger = Merger::default();
         let mut rest = &outbox[..];
         while let Some(first) = rest.first() {
-            let same = rest
-                .iter()
-                .take(PUSH_BATCH)
-                .take_while(|p| p.version == first.version)
-                .count();
-            let (chunk, tail) = rest.split_at(same);
-            rest = tail;
+            let version = first.version;
+            // (items merged, merged update) per pushed update.
+            let mut groups: Vec<(&[Pending], Vec<u8>)> = Vec::new();
+            let mut batch_bytes = 0usize;
+            while let Some(head) = rest.first() {
+                if head.version != version
+                    || groups.len() >= PUSH_BATCH
+                    || batch_bytes >= PUSH_BATCH_BYTES
+                {
+                    break;
+                }
+                let mut len = 0usize;
+                let mut bytes = 0usize;
+                for item in rest.iter().take(MERGE_UPDATES) {
+                    if item.doc != head.doc
+                        || item.version != version
+                        || (len > 0 && bytes + item.update.len() > MERGE_BYTES)
+                    {
+                        break;
+                    }
+                    len += 1;
+                    bytes += item.update.len();
+                }
+                let (group, tail) = rest.split_at(len);
+                rest = tail;
+                let update = if group.len() == 1 {
+                    group[0].update.clone()
+                } else {
+                    merger.merge(self, c, &outbox, group)?
+                };
+                batch_bytes += update.len();
+                groups.push((group, update));
+            }
             requests += 1;
-            let updates = chunk
+            let updates = groups
                 .iter()
-                .map(|p| (p.doc.to_string(), p.update.clone()))
+                .map(|(group, update)| (group[0].doc.to_string(), update.clone()))
                 .collect();
-            let declared = self.schema_version.map(|_| first.version);
+            let declared = self.schema_version.map(|_| version);
             let outcome = self
                 .transport
                 .push_batch(c.as_str(), updates, self.peer.as_str(), declared)
@@ -973,13 +1018,22 @@ impl<T: Transport> Replica<T> {
                 let page = self.transport.changes(c.as_str(), 0, 0, None).await?;
                 state.epoch = page.epoch;
             }
-            for item in chunk {
-                state.pushed_through = state.pushed_through.max(item.seq);
-                // On the server now: no longer the replica's own to drop.
-                state.provisional.remove(item.doc.as_str());
+            let edits = |group: &[Pending]| group.iter().filter(|p| !p.migration).count() as u64;
+            let mut sent = 0u64;
+            let mut taken = 0u64;
+            for (i, (group, _)) in groups.iter().enumerate() {
+                sent += edits(group);
+                if outcome.seqs.get(i).copied().flatten().is_some() {
+                    taken += edits(group);
+                }
+                for item in group.iter() {
+                    state.pushed_through = state.pushed_through.max(item.seq);
+                    // On the server now: no longer the replica's own to drop.
+                    state.provisional.remove(item.doc.as_str());
+                }
             }
             self.commit_with_state(c, state, Vec::new())?;
-            after_batch(chunk.len() as u64, &outcome);
+            after_batch(sent, taken, &outcome);
         }
         Ok(requests)
     }
@@ -1022,41 +1076,79 @@ impl<T: Transport> Replica<T> {
         let mut rebased = 0u64;
         let mut last_schema_version;
         let mut head;
-        // Pull.
+        // Pull. Pages are fetched one by one (progress after each) and
+        // committed locally in groups of up to `LOCAL_COMMIT_CHANGES`
+        // changes or `LOCAL_COMMIT_BYTES`, each group with the cursor that
+        // covers it: a 260k-change catch-up is a few dozen local commits,
+        // not hundreds.
+        let mut fetch_cursor = state.cursor;
+        let mut fetch_epoch = state.epoch;
+        let mut held: Option<RemotePage> = None;
+        let mut held_bytes = 0usize;
         loop {
             requests += 1;
             let page = match self
                 .transport
-                .changes(collection, state.cursor, PAGE_LIMIT, state.epoch)
+                .changes(collection, fetch_cursor, PAGE_LIMIT, fetch_epoch)
                 .await
             {
                 Ok(page) => page,
-                Err(TransportError::Reset { epoch, head }) => {
+                Err(TransportError::Reset { epoch, .. }) => {
                     let reason = if epoch != state.epoch {
                         ResetReason::Epoch
                     } else {
                         ResetReason::CursorBeyondHead
                     };
-                    let _ = head;
                     return self.recover(&c, state, reason, requests).await;
                 }
                 Err(err) => return Err(err.into()),
             };
             head = page.head;
-            self.check_versions(&page)?;
+            if let Err(err) = self.check_versions(&page) {
+                // What was fetched before this page is at versions the app
+                // understands: keep it.
+                if let Some(held) = held.take() {
+                    self.apply_page(&c, &mut state, held)?;
+                }
+                return Err(err);
+            }
             if shown.expected == 0 {
                 shown.expected = page.head.saturating_sub(cursor_before);
             }
-            let applied = self.apply_page(&c, &mut state, &page)?;
-            pulled += applied.changes;
-            pulled_bytes += applied.bytes;
-            rebased += applied.rebased;
+            fetch_cursor = page.cursor;
+            fetch_epoch = page.epoch.or(fetch_epoch);
             last_schema_version = page.schema_version;
-            shown.received = state
-                .cursor
+            let has_more = page.has_more;
+            held_bytes += page
+                .changes
+                .iter()
+                .map(|ch| ch.payload.len())
+                .sum::<usize>();
+            held = Some(match held.take() {
+                None => page,
+                Some(mut earlier) => {
+                    earlier.changes.extend(page.changes);
+                    RemotePage {
+                        changes: earlier.changes,
+                        ..page
+                    }
+                }
+            });
+            let held_changes = held.as_ref().map_or(0, |p| p.changes.len());
+            if !has_more || held_changes >= LOCAL_COMMIT_CHANGES || held_bytes >= LOCAL_COMMIT_BYTES
+            {
+                if let Some(group) = held.take() {
+                    let applied = self.apply_page(&c, &mut state, group)?;
+                    pulled += applied.changes;
+                    pulled_bytes += applied.bytes;
+                    rebased += applied.rebased;
+                }
+                held_bytes = 0;
+            }
+            shown.received = fetch_cursor
                 .saturating_sub(cursor_before)
                 .min(shown.expected);
-            if !page.has_more {
+            if !has_more {
                 shown.received = shown.expected;
                 progress(shown);
                 break;
@@ -1072,17 +1164,14 @@ impl<T: Transport> Replica<T> {
             state = self.migrate_locked(&c)?.0;
         }
         // Push.
-        shown.to_push = self
-            .outbox(&c, &state)?
-            .iter()
-            .filter(|p| !p.migration)
-            .count() as u64;
+        let outbox = self.outbox(&c, &state)?;
+        shown.to_push = outbox.iter().filter(|p| !p.migration).count() as u64;
         let mut pushed = 0u64;
         let mut others_wrote = false;
         requests += self
-            .push_outbox(&c, &mut state, |sent, outcome| {
+            .push_outbox(&c, &mut state, outbox, |sent, taken, outcome| {
                 let logged = outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
-                pushed += logged;
+                pushed += taken;
                 if outcome.head > head + logged {
                     others_wrote = true;
                 }
@@ -1131,8 +1220,9 @@ impl<T: Transport> Replica<T> {
         let (mut state, _) = self.migrate_locked(c)?;
         let mut pushed = 0;
         let mut head = None;
-        self.push_outbox(c, &mut state, |_, outcome| {
-            pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
+        let outbox = self.outbox(c, &state)?;
+        self.push_outbox(c, &mut state, outbox, |_, taken, outcome| {
+            pushed += taken;
             head = Some(outcome.head);
         })
         .await?;
@@ -1160,7 +1250,7 @@ impl<T: Transport> Replica<T> {
             epoch: state.epoch,
             schema_version: 0,
         };
-        self.apply_page(c, &mut state, &page)?;
+        self.apply_page(c, &mut state, page)?;
         Ok(theirs)
     }
 
@@ -1212,28 +1302,35 @@ impl<T: Transport> Replica<T> {
         &self,
         c: &CollectionName,
         state: &mut SyncState,
-        page: &RemotePage,
+        page: RemotePage,
     ) -> Result<Applied, ReplicaError> {
-        let mut items = Vec::new();
+        let mut items = Vec::with_capacity(page.changes.len());
         let mut applied = Applied::default();
         // Per document: its last change in this page (version, kind).
         let mut last: BTreeMap<DocId, (u32, ChangeKind)> = BTreeMap::new();
-        for change in &page.changes {
+        for change in page.changes {
             // Our own pushes come back in the log: the replica has them.
             if change.origin.as_ref() == Some(&self.peer) {
                 continue;
             }
-            self.forget(c, &change.doc);
+            let version = change.schema_version.max(INITIAL_SCHEMA_VERSION);
+            applied.changes += 1;
+            applied.bytes += change.payload.len() as u64;
+            match last.get_mut(&change.doc) {
+                Some(entry) => *entry = (version, change.kind),
+                None => {
+                    last.insert(change.doc.clone(), (version, change.kind));
+                }
+            }
             let payload = if change.kind == ChangeKind::Delete {
                 Vec::new()
             } else {
-                change.payload.clone()
+                change.payload
             };
-            let version = change.schema_version.max(INITIAL_SCHEMA_VERSION);
-            items.push(Item::new(change.doc.clone(), payload, REMOTE, version));
-            last.insert(change.doc.clone(), (version, change.kind));
-            applied.changes += 1;
-            applied.bytes += change.payload.len() as u64;
+            items.push(Item::new(change.doc, payload, REMOTE, version));
+        }
+        for doc in last.keys() {
+            self.forget(c, doc);
         }
         let moved =
             state.cursor != page.cursor || (page.epoch.is_some() && page.epoch != state.epoch);
@@ -1665,6 +1762,80 @@ impl Pending {
             version: change.schema_version,
             migration,
         }
+    }
+}
+
+/// Merges runs of outbox updates of one document for a push (see
+/// `Replica::push_outbox`).
+///
+/// Why not `yrs::merge_updates_v1`: it costs about three replays of the
+/// updates. Here the document's confirmed state (its log without the
+/// outbox) is loaded once, each run is applied to it, and what the run
+/// added is encoded as the diff against the state vector before it: one
+/// replay in all. A run that leaves something pending (it builds on what
+/// the confirmed state lacks) cannot be encoded that way without losing
+/// it; then, and for every later run of that document, `merge_updates_v1`.
+#[derive(Default)]
+struct Merger {
+    /// The document being merged and its state so far (`None`: it fell
+    /// back to `merge_updates_v1`).
+    current: Option<(DocId, Option<DocState>)>,
+}
+
+impl Merger {
+    fn merge<T: Transport>(
+        &mut self,
+        replica: &Replica<T>,
+        c: &CollectionName,
+        outbox: &[Pending],
+        group: &[Pending],
+    ) -> Result<Vec<u8>, ReplicaError> {
+        let doc = &group[0].doc;
+        if self.current.as_ref().map(|(d, _)| d) != Some(doc) {
+            let in_outbox: BTreeSet<Seq> = outbox
+                .iter()
+                .filter(|p| &p.doc == doc)
+                .map(|p| p.seq)
+                .collect();
+            let confirmed: Vec<Change> = replica
+                .storage
+                .document_changes(c, doc)?
+                .into_iter()
+                .filter(|ch| !in_outbox.contains(&ch.seq))
+                .collect();
+            let state = DocState::load(&confirmed)
+                .ok()
+                .filter(|state| !state.has_pending());
+            self.current = Some((doc.clone(), state));
+        }
+        let fallback = || {
+            yrs::merge_updates_v1(group.iter().map(|p| p.update.as_slice()))
+                .map_err(|e| invalid(doc, e))
+        };
+        let Some((_, Some(state))) = self.current.as_mut() else {
+            return fallback();
+        };
+        let before = state.state_vector();
+        for item in group {
+            let change = Change {
+                seq: item.seq,
+                doc: doc.clone(),
+                kind: ChangeKind::Update,
+                payload: item.update.clone(),
+                schema_version: item.version,
+                origin: None,
+                log_checksum: 0,
+            };
+            if state.load_change(&change).is_err() {
+                self.current = Some((doc.clone(), None));
+                return fallback();
+            }
+        }
+        if state.has_pending() {
+            self.current = Some((doc.clone(), None));
+            return fallback();
+        }
+        Ok(state.encode_diff(&before))
     }
 }
 

@@ -334,18 +334,38 @@ mod cases {
                 })
                 .collect()
         };
-        for update in updates {
-            writer.apply_local("notes", "d", update).await.unwrap();
+        for update in &updates {
+            writer
+                .apply_local("notes", "d", update.clone())
+                .await
+                .unwrap();
         }
         let report = writer.sync("notes").await.unwrap();
         assert_eq!(report.outcome, SyncOutcome::Pushed { updates: 1200 });
+        assert_eq!(
+            report.head, 2,
+            "the offline edits went up merged, at most 1,000 per update"
+        );
+        // Another client pushes the same edits to document `e` one by one:
+        // 1,200 changes in the log, more than a page.
+        for chunk in updates.chunks(1000) {
+            let batch = chunk.iter().map(|u| ("e".to_owned(), u.clone())).collect();
+            engine
+                .push_batch("notes", batch, PushOptions::default())
+                .await
+                .unwrap();
+        }
         let report = reader.sync("notes").await.unwrap();
         assert!(
-            matches!(report.outcome, SyncOutcome::Pulled { changes: 1200, .. }),
+            matches!(report.outcome, SyncOutcome::Pulled { changes: 1202, .. }),
             "{report:?}"
         );
-        assert_eq!(report.cursor, 1200);
+        assert_eq!(report.cursor, 1202);
         assert_eq!(report.requests, 3, "two pages and an ack");
+        assert_eq!(
+            text_of(&reader.document("notes", "e").unwrap()),
+            text_of(&reader.document("notes", "d").unwrap())
+        );
         type_at_end(&writer, "d", "more").await;
         writer.sync("notes").await.unwrap();
         let report = reader.sync("notes").await.unwrap();
@@ -353,7 +373,7 @@ mod cases {
             matches!(report.outcome, SyncOutcome::Pulled { changes: 1, .. }),
             "{report:?}"
         );
-        assert_eq!(report.cursor, 1201);
+        assert_eq!(report.cursor, 1203);
         assert_eq!(
             text_of(&reader.document("notes", "d").unwrap()),
             server_text(&engine, "d").await
@@ -510,7 +530,11 @@ mod cases {
             SyncOutcome::NoOp
         );
         assert_eq!(server_text(&engine, "d").await, "kept twice ");
-        assert_eq!(engine.changes("notes", 0, 100, None).await.unwrap().head, 2);
+        assert_eq!(
+            engine.changes("notes", 0, 100, None).await.unwrap().head,
+            1,
+            "the two edits went up merged, once"
+        );
         engine.stop().await;
     }
 }
@@ -541,9 +565,25 @@ async fn progress_is_reported_page_by_page() {
     assert_eq!(pushes.last(), Some(&(2500, 2500)));
     assert_eq!(
         pushes.len(),
-        1 + 3,
-        "one pull, three batches of at most 1,000"
+        1 + 1,
+        "one pull, one batch (three updates merged from at most 1,000 edits each)"
     );
+    // Another client's 2,500 edits, one change each: three pages to pull.
+    let typist = yrs::Doc::with_client_id(5 << 20);
+    let text = typist.get_or_insert_text("t");
+    let edits: Vec<Vec<u8>> = (0..2500)
+        .map(|i| {
+            let mut txn = typist.transact_mut();
+            text.insert(&mut txn, i, "x");
+            txn.encode_update_v1()
+        })
+        .collect();
+    for chunk in edits.chunks(1000) {
+        let batch = chunk.iter().map(|u| ("e".to_owned(), u.clone())).collect();
+        srv.push_batch("notes", batch, PushOptions::default())
+            .await
+            .unwrap();
+    }
     let reader = Replica::open(
         local_store(BackendKind::Memory, dirs.1.path()),
         srv.transport(),
@@ -556,8 +596,8 @@ async fn progress_is_reported_page_by_page() {
         .await
         .unwrap();
     let received: Vec<u64> = seen.iter().map(|p| p.received).collect();
-    assert_eq!(received, vec![1000, 2000, 2500]);
-    assert!(seen.iter().all(|p| p.expected == 2500));
+    assert_eq!(received, vec![1000, 2000, 2503]);
+    assert!(seen.iter().all(|p| p.expected == 2503));
     drop((writer, reader));
     srv.stop().await;
 }
