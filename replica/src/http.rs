@@ -31,10 +31,19 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    /// Talks to the server at `base` (no trailing slash needed).
+    /// Talks to the server at `base` (no trailing slash needed); each
+    /// request may take 30 s at most.
     pub fn new(base: impl Into<String>, token: Option<String>) -> Self {
+        Self::with_timeout(base, token, TIMEOUT_MS)
+    }
+
+    /// [`HttpTransport::new`] with another limit on each request (connect,
+    /// send and read the whole answer), in milliseconds. A request over it
+    /// fails with `TransportError::Unavailable`; live streams are not
+    /// limited by it.
+    pub fn with_timeout(base: impl Into<String>, token: Option<String>, timeout_ms: u64) -> Self {
         let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_millis(TIMEOUT_MS))
+            .timeout(Duration::from_millis(timeout_ms))
             .build();
         Self {
             base: base.into().trim_end_matches('/').to_owned(),
