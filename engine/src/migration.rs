@@ -615,6 +615,32 @@ mod tests {
         DocId::new(s).unwrap()
     }
 
+    /// A client replica runs steps only up to the first server-only one:
+    /// `client_reach` is what it relies on, and re-registering a step as
+    /// an ordinary one clears the flag.
+    #[test]
+    fn client_reach_stops_before_a_server_only_step() {
+        let noop = |_: &DocId, _: &mut TransactionMut<'_>| Ok(());
+        let steps = Migrations::new()
+            .step(1, noop)
+            .server_only_step(2, noop)
+            .step(3, noop);
+        assert_eq!(steps.latest(), 4);
+        assert_eq!(steps.client_reach(1), 2);
+        assert_eq!(steps.client_reach(2), 2, "the step from 2 is server-only");
+        assert_eq!(steps.client_reach(3), 4);
+        assert_eq!(steps.client_reach(4), 4);
+        assert!(steps.is_server_only(2) && !steps.is_server_only(1));
+        assert!(steps.validate().is_ok());
+        let steps = steps.step(2, noop);
+        assert_eq!(steps.client_reach(1), 4);
+        assert!(matches!(
+            steps.validate(),
+            Err(OpenError::DuplicateMigrationStep { from: 2, .. })
+        ));
+        assert_eq!(Migrations::new().client_reach(1), 1);
+    }
+
     fn rename_title(_: &DocId, txn: &mut TransactionMut<'_>) -> Result<(), StepError> {
         let map = txn.get_or_insert_map("root");
         if let Some(value) = map.get(txn, "title") {
