@@ -25,6 +25,8 @@
 //! Trace data: CC BY 4.0, Joseph Gentle (seph-blog1, friendsforever) and
 //! Martin Kleppmann (automerge-paper); see `benches/traces/README.md`.
 
+#[path = "../adapters/tests/support/postgres.rs"]
+mod pg;
 #[path = "../benches/support/traces.rs"]
 mod traces;
 
@@ -104,7 +106,40 @@ fn kind_of(name: &str) -> (BackendKind, &'static str) {
         "sqlite" => (BackendKind::Sqlite, "sqlite"),
         "redb" => (BackendKind::Redb, "redb"),
         "memory" => (BackendKind::Memory, "memory"),
-        other => panic!("unknown backend {other:?}: use sqlite, redb or memory"),
+        "postgres" => (BackendKind::Postgres, "postgres"),
+        other => panic!("unknown backend {other:?}: use sqlite, redb, memory or postgres"),
+    }
+}
+
+/// The PostgreSQL database standing in for directory `dir` (one fresh
+/// database of a throwaway local cluster per directory, so a reopen finds
+/// its data): `SEQSYNC_STORAGE_URL` is not used, the numbers are of a
+/// database on this machine.
+fn pg_url(dir: &Path) -> String {
+    static DATABASES: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut databases = DATABASES.lock().expect("databases");
+    if let Some((_, url)) = databases.iter().find(|(d, _)| d == dir) {
+        return url.clone();
+    }
+    let cluster = pg::PgCluster::shared().expect("PostgreSQL binaries (install postgresql)");
+    let url = cluster.fresh_database();
+    databases.push((dir.to_path_buf(), url.clone()));
+    url
+}
+
+/// The storage config of `kind` in `dir`.
+fn store_config(kind: BackendKind, dir: &Path, durability: Durability) -> seqsync::StorageConfig {
+    seqsync::StorageConfig {
+        backend: kind,
+        path: dir.to_path_buf(),
+        durability,
+        url: if kind == BackendKind::Postgres {
+            pg_url(dir)
+        } else {
+            String::new()
+        },
+        ..seqsync::StorageConfig::default()
     }
 }
 
@@ -113,9 +148,7 @@ fn open_engine(kind: BackendKind, dir: &Path, durability: Durability) -> Engine 
     let mut config = EngineConfig::default()
         .with_env(std::env::vars())
         .expect("SEQSYNC_* variables name config keys");
-    config.storage.backend = kind;
-    config.storage.path = dir.to_path_buf();
-    config.storage.durability = durability;
+    config.storage = store_config(kind, dir, durability);
     config.compaction.max_deltas = u64::MAX; // compaction only where measured
     config.compaction.max_delta_bytes = u64::MAX;
     config.limits.stream_page_limit = 10_000;
@@ -338,10 +371,10 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
                 .map(move |u| (format!("d{d}"), u))
         })
         .collect();
-    let mut config = EngineConfig::default();
-    config.storage.backend = kind;
-    config.storage.path = dir.path().to_path_buf();
-    config.storage.durability = Durability::Eventual;
+    let mut config = EngineConfig {
+        storage: store_config(kind, dir.path(), Durability::Eventual),
+        ..EngineConfig::default()
+    };
     config.limits.stream_page_limit = 10_000;
     config.compaction.max_deltas = u64::MAX;
     config.compaction.max_delta_bytes = u64::MAX;
@@ -437,6 +470,9 @@ fn raw_append_secs(kind: BackendKind, updates: &[Vec<u8>], per_commit: usize) ->
         ),
         BackendKind::Redb => {
             Arc::new(seqsync::RedbStorage::open(dir.path(), Durability::Immediate).expect("redb"))
+        }
+        BackendKind::Postgres => {
+            open_storage(&store_config(kind, dir.path(), Durability::Immediate)).expect("postgres")
         }
     };
     let doc = seqsync::DocId::new("doc").expect("doc id");

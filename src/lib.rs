@@ -24,8 +24,8 @@ pub use seqsync_actors::{
     EngineBuilder, PeerInfo, PushOptions, PushOutcome, Recovery, StreamEvent, Subscription,
 };
 pub use seqsync_adapters::{
-    open_storage, Fault, FaultMode, FaultTarget, FaultyStorage, MemoryStorage, RedbStorage,
-    SqliteStorage,
+    open_storage, Fault, FaultMode, FaultTarget, FaultyStorage, MemoryStorage, PostgresStorage,
+    RedbStorage, SqliteStorage,
 };
 /// Bundles: export, import, verify, backup and restore (docs/BUNDLES.md).
 pub use seqsync_engine::bundle;
@@ -43,5 +43,6 @@ pub use seqsync_engine::{
 pub use seqsync_engine::{
     AckError, BackendKind, Change, ChangeKind, CollectionMeta, CollectionName, CollectionWrite,
     Compaction, ConfigError, DocId, Durability, EngineConfig, Epoch, InvalidName, OpenError,
-    PeerId, ReadError, SchemaConfig, Seq, Storage, StorageError, WriteBase, WriteBatch, WriteError,
+    PeerId, ReadError, SchemaConfig, Seq, Storage, StorageConfig, StorageError, WriteBase,
+    WriteBatch, WriteError,
 };

@@ -33,6 +33,9 @@
 #[path = "../actors/tests/common/mod.rs"]
 mod common;
 
+#[path = "../adapters/tests/support/postgres.rs"]
+mod pg;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -72,10 +75,17 @@ impl Mode {
     }
 }
 
+/// Where a PostgreSQL run keeps its database's URL, for the child and for
+/// the parent's checks.
+const PG_URL_FILE: &str = "pg-url";
+
 fn engine_config(dir: &Path, backend: BackendKind, mode: Mode) -> EngineConfig {
     let mut config = EngineConfig::default();
     config.storage.backend = backend;
     config.storage.path = dir.join("data");
+    if backend == BackendKind::Postgres {
+        config.storage.url = std::fs::read_to_string(dir.join(PG_URL_FILE)).unwrap();
+    }
     config.storage.durability = Durability::Immediate;
     if mode == Mode::Compacting {
         config.compaction.max_deltas = 3;
@@ -122,6 +132,7 @@ fn crash_child_process() {
     let backend = match std::env::var(CHILD_BACKEND).unwrap().as_str() {
         "sqlite" => BackendKind::Sqlite,
         "redb" => BackendKind::Redb,
+        "postgres" => BackendKind::Postgres,
         other => panic!("unknown backend {other}"),
     };
     let mode = match std::env::var(CHILD_MODE).unwrap().as_str() {
@@ -458,6 +469,13 @@ fn kill_rounds(test: &str, backend: BackendKind, mode: Mode, kills: u64) {
     let backend_name = match backend {
         BackendKind::Sqlite => "sqlite",
         BackendKind::Redb => "redb",
+        BackendKind::Postgres => {
+            let Some(cluster) = pg::PgCluster::shared() else {
+                return;
+            };
+            std::fs::write(dir.path().join(PG_URL_FILE), cluster.fresh_database()).unwrap();
+            "postgres"
+        }
         BackendKind::Memory => panic!("a crash test needs files"),
     };
     let mut in_compaction = 0;
@@ -528,6 +546,21 @@ fn kill_rounds(test: &str, backend: BackendKind, mode: Mode, kills: u64) {
 #[test]
 fn acked_pushes_survive_sigkill_sqlite() {
     kill_rounds("sigkill_sqlite", BackendKind::Sqlite, Mode::Plain, 3);
+}
+
+#[test]
+fn acked_pushes_survive_sigkill_postgres() {
+    kill_rounds("sigkill_postgres", BackendKind::Postgres, Mode::Plain, 3);
+}
+
+#[test]
+fn acked_pushes_survive_sigkill_during_compaction_postgres() {
+    kill_rounds(
+        "sigkill_compacting_postgres",
+        BackendKind::Postgres,
+        Mode::Compacting,
+        3,
+    );
 }
 
 #[test]

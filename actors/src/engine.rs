@@ -99,10 +99,28 @@ impl EngineBuilder {
         self.migrations.validate()?;
         let storage = match self.storage {
             Some(storage) => storage,
-            None => seqsync_adapters::open_storage(&self.config.storage)?,
+            None => {
+                let config = &self.config.storage;
+                off_thread(|| seqsync_adapters::open_storage(config).map_err(OpenError::from))?
+            }
         };
         Engine::start(self.config, storage, self.migrations)
     }
+}
+
+/// Runs blocking storage `work` on a scoped thread of its own and waits for
+/// it. Why: `open` may be called from an async runtime's thread (a
+/// `#[tokio::main]`, an actix handler), and a backend with a blocking client
+/// of its own (postgres) must never run there.
+fn off_thread<T: Send>(work: impl FnOnce() -> Result<T, OpenError> + Send) -> Result<T, OpenError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("seqsync-open".to_owned())
+            .spawn_scoped(scope, work)
+            .map_err(|e| OpenError::Runtime(e.to_string()))?
+            .join()
+            .unwrap_or_else(|_| Err(OpenError::Runtime("opening the store panicked".to_owned())))
+    })
 }
 
 /// Runs blocking `work` on a thread of its own and awaits its result (long
@@ -264,7 +282,7 @@ impl Engine {
     ) -> Result<Self, OpenError> {
         config.validate()?;
         migrations.validate()?;
-        migrate_store(&*storage, &migrations)?;
+        off_thread(|| migrate_store(&*storage, &migrations))?;
         let storage_refs_at_open = Arc::strong_count(&storage);
         let runtime_error = |e: std::io::Error| OpenError::Runtime(e.to_string());
         let arbiters = config.actors.arbiter_count();

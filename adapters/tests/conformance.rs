@@ -1,10 +1,14 @@
 //! The storage conformance suite: one set of scenarios, run against every
-//! backend (SQLite, redb, memory) by the `conformance!` macro at the bottom.
+//! backend (SQLite, redb, memory, PostgreSQL on a throwaway cluster) by the
+//! `conformance!` macro at the bottom.
 //!
 //! The engine's guarantees (gap-free seqs, exclusive cursors, atomic batches,
 //! safe compaction) rest on these properties of the backend, so each test
 //! states one of them and fails if a backend breaks it. A new backend gets the
 //! whole suite by adding one line to the macro call.
+
+#[path = "support/postgres.rs"]
+mod pg;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,18 +23,27 @@ use seqsync_engine::{
     StorageError, WriteBase, WriteBatch,
 };
 
-/// A backend under test with its own temporary directory.
+/// A backend under test with its own temporary directory (and, for
+/// PostgreSQL, its own database).
 struct Fixture {
     kind: BackendKind,
     dir: tempfile::TempDir,
+    url: String,
 }
 
 impl Fixture {
-    fn new(kind: BackendKind) -> Self {
-        Self {
+    /// `None` when the backend cannot run here (PostgreSQL not installed;
+    /// the cluster helper says so loudly).
+    fn new(kind: BackendKind) -> Option<Self> {
+        let url = match kind {
+            BackendKind::Postgres => pg::PgCluster::shared()?.fresh_database(),
+            _ => String::new(),
+        };
+        Some(Self {
             kind,
             dir: tempfile::tempdir().unwrap(),
-        }
+            url,
+        })
     }
 
     fn config(&self, durability: Durability) -> StorageConfig {
@@ -38,6 +51,8 @@ impl Fixture {
             backend: self.kind,
             path: self.dir.path().join("data"),
             durability,
+            url: self.url.clone(),
+            ..StorageConfig::default()
         }
     }
 
@@ -47,6 +62,11 @@ impl Fixture {
 
     fn persistent(&self) -> bool {
         self.kind != BackendKind::Memory
+    }
+
+    /// Backends on files in a directory, with its lock.
+    fn on_files(&self) -> bool {
+        matches!(self.kind, BackendKind::Sqlite | BackendKind::Redb)
     }
 }
 
@@ -927,7 +947,9 @@ mod cases {
     /// be refused with AlreadyOpen, and the store must open again once the
     /// first is closed.
     pub fn second_opener_is_refused(fx: &Fixture) {
-        if !fx.persistent() {
+        // A shared database is opened by every node on purpose; leases
+        // order its writers (`adapters/tests/postgres.rs`).
+        if !fx.on_files() {
             return;
         }
         let first = fx.open();
@@ -957,7 +979,7 @@ mod cases {
     /// A file that is not a seqsync store of this backend gives a typed error
     /// and is left untouched.
     pub fn foreign_or_corrupt_file_is_refused(fx: &Fixture) {
-        if !fx.persistent() {
+        if !fx.on_files() {
             return;
         }
         let config = fx.config(Durability::Immediate);
@@ -1020,7 +1042,9 @@ macro_rules! conformance {
     ($($backend:ident => $kind:expr),* $(,)?) => {$(
         mod $backend {
             use super::*;
-            fn fixture() -> Fixture { Fixture::new($kind) }
+            fn fixture() -> Fixture {
+                Fixture::new($kind).unwrap_or_else(|| Fixture::new(BackendKind::Memory).unwrap())
+            }
             #[test] fn large_document_loads_streamed_like_collected() { cases::large_document_loads_streamed_like_collected(&fixture()) }
             #[test] fn append_and_read_round_trip() { cases::append_and_read_round_trip(&fixture()) }
             #[test] fn cursor_is_exclusive() { cases::cursor_is_exclusive(&fixture()) }
@@ -1046,4 +1070,5 @@ conformance! {
     sqlite => BackendKind::Sqlite,
     redb => BackendKind::Redb,
     memory => BackendKind::Memory,
+    postgres => BackendKind::Postgres,
 }

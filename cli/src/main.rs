@@ -215,11 +215,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// `sqlite:DIR` / `redb:DIR` (`memory:` is accepted for tests).
+/// `sqlite:DIR` / `redb:DIR` / `postgres://user@host:port/db` (`memory:`
+/// is accepted for tests).
 fn parse_store(spec: &str) -> Result<StorageConfig, Failure> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Ok(StorageConfig {
+            backend: BackendKind::Postgres,
+            url: spec.to_owned(),
+            ..StorageConfig::default()
+        });
+    }
     let (kind, path) = spec.split_once(':').ok_or_else(|| {
         Failure::usage(format!(
-            "store {spec:?}: write it as sqlite:DIR or redb:DIR"
+            "store {spec:?}: write it as sqlite:DIR, redb:DIR or postgres://user@host/db"
         ))
     })?;
     let backend = match kind {
@@ -228,7 +236,7 @@ fn parse_store(spec: &str) -> Result<StorageConfig, Failure> {
         "memory" => BackendKind::Memory,
         other => {
             return Err(Failure::usage(format!(
-                "store {spec:?}: unknown backend {other:?} (sqlite or redb)"
+                "store {spec:?}: unknown backend {other:?} (sqlite:DIR, redb:DIR or postgres://…)"
             )))
         }
     };
@@ -241,6 +249,7 @@ fn parse_store(spec: &str) -> Result<StorageConfig, Failure> {
         backend,
         path: PathBuf::from(path),
         durability: Durability::Immediate,
+        ..StorageConfig::default()
     })
 }
 
@@ -248,7 +257,7 @@ fn open(spec: &str) -> Result<Arc<dyn Storage>, Failure> {
     let config = parse_store(spec)?;
     seqsync_adapters::open_storage(&config).map_err(|e| Failure {
         code: 1,
-        message: format!("{spec}: {e}"),
+        message: format!("{}: {e}", seqsync_engine::redact_url(spec)),
     })
 }
 

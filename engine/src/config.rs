@@ -7,6 +7,7 @@
 //! config and the tree is deserialized again, so a bad value from the
 //! environment fails with the same checks, and the error names the variable.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +70,10 @@ pub enum BackendKind {
     Redb,
     /// In memory; nothing survives the process. For tests.
     Memory,
+    /// PostgreSQL at `url`: several engine nodes may share one database,
+    /// each collection written by the node holding its lease
+    /// (`docs/POSTGRES.md`).
+    Postgres,
 }
 
 /// When a commit counts as done.
@@ -85,8 +90,8 @@ pub enum Durability {
     Eventual,
 }
 
-/// `[storage]` section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `[storage]` section. Its `Debug` hides the database URL's password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Backend; default `sqlite`.
@@ -95,6 +100,48 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// Durability of commits; default `immediate`.
     pub durability: Durability,
+    /// `postgres` only: the database, `postgres://user:password@host:port/db`
+    /// (or `SEQSYNC_STORAGE_URL`); empty by default. Never logged.
+    pub url: String,
+    /// `postgres` only: connections for reads, at most; default 8 (the
+    /// writer has one more of its own).
+    pub pool_size: u64,
+    /// `postgres` only: how long a node's write lease on a collection lasts
+    /// unless renewed (a third of it between renewals), in ms; default 5000.
+    /// A node that dies is replaced after at most this long.
+    pub lease_ttl_ms: u64,
+    /// `postgres` only: this node's name in leases (give each node its own;
+    /// the host server uses its `advertise_url` when set). Empty: a name
+    /// made of the host name, the process id and a random part.
+    pub node_id: String,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+/// `url` without its password (`postgres://user:***@host/db`), for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 impl Default for StorageConfig {
@@ -103,6 +150,10 @@ impl Default for StorageConfig {
             backend: BackendKind::Sqlite,
             path: PathBuf::from("./seqsync-data"),
             durability: Durability::Immediate,
+            url: String::new(),
+            pool_size: 8,
+            lease_ttl_ms: 5_000,
+            node_id: String::new(),
         }
     }
 }
@@ -315,7 +366,9 @@ impl EngineConfig {
 
     /// Checks ranges the types cannot express. Errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 7] = [
+        let positive: [(&'static str, u64); 9] = [
+            ("storage.pool_size", self.storage.pool_size),
+            ("storage.lease_ttl_ms", self.storage.lease_ttl_ms),
             (
                 "compaction.max_delta_bytes",
                 self.compaction.max_delta_bytes,
@@ -335,7 +388,9 @@ impl EngineConfig {
                 });
             }
         }
-        let bounded: [(&'static str, u64, u64); 6] = [
+        let bounded: [(&'static str, u64, u64); 8] = [
+            ("storage.pool_size", self.storage.pool_size, 256),
+            ("storage.lease_ttl_ms", self.storage.lease_ttl_ms, 600_000),
             ("actors.arbiters", self.actors.arbiters, MAX_ARBITERS as u64),
             (
                 "actors.trickle_linger_us",
@@ -370,6 +425,12 @@ impl EngineConfig {
                     message: format!("{value} is above the maximum of {max}"),
                 });
             }
+        }
+        if self.storage.backend == BackendKind::Postgres && self.storage.url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.url",
+                message: "the postgres backend needs a database URL (postgres://user@host:port/db, or SEQSYNC_STORAGE_URL)".to_owned(),
+            });
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {

@@ -170,6 +170,19 @@ pub enum StorageError {
         /// Expected versus found.
         detail: String,
     },
+    /// Another node holds the collection's write lease (a shared database
+    /// backend): this node may not write it now. Nothing was written; send
+    /// the write to `owner`, or retry after `retry_after_ms` (when the
+    /// lease expires unless renewed).
+    #[error("collection {collection} is owned by node {owner}: send the write there, or retry in {retry_after_ms} ms")]
+    NotOwner {
+        /// The collection.
+        collection: String,
+        /// The node holding the lease (its advertised URL when it has one).
+        owner: String,
+        /// Until the lease expires, at most.
+        retry_after_ms: u64,
+    },
     /// The write breaks an invariant of the log (gap in seqs, snapshot without a
     /// change to replace, ...). A bug in the caller; nothing was written.
     #[error("invalid write refused by storage: {0}")]
@@ -207,6 +220,7 @@ impl StorageError {
             StorageError::UnsupportedFormat { .. } => "unsupported_format",
             StorageError::Corrupt { .. } => "corrupt",
             StorageError::Conflict { .. } => "conflict",
+            StorageError::NotOwner { .. } => "not_owner",
             StorageError::InvalidWrite(_) => "invalid_write",
             StorageError::Backend { .. } => "backend",
             StorageError::Injected(_) => "injected",

@@ -30,8 +30,8 @@ pub use change::{
 };
 pub use compaction::{plan_compaction, CompactionPlan};
 pub use config::{
-    ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig, LimitsConfig,
-    SchemaConfig, ServerConfig, StorageConfig, ENV_PREFIX,
+    redact_url, ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig,
+    LimitsConfig, SchemaConfig, ServerConfig, StorageConfig, ENV_PREFIX,
 };
 pub use digest::{
     change_checksum, collection_digest, digest_of_update, document_digest_at, hex,

@@ -243,6 +243,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes every commit so far durable, whatever the durability mode (the
     /// engine calls it at shutdown). A no-op with `immediate` durability.
     fn sync(&self) -> Result<(), StorageError>;
+
+    /// The engine no longer writes collection `name` for now (its actor
+    /// unloaded, or the engine shuts down): a backend shared by several
+    /// nodes gives up its write lease so another node may take it at once.
+    /// Embedded backends have nothing to release.
+    ///
+    /// Blocking. Errors: the backend's failure (the lease then expires by
+    /// itself).
+    fn release_collection(&self, name: &CollectionName) -> Result<(), StorageError> {
+        let _ = name;
+        Ok(())
+    }
 }
 
 /// What [`plan_collection_write`] found a write to do.
@@ -468,5 +480,8 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn sync(&self) -> Result<(), StorageError> {
         (**self).sync()
+    }
+    fn release_collection(&self, name: &CollectionName) -> Result<(), StorageError> {
+        (**self).release_collection(name)
     }
 }
