@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use common::{text_of, Client, Rng};
 use seqsync::{
-    open_storage, BackendKind, ChangeKind, Engine, Fault, FaultMode, FaultTarget, FaultyStorage,
-    PushOptions, ReadError, WriteError,
+    BackendKind, ChangeKind, Engine, Fault, FaultMode, FaultTarget, FaultyStorage, PushOptions,
+    ReadError, WriteError,
 };
 
 const COLLECTIONS: usize = 3;
@@ -277,7 +277,7 @@ async fn run_matrix(kind: BackendKind, test: &str) {
     for scenario in &scenarios {
         let dir = tempfile::tempdir().unwrap();
         let config = common::config(kind, dir.path());
-        let faulty = Arc::new(FaultyStorage::new(open_storage(&config.storage).unwrap()));
+        let faulty = Arc::new(FaultyStorage::new(common::open_store(&config.storage)));
         let engine = Engine::open_with_storage(config.clone(), faulty.clone()).unwrap();
         if let Some(fault) = scenario.fault {
             faulty.arm(fault);
@@ -331,6 +331,14 @@ async fn fault_matrix_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix_redb() {
     run_matrix(BackendKind::Redb, "fault_matrix_redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_postgres() {
+    if common::skip(BackendKind::Postgres) {
+        return;
+    }
+    run_matrix(BackendKind::Postgres, "fault_matrix_postgres").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,9 @@
 
 use std::sync::Arc;
 
+#[path = "../../../adapters/tests/support/postgres.rs"]
+mod pg;
+
 use seqsync_actors::Engine;
 use seqsync_engine::{BackendKind, Durability, EngineConfig, Seq, Storage};
 use yrs::updates::decoder::Decode;
@@ -36,7 +39,40 @@ pub fn config(kind: BackendKind, dir: &std::path::Path) -> EngineConfig {
     config.storage.backend = kind;
     config.storage.path = dir.join("data");
     config.storage.durability = Durability::Immediate;
+    if kind == BackendKind::Postgres {
+        config.storage.url = pg_url(dir);
+    }
     config
+}
+
+/// A PostgreSQL case cannot run here (the binaries are missing; the
+/// cluster helper said so loudly): the caller returns.
+pub fn skip(kind: BackendKind) -> bool {
+    kind == BackendKind::Postgres && pg::PgCluster::shared().is_none()
+}
+
+/// The database standing for directory `dir`: a fresh one of the test
+/// cluster, its URL kept in the directory so a reopen finds the same data.
+fn pg_url(dir: &std::path::Path) -> String {
+    let file = dir.join("pg-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return url;
+    }
+    let cluster = pg::PgCluster::shared().expect("PostgreSQL is installed (see common::skip)");
+    let url = cluster.fresh_database();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&file, &url).unwrap();
+    url
+}
+
+/// Opens `config`'s store on a thread of its own: a backend with a blocking
+/// client (postgres) must not be opened on an async test's thread.
+pub fn open_store(config: &seqsync_engine::StorageConfig) -> Arc<dyn Storage> {
+    std::thread::scope(|s| {
+        s.spawn(|| seqsync_adapters::open_storage(config).unwrap())
+            .join()
+            .unwrap()
+    })
 }
 
 pub fn open(kind: BackendKind) -> TestEngine {
