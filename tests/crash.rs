@@ -33,8 +33,6 @@
 #[path = "../actors/tests/common/mod.rs"]
 mod common;
 
-#[path = "../adapters/tests/support/postgres.rs"]
-mod pg;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -470,7 +468,7 @@ fn kill_rounds(test: &str, backend: BackendKind, mode: Mode, kills: u64) {
         BackendKind::Sqlite => "sqlite",
         BackendKind::Redb => "redb",
         BackendKind::Postgres => {
-            let Some(cluster) = pg::PgCluster::shared() else {
+            let Some(cluster) = common::pg::PgCluster::shared() else {
                 return;
             };
             std::fs::write(dir.path().join(PG_URL_FILE), cluster.fresh_database()).unwrap();

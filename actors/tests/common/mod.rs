@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 #[path = "../../../adapters/tests/support/postgres.rs"]
-mod pg;
+pub mod pg;
 
 use seqsync_actors::Engine;
 use seqsync_engine::{BackendKind, Durability, EngineConfig, Seq, Storage};
