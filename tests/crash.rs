@@ -33,7 +33,6 @@
 #[path = "../actors/tests/common/mod.rs"]
 mod common;
 
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -266,6 +266,13 @@ pub struct ServerConfig {
     pub read_token: String,
     /// Bearer token that grants reads and writes; empty = none.
     pub write_token: String,
+    /// This node's URL as other nodes and clients reach it (e.g.
+    /// `http://10.0.0.7:8787`), for several nodes on one PostgreSQL
+    /// database: it names the node in leases (unless `storage.node_id` is
+    /// set), and a node that does not own a collection answers a write
+    /// with a 307 to the owner's. Empty (the default): writes to a
+    /// non-owner answer 503 with `Retry-After`.
+    pub advertise_url: String,
 }
 
 impl Default for ServerConfig {
@@ -274,6 +281,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8787".to_owned(),
             read_token: String::new(),
             write_token: String::new(),
+            advertise_url: String::new(),
         }
     }
 }

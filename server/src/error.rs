@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use seqsync_engine::{AckError, ReadError, WriteError};
+use seqsync_engine::{AckError, ReadError, StorageError, WriteError};
 use serde_json::{json, Map, Value};
 
 /// An error answer.
@@ -15,7 +15,14 @@ pub struct ApiError {
     message: String,
     /// Extra top-level fields (a reset carries `head` and `epoch`).
     extra: Map<String, Value>,
+    /// A write refused by a node that does not own the collection: the
+    /// owner and how long its lease may last.
+    owner: Option<(String, u64)>,
 }
+
+/// The header naming the node that owns a collection, on a `not_owner`
+/// answer.
+pub const OWNER_HEADER: &str = "x-seqsync-owner";
 
 impl ApiError {
     /// An error with a status, a stable code and a message.
@@ -25,6 +32,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: Map::new(),
+            owner: None,
         }
     }
 
@@ -61,7 +69,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.body())
+        let mut response = HttpResponse::build(self.status);
+        if let Some((owner, retry_after_ms)) = &self.owner {
+            response.insert_header((OWNER_HEADER, owner.as_str()));
+            response.insert_header((
+                "retry-after",
+                retry_after_ms.div_ceil(1000).max(1).to_string(),
+            ));
+        }
+        response.json(self.body())
     }
 }
 
@@ -101,10 +117,28 @@ impl From<WriteError> for ApiError {
                 api.extra.insert("client".to_owned(), json!(client));
                 api.extra.insert("collection".to_owned(), json!(collection));
             }
+            WriteError::Storage(StorageError::NotOwner {
+                owner,
+                retry_after_ms,
+                ..
+            }) => return not_owner(owner, *retry_after_ms, err.to_string()),
             _ => {}
         }
         api
     }
+}
+
+/// Another node holds the collection's lease: 503 with `Retry-After` and
+/// the owner named (header `x-seqsync-owner`, field `owner`); the
+/// `redirect_to_owner` middleware turns it into a 307 when the owner is a
+/// URL.
+fn not_owner(owner: &str, retry_after_ms: u64, message: String) -> ApiError {
+    let mut api = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_owner", message);
+    api.extra.insert("owner".to_owned(), json!(owner));
+    api.extra
+        .insert("retry_after_ms".to_owned(), json!(retry_after_ms));
+    api.owner = Some((owner.to_owned(), retry_after_ms));
+    api
 }
 
 impl From<ReadError> for ApiError {
@@ -135,6 +169,14 @@ impl From<AckError> for ApiError {
             AckError::Storage(_) | AckError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if let AckError::Storage(StorageError::NotOwner {
+            owner,
+            retry_after_ms,
+            ..
+        }) = &err
+        {
+            return not_owner(owner, *retry_after_ms, err.to_string());
+        }
         Self::new(status, err.code(), err.to_string())
     }
 }

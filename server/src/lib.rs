@@ -92,6 +92,15 @@ pub fn server(
     let mut builder = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap_fn(|req, srv| {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                let answer = actix_web::dev::Service::call(srv, req);
+                async move { Ok(redirect_to_owner(answer.await?, &path)) }
+            })
             .configure(routes::configure)
             .default_service(web::to(|| async {
                 HttpResponse::NotFound().json(
@@ -111,6 +120,45 @@ pub fn server(
         builder = builder.disable_signals();
     }
     Ok(builder.run())
+}
+
+/// A write that reached a node without the collection's lease comes back
+/// as `not_owner` naming the owner (`x-seqsync-owner`). When the owner is a
+/// URL (its `[server] advertise_url`), the answer becomes a 307 to the same
+/// path there: clients repeat the request, method and body included, at the
+/// owner. Otherwise the 503 with `Retry-After` stands.
+fn redirect_to_owner<B>(
+    answer: actix_web::dev::ServiceResponse<B>,
+    path: &str,
+) -> actix_web::dev::ServiceResponse<actix_web::body::EitherBody<B>> {
+    let owner = answer
+        .headers()
+        .get(error::OWNER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| o.starts_with("http://") || o.starts_with("https://"))
+        .map(|o| o.trim_end_matches('/').to_owned());
+    match owner {
+        Some(owner) => {
+            metrics::counter!("seqsync_forwarded_requests_total").increment(1);
+            answer
+                .into_response(
+                    HttpResponse::TemporaryRedirect()
+                        .insert_header(("location", format!("{owner}{path}")))
+                        .insert_header((error::OWNER_HEADER, owner))
+                        .finish(),
+                )
+                .map_into_right_body()
+        }
+        None => answer.map_into_left_body(),
+    }
+}
+
+/// Names this node in leases after its advertised URL when no node id is
+/// configured, so a `not_owner` answer elsewhere can point at it.
+fn name_the_node(config: &mut EngineConfig) {
+    if config.storage.node_id.is_empty() && !config.server.advertise_url.is_empty() {
+        config.storage.node_id = config.server.advertise_url.clone();
+    }
 }
 
 /// A server running on its own thread with its own engine: for tests and
@@ -133,9 +181,10 @@ impl ServerThread {
     /// [`ServerThread::start`] with the app's schema migrations: the store
     /// is migrated before the server listens (blocking until it is).
     pub fn start_with_migrations(
-        config: EngineConfig,
+        mut config: EngineConfig,
         migrations: seqsync_engine::Migrations,
     ) -> Result<Self, StartError> {
+        name_the_node(&mut config);
         let auth = Arc::new(BearerTokens::new(
             config.server.read_token.clone(),
             config.server.write_token.clone(),
@@ -272,6 +321,8 @@ pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut config = config;
+    name_the_node(&mut config);
     let engine = match Engine::open(config.clone()) {
         Ok(engine) => engine,
         Err(err) => {
