@@ -121,6 +121,16 @@ pub(crate) struct Grant {
     pub(crate) live: mpsc::Receiver<LiveBatch>,
 }
 
+/// Another engine node committed to this collection (a shared store's
+/// commit watcher saw it): what this actor holds is behind.
+pub(crate) struct ExternalCommit {
+    pub(crate) head: Seq,
+}
+
+impl Message for ExternalCommit {
+    type Result = ();
+}
+
 /// Register a live subscriber of the collection, or of one document.
 #[derive(Clone)]
 pub(crate) struct Subscribe {
@@ -1249,6 +1259,18 @@ impl Actor for CollectionActor {
         self.unload_documents();
         metrics::gauge!(m::LOADED_COLLECTIONS).decrement(1.0);
         self.shared.registry.remove(&self.name, self.generation);
+        // A shared store's write lease is given back, so another node may
+        // write at once; on the read pool (blocking I/O never runs here).
+        let shared = self.shared.clone();
+        let name = self.name.clone();
+        actix::spawn(async move {
+            if let Err(err) = shared
+                .read(move |storage| storage.release_collection(&name))
+                .await
+            {
+                tracing::warn!(error = %err, "releasing a collection's lease failed; it will expire");
+            }
+        });
     }
 }
 
@@ -1385,6 +1407,32 @@ impl Handler<CommitDone> for CollectionActor {
 
     fn handle(&mut self, msg: CommitDone, ctx: &mut Context<Self>) {
         self.guarded(ctx, |act, ctx| act.commit_done(ctx, msg));
+    }
+}
+
+/// Another node wrote: the loaded documents and head are stale. The actor
+/// resets as after a failed commit (the next message reloads from storage)
+/// and closes its live subscribers, which register again and catch up from
+/// storage at their own cursors: so a subscriber on this node sees every
+/// change the other node committed, in seq order, without a gap or a
+/// duplicate at the seam (the ordinary stored-then-live path).
+impl Handler<ExternalCommit> for CollectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExternalCommit, _ctx: &mut Self::Context) {
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|state| msg.head <= state.committed_head)
+        {
+            return;
+        }
+        if self.state.is_none() && self.docs.is_empty() && !self.has_subscribers() {
+            return;
+        }
+        tracing::debug!(collection = %self.name, head = msg.head, "another node committed; reloading");
+        metrics::counter!(m::EXTERNAL_COMMITS).increment(1);
+        self.mark_broken();
     }
 }
 

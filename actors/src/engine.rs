@@ -334,6 +334,20 @@ impl Engine {
             digest_caches: Mutex::new(HashMap::new()),
             live_deliveries: std::sync::atomic::AtomicU64::new(0),
         });
+        // Another node's commits (a shared store) reach the loaded actor of
+        // their collection. The watcher holds the engine weakly: the store
+        // keeps it, and the engine keeps the store.
+        let weak = Arc::downgrade(&shared);
+        let watcher: seqsync_engine::CommitWatcher = Arc::new(move |name, head| {
+            if let Some(shared) = weak.upgrade() {
+                if let Some(addr) = shared.registry.running(name) {
+                    addr.do_send(crate::collection::ExternalCommit { head });
+                }
+            }
+        });
+        if let Err(err) = shared.storage.watch_commits(watcher) {
+            tracing::error!(error = %err, "cannot watch other nodes' commits: live streams will miss them");
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,

@@ -22,6 +22,17 @@ pub const CHANGES_STREAMED: &str = "seqsync_changes_streamed_total";
 pub const LIVE_DELIVERIES: &str = "seqsync_live_deliveries_total";
 /// Gauge: live subscriptions.
 pub const SUBSCRIBERS: &str = "seqsync_subscribers";
+/// Counter: commits by another node (shared store) that made a loaded
+/// collection reload.
+pub const EXTERNAL_COMMITS: &str = "seqsync_external_commits_total";
+/// Counter (postgres backend): collection write leases taken.
+pub const LEASES_ACQUIRED: &str = "seqsync_leases_acquired_total";
+/// Counter (postgres backend): leases lost to another node.
+pub const LEASES_LOST: &str = "seqsync_leases_lost_total";
+/// Gauge (postgres backend): leases this node holds.
+pub const LEASES_HELD: &str = "seqsync_leases_held";
+/// Counter (host server): writes answered with a 307 to the owner.
+pub const FORWARDED_REQUESTS: &str = "seqsync_forwarded_requests_total";
 /// Counter: compactions committed.
 pub const COMPACTIONS: &str = "seqsync_compactions_total";
 /// Histogram: seconds per compaction.
@@ -74,6 +85,17 @@ pub fn describe() {
         "Live batches handed to subscribers (one per subscriber per commit it follows)"
     );
     describe_gauge!(SUBSCRIBERS, "Live subscriptions");
+    describe_counter!(
+        EXTERNAL_COMMITS,
+        "Commits by other nodes that made a loaded collection reload"
+    );
+    describe_counter!(LEASES_ACQUIRED, "Collection write leases taken");
+    describe_counter!(LEASES_LOST, "Collection write leases lost to another node");
+    describe_gauge!(LEASES_HELD, "Collection write leases held by this node");
+    describe_counter!(
+        FORWARDED_REQUESTS,
+        "Writes answered with a redirect to the collection's owner"
+    );
     describe_counter!(COMPACTIONS, "Compactions committed");
     describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "Compaction duration");
     describe_counter!(BYTES_RECLAIMED, Unit::Bytes, "Bytes removed by compaction");

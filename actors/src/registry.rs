@@ -81,6 +81,18 @@ impl Registry {
         }
     }
 
+    /// The collection's actor if one is running (none is started).
+    pub(crate) fn running(&self, name: &CollectionName) -> Option<Addr<CollectionActor>> {
+        let actors = match self.actors.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        actors
+            .get(name)
+            .filter(|e| e.addr.connected())
+            .map(|e| e.addr.clone())
+    }
+
     /// Collections with a live actor.
     pub(crate) fn loaded(&self) -> usize {
         self.actors.lock().map(|a| a.len()).unwrap_or(0)

@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use seqsync_engine::{
-    Change, ChangesPage, CollectionMeta, CollectionName, DocId, DocumentInfo, Durability,
-    PeerRecord, Seq, Storage, StorageError, WriteBatch,
+    Change, ChangesPage, CollectionMeta, CollectionName, CommitWatcher, DocId, DocumentInfo,
+    Durability, PeerRecord, Seq, Storage, StorageError, WriteBatch,
 };
 
 /// Which calls a fault applies to.
@@ -224,5 +224,13 @@ impl<S: Storage> Storage for FaultyStorage<S> {
 
     fn sync(&self) -> Result<(), StorageError> {
         self.inner.sync()
+    }
+
+    fn release_collection(&self, name: &CollectionName) -> Result<(), StorageError> {
+        self.inner.release_collection(name)
+    }
+
+    fn watch_commits(&self, on_commit: CommitWatcher) -> Result<(), StorageError> {
+        self.inner.watch_commits(on_commit)
     }
 }

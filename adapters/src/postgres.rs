@@ -44,11 +44,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 use seqsync_engine::{
     check_batch_shape, plan_collection_write, redact_url, snapshot_change, Change, ChangeKind,
-    ChangesPage, CollectionMeta, CollectionName, CollectionWrite, DocId, DocumentInfo, Durability,
-    Epoch, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError, WriteBase, WriteBatch,
+    ChangesPage, CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId,
+    DocumentInfo, Durability, Epoch, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError,
+    WriteBase, WriteBatch,
 };
 
 const BACKEND: &str = "postgres";
@@ -104,6 +106,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
 /// The advisory lock key that serialises schema migrations across nodes
 /// ("seqsync" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x0073_6571_7379_6e63;
+
+/// The channel commits are announced on (`LISTEN seqsync_commits`).
+const NOTIFY_CHANNEL: &str = "seqsync_commits";
+/// How often the commit watcher polls the heads, in case a notification
+/// was missed (a dropped listener connection).
+const WATCH_POLL_MS: u64 = 1_000;
 
 /// The leases this node holds: collection name → token.
 type Leases = Arc<Mutex<HashMap<String, i64>>>;
@@ -418,6 +426,109 @@ fn renew_leases(
     }
 }
 
+/// The commit watcher thread: `LISTEN`s for other nodes' commits and
+/// polls the heads of collections this node does not own every second (a
+/// notification is lost while the connection is down), calling `on_commit`
+/// for each head that moved. Ends when the storage is dropped.
+fn watch(
+    url: &str,
+    durability: Durability,
+    node: &str,
+    on_commit: &CommitWatcher,
+    stop: &AtomicBool,
+) {
+    let mut known: HashMap<String, i64> = HashMap::new();
+    let mut client: Option<Client> = None;
+    let mut first_poll = true;
+    while !stop.load(Ordering::SeqCst) {
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = connect(url, durability)
+                .and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                        .map_err(|e| pg_error("listening", e))?;
+                    Ok(c)
+                })
+                .ok();
+            if client.is_none() {
+                std::thread::sleep(Duration::from_millis(WATCH_POLL_MS));
+                continue;
+            }
+        }
+        let Some(conn) = client.as_mut() else {
+            continue;
+        };
+        let mut moved: Vec<(String, i64)> = Vec::new();
+        let mut lost = false;
+        {
+            let started = std::time::Instant::now();
+            let mut notifications = conn.notifications();
+            let mut waiting = notifications.timeout_iter(Duration::from_millis(WATCH_POLL_MS));
+            // Notifications are handed on as they come; the poll runs once
+            // a second however busy the channel is.
+            while started.elapsed() < Duration::from_millis(WATCH_POLL_MS) {
+                match waiting.next() {
+                    Ok(Some(note)) => {
+                        let mut parts = note.payload().splitn(3, ' ');
+                        let (Some(from), Some(head), Some(name)) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            continue;
+                        };
+                        if from == node {
+                            continue;
+                        }
+                        if let Ok(head) = head.parse::<i64>() {
+                            dispatch(&mut known, on_commit, name.to_owned(), head);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if lost {
+            client = None;
+        }
+        // The poll: what a lost notification would have said.
+        if let Some(conn) = client.as_mut() {
+            match conn.query(
+                "SELECT name, head FROM seqsync_collections                  WHERE lease_owner IS DISTINCT FROM $1",
+                &[&node],
+            ) {
+                Ok(rows) => {
+                    for row in rows {
+                        let (name, head): (String, i64) = (row.get(0), row.get(1));
+                        if first_poll {
+                            known.insert(name, head);
+                        } else if known.get(&name).is_none_or(|&k| k < head) {
+                            moved.push((name, head));
+                        }
+                    }
+                    first_poll = false;
+                }
+                Err(_) => client = None,
+            }
+        }
+        for (name, head) in moved {
+            dispatch(&mut known, on_commit, name, head);
+        }
+    }
+}
+
+/// Calls `on_commit` for a head not seen before.
+fn dispatch(known: &mut HashMap<String, i64>, on_commit: &CommitWatcher, name: String, head: i64) {
+    if known.get(&name).is_some_and(|&k| k >= head) {
+        return;
+    }
+    known.insert(name.clone(), head);
+    if let Ok(collection) = CollectionName::new(name) {
+        on_commit(&collection, u64::try_from(head).unwrap_or(0));
+    }
+}
+
 impl Storage for PostgresStorage {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -610,11 +721,24 @@ impl Storage for PostgresStorage {
             .transaction()
             .map_err(|e| pg_error("beginning a commit", e))?;
         let mut taken = Vec::new();
+        let mut heads = Vec::with_capacity(batch.writes.len());
         for write in &batch.writes {
             // An error returns early; dropping `tx` rolls everything back.
-            if let Some(token) = self.apply_write(&mut tx, write)? {
+            let (token, head) = self.apply_write(&mut tx, write)?;
+            if let Some(token) = token {
                 taken.push((write.collection.to_string(), token));
             }
+            heads.push((write.collection.as_str(), head));
+        }
+        // One wake-up per collection, delivered to listeners when (and only
+        // if) the transaction commits: `node head name`, far below the
+        // 8,000-byte payload limit (names are at most a few hundred bytes).
+        for (name, head) in heads {
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&NOTIFY_CHANNEL, &format!("{} {} {}", self.node, head, name)],
+            )
+            .map_err(|e| pg_error("notifying", e))?;
         }
         tx.commit().map_err(|e| pg_error("committing", e))?;
         if !taken.is_empty() {
@@ -632,6 +756,20 @@ impl Storage for PostgresStorage {
         // `synchronous_commit = off` loses at most the last commits of a
         // crashed database server; flushing them is the server's WAL writer's
         // job (within three times `wal_writer_delay`).
+        Ok(())
+    }
+
+    fn watch_commits(&self, on_commit: CommitWatcher) -> Result<(), StorageError> {
+        let (url, node, durability) = (self.url.clone(), self.node.clone(), self.durability);
+        let stop = self
+            .renewer
+            .as_ref()
+            .map(|(stop, _)| Arc::clone(stop))
+            .unwrap_or_default();
+        std::thread::Builder::new()
+            .name("seqsync-pg-watch".to_owned())
+            .spawn(move || watch(&url, durability, &node, &on_commit, &stop))
+            .map_err(|e| StorageError::backend(BACKEND, "starting the commit watcher", e))?;
         Ok(())
     }
 
@@ -664,12 +802,12 @@ struct StoredRow {
 
 impl PostgresStorage {
     /// Applies one collection's write in `tx`. Returns the lease token taken
-    /// when this write took the collection's lease.
+    /// when this write took the collection's lease, and the head after it.
     fn apply_write(
         &self,
         tx: &mut Transaction<'_>,
         write: &CollectionWrite,
-    ) -> Result<Option<i64>, StorageError> {
+    ) -> Result<(Option<i64>, Seq), StorageError> {
         let name = write.collection.as_str();
         let held = lock(&self.leases)?.get(name).copied();
         let stored = read_meta(tx, &write.collection, true)?;
@@ -819,7 +957,7 @@ impl PostgresStorage {
             )
             .map_err(|e| pg_error("updating peers", e))?;
         }
-        Ok(taken)
+        Ok((taken, meta.head))
     }
 
     /// Takes the lease of `name` for this node if it is free, expired, or

@@ -51,7 +51,7 @@ pub use name::{
 };
 pub use storage::{
     check_batch_shape, is_covered, plan_collection_write, snapshot_change, AppendMode, ChangesPage,
-    CollectionWrite, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
+    CollectionWrite, CommitWatcher, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
 };
 pub use yjs::{
     decode_state_vector, decode_update, new_doc, Applied, ApplyError, DocState, UpdateDecodeError,

@@ -130,6 +130,10 @@ pub struct Compaction {
     pub schema_version: u32,
 }
 
+/// What [`Storage::watch_commits`] calls: a collection another node
+/// committed to, and its head after that commit.
+pub type CommitWatcher = std::sync::Arc<dyn Fn(&CollectionName, Seq) + Send + Sync>;
+
 /// A storage backend. See the module docs for the model.
 ///
 /// Every method blocks the calling thread on I/O. Implementations must be
@@ -253,6 +257,21 @@ pub trait Storage: Send + Sync + 'static {
     /// itself).
     fn release_collection(&self, name: &CollectionName) -> Result<(), StorageError> {
         let _ = name;
+        Ok(())
+    }
+
+    /// Calls `on_commit(collection, head)` from a thread of the backend's
+    /// whenever *another* writer of a shared store (another engine node)
+    /// has committed to a collection, so the engine can bring its cached
+    /// state and live subscribers up to it. At least once per commit group
+    /// of the other node, with a poll every second or so as a fallback for
+    /// a missed notification; never for this store's own commits. Embedded
+    /// backends have no other writer and never call it.
+    ///
+    /// Errors: the backend could not start watching (the engine then runs
+    /// without cross-node live updates and says so).
+    fn watch_commits(&self, on_commit: CommitWatcher) -> Result<(), StorageError> {
+        let _ = on_commit;
         Ok(())
     }
 }
@@ -483,5 +502,8 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn release_collection(&self, name: &CollectionName) -> Result<(), StorageError> {
         (**self).release_collection(name)
+    }
+    fn watch_commits(&self, on_commit: CommitWatcher) -> Result<(), StorageError> {
+        (**self).watch_commits(on_commit)
     }
 }
