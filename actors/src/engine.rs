@@ -541,15 +541,55 @@ impl Engine {
         limit: u64,
         epoch: Option<Epoch>,
     ) -> Result<ChangesPage, ReadError> {
+        self.changes_verified(collection, after, limit, epoch, None)
+            .await
+    }
+
+    /// [`Engine::changes`], also checking the history under the cursor: a
+    /// client that remembers the `cursor_checksum` it got at `after` sends
+    /// it, and if the change stored at `after` has another log checksum, the
+    /// seq was reused for something else (a database failover that lost
+    /// acked commits, a restore of an older backup under the same epoch):
+    /// the answer is `Reset`, and the client recovers instead of mixing two
+    /// histories. When that change was compacted away the check is skipped
+    /// (nothing to compare), as it is for `after = 0`.
+    ///
+    /// Errors: as `changes`.
+    pub async fn changes_verified(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+        checksum_at_cursor: Option<u64>,
+    ) -> Result<ChangesPage, ReadError> {
         self.check_open()?;
         let name = CollectionName::new(collection)?;
         let limit = usize::try_from(limit.min(self.inner.shared.config.limits.stream_page_limit))
             .unwrap_or(usize::MAX);
-        let page = self
+        let (page, replaced) = self
             .inner
             .shared
-            .read(move |storage| storage.read_changes(&name, after, limit))
+            .read(move |storage| {
+                let replaced = match checksum_at_cursor {
+                    Some(expected) if after > 0 => storage
+                        .read_changes(&name, after - 1, 1)?
+                        .and_then(|p| p.changes.into_iter().next())
+                        .is_some_and(|c| c.seq == after && c.log_checksum != expected),
+                    _ => false,
+                };
+                Ok((storage.read_changes(&name, after, limit)?, replaced))
+            })
             .await?;
+        if replaced {
+            if let Some(page) = &page {
+                metrics::counter!(m::ERRORS, "kind" => "history_replaced").increment(1);
+                return Err(ReadError::Reset {
+                    epoch: Some(page.meta.epoch),
+                    head: page.meta.head,
+                });
+            }
+        }
         let Some(page) = page else {
             if after > 0 || epoch.is_some() {
                 return Err(ReadError::Reset {

@@ -310,12 +310,27 @@ impl Transport for HttpTransport {
         limit: u64,
         epoch: Option<Epoch>,
     ) -> Result<RemotePage, TransportError> {
+        self.changes_verified(collection, after, limit, epoch, None)
+            .await
+    }
+
+    async fn changes_verified(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+        checksum: Option<u64>,
+    ) -> Result<RemotePage, TransportError> {
         let mut path = format!(
             "/v1/collections/{}/changes?after={after}&limit={limit}",
             encode_path(collection)
         );
         if let Some(epoch) = epoch {
             path.push_str(&format!("&epoch={epoch}"));
+        }
+        if let Some(checksum) = checksum {
+            path.push_str(&format!("&checksum={checksum:016x}"));
         }
         let value = self.json("GET", path, None, Vec::new()).await?;
         let changes = value["changes"]
@@ -331,6 +346,10 @@ impl Transport for HttpTransport {
             head: value["head"].as_u64().unwrap_or(0),
             epoch: value["epoch"].as_str().and_then(Epoch::parse_hex),
             schema_version: value["schema_version"].as_u64().unwrap_or(0) as u32,
+            cursor_checksum: value["cursor_checksum"]
+                .as_str()
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or(0),
         })
     }
 

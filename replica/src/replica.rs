@@ -136,6 +136,10 @@ pub enum ResetReason {
     /// The replica's cursor is beyond the server's head (the server lost
     /// history, e.g. restored from an older backup under the same epoch).
     CursorBeyondHead,
+    /// The server's change at the replica's cursor has another log checksum:
+    /// the seq was reused for something else (a database failover that lost
+    /// acknowledged commits, an older backup restored and written since).
+    HistoryReplaced,
 }
 
 /// What a sync did, Tolstoy's cases.
@@ -237,6 +241,9 @@ struct SyncState {
     provisional: BTreeMap<String, Seq>,
     /// Changes of the state document since it was last compacted.
     state_changes: u64,
+    /// The server's log checksum at `cursor`, when known: sent with the next
+    /// page request so a reused seq is noticed.
+    cursor_checksum: Option<u64>,
 }
 
 /// How a replica is opened beyond its store, transport and peer id.
@@ -822,6 +829,8 @@ impl<T: Transport> Replica<T> {
             provisional,
             // Unknown after a restart: count from here.
             state_changes: 0,
+            cursor_checksum: read_string(&doc, "cursor_checksum")
+                .and_then(|h| u64::from_str_radix(&h, 16).ok()),
         };
         if let Ok(mut states) = self.states.lock() {
             states.insert(c.clone(), (state.clone(), doc.clone()));
@@ -849,6 +858,13 @@ impl<T: Transport> Replica<T> {
                     state.epoch.map(|e| e.to_string()).unwrap_or_default(),
                 ),
                 ("local_version", state.local_version.to_string()),
+                (
+                    "cursor_checksum",
+                    state
+                        .cursor_checksum
+                        .map(|c| format!("{c:016x}"))
+                        .unwrap_or_default(),
+                ),
                 ("provisional", provisional),
                 ("synced_ms", now_ms().to_string()),
             ],
@@ -1083,21 +1099,30 @@ impl<T: Transport> Replica<T> {
         // not hundreds.
         let mut fetch_cursor = state.cursor;
         let mut fetch_epoch = state.epoch;
+        let mut fetch_checksum = state.cursor_checksum;
         let mut held: Option<RemotePage> = None;
         let mut held_bytes = 0usize;
         loop {
             requests += 1;
             let page = match self
                 .transport
-                .changes(collection, fetch_cursor, PAGE_LIMIT, fetch_epoch)
+                .changes_verified(
+                    collection,
+                    fetch_cursor,
+                    PAGE_LIMIT,
+                    fetch_epoch,
+                    fetch_checksum,
+                )
                 .await
             {
                 Ok(page) => page,
-                Err(TransportError::Reset { epoch, .. }) => {
+                Err(TransportError::Reset { epoch, head }) => {
                     let reason = if epoch != state.epoch {
                         ResetReason::Epoch
-                    } else {
+                    } else if head < state.cursor {
                         ResetReason::CursorBeyondHead
+                    } else {
+                        ResetReason::HistoryReplaced
                     };
                     return self.recover(&c, state, reason, requests).await;
                 }
@@ -1117,6 +1142,7 @@ impl<T: Transport> Replica<T> {
             }
             fetch_cursor = page.cursor;
             fetch_epoch = page.epoch.or(fetch_epoch);
+            fetch_checksum = (page.cursor_checksum != 0).then_some(page.cursor_checksum);
             last_schema_version = page.schema_version;
             let has_more = page.has_more;
             held_bytes += page
@@ -1243,6 +1269,7 @@ impl<T: Transport> Replica<T> {
         }
         let theirs = change.origin.as_ref() != Some(&self.peer);
         let page = RemotePage {
+            cursor_checksum: change.log_checksum,
             cursor: change.seq,
             changes: vec![change],
             has_more: false,
@@ -1334,6 +1361,9 @@ impl<T: Transport> Replica<T> {
         }
         let moved =
             state.cursor != page.cursor || (page.epoch.is_some() && page.epoch != state.epoch);
+        if page.cursor != state.cursor && page.cursor_checksum != 0 {
+            state.cursor_checksum = Some(page.cursor_checksum);
+        }
         state.cursor = page.cursor;
         state.epoch = page.epoch.or(state.epoch);
         if items.is_empty() {
@@ -1508,6 +1538,8 @@ impl<T: Transport> Replica<T> {
         }
         state.epoch = recovery.epoch;
         state.cursor = recovery.cursor;
+        // Not known for a recovery's cursor: the next page brings it.
+        state.cursor_checksum = None;
         if items.is_empty() {
             self.commit_with_state(c, &state, Vec::new())?;
         } else {

@@ -28,6 +28,8 @@ pub struct RemotePage {
     /// The collection's schema version (every document on the server is
     /// migrated to it); 0 when unknown.
     pub schema_version: u32,
+    /// The log checksum through `cursor` (0 when unknown).
+    pub cursor_checksum: u64,
 }
 
 /// What the server answered to a batch of pushes.
@@ -113,6 +115,23 @@ pub trait Transport: Send + Sync {
         limit: u64,
         epoch: Option<Epoch>,
     ) -> impl Future<Output = Result<RemotePage, TransportError>> + Send;
+
+    /// [`Transport::changes`], with the log checksum the replica holds at
+    /// `after`: a server whose change at `after` has another checksum
+    /// answers `Reset` (the seq was reused: a failover lost commits, or an
+    /// older backup was restored). Transports that cannot pass it ask
+    /// without it.
+    fn changes_verified(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+        checksum: Option<u64>,
+    ) -> impl Future<Output = Result<RemotePage, TransportError>> + Send {
+        let _ = checksum;
+        self.changes(collection, after, limit, epoch)
+    }
 
     /// Pushes `updates` atomically, recorded with `origin`, written at the
     /// app's `schema_version` (`None`: the server's current one).
@@ -203,9 +222,21 @@ impl Transport for EngineTransport {
         limit: u64,
         epoch: Option<Epoch>,
     ) -> Result<RemotePage, TransportError> {
+        self.changes_verified(collection, after, limit, epoch, None)
+            .await
+    }
+
+    async fn changes_verified(
+        &self,
+        collection: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+        checksum: Option<u64>,
+    ) -> Result<RemotePage, TransportError> {
         let page = self
             .engine
-            .changes(collection, after, limit, epoch)
+            .changes_verified(collection, after, limit, epoch, checksum)
             .await
             .map_err(from_read)?;
         Ok(RemotePage {
@@ -215,6 +246,7 @@ impl Transport for EngineTransport {
             head: page.head,
             epoch: page.epoch,
             schema_version: page.schema_version,
+            cursor_checksum: page.cursor_checksum,
         })
     }
 

@@ -539,6 +539,115 @@ mod cases {
     }
 }
 
+/// PowerSync-style seams at the database: the server lost acked commits
+/// (an older backup restored under the same epoch, as after an
+/// asynchronous database failover) and then took new writes, so the seqs
+/// the replica holds now name other changes. Epoch and head alone look
+/// fine; the log checksum at the replica's cursor does not match, the sync
+/// answers `Reset { HistoryReplaced }`, and the replica pushes back what the
+/// server lost: nothing is missing on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_seq_is_noticed_by_the_log_checksum() {
+    for via in [Via::Engine, Via::Http] {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let on = |dir: std::path::PathBuf| {
+            move |config: &mut EngineConfig| {
+                config.storage.backend = BackendKind::Sqlite;
+                config.storage.path = dir;
+            }
+        };
+        let first = server(via, on(dirs[0].path().to_owned()));
+        let typist = |client: u64, text: &str| {
+            let doc = yrs::Doc::with_client_id(client);
+            let t = doc.get_or_insert_text("t");
+            let mut txn = doc.transact_mut();
+            t.insert(&mut txn, 0, text);
+            txn.encode_update_v1()
+        };
+        for i in 0..3 {
+            first
+                .push(
+                    "notes",
+                    &format!("d{i}"),
+                    typist(1 << 21, "kept "),
+                    PushOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        first.backup(dirs[1].path().join("backup")).await.unwrap();
+        for i in 3..5 {
+            first
+                .push(
+                    "notes",
+                    &format!("d{i}"),
+                    typist(1 << 21, "lost "),
+                    PushOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let store = local_store(BackendKind::Sqlite, dirs[2].path());
+        let replica = Replica::open(store.clone(), first.transport(), "r").unwrap();
+        assert_eq!(replica.sync("notes").await.unwrap().cursor, 5);
+        drop(replica);
+        first.stop().await;
+
+        // The older backup comes back under the same epoch; others write.
+        let restored_store = local_store(BackendKind::Sqlite, dirs[3].path());
+        let backup = dirs[1].path().join("backup");
+        std::thread::spawn(move || {
+            seqsync_engine::bundle::restore_backup(
+                &*restored_store,
+                &backup,
+                Default::default(),
+                &mut |_| {},
+            )
+            .unwrap();
+        })
+        .join()
+        .unwrap();
+        let second = server(via, on(dirs[3].path().to_owned()));
+        for i in 0..3 {
+            second
+                .push(
+                    "notes",
+                    &format!("e{i}"),
+                    typist(2 << 21, "new "),
+                    PushOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(second.changes("notes", 0, 0, None).await.unwrap().head, 6);
+
+        let replica = Replica::open(store, second.transport(), "r").unwrap();
+        let report = replica.sync("notes").await.unwrap();
+        assert!(
+            matches!(
+                report.outcome,
+                SyncOutcome::Reset {
+                    reason: ResetReason::HistoryReplaced,
+                    ..
+                }
+            ),
+            "{via:?}: {report:?}"
+        );
+        for doc in ["d3", "d4"] {
+            assert_eq!(
+                server_text(&second, doc).await,
+                "lost ",
+                "{via:?}: {doc} pushed back"
+            );
+        }
+        for doc in ["e0", "e1", "e2"] {
+            assert_eq!(text_of(&replica.document("notes", doc).unwrap()), "new ");
+        }
+        drop(replica);
+        second.stop().await;
+    }
+}
+
 /// A catch-up reports its progress page by page, ending at
 /// `received == expected`, and pushes report theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,9 @@ pub struct CursorQuery {
     /// Only this document's changes (the subscribe socket's `doc=`); the
     /// engine validates the id.
     pub doc: Option<String>,
+    /// The log checksum the client holds at `after` (16 hex digits), to
+    /// detect a history replaced under its cursor.
+    pub checksum: Option<u64>,
 }
 
 /// Decodes a query string (without the leading `?`) into a [`CursorQuery`].
@@ -181,11 +184,23 @@ pub fn decode_cursor_query(query: &str) -> Result<CursorQuery, ApiError> {
             })
         })
         .transpose()?;
+    let checksum = pairs
+        .get("checksum")
+        .map(|v| {
+            u64::from_str_radix(v, 16).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("checksum={v:?} is not a 16-digit hex log checksum"),
+                )
+            })
+        })
+        .transpose()?;
     Ok(CursorQuery {
         after: number("after")?.unwrap_or(0),
         limit: number("limit")?,
         epoch,
         doc: pairs.get("doc").cloned(),
+        checksum,
     })
 }
 

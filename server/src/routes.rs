@@ -190,7 +190,7 @@ async fn changes(
     let limit = query.limit.unwrap_or(state.limits.stream_page_limit);
     let page = state
         .engine
-        .changes(&collection, query.after, limit, query.epoch)
+        .changes_verified(&collection, query.after, limit, query.epoch, query.checksum)
         .await?;
     let changes: Vec<ChangeJson<'_>> = page.changes.iter().map(ChangeJson::from_change).collect();
     Ok(HttpResponse::Ok().json(json!({

@@ -116,6 +116,19 @@ impl Transport for AnyTransport {
             AnyTransport::Http(t) => t.changes(c, after, limit, epoch).await,
         }
     }
+    async fn changes_verified(
+        &self,
+        c: &str,
+        after: Seq,
+        limit: u64,
+        epoch: Option<Epoch>,
+        checksum: Option<u64>,
+    ) -> Result<RemotePage, TransportError> {
+        match self {
+            AnyTransport::Engine(t) => t.changes_verified(c, after, limit, epoch, checksum).await,
+            AnyTransport::Http(t) => t.changes_verified(c, after, limit, epoch, checksum).await,
+        }
+    }
     async fn push_batch(
         &self,
         c: &str,
