@@ -35,7 +35,7 @@ fn engine(kind: BackendKind, dir: &std::path::Path) -> Engine {
     config.compaction.max_deltas = u64::MAX;
     config.compaction.max_delta_bytes = u64::MAX;
     config.limits.stream_page_limit = 10_000;
-    Engine::open(config).expect("open engine")
+    seqsync::open(config).expect("open engine")
 }
 
 /// An engine whose collection `bench` holds one document `doc` of 10,000

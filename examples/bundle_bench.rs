@@ -34,8 +34,8 @@ use seqsync::bundle::{
 };
 use seqsync::{
     change_checksum, open_storage, BackendKind, Change, ChangeKind, CollectionName,
-    CollectionWrite, DocId, Durability, Engine, EngineConfig, Epoch, PushOptions, Storage,
-    WriteBase, WriteBatch,
+    CollectionWrite, DocId, Durability, EngineConfig, Epoch, PushOptions, Storage, WriteBase,
+    WriteBatch,
 };
 
 #[derive(Parser)]
@@ -145,7 +145,7 @@ async fn replay_64(kind: BackendKind, dir: &std::path::Path, updates: &[Vec<u8>]
     config.storage.path = dir.to_owned();
     config.compaction.max_deltas = u64::MAX / 2;
     config.compaction.max_delta_bytes = u64::MAX / 2;
-    let engine = Engine::open(config).expect("engine");
+    let engine = seqsync::open(config).expect("engine");
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter(updates.iter().cloned())
         .map(|u| {

@@ -17,7 +17,7 @@ mod traces;
 use std::time::Instant;
 
 use clap::Parser;
-use seqsync::{BackendKind, Durability, Engine, EngineConfig, PushOptions};
+use seqsync::{BackendKind, Durability, EngineConfig, PushOptions};
 use yrs::updates::decoder::Decode;
 use yrs::Transact;
 
@@ -65,7 +65,7 @@ async fn main() {
     config.storage.durability = Durability::Eventual; // ingest is not what is measured
     config.compaction.max_deltas = u64::MAX; // no automatic compaction
     config.compaction.max_delta_bytes = u64::MAX;
-    let engine = Engine::open(config).expect("open");
+    let engine = seqsync::open(config).expect("open");
     let ingest_started = Instant::now();
     for chunk in trace.updates.chunks(1000) {
         let batch = chunk

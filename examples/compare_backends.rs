@@ -152,7 +152,7 @@ fn open_engine(kind: BackendKind, dir: &Path, durability: Durability) -> Engine 
     config.compaction.max_deltas = u64::MAX; // compaction only where measured
     config.compaction.max_delta_bytes = u64::MAX;
     config.limits.stream_page_limit = 10_000;
-    Engine::open(config).expect("open engine")
+    seqsync::open(config).expect("open engine")
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -378,7 +378,7 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
     config.limits.stream_page_limit = 10_000;
     config.compaction.max_deltas = u64::MAX;
     config.compaction.max_delta_bytes = u64::MAX;
-    let engine = Engine::open(config.clone()).expect("open");
+    let engine = seqsync::open(config.clone()).expect("open");
     for chunk in updates.chunks(1000) {
         engine
             .push_batch("s", chunk.to_vec(), PushOptions::default())

@@ -41,7 +41,7 @@ fn engine(kind: BackendKind, durability: Durability, dir: &std::path::Path) -> E
     config.storage.backend = kind;
     config.storage.path = dir.to_path_buf();
     config.storage.durability = durability;
-    Engine::open(config).expect("open engine")
+    seqsync::open(config).expect("open engine")
 }
 
 async fn one_writer(kind: BackendKind, durability: Durability, pushes: usize) -> f64 {

@@ -126,7 +126,7 @@ async fn main() {
     }
 
     // Release 1: no migrations, schema version 1.
-    let v1 = Engine::open(config.clone()).expect("open v1");
+    let v1 = seqsync::open(config.clone()).expect("open v1");
     let (alice, bob) = (user_doc(0x4000_0001), user_doc(0x4000_0002));
     for (client, doc, title) in [
         (&alice, "groceries", "Groceries"),
@@ -147,7 +147,7 @@ async fn main() {
 
     // Release 2 registers the step and reopens the same store.
     let migrations = Migrations::new().step(1, rename_title);
-    let v2 = Engine::builder(config)
+    let v2 = seqsync::builder(config)
         .migrations(migrations)
         .open()
         .expect("open v2 (migrates)");
@@ -191,7 +191,7 @@ fn peak_rss_mib() -> f64 {
 
 async fn write_v1_notes(config: EngineConfig, documents: usize) {
     use std::time::Instant;
-    let engine = Engine::open(config.clone()).expect("open v1");
+    let engine = seqsync::open(config.clone()).expect("open v1");
     let started = Instant::now();
     for chunk in (0..documents).collect::<Vec<_>>().chunks(500) {
         let updates = chunk
@@ -231,7 +231,7 @@ async fn measure(config: EngineConfig, documents: usize) {
     use std::time::Instant;
     let rss_before = peak_rss_mib();
     let started = Instant::now();
-    let migrated = Engine::builder(config.clone())
+    let migrated = seqsync::builder(config.clone())
         .migrations(Migrations::new().step(1, rename_title))
         .open()
         .expect("open with the step");
@@ -249,7 +249,7 @@ async fn measure(config: EngineConfig, documents: usize) {
     // every document once, as the migration did.
     let started = Instant::now();
     // (with the step registered: a v2 store refuses a v1 engine)
-    let reader = Engine::builder(config)
+    let reader = seqsync::builder(config)
         .migrations(Migrations::new().step(1, rename_title))
         .open()
         .expect("open for reading");

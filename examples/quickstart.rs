@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use seqsync::{Engine, EngineConfig, PushOptions};
+use seqsync::{EngineConfig, PushOptions};
 use yrs::{GetString, ReadTxn, Text, Transact};
 
 #[derive(Parser)]
@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.storage.path.display(),
         config.storage.durability
     );
-    let engine = Engine::open(config)?;
+    let engine = seqsync::open(config)?;
 
     // A client: a Yjs document with a text, edited three times.
     let client = yrs::Doc::new();

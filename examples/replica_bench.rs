@@ -22,7 +22,7 @@ mod traces;
 use std::time::Instant;
 
 use clap::Parser;
-use seqsync::{BackendKind, Engine, EngineConfig};
+use seqsync::{BackendKind, EngineConfig};
 use seqsync_replica::{EngineTransport, Replica, SyncOutcome};
 use yrs::updates::decoder::Decode;
 use yrs::Transact;
@@ -71,7 +71,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     // Push: an offline replica with push_n local updates.
-    let server = Engine::open(config(&dir.path().join("server-push"))).expect("server");
+    let server = seqsync::open(config(&dir.path().join("server-push"))).expect("server");
     let local =
         seqsync::open_storage(&config(&dir.path().join("local-push")).storage).expect("local");
     let replica =
@@ -100,7 +100,7 @@ async fn main() {
     server.shutdown().await;
 
     // Pull: a server holding the whole trace, a fresh replica.
-    let server = Engine::open(config(&dir.path().join("server-pull"))).expect("server");
+    let server = seqsync::open(config(&dir.path().join("server-pull"))).expect("server");
     for chunk in trace.updates.chunks(1000) {
         let batch = chunk
             .iter()

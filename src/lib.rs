@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let engine = seqsync::Engine::open(seqsync::EngineConfig::load(None)?)?;
+//! let engine = seqsync::open(seqsync::EngineConfig::load(None)?)?;
 //! let update: Vec<u8> = vec![/* a Yjs v1 update from a client */];
 //! let outcome = engine.push("notes", "doc-1", update, Default::default()).await?;
 //! println!("stored at seq {:?}, head {}", outcome.seq, outcome.head);
@@ -46,3 +46,22 @@ pub use seqsync_engine::{
     PeerId, ReadError, SchemaConfig, Seq, Storage, StorageConfig, StorageError, WriteBase,
     WriteBatch, WriteError,
 };
+
+/// Opens the backend `config.storage` names (any of this crate's:
+/// SQLite, redb, memory, PostgreSQL) and starts the engine.
+///
+/// Blocking (opens files or connects, starts threads): call it before
+/// serving, or from a blocking task; it may also be called from async code
+/// (the store is opened on a thread of its own). Errors: [`OpenError`] for an
+/// invalid config, a store that cannot be opened (e.g. already open by
+/// another engine), or threads that cannot start.
+pub fn open(config: EngineConfig) -> Result<Engine, OpenError> {
+    builder(config).open()
+}
+
+/// [`Engine::builder`] that opens `config.storage` with this crate's
+/// backends ([`open_storage`]), to configure further (migrations, a store
+/// of the caller's) before it opens.
+pub fn builder(config: EngineConfig) -> EngineBuilder {
+    Engine::builder(config).storage_opener(open_storage)
+}

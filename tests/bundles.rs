@@ -443,7 +443,7 @@ fn a_backup_under_concurrent_pushes_restores_every_earlier_ack() {
     let acked_before = runtime.block_on(async {
         let mut config = EngineConfig::default();
         config.storage.path = src_dir.join("data");
-        let engine = Engine::open(config).unwrap();
+        let engine = seqsync::open(config).unwrap();
         let mut acked = Vec::new();
         for c in 0..3 {
             let client = Client::new(c);
@@ -576,7 +576,7 @@ fn a_bundle_of_an_older_schema_is_migrated_when_opened() {
     );
     let runtime = common::runtime();
     runtime.block_on(async {
-        let engine = Engine::builder(EngineConfig::default())
+        let engine = seqsync::builder(EngineConfig::default())
             .storage(dst.clone())
             .migrations(marks)
             .open()

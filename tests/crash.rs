@@ -150,7 +150,7 @@ fn crash_child_process() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let engine = Engine::open(engine_config(&dir, backend, mode)).unwrap();
+        let engine = seqsync::open(engine_config(&dir, backend, mode)).unwrap();
         println!("ready");
         std::io::stdout().flush().unwrap();
         let mut tasks = Vec::new();
@@ -320,7 +320,7 @@ fn verify(dir: &Path, backend: BackendKind, mode: Mode, round: u64) -> (usize, u
     let snapshots = runtime.block_on(async {
         let mut snapshots = 0;
         // Verify without compacting anything: thresholds off.
-        let engine = Engine::open(engine_config(dir, backend, Mode::Plain)).unwrap();
+        let engine = seqsync::open(engine_config(dir, backend, Mode::Plain)).unwrap();
         let mut acked_by_collection: HashMap<String, BTreeMap<u64, String>> = HashMap::new();
         for (id, seq) in &log.acked {
             let (c, _, _) = &log.sent[id];

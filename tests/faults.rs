@@ -306,7 +306,7 @@ async fn run_matrix(kind: BackendKind, test: &str) {
         drop(engine);
         drop(faulty);
         if kind != BackendKind::Memory {
-            let reopened = Engine::open(config).unwrap();
+            let reopened = seqsync::open(config).unwrap();
             check_final_state(&reopened, scenario.name, &replicas, &acked).await;
             reopened.shutdown().await;
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::Rng;
 use seqsync::{
-    BackendKind, ChangeKind, CollectionName, DocId, Durability, Engine, EngineConfig, Migrations,
+    BackendKind, ChangeKind, CollectionName, DocId, Durability, EngineConfig, Migrations,
     PushOptions, StepError, MIGRATION_ORIGIN,
 };
 use yrs::{Array, ArrayRef, Map, Transact, TransactionMut, WriteTxn};
@@ -105,7 +105,7 @@ fn migration_child_process() {
         .open(dir.join(format!("runs-{round}.txt")))
         .unwrap();
     let side = std::sync::Arc::new(std::sync::Mutex::new(side));
-    let engine = Engine::builder(engine_config(dir, backend))
+    let engine = seqsync::builder(engine_config(dir, backend))
         .migrations(marking_step(side))
         .open()
         .unwrap();
@@ -117,7 +117,7 @@ fn migration_child_process() {
 fn write_v1_store(dir: &Path, backend: BackendKind) {
     let runtime = common::runtime();
     runtime.block_on(async {
-        let engine = Engine::open(engine_config(dir, backend)).unwrap();
+        let engine = seqsync::open(engine_config(dir, backend)).unwrap();
         for chunk in (0..DOCUMENTS).collect::<Vec<_>>().chunks(100) {
             let updates = chunk
                 .iter()
@@ -302,7 +302,7 @@ fn migration_survives_sigkill(backend: BackendKind, backend_name: &str, kills: u
     let runtime = common::runtime();
     runtime.block_on(async {
         let noop = Migrations::new().step(1, |_: &DocId, _: &mut TransactionMut<'_>| Ok(()));
-        let engine = Engine::builder(engine_config(dir.path(), backend))
+        let engine = seqsync::builder(engine_config(dir.path(), backend))
             .migrations(noop)
             .open()
             .unwrap();

@@ -378,7 +378,7 @@ async fn simulate(seed: u64) -> Outcome {
     let mut rng = Rng::new(seed);
     let world = World::from_seed(&mut rng);
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = Engine::open(config(&world, dir.path())).unwrap();
+    let mut engine = seqsync::open(config(&world, dir.path())).unwrap();
     let mut net = Network {
         queue: BTreeMap::new(),
         sent: 0,
@@ -440,7 +440,7 @@ async fn simulate(seed: u64) -> Outcome {
         if rng.below(1000) < world.restart_permille {
             engine.shutdown().await;
             drop(engine);
-            engine = Engine::open(config(&world, dir.path())).unwrap();
+            engine = seqsync::open(config(&world, dir.path())).unwrap();
             stats.restarts += 1;
         }
         if rng.below(1000) < world.compact_permille {

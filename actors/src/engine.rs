@@ -1,6 +1,6 @@
 //! `Engine`: the handle a host embeds.
 //!
-//! `Engine::open` starts everything the engine needs and hides it: an actix
+//! `Engine::builder(..).open()` starts everything the engine needs and hides it: an actix
 //! system on its own thread with one arbiter per core (the collection actors
 //! live there), the storage writer thread, and a pool of threads for blocking
 //! reads. The handle is `Clone + Send + Sync`; its methods are `async` and
@@ -26,7 +26,7 @@ use seqsync_engine::{
     collection_digest, decode_state_vector, document_digest_at, load_document, migrate_collection,
     now_ms, AckError, CollectionDigest, CollectionName, DigestCache, DocId, DocumentDigest,
     DocumentDigestAt, EngineConfig, Epoch, LoadedDocument, Migrations, OpenError, PeerId,
-    ReadError, Seq, Storage, WriteError,
+    ReadError, Seq, Storage, StorageConfig, StorageError, WriteError,
 };
 use tokio::sync::oneshot;
 
@@ -63,13 +63,25 @@ const WRITER_QUEUE_CAPACITY: usize = 65_536;
 pub struct EngineBuilder {
     config: EngineConfig,
     storage: Option<Arc<dyn Storage>>,
+    opener: Option<StorageOpener>,
     migrations: Migrations,
 }
+
+/// Turns `[storage]` into a backend: what the `seqsync` facade gives the
+/// builder (`seqsync_adapters::open_storage`). The runtime itself knows no
+/// backend, so a new one never touches this crate.
+pub type StorageOpener = fn(&StorageConfig) -> Result<Arc<dyn Storage>, StorageError>;
 
 impl EngineBuilder {
     /// Use this store instead of opening `config.storage`.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Open `config.storage` with `opener` (unless a store was given).
+    pub fn storage_opener(mut self, opener: StorageOpener) -> Self {
+        self.opener = Some(opener);
         self
     }
 
@@ -97,12 +109,13 @@ impl EngineBuilder {
     pub fn open(self) -> Result<Engine, OpenError> {
         self.config.validate()?;
         self.migrations.validate()?;
-        let storage = match self.storage {
-            Some(storage) => storage,
-            None => {
+        let storage = match (self.storage, self.opener) {
+            (Some(storage), _) => storage,
+            (None, Some(opener)) => {
                 let config = &self.config.storage;
-                off_thread(|| seqsync_adapters::open_storage(config).map_err(OpenError::from))?
+                off_thread(|| opener(config).map_err(OpenError::from))?
             }
+            (None, None) => return Err(OpenError::NoStorage),
         };
         Engine::start(self.config, storage, self.migrations)
     }
@@ -246,16 +259,6 @@ struct Runtime {
 }
 
 impl Engine {
-    /// Opens the configured backend and starts the engine.
-    ///
-    /// Blocking (opens files, starts threads): call it before serving, or from
-    /// a blocking task. Errors: [`OpenError`] for an invalid config, a store
-    /// that cannot be opened (e.g. already open by another engine), or
-    /// threads that cannot start.
-    pub fn open(config: EngineConfig) -> Result<Self, OpenError> {
-        Self::builder(config).open()
-    }
-
     /// Starts the engine on a store the caller opened (e.g. a fault-injecting
     /// wrapper). `config.storage` is ignored.
     pub fn open_with_storage(
@@ -271,6 +274,7 @@ impl Engine {
         EngineBuilder {
             config,
             storage: None,
+            opener: None,
             migrations: Migrations::new(),
         }
     }

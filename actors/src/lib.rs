@@ -27,7 +27,7 @@ mod subscription;
 mod types;
 mod writer;
 
-pub use crate::engine::{Engine, EngineBuilder};
+pub use crate::engine::{Engine, EngineBuilder, StorageOpener};
 pub use crate::subscription::Subscription;
 pub use crate::types::{
     BatchOutcome, ChangesPage, CollectionRecovery, CompactionSummary, DeleteOutcome, DocumentState,

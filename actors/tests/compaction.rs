@@ -23,7 +23,7 @@ fn engine_with(
 ) -> Engine {
     let mut config = common::config(kind, dir);
     tune(&mut config);
-    Engine::open(config).unwrap()
+    common::open_engine(config).unwrap()
 }
 
 /// Every update ever acknowledged, by seq: the original log before any

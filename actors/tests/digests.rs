@@ -42,8 +42,8 @@ mod cases {
         let mut config_b = common::config(kind, dir_b.path());
         config_b.compaction.max_deltas = 4;
         config_b.compaction.peer_timeout_secs = 0;
-        let a = Engine::open(config_a).unwrap();
-        let b = Engine::open(config_b).unwrap();
+        let a = common::open_engine(config_a).unwrap();
+        let b = common::open_engine(config_b).unwrap();
         // One replica per (document, client): a client's updates of one
         // document only go to that document.
         let clients: Vec<Vec<Client>> = (0..4)

@@ -199,7 +199,7 @@ mod cases {
         let mut cfg = config(kind, dir.path());
         cfg.actors.mailbox_capacity = 2;
         let t = TestEngine {
-            engine: Engine::open(cfg).unwrap(),
+            engine: common::open_engine(cfg).unwrap(),
             dir,
             kind,
         };

@@ -563,7 +563,7 @@ mod cases {
         let config = common::config(kind, dir.path());
         let client = Client::new(1);
         {
-            let engine = seqsync_actors::Engine::open(config.clone()).unwrap();
+            let engine = common::open_engine(config.clone()).unwrap();
             for i in 0..20 {
                 engine
                     .push("c", "d", client.insert(i, "k"), opts())
@@ -577,7 +577,7 @@ mod cases {
                 Err(WriteError::ShuttingDown)
             ));
         }
-        let engine = seqsync_actors::Engine::open(config).unwrap();
+        let engine = common::open_engine(config).unwrap();
         let page = engine.changes("c", 0, 100, None).await.unwrap();
         assert_eq!(
             page.changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
@@ -737,7 +737,7 @@ async fn idle_collections_unload_and_reload_from_storage() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(BackendKind::Sqlite, dir.path());
     config.actors.idle_unload_secs = 1;
-    let engine = seqsync_actors::Engine::open(config).unwrap();
+    let engine = common::open_engine(config).unwrap();
     let client = Client::new(1);
     for name in ["a", "b", "c"] {
         engine
@@ -789,7 +789,7 @@ async fn shutdown_then_immediate_reopen_finds_the_directory_free() {
         let config = common::config(kind, dir.path());
         let client = Client::new(1);
         for round in 0..20u32 {
-            let engine = seqsync_actors::Engine::open(config.clone())
+            let engine = common::open_engine(config.clone())
                 .unwrap_or_else(|e| panic!("{kind:?}: reopen {round}: {e}"));
             for c in ["a", "b", "c"] {
                 engine

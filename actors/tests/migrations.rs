@@ -50,7 +50,9 @@ impl Store {
     }
 
     fn try_open(&self, migrations: Migrations, config: EngineConfig) -> Result<Engine, OpenError> {
-        let mut builder = Engine::builder(config).migrations(migrations);
+        let mut builder = Engine::builder(config)
+            .storage_opener(seqsync_adapters::open_storage)
+            .migrations(migrations);
         if let Some(memory) = &self.memory {
             builder = builder.storage(memory.clone());
         }

@@ -21,7 +21,7 @@ fn node(url: &str, name: &str) -> Engine {
     config.storage.node_id = name.to_owned();
     config.storage.lease_ttl_ms = 1_000;
     config.actors.idle_unload_secs = 1;
-    Engine::open(config).unwrap()
+    common::open_engine(config).unwrap()
 }
 
 /// A subscriber on B, started before and during A's writes, receives seqs

@@ -797,7 +797,9 @@ fn compact(
             message: format!("cannot start a runtime: {e}"),
         })?;
     runtime.block_on(async {
-        let engine = seqsync_actors::Engine::open(config).map_err(|e| Failure {
+        let engine = seqsync_actors::Engine::builder(config)
+            .storage_opener(seqsync_adapters::open_storage)
+            .open().map_err(|e| Failure {
             code: 1,
             message: format!("{store}: {e}"),
         })?;

@@ -40,7 +40,10 @@ fn write_store(dir: &Path, collections: usize, pushes: usize) {
     runtime.block_on(async {
         let mut config = seqsync_engine::EngineConfig::default();
         config.storage.path = dir.to_owned();
-        let engine = seqsync_actors::Engine::open(config).unwrap();
+        let engine = seqsync_actors::Engine::builder(config)
+            .storage_opener(seqsync_adapters::open_storage)
+            .open()
+            .unwrap();
         for c in 0..collections {
             let docs: Vec<yrs::Doc> = (0..3)
                 .map(|d| yrs::Doc::with_client_id((1 << 20) + (c * 10 + d) as u64))

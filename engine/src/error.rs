@@ -407,13 +407,16 @@ pub enum AckError {
     ShuttingDown,
 }
 
-/// Errors of `Engine::open`.
+/// Errors of opening an engine (`EngineBuilder::open`, `seqsync::open`).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The engine was given neither a store nor a way to open one.
+    #[error("no store to open: give the builder one (.storage) or an opener (.storage_opener); seqsync::open does")]
+    NoStorage,
     /// The store could not be opened.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -191,7 +191,10 @@ impl ServerThread {
         ));
         let listener = TcpListener::bind(&config.server.listen)?;
         let addr = listener.local_addr()?;
-        let engine = Engine::builder(config).migrations(migrations).open()?;
+        let engine = Engine::builder(config)
+            .storage_opener(seqsync_adapters::open_storage)
+            .migrations(migrations)
+            .open()?;
         let server = server(engine.clone(), auth, listener, false)?;
         let handle = server.handle();
         let thread = std::thread::Builder::new()
@@ -323,7 +326,10 @@ pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
     };
     let mut config = config;
     name_the_node(&mut config);
-    let engine = match Engine::open(config.clone()) {
+    let engine = match Engine::builder(config.clone())
+        .storage_opener(seqsync_adapters::open_storage)
+        .open()
+    {
         Ok(engine) => engine,
         Err(err) => {
             eprintln!("seqsync: {err}");

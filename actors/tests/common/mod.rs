@@ -75,9 +75,17 @@ pub fn open_store(config: &seqsync_engine::StorageConfig) -> Arc<dyn Storage> {
     })
 }
 
+/// `Engine::builder` with the backends of `seqsync-adapters` (the runtime
+/// knows none itself).
+pub fn open_engine(config: EngineConfig) -> Result<Engine, seqsync_engine::OpenError> {
+    Engine::builder(config)
+        .storage_opener(seqsync_adapters::open_storage)
+        .open()
+}
+
 pub fn open(kind: BackendKind) -> TestEngine {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(config(kind, dir.path())).unwrap();
+    let engine = open_engine(config(kind, dir.path())).unwrap();
     TestEngine { engine, dir, kind }
 }
 

@@ -58,6 +58,7 @@ pub fn server_with(
     match via {
         Via::Engine => Server {
             engine: Engine::builder(config)
+                .storage_opener(seqsync_adapters::open_storage)
                 .migrations(migrations)
                 .open()
                 .unwrap(),
