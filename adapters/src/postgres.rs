@@ -143,7 +143,7 @@ impl PostgresStorage {
     pub fn open(config: &StorageConfig) -> Result<Self, StorageError> {
         blocking_only("opening")?;
         let url = config.url.clone();
-        let mut writer = connect(&url, config.durability)?;
+        let mut writer = connect_writer(&url, config.durability, config.lease_ttl_ms)?;
         migrate_schema(&mut writer, &url)?;
         let node = if config.node_id.is_empty() {
             default_node_id()
@@ -233,7 +233,11 @@ impl PostgresStorage {
         slot: &'a mut Option<Client>,
     ) -> Result<&'a mut Client, StorageError> {
         if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(connect(&self.url, self.durability)?);
+            *slot = Some(connect_writer(
+                &self.url,
+                self.durability,
+                self.lease_ttl_ms,
+            )?);
         }
         slot.as_mut()
             .ok_or_else(|| StorageError::backend(BACKEND, "connecting", "no writer connection"))
@@ -298,6 +302,25 @@ fn connect(url: &str, durability: Durability) -> Result<Client, StorageError> {
             "SET synchronous_commit = {synchronous}; SET application_name = 'seqsync';"
         ))
         .map_err(|e| pg_error("configuring a connection", e))?;
+    Ok(client)
+}
+
+/// The writer's connection: as [`connect`], and a transaction left idle
+/// longer than the lease (the node was paused mid-commit: SIGSTOP, a long
+/// GC, a partition) is ended by the database. Its row locks would otherwise
+/// stop every other node from writing the collection, lease or not; the
+/// paused commit fails and was never acknowledged.
+fn connect_writer(
+    url: &str,
+    durability: Durability,
+    lease_ttl_ms: u64,
+) -> Result<Client, StorageError> {
+    let mut client = connect(url, durability)?;
+    client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {lease_ttl_ms}"
+        ))
+        .map_err(|e| pg_error("configuring the writer", e))?;
     Ok(client)
 }
 

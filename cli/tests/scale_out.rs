@@ -1,0 +1,357 @@
+//! Scale-out under fire (BRIEF §6): three real `seqsync serve` processes on
+//! one PostgreSQL database, no load balancer. Writers push to all three
+//! (a non-owner answers 307 to the owner; they follow it); subscribers
+//! follow the collection on all three. Then:
+//! - the owner of the hot collection is SIGKILLed under load: its lease
+//!   expires on the database's clock, another node takes it, writes go on;
+//! - the next owner is SIGSTOPped past its lease (a partition, a long GC
+//!   pause), another node takes over, and the paused node is resumed: its
+//!   lease is gone, so it cannot commit, and it steps down.
+//!
+//! At the end: every acknowledged change is in the log exactly once, with
+//! its bytes; the log is gap-free; every surviving subscriber saw every seq
+//! once, in order; and the lease log shows tokens that only ever grew, one
+//! owner per token — so no commit was accepted from a node without the
+//! current token (each commit's `UPDATE` requires it).
+
+#[path = "../../adapters/tests/support/postgres.rs"]
+mod pg;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use yrs::{Text, Transact};
+
+/// What the writers got acked: (seq, the update's bytes).
+type Acked = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+const LEASE_TTL_MS: u64 = 1_500;
+const WRITERS: u64 = 6;
+
+struct Node {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Node {
+    fn start(db: &str, dir: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_seqsync"))
+            .arg("serve")
+            .env("SEQSYNC_STORAGE_BACKEND", "postgres")
+            .env("SEQSYNC_STORAGE_URL", db)
+            .env("SEQSYNC_STORAGE_PATH", dir)
+            .env("SEQSYNC_STORAGE_LEASE_TTL_MS", LEASE_TTL_MS.to_string())
+            .env("SEQSYNC_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SEQSYNC_SERVER_ADVERTISE_URL", &url)
+            .env("SEQSYNC_COMPACTION_MAX_DELTAS", "1000000000")
+            .env("SEQSYNC_COMPACTION_MAX_DELTA_BYTES", "1000000000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start seqsync serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{url}/healthz")).call().is_err() {
+            assert!(Instant::now() < deadline, "{url} never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            url,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        self.kill();
+    }
+}
+
+/// Pushes `update` to `base`, following a 307 to the owner; `None` when
+/// no node took it (retry later).
+fn push(base: &str, doc: &str, update: &[u8]) -> Option<u64> {
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_millis(800))
+        .build();
+    let mut url = format!("{base}/v1/collections/hot/documents/{doc}/updates");
+    for _ in 0..3 {
+        let response = match agent
+            .post(&url)
+            .set("content-type", "application/octet-stream")
+            .send_bytes(update)
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(_) => return None,
+        };
+        match response.status() {
+            200 => {
+                let body: Value = serde_json::from_str(&response.into_string().ok()?).ok()?;
+                return body["seq"].as_u64().or(Some(0));
+            }
+            307 => url = response.header("location")?.to_owned(),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A subscriber of the whole collection on `base`: the seqs it saw.
+fn subscribe(base: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+    let ws = base.replace("http://", "ws://") + "/v1/collections/hot/subscribe?after=0";
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let Ok((mut socket, _)) = tungstenite::connect(&ws) else {
+            return seen;
+        };
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        }
+        while !stop.load(Ordering::SeqCst) {
+            match socket.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    if let Some(seq) = value["seq"].as_u64() {
+                        seen.push(seq);
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        seen
+    })
+}
+
+fn owner(sql: &mut postgres::Client) -> Option<String> {
+    sql.query_opt(
+        "SELECT lease_owner FROM seqsync_collections WHERE name = 'hot' \
+         AND lease_expires > now()",
+        &[],
+    )
+    .ok()
+    .flatten()
+    .and_then(|row| row.get(0))
+}
+
+fn head(sql: &mut postgres::Client) -> u64 {
+    sql.query_opt(
+        "SELECT head FROM seqsync_collections WHERE name = 'hot'",
+        &[],
+    )
+    .unwrap()
+    .map_or(0, |row| row.get::<_, i64>(0) as u64)
+}
+
+#[test]
+fn three_nodes_survive_a_killed_and_a_paused_owner() {
+    let Some(cluster) = pg::PgCluster::shared() else {
+        return;
+    };
+    let db = cluster.fresh_database();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Arc<Mutex<Node>>> = dirs
+        .iter()
+        .map(|d| Arc::new(Mutex::new(Node::start(&db, d.path()))))
+        .collect();
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| n.lock().unwrap().url.clone())
+        .collect();
+    let mut sql = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+
+    // Create the collection through node 0, then subscribe on every node.
+    assert!(push(&urls[0], "seed", &typed(1 << 20, 0)).is_some());
+    let stop_subscribers = Arc::new(AtomicBool::new(false));
+    let subscribers: Vec<_> = urls
+        .iter()
+        .map(|u| subscribe(u, stop_subscribers.clone()))
+        .collect();
+
+    // Writers: each its own document and client, spread over the nodes.
+    let stop_writers = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (urls, stop, acked) = (urls.clone(), stop_writers.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let doc = format!("w{w}");
+                let client = (2 + w) << 20;
+                let mut n = 0u32;
+                let mut attempt = w as usize;
+                let writer = yrs::Doc::with_client_id(client);
+                let text = writer.get_or_insert_text("t");
+                while !stop.load(Ordering::SeqCst) {
+                    let update = {
+                        let mut txn = writer.transact_mut();
+                        text.insert(&mut txn, n, "x");
+                        txn.encode_update_v1()
+                    };
+                    n += 1;
+                    // Retry the same update until a node takes it.
+                    loop {
+                        attempt += 1;
+                        if let Some(seq) = push(&urls[attempt % urls.len()], &doc, &update) {
+                            if seq > 0 {
+                                acked.lock().unwrap().push((seq, update.clone()));
+                            }
+                            break;
+                        }
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let by_url = |url: &str| urls.iter().position(|u| u == url);
+    std::thread::sleep(Duration::from_millis(1_500));
+
+    // 1. SIGKILL the owner under load.
+    let first = by_url(&owner(&mut sql).expect("an owner")).expect("a known node");
+    let before_kill = head(&mut sql);
+    nodes[first].lock().unwrap().kill();
+    std::thread::sleep(Duration::from_millis(LEASE_TTL_MS + 2_000));
+    let second = by_url(&owner(&mut sql).expect("a new owner")).expect("a known node");
+    assert_ne!(second, first, "the lease moved");
+    assert!(
+        head(&mut sql) > before_kill,
+        "writes continued after the kill"
+    );
+
+    // 2. SIGSTOP the new owner past its lease, then resume it.
+    nodes[second].lock().unwrap().signal("-STOP");
+    let paused_at = head(&mut sql);
+    // Writers that asked the paused node time out (800 ms) and try another.
+    std::thread::sleep(Duration::from_millis(LEASE_TTL_MS + 3_000));
+    let third = by_url(&owner(&mut sql).expect("an owner while paused")).expect("known");
+    assert!(
+        third != second && third != first,
+        "the third node took over"
+    );
+    assert!(
+        head(&mut sql) > paused_at,
+        "writes continued while it was paused"
+    );
+    nodes[second].lock().unwrap().signal("-CONT");
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_ne!(
+        owner(&mut sql).and_then(|o| by_url(&o)),
+        Some(second),
+        "the resumed node stepped down"
+    );
+
+    stop_writers.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let final_head = head(&mut sql);
+    // Let the surviving subscribers catch up, then stop them.
+    std::thread::sleep(Duration::from_millis(2_500));
+    stop_subscribers.store(true, Ordering::SeqCst);
+    let seen: Vec<Vec<u64>> = subscribers.into_iter().map(|s| s.join().unwrap()).collect();
+
+    // The log: gap-free, every acked change once with its bytes.
+    let rows = sql
+        .query(
+            "SELECT c.seq, c.payload FROM seqsync_changes c JOIN seqsync_collections k \
+             ON k.id = c.cid WHERE k.name = 'hot' ORDER BY c.seq",
+            &[],
+        )
+        .unwrap();
+    let log: Vec<(u64, Vec<u8>)> = rows
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+        .collect();
+    assert_eq!(
+        log.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=final_head).collect::<Vec<_>>(),
+        "gap-free"
+    );
+    let by_seq: HashMap<u64, &Vec<u8>> = log.iter().map(|(s, p)| (*s, p)).collect();
+    let acked = acked.lock().unwrap();
+    for (seq, update) in acked.iter() {
+        assert_eq!(
+            by_seq.get(seq),
+            Some(&update),
+            "acked seq {seq} holds its bytes"
+        );
+    }
+    let distinct: HashSet<&Vec<u8>> = log.iter().map(|(_, p)| p).collect();
+    assert_eq!(distinct.len(), log.len(), "no change stored twice");
+
+    // Subscribers on the nodes still alive saw everything, once, in order.
+    for (i, seen) in seen.iter().enumerate() {
+        if i == first {
+            continue;
+        }
+        assert_eq!(
+            seen,
+            &(1..=final_head).collect::<Vec<_>>(),
+            "subscriber on node {i} saw every seq once, in order"
+        );
+    }
+
+    // The lease log: tokens grew, one owner per token.
+    let tokens: Vec<(String, i64)> = sql
+        .query(
+            "SELECT owner, token FROM seqsync_lease_log WHERE collection = 'hot' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(tokens.windows(2).all(|w| w[0].1 < w[1].1), "{tokens:?}");
+    assert!(tokens.len() >= 3, "at least three owners: {tokens:?}");
+    println!(
+        "scale-out: {} acked changes, head {final_head}, owners by token {tokens:?}",
+        acked.len()
+    );
+    drop(nodes);
+}
+
+fn typed(client: u64, at: u32) -> Vec<u8> {
+    let doc = yrs::Doc::with_client_id(client);
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, at, "s");
+    txn.encode_update_v1()
+}
