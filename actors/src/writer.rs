@@ -364,9 +364,13 @@ fn commit_pending(storage: &dyn Storage, pending: Pending) {
                 done(Ok(()));
             }
         }
-        Err(err @ (StorageError::Conflict { .. } | StorageError::InvalidWrite(_)))
-            if pending.batch.writes.len() > 1 =>
-        {
+        // One collection's refusal (its base moved, another node owns it)
+        // must not fail the other collections' pushes in the group.
+        Err(
+            err @ (StorageError::Conflict { .. }
+            | StorageError::NotOwner { .. }
+            | StorageError::InvalidWrite(_)),
+        ) if pending.batch.writes.len() > 1 => {
             tracing::warn!(error = %err, "group commit refused; retrying each collection alone");
             for (write, completions) in pending.batch.writes.into_iter().zip(pending.completions) {
                 let alone = WriteBatch {

@@ -84,6 +84,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         origin TEXT,
         payload BYTEA NOT NULL,
         checksum BIGINT NOT NULL,
+        lease_token BIGINT NOT NULL,
         PRIMARY KEY (cid, seq)
     );
     CREATE INDEX seqsync_changes_by_doc ON seqsync_changes (cid, doc, seq);
@@ -838,7 +839,7 @@ impl PostgresStorage {
         let meta = plan.meta;
         let ttl = self.lease_ttl_ms() as f64;
         let mut taken = None;
-        let cid = match (&stored, write.base) {
+        let (cid, token) = match (&stored, write.base) {
             (None, WriteBase::Create { .. }) => {
                 let row = tx
                     .query_opt(
@@ -867,7 +868,7 @@ impl PostgresStorage {
                 };
                 self.log_lease(tx, name, 1)?;
                 taken = Some(1);
-                row.get::<_, i64>(0)
+                (row.get::<_, i64>(0), 1)
             }
             (Some(stored), WriteBase::Existing { epoch, head }) => {
                 // Take the lease first if this node does not hold it.
@@ -903,7 +904,7 @@ impl PostgresStorage {
                 if moved == 0 {
                     return Err(self.refusal(tx, name, token));
                 }
-                stored.cid
+                (stored.cid, token)
             }
             // plan_collection_write refused every other combination.
             _ => {
@@ -915,6 +916,7 @@ impl PostgresStorage {
         insert_changes(
             tx,
             cid,
+            token,
             write
                 .append
                 .iter()
@@ -959,7 +961,12 @@ impl PostgresStorage {
             )
             .map_err(|e| pg_error("compacting", e))?;
             if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
-                insert_changes(tx, cid, std::iter::once((&snapshot, target_checksum)))?;
+                insert_changes(
+                    tx,
+                    cid,
+                    token,
+                    std::iter::once((&snapshot, target_checksum)),
+                )?;
             }
         }
         if !write.peers.is_empty() {
@@ -1073,10 +1080,14 @@ impl PostgresStorage {
 }
 
 /// Appends changes with one `INSERT … SELECT FROM unnest(…)` (one round trip
-/// for the whole group).
+/// for the whole group), each with the lease token its commit was fenced
+/// by: along the log the tokens never decrease, which is what an audit
+/// checks (a commit from a deposed owner would show an older token after a
+/// newer one).
 fn insert_changes<'a>(
     tx: &mut Transaction<'_>,
     cid: i64,
+    token: i64,
     changes: impl Iterator<Item = (&'a Change, u64)>,
 ) -> Result<(), StorageError> {
     let mut seqs = Vec::new();
@@ -1100,11 +1111,11 @@ fn insert_changes<'a>(
     }
     tx.execute(
         "INSERT INTO seqsync_changes \
-         (cid, seq, doc, kind, schema_version, origin, payload, checksum) \
-         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::smallint[], $5::integer[], \
-         $6::text[], $7::bytea[], $8::bigint[])",
+         (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum) \
+         SELECT $1, $2, * FROM unnest($3::bigint[], $4::text[], $5::smallint[], $6::integer[], \
+         $7::text[], $8::bytea[], $9::bigint[])",
         &[
-            &cid, &seqs, &docs, &kinds, &schemas, &origins, &payloads, &checksums,
+            &cid, &token, &seqs, &docs, &kinds, &schemas, &origins, &payloads, &checksums,
         ],
     )
     .map_err(|e| pg_error("appending", e))?;

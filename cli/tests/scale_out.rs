@@ -10,9 +10,10 @@
 //!
 //! At the end: every acknowledged change is in the log exactly once, with
 //! its bytes; the log is gap-free; every surviving subscriber saw every seq
-//! once, in order; and the lease log shows tokens that only ever grew, one
-//! owner per token — so no commit was accepted from a node without the
-//! current token (each commit's `UPDATE` requires it).
+//! once, in order; the lease log shows tokens that only ever grew, one
+//! owner per token; and the token each change was committed under never
+//! goes back along the log — so no commit was accepted from a node without
+//! the current token.
 
 #[path = "../../adapters/tests/support/postgres.rs"]
 mod pg;
@@ -340,6 +341,28 @@ fn three_nodes_survive_a_killed_and_a_paused_owner() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert!(tokens.windows(2).all(|w| w[0].1 < w[1].1), "{tokens:?}");
+    // Every change records the token its commit was fenced by: along the
+    // log they never go back, so no deposed owner committed after a newer
+    // one took over.
+    let fenced: Vec<i64> = sql
+        .query(
+            "SELECT c.lease_token FROM seqsync_changes c JOIN seqsync_collections k \
+             ON k.id = c.cid WHERE k.name = 'hot' ORDER BY c.seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        fenced.windows(2).all(|w| w[0] <= w[1]),
+        "tokens along the log: {fenced:?}"
+    );
+    assert_eq!(
+        fenced.last(),
+        tokens.last().map(|t| &t.1),
+        "the last owner wrote last"
+    );
     assert!(tokens.len() >= 3, "at least three owners: {tokens:?}");
     println!(
         "scale-out: {} acked changes, head {final_head}, owners by token {tokens:?}",

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod decode;
 pub mod error;
+mod forward;
 mod routes;
 mod subscribe_ws;
 mod yws;

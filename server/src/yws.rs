@@ -39,7 +39,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Item};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
-use seqsync_engine::{ChangeKind, ReadError, Seq, WriteError};
+use seqsync_engine::{ChangeKind, ReadError, Seq, StorageError, WriteError};
 use tokio::sync::broadcast;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -427,9 +427,38 @@ impl Connection {
                     origin: None,
                     schema_version: self.schema_version,
                 };
+                let token = self.state.engine.config().server.write_token.clone();
                 pushes.push(Box::pin(async move {
-                    match engine.push(&collection, &doc, update, options).await {
+                    let schema_version = options.schema_version;
+                    match engine.push(&collection, &doc, update.clone(), options).await {
                         Ok(outcome) => Ok((hash, outcome.seq)),
+                        // Several nodes on one database: this node does not
+                        // own the collection, so the update goes to the one
+                        // that does; its commit comes back to this room
+                        // through the commit watcher like any other.
+                        Err(WriteError::Storage(StorageError::NotOwner { owner, .. }))
+                            if owner.starts_with("http://") || owner.starts_with("https://") =>
+                        {
+                            let forwarded = crate::forward::push_to_owner(
+                                owner,
+                                collection.clone(),
+                                doc.clone(),
+                                update,
+                                schema_version,
+                                token,
+                            )
+                            .await;
+                            match forwarded {
+                                Ok(seq) => Ok((hash, seq)),
+                                Err(reason) => {
+                                    tracing::warn!(%collection, %doc, error = %reason, "y-websocket push forwarded to the owner failed");
+                                    Err(CloseReason {
+                                        code: CloseCode::Error,
+                                        description: Some(format!("not_owner: {reason}").chars().take(MAX_CLOSE_REASON_BYTES).collect()),
+                                    })
+                                }
+                            }
+                        }
                         Err(err) => {
                             tracing::warn!(%collection, %doc, error = %err, "y-websocket push refused");
                             Err(CloseReason {

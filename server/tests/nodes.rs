@@ -138,3 +138,62 @@ fn a_write_to_a_non_owner_is_redirected_and_the_log_survives_the_owner() {
     assert_eq!(changes(&b_url), [1, 2, 3], "gap-free across the takeover");
     b.stop();
 }
+
+/// A y-websocket client connected to a node that does not own the
+/// collection still writes: the node pushes its updates through the owner,
+/// and the resulting commit comes back live to a second client in the same
+/// room on that node (through the commit watcher).
+#[test]
+fn a_yws_client_on_a_non_owner_writes_through_the_owner() {
+    use tungstenite::Message as Ws;
+    use yrs::sync::{Message, SyncMessage};
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    let Some(cluster) = pg::PgCluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let (a, a_url) = node(&url);
+    let (b, b_url) = node(&url);
+    let (status, _, _) = push(&a_url, &update(1 << 20, "owned by a "));
+    assert_eq!(status, 200);
+
+    let ws_url = format!("{}/yws/notes/d", b_url.replace("http://", "ws://"));
+    let (mut writer, _) = tungstenite::connect(&ws_url).unwrap();
+    let (mut watcher, _) = tungstenite::connect(&ws_url).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = watcher.get_ref() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+    }
+    let typed = update(2 << 20, "via b ");
+    writer
+        .send(Ws::Binary(
+            Message::Sync(SyncMessage::Update(typed.clone()))
+                .encode_v1()
+                .into(),
+        ))
+        .unwrap();
+    // The watcher on node B receives the update once node A committed it.
+    let received = loop {
+        match watcher.read().expect("the update arrives on node B") {
+            Ws::Binary(bytes) => {
+                if let Ok(Message::Sync(SyncMessage::Update(u))) = Message::decode_v1(&bytes) {
+                    break u;
+                }
+            }
+            _ => continue,
+        }
+    };
+    let doc = yrs::Doc::new();
+    doc.transact_mut()
+        .apply_update(yrs::Update::decode_v1(&received).unwrap())
+        .unwrap();
+    assert_eq!(
+        yrs::GetString::get_string(&doc.get_or_insert_text("t"), &doc.transact()),
+        "via b "
+    );
+    assert_eq!(changes(&a_url), [1, 2], "committed once, by the owner");
+    drop((writer, watcher));
+    a.stop();
+    b.stop();
+}
