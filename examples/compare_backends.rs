@@ -404,45 +404,55 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
     let peak = peak_rss_kb();
     engine.shutdown().await;
     drop(engine);
-    // Baseline: the backend's own range scan of the same rows.
-    let storage = if kind == BackendKind::Memory {
-        let storage: Arc<dyn seqsync::Storage> = Arc::new(seqsync::MemoryStorage::default());
-        let meta_epoch = seqsync::Epoch([1; 16]);
-        let changes: Vec<seqsync::Change> = updates
-            .iter()
-            .enumerate()
-            .map(|(i, (doc, u))| seqsync::Change {
-                seq: i as u64 + 1,
-                doc: seqsync::DocId::new(doc.clone()).expect("doc id"),
-                kind: seqsync::ChangeKind::Update,
-                payload: u.clone(),
-                schema_version: 1,
-                origin: None,
-                log_checksum: 0,
+    // Baseline: the backend's own range scan of the same rows, on a thread
+    // of its own (a blocking database client must not run on this async
+    // thread).
+    let (raw, baseline_secs) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let storage = if kind == BackendKind::Memory {
+                    let storage: Arc<dyn seqsync::Storage> =
+                        Arc::new(seqsync::MemoryStorage::default());
+                    let meta_epoch = seqsync::Epoch([1; 16]);
+                    let changes: Vec<seqsync::Change> = updates
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (doc, u))| seqsync::Change {
+                            seq: i as u64 + 1,
+                            doc: seqsync::DocId::new(doc.clone()).expect("doc id"),
+                            kind: seqsync::ChangeKind::Update,
+                            payload: u.clone(),
+                            schema_version: 1,
+                            origin: None,
+                            log_checksum: 0,
+                        })
+                        .collect();
+                    storage
+                        .commit(&seqsync_engine_batch(meta_epoch, changes))
+                        .expect("memory baseline data");
+                    storage
+                } else {
+                    open_storage(&config.storage).expect("reopen storage")
+                };
+                let name = seqsync::CollectionName::new("s").expect("name");
+                let started = Instant::now();
+                let (mut after, mut raw) = (0, 0u64);
+                loop {
+                    let page = storage
+                        .read_changes(&name, after, 10_000)
+                        .expect("scan")
+                        .expect("collection");
+                    let Some(last) = page.changes.last() else {
+                        break;
+                    };
+                    after = last.seq;
+                    raw += page.changes.len() as u64;
+                }
+                (raw, started.elapsed().as_secs_f64())
             })
-            .collect();
-        storage
-            .commit(&seqsync_engine_batch(meta_epoch, changes))
-            .expect("memory baseline data");
-        storage
-    } else {
-        open_storage(&config.storage).expect("reopen storage")
-    };
-    let name = seqsync::CollectionName::new("s").expect("name");
-    let started = Instant::now();
-    let (mut after, mut raw) = (0, 0u64);
-    loop {
-        let page = storage
-            .read_changes(&name, after, 10_000)
-            .expect("scan")
-            .expect("collection");
-        let Some(last) = page.changes.last() else {
-            break;
-        };
-        after = last.seq;
-        raw += page.changes.len() as u64;
-    }
-    let baseline_secs = started.elapsed().as_secs_f64();
+            .join()
+            .expect("baseline scan")
+    });
     assert_eq!(raw, read);
     Cell {
         workload: format!("stream {read} changes"),
@@ -679,7 +689,12 @@ async fn main() {
             // The same run against what the engine adds to: bare yrs plus
             // the backend's raw append, 64 changes per commit (the most that
             // 64 pushes in flight can share).
-            let raw_append = raw_append_secs(*kind, &trace.updates, 64);
+            let raw_append = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| raw_append_secs(*kind, &trace.updates, 64))
+                    .join()
+                    .expect("raw append")
+            });
             let overhead = Cell {
                 workload: format!("overhead-64/{}", trace.name),
                 latencies_us: Vec::new(),
