@@ -88,6 +88,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         PRIMARY KEY (cid, seq)
     );
     CREATE INDEX seqsync_changes_by_doc ON seqsync_changes (cid, doc, seq);
+    -- Yjs updates do not compress: keep large payloads out of line but
+    -- uncompressed, so loading a snapshot is a read, not a pglz inflate.
+    ALTER TABLE seqsync_changes ALTER COLUMN payload SET STORAGE EXTERNAL;
     CREATE TABLE seqsync_peers (
         cid BIGINT NOT NULL REFERENCES seqsync_collections (id),
         peer TEXT NOT NULL,
@@ -167,6 +170,9 @@ impl PostgresStorage {
                 .spawn(move || renew_leases(&url, durability, &node, ttl_ms, &leases, &stop))
                 .map_err(|e| StorageError::backend(BACKEND, "starting the lease renewer", e))?
         };
+        // One reader connection up front: the first read after open does not
+        // pay for a connection (a backend process forked by the server).
+        let readers = vec![connect(&url, config.durability)?];
         tracing::info!(url = %redact_url(&url), node = %node, "postgres storage opened");
         Ok(Self {
             url,
@@ -174,7 +180,7 @@ impl PostgresStorage {
             node,
             lease_ttl_ms: config.lease_ttl_ms,
             writer: Mutex::new(Some(writer)),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(readers),
             max_idle_readers: usize::try_from(config.pool_size).unwrap_or(8),
             leases,
             renewer: Some((stop, renewer)),
