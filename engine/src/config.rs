@@ -256,7 +256,7 @@ impl Default for ActorsConfig {
 }
 
 /// `[server]` section: used by the host server, not by the engine.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Socket address to listen on; default `127.0.0.1:8787`.
@@ -273,6 +273,13 @@ pub struct ServerConfig {
     /// with a 307 to the owner's. Empty (the default): writes to a
     /// non-owner answer 503 with `Retry-After`.
     pub advertise_url: String,
+    /// Signed client tokens (JWT, HS256) are verified with this secret;
+    /// empty (the default): none. Never logged.
+    pub token_secret: String,
+    /// Signed client tokens (JWT, EdDSA) are verified with this Ed25519
+    /// public key (PEM text, or a path to a PEM file); empty: none. Set at
+    /// most one of `token_secret` and `token_public_key`.
+    pub token_public_key: String,
 }
 
 impl Default for ServerConfig {
@@ -282,7 +289,23 @@ impl Default for ServerConfig {
             read_token: String::new(),
             write_token: String::new(),
             advertise_url: String::new(),
+            token_secret: String::new(),
+            token_public_key: String::new(),
         }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("read_token", &hidden(&self.read_token))
+            .field("write_token", &hidden(&self.write_token))
+            .field("advertise_url", &self.advertise_url)
+            .field("token_secret", &hidden(&self.token_secret))
+            .field("token_public_key", &self.token_public_key.len())
+            .finish()
     }
 }
 

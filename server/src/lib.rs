@@ -33,7 +33,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use seqsync_actors::Engine;
 use seqsync_engine::{EngineConfig, LimitsConfig, OpenError};
 
-pub use crate::auth::{Access, Authorizer, BearerTokens};
+pub use crate::auth::{
+    constant_time_eq, AccessRequest, Authorizer, BearerTokens, Operation, TokenClaims, Tokens,
+};
 pub use crate::error::ApiError;
 pub use crate::routes::CURSOR_HEADER;
 
@@ -186,10 +188,7 @@ impl ServerThread {
         migrations: seqsync_engine::Migrations,
     ) -> Result<Self, StartError> {
         name_the_node(&mut config);
-        let auth = Arc::new(BearerTokens::new(
-            config.server.read_token.clone(),
-            config.server.write_token.clone(),
-        ));
+        let auth = Arc::new(Tokens::from_config(&config.server).map_err(StartError::Auth)?);
         let listener = TcpListener::bind(&config.server.listen)?;
         let addr = listener.local_addr()?;
         let engine = Engine::builder(config)
@@ -251,6 +250,8 @@ pub enum StartError {
     Open(OpenError),
     /// The address could not be bound, or threads not started.
     Io(std::io::Error),
+    /// The token settings are invalid (a message naming the key).
+    Auth(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -258,6 +259,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Open(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "{e}"),
+            StartError::Auth(e) => write!(f, "{e}"),
         }
     }
 }
@@ -337,10 +339,13 @@ pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let auth = Arc::new(BearerTokens::new(
-        config.server.read_token.clone(),
-        config.server.write_token.clone(),
-    ));
+    let auth = match Tokens::from_config(&config.server) {
+        Ok(tokens) => Arc::new(tokens),
+        Err(err) => {
+            eprintln!("seqsync: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let addr = listener.local_addr().ok();
     tracing::info!(
         backend = engine.backend(),

@@ -11,7 +11,7 @@ use seqsync_engine::Change;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::auth::Access;
+use crate::auth::{AccessRequest, Operation};
 use crate::decode::{self, CursorQuery};
 use crate::error::ApiError;
 use crate::AppState;
@@ -137,7 +137,10 @@ async fn push_update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Write)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Write),
+    )?;
     let options = push_options(&req)?;
     let body = read_body(payload, state.limits.max_update_bytes).await?;
     let outcome = state.engine.push(&collection, &doc, body, options).await?;
@@ -151,10 +154,26 @@ async fn push_batch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Write)?;
     let options = push_options(&req)?;
     let body = read_body(payload, state.batch_body_limit_bytes()).await?;
     let updates = decode::decode_batch_body(&body)?;
+    // Each document of the batch is authorized (a token for one document
+    // may batch-push to it, not to its neighbours).
+    if updates.is_empty() {
+        state.auth.authorize(
+            &req,
+            &AccessRequest::collection(&collection, Operation::Write),
+        )?;
+    }
+    let mut checked = std::collections::HashSet::new();
+    for (doc, _) in &updates {
+        if checked.insert(doc.as_str()) {
+            state.auth.authorize(
+                &req,
+                &AccessRequest::document(&collection, doc, Operation::Write),
+            )?;
+        }
+    }
     let outcome = state
         .engine
         .push_batch(&collection, updates, options)
@@ -168,7 +187,10 @@ async fn delete_document(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Write)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Delete),
+    )?;
     let outcome = state.engine.delete(&collection, &doc).await?;
     Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
 }
@@ -185,7 +207,10 @@ async fn changes(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::collection(&collection, Operation::Read),
+    )?;
     let query = parse_cursor_query(&req)?;
     let limit = query.limit.unwrap_or(state.limits.stream_page_limit);
     let page = state
@@ -211,7 +236,10 @@ async fn ack(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, peer) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Write)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::collection(&collection, Operation::Ack),
+    )?;
     let body = read_body(payload, 4096).await?;
     let seq = decode::decode_ack_body(&body)?;
     let acked = state.engine.ack(&collection, &peer, seq).await?;
@@ -224,7 +252,10 @@ async fn peers(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::collection(&collection, Operation::Read),
+    )?;
     let peers = state.engine.peers(&collection).await?;
     let list: Vec<_> = peers
         .iter()
@@ -247,7 +278,10 @@ async fn document(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Read),
+    )?;
     let document = state.engine.document(&collection, &doc).await?;
     Ok(state_response(
         document.update,
@@ -295,7 +329,10 @@ async fn digest(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::collection(&collection, Operation::Read),
+    )?;
     let digest = state.engine.digest(&collection).await?;
     Ok(HttpResponse::Ok().json(json!({
         "head": digest.head,
@@ -311,7 +348,10 @@ async fn recover(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Read),
+    )?;
     let state_vector = read_body(payload, state.limits.max_update_bytes).await?;
     let recovery = state
         .engine
@@ -330,7 +370,10 @@ async fn document_state_vector(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Read),
+    )?;
     let found = state
         .engine
         .document_state_vector(&collection, &doc)
@@ -348,7 +391,10 @@ async fn recover_collection(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::collection(&collection, Operation::Read),
+    )?;
     let body = read_body(payload, state.batch_body_limit_bytes()).await?;
     let state_vectors = decode::decode_recover_collection_body(&body)?;
     let recovery = state
@@ -376,7 +422,10 @@ async fn compact(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Write)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::collection(&collection, Operation::Compact),
+    )?;
     let summary = state.engine.compact(&collection).await?;
     Ok(HttpResponse::Ok().json(json!({
         "documents_compacted": summary.documents_compacted,

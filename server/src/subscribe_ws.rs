@@ -14,7 +14,7 @@ use futures::StreamExt;
 use seqsync_actors::{StreamEvent, Subscription};
 use serde_json::json;
 
-use crate::auth::Access;
+use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
 use crate::routes::{parse_cursor_query, ChangeJson};
 use crate::AppState;
@@ -26,8 +26,12 @@ pub(crate) async fn subscribe(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Read)?;
     let query = parse_cursor_query(&req)?;
+    let access = match &query.doc {
+        Some(doc) => AccessRequest::document(&collection, doc, Operation::Subscribe),
+        None => AccessRequest::collection(&collection, Operation::Subscribe),
+    };
+    state.auth.authorize(&req, &access)?;
     let changes = match &query.doc {
         None => state
             .engine

@@ -46,7 +46,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
-use crate::auth::Access;
+use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -135,7 +135,19 @@ pub(crate) async fn connect(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (collection, doc) = path.into_inner();
-    state.auth.authorize(&req, &collection, Access::Write)?;
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Subscribe),
+    )?;
+    // A reader syncs and receives live updates and awareness; its updates
+    // are dropped (see `on_client_message`).
+    let may_write = state
+        .auth
+        .authorize(
+            &req,
+            &AccessRequest::document(&collection, &doc, Operation::Write),
+        )
+        .is_ok();
     let schema_version = crate::decode::decode_yws_schema(req.query_string())?;
     if let Some(Err(err)) = schema_version.map(|v| state.engine.check_client_schema(v)) {
         // A y-websocket client reconnects after a refused handshake and
@@ -185,6 +197,7 @@ pub(crate) async fn connect(
         session,
         own_updates: HashMap::new(),
         schema_version,
+        may_write,
     };
     actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
     Ok(response)
@@ -246,6 +259,9 @@ struct Connection {
     own_updates: HashMap<u64, u32>,
     /// The client's schema version (`?schema=N`), given with every push.
     schema_version: Option<u32>,
+    /// Whether the client's token may write the document; a read-only
+    /// connection's updates are dropped with a warning.
+    may_write: bool,
 }
 
 enum Step {
@@ -414,6 +430,20 @@ impl Connection {
                 let reply = Message::Sync(SyncMessage::SyncStep2(diff)).encode_v1();
                 if self.session.binary(reply).await.is_err() {
                     return Step::Close(None);
+                }
+                Step::Continue
+            }
+            Message::Sync(SyncMessage::SyncStep2(update))
+            | Message::Sync(SyncMessage::Update(update))
+                if !self.may_write =>
+            {
+                // Read-only: not stored, not relayed. Dropped rather than
+                // closed: a y-websocket provider reconnects after a close
+                // and would loop; this way a reader keeps receiving.
+                if !update.is_empty() && update != [0, 0] {
+                    tracing::warn!(collection = %collection, doc = %doc, bytes = update.len(), "update from a read-only y-websocket connection dropped");
+                    metrics::counter!("seqsync_refused_total", "reason" => "read_only")
+                        .increment(1);
                 }
                 Step::Continue
             }
