@@ -36,6 +36,8 @@ pub use seqsync_engine::{
     change_checksum, collection_digest, digest_of_update, document_digest_at, AppendMode,
     CollectionDigest, DigestCache, DocumentDigest, DocumentDigestAt,
 };
+/// The checks a pushed update goes through before yrs integrates it.
+pub use seqsync_engine::{decode_pushed_update, decode_update, UpdateDecodeError};
 pub use seqsync_engine::{
     migrate_collection, CollectionMigration, MigrationError, MigrationProgress, Migrations,
     StepError, StepOutput, INITIAL_SCHEMA_VERSION, MIGRATION_CLIENT_IDS, MIGRATION_ORIGIN,

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use seqsync_engine::{
-    decode_update, load_document, migration::reserved_client_in, now_ms, Applied, Change,
+    decode_pushed_update, load_document, migration::reserved_client_in, now_ms, Applied, Change,
     ChangeKind, CollectionMeta, CollectionName, CollectionWrite, CompactionPlan, DocId, DocState,
     Epoch, PeerId, PeerRecord, Seq, StorageError, WriteBase, WriteError, MIGRATION_CLIENT_IDS,
 };
@@ -535,11 +535,12 @@ impl CollectionActor {
                 // whole batch before any document is touched.
                 let mut decoded = Vec::with_capacity(items.len());
                 for (doc, bytes) in items {
-                    let update =
-                        decode_update(&bytes).map_err(|reason| WriteError::InvalidUpdate {
+                    let update = decode_pushed_update(&bytes).map_err(|reason| {
+                        WriteError::InvalidUpdate {
                             doc: doc.to_string(),
                             reason,
-                        })?;
+                        }
+                    })?;
                     if !may_write_reserved {
                         if let Some(client) = reserved_client_in(&update) {
                             return Err(WriteError::ReservedClientId {

@@ -54,5 +54,6 @@ pub use storage::{
     CollectionWrite, CommitWatcher, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
 };
 pub use yjs::{
-    decode_state_vector, decode_update, new_doc, Applied, ApplyError, DocState, UpdateDecodeError,
+    decode_pushed_update, decode_state_vector, decode_update, new_doc, Applied, ApplyError,
+    DocState, UpdateDecodeError,
 };

@@ -69,6 +69,40 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
     }
 }
 
+/// Decodes `bytes` as an update a client pushes: [`decode_update`], and the
+/// update must survive being encoded and decoded again by yrs.
+///
+/// Why (fuzz finding F2): yrs 0.28.1 decodes legacy JSON content reading
+/// one string more than its encoder writes, so an update carrying such
+/// content is accepted, but every later encoding of the document (a read, a
+/// sync step 2, a snapshot) is bytes no reader can decode: one push would
+/// brick the document for everyone. Re-encoding the update itself goes
+/// through the same encoder and decoder, so it catches exactly that, at the
+/// cost of one encode and decode of the update (not of the document).
+///
+/// Errors: as `decode_update`; `Malformed` naming the cause when the
+/// update does not survive the round trip.
+pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
+    let update = decode_update(bytes)?;
+    let again = match catch_unwind(AssertUnwindSafe(|| update.encode_v1())) {
+        Ok(again) => again,
+        Err(_) => {
+            return Err(UpdateDecodeError::Malformed(
+                "yrs cannot encode this update again".to_owned(),
+            ))
+        }
+    };
+    match catch_unwind(|| Update::decode_v1(&again)) {
+        Ok(Ok(_)) => Ok(update),
+        _ => Err(UpdateDecodeError::Malformed(
+            "the update holds content yrs cannot encode and decode again (legacy JSON \
+             content): storing it would leave the document unreadable; send it as Any \
+             content (current Yjs clients do)"
+                .to_owned(),
+        )),
+    }
+}
+
 /// The unsigned LEB128 varint at the start of `bytes`, if it is complete and
 /// fits in 64 bits.
 fn leading_varint(bytes: &[u8]) -> Option<u64> {
@@ -337,6 +371,30 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// F2: both fuzz witnesses (legacy JSON content) decode, but do not
+    /// survive a round trip; a push of them is refused before anything is
+    /// stored, with a message that names the cause.
+    #[test]
+    fn pushed_updates_that_do_not_survive_a_round_trip_are_refused() {
+        for witness in [
+            &include_bytes!("../../fuzz/regressions/push_bytes/f2-unencodable-state-empty-json")[..],
+            &include_bytes!("../../fuzz/regressions/push_bytes/f2-unencodable-state-utf8")[..],
+        ] {
+            assert!(decode_update(witness).is_ok(), "yrs accepts it");
+            let err = decode_pushed_update(witness).unwrap_err();
+            assert!(err.to_string().contains("legacy JSON"), "{err}");
+        }
+        // An ordinary typing update passes.
+        let doc = Doc::with_client_id(1 << 20);
+        let text = doc.get_or_insert_text("t");
+        let update = {
+            let mut txn = doc.transact_mut();
+            yrs::Text::insert(&text, &mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        assert!(decode_pushed_update(&update).is_ok());
+    }
     use yrs::{GetString, Text};
 
     fn edit(doc: &Doc, f: impl FnOnce(&mut yrs::TransactionMut<'_>, &yrs::TextRef)) -> Vec<u8> {
