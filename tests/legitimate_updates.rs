@@ -13,11 +13,7 @@ fn every_update_of_every_trace_is_accepted() {
     let mut total = 0;
     // automerge-paper (259,778 updates) is left to the release benches: in a
     // debug build typing it out takes most of a minute.
-    for name in [
-        "seph-blog1",
-        "friendsforever_flat",
-        "sveltecomponent",
-    ] {
+    for name in ["seph-blog1", "friendsforever_flat", "sveltecomponent"] {
         let trace = traces::load(name);
         for (i, update) in trace.updates.iter().enumerate() {
             if let Err(err) = seqsync::decode_pushed_update(update) {
