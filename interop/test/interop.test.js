@@ -159,3 +159,43 @@ test('(d) sveltecomponent typed keystroke by keystroke through a WebsocketProvid
   const page = await (await fetch(`${server.http}/v1/collections/trace-d/changes?after=0&limit=1`)).json()
   assert.ok(page.head >= trace.txns.length * 0.9, `each keystroke was logged (head ${page.head})`)
 })
+
+test('(e) a read-only WebsocketProvider syncs and receives, and its edits are not stored or relayed', async () => {
+  // A server of its own with tokens: a read token (read and subscribe)
+  // and a write token. The provider passes its token as ?access_token=.
+  const guarded = await startServer({
+    SEQSYNC_SERVER_READ_TOKEN: 'reader-secret',
+    SEQSYNC_SERVER_WRITE_TOKEN: 'writer-secret'
+  })
+  cleanups.push(() => { guarded.stop() })
+  const open = (ydoc, token) => {
+    const p = new WebsocketProvider(`${guarded.ws}/yws/ro`, 'room', ydoc, {
+      WebSocketPolyfill: WebSocket,
+      disableBc: true,
+      params: { access_token: token }
+    })
+    cleanups.push(() => { p.destroy(); p.awareness.destroy(); ydoc.destroy() })
+    return p
+  }
+  const writer = new Y.Doc()
+  const reader = new Y.Doc()
+  const pw = open(writer, 'writer-secret')
+  const pr = open(reader, 'reader-secret')
+  await Promise.all([synced(pw), synced(pr)])
+  writer.getText('content').insert(0, 'written ')
+  await waitFor(() => reader.getText('content').toString() === 'written ', 'the reader to receive the edit')
+  reader.getText('content').insert(0, 'READER ')
+  writer.getText('content').insert(8, 'more ')
+  await waitFor(() => reader.getText('content').toString().includes('more '), 'the reader to keep receiving')
+  // Give a relayed edit time to arrive, then check it never did.
+  await new Promise(resolve => setTimeout(resolve, 300))
+  assert.equal(writer.getText('content').toString(), 'written more ')
+  const res = await fetch(`${guarded.http}/v1/collections/ro/documents/room`, {
+    headers: { authorization: 'Bearer writer-secret' }
+  })
+  assert.equal(res.status, 200)
+  const stored = new Y.Doc()
+  Y.applyUpdate(stored, new Uint8Array(await res.arrayBuffer()))
+  assert.equal(stored.getText('content').toString(), 'written more ', 'the reader\'s edit was not stored')
+  assert.equal(pr.wsconnected, true, 'the read-only connection stays open')
+})
