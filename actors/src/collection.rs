@@ -1262,9 +1262,15 @@ impl Actor for CollectionActor {
         self.shared.registry.remove(&self.name, self.generation);
         // A shared store's write lease is given back, so another node may
         // write at once; on the read pool (blocking I/O never runs here).
-        let shared = self.shared.clone();
+        // Weakly: at shutdown the future may never run, and it must not
+        // keep the store open (a reopen would find it locked); the store's
+        // own drop releases what is left.
+        let shared = Arc::downgrade(&self.shared);
         let name = self.name.clone();
         actix::spawn(async move {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
             if let Err(err) = shared
                 .read(move |storage| storage.release_collection(&name))
                 .await
