@@ -250,6 +250,42 @@ impl PostgresStorage {
             .ok_or_else(|| StorageError::backend(BACKEND, "connecting", "no writer connection"))
     }
 
+    /// A page of the log after `after`, of the collection or of one
+    /// document, with the metadata of the same snapshot.
+    fn changes_page(
+        &self,
+        name: &CollectionName,
+        doc: Option<&DocId>,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<ChangesPage>, StorageError> {
+        self.with_reader(|tx| {
+            let Some(stored) = read_meta(tx, name, false)? else {
+                return Ok(None);
+            };
+            let (after, limit) = (seq_param(after), clamp_limit(limit));
+            let rows = match doc {
+                None => tx.query(
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
+                     FROM seqsync_changes WHERE cid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&stored.cid, &after, &limit],
+                ),
+                Some(doc) => tx.query(
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
+                     FROM seqsync_changes WHERE cid = $1 AND doc = $2 AND seq > $3 \
+                     ORDER BY seq LIMIT $4",
+                    &[&stored.cid, &doc.as_str(), &after, &limit],
+                ),
+            }
+            .map_err(|e| pg_error("reading changes", e))?;
+            let changes = rows.iter().map(change_row).collect::<Result<_, _>>()?;
+            Ok(Some(ChangesPage {
+                meta: stored.meta,
+                changes,
+            }))
+        })
+    }
+
     fn lease_ttl_ms(&self) -> i64 {
         i64::try_from(self.lease_ttl_ms).unwrap_or(i64::MAX)
     }
@@ -602,23 +638,7 @@ impl Storage for PostgresStorage {
         after: Seq,
         limit: usize,
     ) -> Result<Option<ChangesPage>, StorageError> {
-        self.with_reader(|tx| {
-            let Some(stored) = read_meta(tx, name, false)? else {
-                return Ok(None);
-            };
-            let rows = tx
-                .query(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
-                     FROM seqsync_changes WHERE cid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                    &[&stored.cid, &seq_param(after), &clamp_limit(limit)],
-                )
-                .map_err(|e| pg_error("reading changes", e))?;
-            let changes = rows.iter().map(change_row).collect::<Result<_, _>>()?;
-            Ok(Some(ChangesPage {
-                meta: stored.meta,
-                changes,
-            }))
-        })
+        self.changes_page(name, None, after, limit)
     }
 
     fn document_changes(
@@ -667,29 +687,7 @@ impl Storage for PostgresStorage {
         after: Seq,
         limit: usize,
     ) -> Result<Option<ChangesPage>, StorageError> {
-        self.with_reader(|tx| {
-            let Some(stored) = read_meta(tx, name, false)? else {
-                return Ok(None);
-            };
-            let rows = tx
-                .query(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
-                     FROM seqsync_changes WHERE cid = $1 AND doc = $2 AND seq > $3 \
-                     ORDER BY seq LIMIT $4",
-                    &[
-                        &stored.cid,
-                        &doc.as_str(),
-                        &seq_param(after),
-                        &clamp_limit(limit),
-                    ],
-                )
-                .map_err(|e| pg_error("reading a document's changes", e))?;
-            let changes = rows.iter().map(change_row).collect::<Result<_, _>>()?;
-            Ok(Some(ChangesPage {
-                meta: stored.meta,
-                changes,
-            }))
-        })
+        self.changes_page(name, Some(doc), after, limit)
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
