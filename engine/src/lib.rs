@@ -23,6 +23,7 @@ mod migrate;
 pub mod migration;
 mod name;
 mod storage;
+mod structure;
 mod yjs;
 
 pub use change::{

@@ -170,11 +170,17 @@ pub struct DocState {
     pub deltas_since_snapshot: u64,
     /// Their total payload bytes (compaction trigger).
     pub delta_bytes_since_snapshot: u64,
-    /// Per client, the end of the highest clock range ever integrated. yrs
-    /// lowers the state vector to the start of a clock gap ("skip"), so a
-    /// client whose end here lies beyond the state vector has integrated
-    /// blocks after a gap (see [`DocState::has_pending`]).
-    inserted_end: HashMap<ClientID, u32>,
+    /// Per client, the clock ranges integrated so far (sorted, merged):
+    /// the document's *known ranges*, as yrs computes them when it trims an
+    /// incoming update. yrs lowers the state vector to the start of a clock
+    /// gap ("skip"), so a client whose last range ends beyond the state
+    /// vector has integrated blocks after a gap (see
+    /// [`DocState::has_pending`]); a range starting above 0 is where the
+    /// clocks resume after a gap, which `structure` guards (F3).
+    known: HashMap<ClientID, Vec<std::ops::Range<u32>>>,
+    /// Whether some client's known ranges have a gap (the F3 check runs
+    /// only then, or while yrs holds a pending update).
+    has_gap: bool,
 }
 
 impl DocState {
@@ -185,7 +191,8 @@ impl DocState {
             deleted: false,
             deltas_since_snapshot: 0,
             delta_bytes_since_snapshot: 0,
-            inserted_end: HashMap::new(),
+            known: HashMap::new(),
+            has_gap: false,
         }
     }
 
@@ -239,6 +246,7 @@ impl DocState {
     /// Errors: [`ApplyError`] if yrs refused or panicked; the document must
     /// then be dropped and reloaded.
     pub fn apply(&mut self, update: Update) -> Result<Applied, ApplyError> {
+        self.check_structure(&update)?;
         let mut txn = self.doc.transact_mut();
         let before = Fingerprint::of(&txn);
         let result = catch_unwind(AssertUnwindSafe(|| txn.apply_update(update)));
@@ -251,7 +259,7 @@ impl DocState {
         // origins are known), so the state vector alone does not show every
         // insertion: the transaction's insert and delete sets do.
         let touched = !txn.insert_set().is_empty() || !txn.delete_set().is_empty();
-        note_insertions(&mut self.inserted_end, txn.insert_set());
+        note_insertions(&mut self.known, &mut self.has_gap, txn.insert_set());
         let after = Fingerprint::of(&txn);
         Ok(if touched || before != after {
             Applied::Changed
@@ -262,11 +270,14 @@ impl DocState {
 
     /// Applies an update in its own transaction without judging whether it
     /// changed anything (loading stored changes, which all count).
+    /// A stored change goes through the F3 check too: a log written before
+    /// the check existed may hold an update that would corrupt memory.
     fn apply_unchecked(&mut self, update: Update) -> Result<(), ApplyError> {
+        self.check_structure(&update)?;
         let mut txn = self.doc.transact_mut();
         match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
             Ok(Ok(())) => {
-                note_insertions(&mut self.inserted_end, txn.insert_set());
+                note_insertions(&mut self.known, &mut self.has_gap, txn.insert_set());
                 Ok(())
             }
             Ok(Err(e)) => Err(ApplyError(e.to_string())),
@@ -319,9 +330,67 @@ impl DocState {
             return true;
         }
         let state_vector = txn.state_vector();
-        self.inserted_end
-            .iter()
-            .any(|(client, end)| *end > state_vector.get(client))
+        self.known.iter().any(|(client, ranges)| {
+            ranges
+                .last()
+                .is_some_and(|last| last.end > state_vector.get(client))
+        })
+    }
+
+    /// Refuses the one shape of update that makes yrs 0.28.1 read freed
+    /// memory (fuzz finding F3; the why is in `structure`): an item that
+    /// strictly contains a clock where the document's clocks of its client
+    /// resume after a gap, or a gap this update may create inside an item
+    /// yrs holds pending (it retries the pending update in the same call).
+    /// Runs only when the document has a gap or a pending update, so an
+    /// ordinary push costs nothing more.
+    ///
+    /// Errors: [`ApplyError`] naming the client and clock; the document is
+    /// untouched.
+    pub fn check_structure(&self, update: &Update) -> Result<(), ApplyError> {
+        let txn = self.doc.transact();
+        let pending = txn.store().pending_update();
+        if !self.has_gap && pending.is_none() {
+            return Ok(());
+        }
+        let refused = |what: String| {
+            ApplyError(format!(
+                "{what}: no Yjs client encodes that (it contradicts the items the \
+                 document holds), and yrs 0.28 would read freed memory integrating it"
+            ))
+        };
+        let encoded = catch_unwind(AssertUnwindSafe(|| update.encode_v1()))
+            .map_err(|_| ApplyError("yrs cannot encode this update".to_owned()))?;
+        let incoming = crate::structure::scan_update(&encoded).map_err(ApplyError)?;
+        let parked = match pending {
+            Some(pending) => {
+                let encoded = catch_unwind(AssertUnwindSafe(|| pending.update.encode_v1()))
+                    .map_err(|_| ApplyError("yrs cannot encode its pending update".to_owned()))?;
+                crate::structure::scan_update(&encoded).map_err(ApplyError)?
+            }
+            None => Default::default(),
+        };
+        for (client, blocks) in &incoming {
+            if let Some(known) = self.known.get(client) {
+                let gap_ends = crate::structure::gap_ends(known);
+                if let Some((item, clock)) = crate::structure::item_spanning(blocks, gap_ends) {
+                    return Err(refused(format!(
+                        "an item of client {client} spans clocks {item:?} across clock \
+                         {clock}, where the document's clocks of that client resume after a gap"
+                    )));
+                }
+            }
+            if let Some(parked) = parked.get(client) {
+                let starts = crate::structure::run_starts(blocks);
+                if let Some((item, clock)) = crate::structure::item_spanning(parked, starts) {
+                    return Err(refused(format!(
+                        "the update may leave client {client}'s clocks resuming at {clock}, \
+                         inside the pending item {item:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The document's state vector.
@@ -335,15 +404,31 @@ impl DocState {
     }
 }
 
-/// Raises each client's highest integrated clock end by a transaction's
-/// insert set.
-fn note_insertions(inserted_end: &mut HashMap<ClientID, u32>, insert_set: &IdSet) {
+/// Adds a transaction's insert set to the known ranges of each client and
+/// says again whether any client has a gap (a filled gap clears it).
+fn note_insertions(
+    known: &mut HashMap<ClientID, Vec<std::ops::Range<u32>>>,
+    any_gap: &mut bool,
+    insert_set: &IdSet,
+) {
+    let mut gap = false;
     for (client, ranges) in insert_set.iter() {
-        if let Some(last) = ranges.iter().next_back() {
-            let end = inserted_end.entry(*client).or_insert(0);
-            *end = (*end).max(last.end);
+        let client_known = known.entry(*client).or_default();
+        for range in ranges.iter() {
+            crate::structure::add_range(client_known, range.clone());
         }
+        gap |= has_gap(client_known);
     }
+    if *any_gap && !gap {
+        gap = known.values().any(|ranges| has_gap(ranges));
+    }
+    *any_gap = gap;
+}
+
+/// Whether a client's known ranges have a gap (clocks that resume after
+/// a hole).
+fn has_gap(ranges: &[std::ops::Range<u32>]) -> bool {
+    ranges.len() > 1 || ranges.first().is_some_and(|r| r.start > 0)
 }
 
 /// What changes when an update adds something, except deletions (read from
@@ -596,6 +681,66 @@ mod tests {
         };
         let loaded = DocState::load(&[change(1, &a), change(2, &after_gap)]).unwrap();
         assert!(loaded.has_pending());
+    }
+
+    /// F3: the second of these pushes made yrs 0.28.1 read freed memory
+    /// (valgrind and ASan both report it; nothing visible happens without
+    /// them). It carries an item spanning the clock where the document's
+    /// clocks of its client resume after a gap; it must be refused before
+    /// yrs integrates anything, and the document stay as it was.
+    #[test]
+    fn an_item_spanning_the_end_of_a_clock_gap_is_refused() {
+        let first = [
+            1u8, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 255, 109, 31, 123, 0,
+        ];
+        let second = [
+            1u8, 3, 1, 0, 4, 1, 1, 116, 3, 48, 32, 40, 1, 1, 0, 0, 1, 109, 1, 0, 0, 0,
+        ];
+        let mut state = DocState::empty();
+        assert_eq!(
+            state.apply(decode_update(&first).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        let before = (state.state_vector(), state.encode_state());
+        let err = state.apply(decode_update(&second).unwrap()).unwrap_err();
+        assert!(err.0.contains("resume after a gap"), "{err}");
+        assert_eq!((state.state_vector(), state.encode_state()), before);
+        // The saved fuzz input, cut and replayed the ways the fuzz target
+        // does, never gets an item across a gap into yrs either.
+        let saved = include_bytes!("../../fuzz/regressions/push_bytes/f3-use-after-free");
+        let (a, b) = saved.split_at(saved.len() / 2);
+        for pushes in [vec![&saved[..], &saved[..]], vec![b, a]] {
+            let mut state = DocState::empty();
+            for push in pushes {
+                if let Ok(update) = decode_update(push) {
+                    let _ = state.apply(update);
+                }
+            }
+        }
+    }
+
+    /// Honest out-of-order delivery still works with the check in place: a
+    /// block integrated after a gap, then the whole state of its writer
+    /// (which spans the gap, block by block) fills it.
+    #[test]
+    fn a_full_state_filling_a_gap_passes_the_check() {
+        let writer = Doc::with_client_id(7);
+        let a = edit(&writer, |txn, t| t.insert(txn, 0, "ok1 "));
+        let _gap = edit(&writer, |txn, t| t.insert(txn, 0, "o"));
+        let after_gap = edit(&writer, |txn, t| t.insert(txn, 5, "more "));
+        let whole = writer
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut server = DocState::empty();
+        server.apply(decode_update(&a).unwrap()).unwrap();
+        server.apply(decode_update(&after_gap).unwrap()).unwrap();
+        assert!(server.has_gap, "the test needs a gap");
+        assert_eq!(
+            server.apply(decode_update(&whole).unwrap()).unwrap(),
+            Applied::Changed
+        );
+        assert!(!server.has_gap, "a filled gap clears the flag");
+        assert_eq!(text_of(&server), "ook1 more ");
     }
 
     /// A 4-byte update declaring 124 million clients made yrs reserve

@@ -1,5 +1,6 @@
 //! Arbitrary bytes pushed as a Yjs update, the way the collection actor
-//! handles a push: `decode_update`, then `DocState::apply`.
+//! handles a push: `decode_pushed_update`, then `DocState::apply` (which
+//! runs the F3 structure check before yrs integrates anything).
 //!
 //! Checks:
 //! - no panic escapes `decode_update` / `DocState::apply` (both wrap yrs in
@@ -13,13 +14,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seqsync_engine::{decode_update, DocState};
+use seqsync_engine::{decode_pushed_update, decode_update, DocState};
 use seqsync_fuzz::{allow_known, install_panic_hook, tolerating_caught_panics};
 
 /// Decodes and applies `bytes`; `false` when the document must be dropped
 /// (the engine reloads it from storage after a failed apply).
 fn push(state: &mut DocState, bytes: &[u8]) -> bool {
-    match tolerating_caught_panics(|| decode_update(bytes)) {
+    match tolerating_caught_panics(|| decode_pushed_update(bytes)) {
         Ok(update) => tolerating_caught_panics(|| state.apply(update)).is_ok(),
         // Refused before anything happens: the document is untouched.
         Err(_) => true,

@@ -1,0 +1,261 @@
+//! The block structure of Yjs v1 updates, read without integrating them,
+//! and the one shape of update that yrs 0.28.1 must never integrate (fuzz
+//! finding F3, a heap use-after-free).
+//!
+//! # Why this module exists
+//!
+//! `TransactionMut::apply_update` first trims an incoming update by what
+//! the document already has: `BlockSet::exclude` walks the document's
+//! *known ranges* of each client (`[0, next clock)` minus the clock gaps,
+//! "skips", that out-of-order updates leave) and splits the incoming items
+//! at each range's start and end, then replaces the part inside the range
+//! by a `Skip`, which frees that item. A split links the two halves by raw
+//! pointers (`left.right = right_half`). When a known range starts strictly
+//! inside an incoming item (which needs a gap in the document before that
+//! range), the kept left half still points at the freed right half, and
+//! `integrate_item` reads through it: a use-after-free that `catch_unwind`
+//! cannot contain. yrs retries its pending update inside the same call, so
+//! the same holds for a parked (pending) item that a gap *created by this
+//! update* would split.
+//!
+//! # Why refusing it costs honest clients nothing
+//!
+//! A document's clocks of a client resume after a gap only where yrs
+//! integrated an item whose left origin is not the clock just before it
+//! (otherwise that origin would be missing and the item would be parked, not
+//! integrated). An encoded item spanning clocks `[b, e)` claims that every
+//! clock after `b` has the previous clock as its origin. So an item spanning
+//! the start of such a range contradicts what the document already holds: no
+//! Yjs encoder writes it. Every update of the editing traces and of the
+//! Node clients passes (`tests/legitimate_updates.rs`).
+//!
+//! The check is only run when it can matter (the document has a gap or a
+//! pending update), so an ordinary push pays nothing for it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use yrs::block::{ClientID, ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_SKIP_REF_NUMBER};
+use yrs::block::{HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN};
+use yrs::encoding::read::{Cursor, Read};
+use yrs::updates::decoder::{Decoder, DecoderV1};
+
+/// What one block of an update is, as far as the check needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    /// An item (content), which yrs may split and link by pointers.
+    Item,
+    /// Garbage-collected clocks: integrated, never split by pointers.
+    Gc,
+    /// A hole in the update's own clocks.
+    Skip,
+}
+
+/// One block of one client: its clock range and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ScannedBlock {
+    pub clocks: Range<u32>,
+    pub kind: BlockKind,
+}
+
+/// Every block of an update, per client, in the update's order.
+pub(crate) type ScannedUpdate = HashMap<ClientID, Vec<ScannedBlock>>;
+
+/// Reads the blocks of a Yjs v1 update exactly as yrs's `Update::decode_v1`
+/// does (same field order, same content decoder), keeping only each block's
+/// clocks and kind. The delete set is not read.
+///
+/// Errors: a message when the bytes are not an update; callers scan bytes
+/// that yrs decoded or encoded already, so an error means yrs and this
+/// reader disagree and the update must be refused.
+pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
+    let mut decoder = DecoderV1::new(Cursor::new(bytes));
+    let error = |e: yrs::encoding::read::Error| format!("the update's blocks do not read: {e}");
+    let clients: u32 = decoder.read_var().map_err(error)?;
+    let mut scanned = ScannedUpdate::new();
+    for _ in 0..clients {
+        let blocks: u32 = decoder.read_var().map_err(error)?;
+        let client = decoder.read_client().map_err(error)?;
+        let mut clock: u32 = decoder.read_var().map_err(error)?;
+        let list = scanned.entry(client).or_default();
+        for _ in 0..blocks {
+            let info = decoder.read_info().map_err(error)?;
+            let (kind, len) = match info {
+                BLOCK_SKIP_REF_NUMBER => (BlockKind::Skip, decoder.read_var().map_err(error)?),
+                BLOCK_GC_REF_NUMBER => (BlockKind::Gc, decoder.read_len().map_err(error)?),
+                info => (
+                    BlockKind::Item,
+                    item_len(&mut decoder, info).map_err(error)?,
+                ),
+            };
+            // yrs drops empty items and refuses empty skips and GCs.
+            if len == 0 {
+                continue;
+            }
+            let end = clock
+                .checked_add(len)
+                .ok_or_else(|| format!("client {client}'s clocks overflow"))?;
+            list.push(ScannedBlock {
+                clocks: clock..end,
+                kind,
+            });
+            clock = end;
+        }
+    }
+    Ok(scanned)
+}
+
+/// Reads one item's header and content (as `Update::decode_block` does)
+/// and returns its length in clocks.
+fn item_len(decoder: &mut DecoderV1<'_>, info: u8) -> Result<u32, yrs::encoding::read::Error> {
+    let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
+    if info & HAS_ORIGIN != 0 {
+        decoder.read_left_id()?;
+    }
+    if info & HAS_RIGHT_ORIGIN != 0 {
+        decoder.read_right_id()?;
+    }
+    if cant_copy_parent_info {
+        if decoder.read_parent_info()? {
+            decoder.read_string()?;
+        } else {
+            decoder.read_left_id()?;
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            decoder.read_string()?;
+        }
+    }
+    let content = ItemContent::decode(decoder, info)?;
+    // `Item::new` measures items in UTF-16 code units, as Yjs does.
+    Ok(content.len_utf16())
+}
+
+/// The clocks at which a client's known ranges resume after a gap: the
+/// starts above 0 of its maximal integrated runs (`known` is sorted and
+/// merged).
+pub(crate) fn gap_ends(known: &[Range<u32>]) -> impl Iterator<Item = u32> + '_ {
+    known.iter().map(|r| r.start).filter(|start| *start > 0)
+}
+
+/// The clocks at which integrating `blocks` may leave the document's
+/// clocks resuming after a gap: the start of the first non-skip block and
+/// of every non-skip block that follows a skip.
+pub(crate) fn run_starts(blocks: &[ScannedBlock]) -> Vec<u32> {
+    let mut starts = Vec::new();
+    let mut after_hole = true;
+    for block in blocks {
+        match block.kind {
+            BlockKind::Skip => after_hole = true,
+            BlockKind::Item | BlockKind::Gc => {
+                if after_hole && block.clocks.start > 0 {
+                    starts.push(block.clocks.start);
+                }
+                after_hole = false;
+            }
+        }
+    }
+    starts
+}
+
+/// The first item of `blocks` that strictly contains one of `clocks`
+/// (`start < clock < end`): yrs would split it there and free its right
+/// half while the left half still points at it.
+pub(crate) fn item_spanning(
+    blocks: &[ScannedBlock],
+    clocks: impl IntoIterator<Item = u32>,
+) -> Option<(Range<u32>, u32)> {
+    let items: Vec<&ScannedBlock> = blocks
+        .iter()
+        .filter(|b| b.kind == BlockKind::Item)
+        .collect();
+    if items.is_empty() {
+        return None;
+    }
+    for clock in clocks {
+        // Blocks of one update are in clock order per client section.
+        if let Some(item) = items
+            .iter()
+            .find(|b| b.clocks.start < clock && clock < b.clocks.end)
+        {
+            return Some((item.clocks.clone(), clock));
+        }
+    }
+    None
+}
+
+/// Adds `range` to a sorted, merged list of ranges, keeping it so.
+pub(crate) fn add_range(ranges: &mut Vec<Range<u32>>, range: Range<u32>) {
+    if range.is_empty() {
+        return;
+    }
+    // Fast path: appending at or after the end (typing).
+    if let Some(last) = ranges.last_mut() {
+        if range.start >= last.start && range.start <= last.end {
+            last.end = last.end.max(range.end);
+            return;
+        }
+        if range.start > last.end {
+            ranges.push(range);
+            return;
+        }
+    } else {
+        ranges.push(range);
+        return;
+    }
+    ranges.push(range);
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u32>> = Vec::with_capacity(ranges.len());
+    for r in ranges.drain(..) {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    *ranges = merged;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::decoder::Decode;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Doc, ReadTxn, Text, Transact};
+
+    /// The scanner must see the same blocks yrs decodes, or the check
+    /// would look at other clocks than yrs splits.
+    #[test]
+    fn scanned_blocks_match_what_yrs_encodes() {
+        let doc = Doc::with_client_id(9);
+        let text = doc.get_or_insert_text("t");
+        text.insert(&mut doc.transact_mut(), 0, "hello world");
+        text.insert(&mut doc.transact_mut(), 0, "ab");
+        text.remove_range(&mut doc.transact_mut(), 1, 3);
+        let map = doc.get_or_insert_map("m");
+        yrs::Map::insert(&map, &mut doc.transact_mut(), "k", 42);
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        let scanned = scan_update(&update).unwrap();
+        let client = ClientID::new(9);
+        let blocks = &scanned[&client];
+        let end = blocks.last().unwrap().clocks.end;
+        assert_eq!(end, doc.transact().state_vector().get(&client));
+        for pair in blocks.windows(2) {
+            assert_eq!(pair[0].clocks.end, pair[1].clocks.start);
+        }
+        // And it survives a round trip through yrs's own Update.
+        let again = yrs::Update::decode_v1(&update).unwrap().encode_v1();
+        assert_eq!(scan_update(&again).unwrap(), scanned);
+    }
+
+    /// Ranges stay sorted and merged whatever order they arrive in.
+    #[test]
+    fn ranges_merge_in_any_order() {
+        let mut ranges = Vec::new();
+        for r in [10..12, 0..3, 3..5, 20..25, 11..15, 7..8] {
+            add_range(&mut ranges, r);
+        }
+        assert_eq!(ranges, vec![0..5, 7..8, 10..15, 20..25]);
+        assert_eq!(gap_ends(&ranges).collect::<Vec<_>>(), vec![7, 10, 20]);
+    }
+}
