@@ -155,6 +155,10 @@ pub(crate) enum CachedDoc {
     State(Vec<u8>, Seq),
     /// The document has a tombstone.
     Deleted,
+    /// The document has no content: never written, or written only with
+    /// no-op updates (a y-websocket provider's empty first sync step 2
+    /// loads it into memory but logs nothing, so it does not exist).
+    Missing,
 }
 
 impl Message for CachedRead {
@@ -1098,15 +1102,17 @@ impl CollectionActor {
 
     /// The document as memory holds it and the committed head, when that
     /// is exactly what storage holds: loaded, not broken, no write of it in
-    /// flight, and no pending structures (the encoding leaves those out;
-    /// storage knows which cursor re-delivers them). `None`: read storage.
+    /// flight, no pending structures (the encoding leaves those out;
+    /// storage knows which cursor re-delivers them), and an encoding that
+    /// decodes. `None`: read storage.
     fn exact_doc(&self, doc: &DocId) -> Option<(&DocState, Seq)> {
         let state = self.state.as_ref()?;
         if self.broken || self.doc_inflight.contains_key(doc) {
             return None;
         }
         let loaded = self.docs.get(doc)?;
-        if loaded.has_pending() {
+        // Unreadable (F2): the storage path answers the typed error.
+        if loaded.has_pending() || loaded.check_readable().is_err() {
             return None;
         }
         Some((loaded, state.committed_head))
@@ -1116,6 +1122,10 @@ impl CollectionActor {
         let (doc, head) = self.exact_doc(&msg.doc)?;
         if doc.deleted {
             return Some(CachedDoc::Deleted);
+        }
+        if doc.state_vector().is_empty() {
+            // As in `shared_read`: every stored update adds content.
+            return Some(CachedDoc::Missing);
         }
         let update = match &msg.state_vector {
             Some(sv) => doc.encode_diff(sv),

@@ -751,7 +751,9 @@ impl Engine {
     }
 
     /// A document's full state and the cursor it reflects (stream from it).
-    /// Errors: `DocumentNotFound`, `DocumentDeleted`, `Storage`.
+    /// Errors: `DocumentNotFound`, `DocumentDeleted`, `Storage`,
+    /// `DocumentUnreadable` (its stored history encodes into bytes no Yjs
+    /// reader can decode; fuzz finding F2).
     pub async fn document(&self, collection: &str, doc: &str) -> Result<DocumentState, ReadError> {
         let (update, cursor) = self.read_document(collection, doc, None).await?;
         Ok(DocumentState {
@@ -896,6 +898,11 @@ impl Engine {
                     doc: doc.to_string(),
                 })
             }
+            Some(CachedDoc::Missing) => {
+                return Err(ReadError::DocumentNotFound {
+                    doc: doc.to_string(),
+                })
+            }
             None => {}
         }
         let result = self
@@ -914,6 +921,12 @@ impl Engine {
                 if state.deleted {
                     return Ok(Err(ReadError::DocumentDeleted {
                         doc: doc.to_string(),
+                    }));
+                }
+                if let Err(reason) = state.check_readable() {
+                    return Ok(Err(ReadError::DocumentUnreadable {
+                        doc: doc.to_string(),
+                        reason,
                     }));
                 }
                 let update = match &sv {
@@ -1053,7 +1066,8 @@ impl Engine {
     /// document what it lacks given its state vector (`state_vectors`
     /// maps document ids to Yjs v1 state vectors; a missing entry means
     /// "send the full state"), the deleted documents, and the cursor to
-    /// stream from. Errors: `InvalidName`, `InvalidStateVector`, `Storage`.
+    /// stream from. Errors: `InvalidName`, `InvalidStateVector`, `Storage`,
+    /// `DocumentUnreadable` (naming the first such document).
     pub async fn recover_collection(
         &self,
         collection: &str,
@@ -1096,6 +1110,12 @@ impl Engine {
                         recovery.deleted.push(info.doc);
                         continue;
                     }
+                    if let Err(reason) = state.check_readable() {
+                        return Ok(Err(ReadError::DocumentUnreadable {
+                            doc: info.doc.to_string(),
+                            reason,
+                        }));
+                    }
                     let update = match svs.get(&info.doc) {
                         Some(sv) => state.encode_diff(sv),
                         None => state.encode_state(),
@@ -1103,10 +1123,10 @@ impl Engine {
                     recovery.cursor = recovery.cursor.min(served_cursor(&loaded, head));
                     recovery.documents.push((info.doc, update));
                 }
-                Ok(recovery)
+                Ok(Ok(recovery))
             })
             .await?;
-        Ok(recovery)
+        recovery
     }
 
     /// Compacts the collection now, with the same peer-gated logic as the

@@ -373,6 +373,18 @@ pub enum ReadError {
     /// The store failed.
     #[error("storage failed: {0}")]
     Storage(#[from] StorageError),
+    /// The document's stored history encodes into bytes no Yjs reader can
+    /// decode (fuzz finding F2: legacy JSON content stored before pushes
+    /// were checked), so it is refused rather than served broken. Its log
+    /// is intact: export it, or delete the document and push it again from
+    /// a client that has it.
+    #[error("document {doc} cannot be served readably: {reason}; export it or delete it and push it again from a client")]
+    DocumentUnreadable {
+        /// The document.
+        doc: String,
+        /// Why its encoding does not decode.
+        reason: String,
+    },
     /// A bug or panic inside the engine.
     #[error("internal error: {0}")]
     Internal(String),
@@ -512,6 +524,7 @@ impl ReadError {
             ReadError::DocumentDeleted { .. } => "document_deleted",
             ReadError::Reset { .. } => "reset",
             ReadError::Storage(_) => "storage",
+            ReadError::DocumentUnreadable { .. } => "document_unreadable",
             ReadError::Internal(_) => "internal",
             ReadError::ShuttingDown => "shutting_down",
         }

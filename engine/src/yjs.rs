@@ -181,6 +181,11 @@ pub struct DocState {
     /// Whether some client's known ranges have a gap (the F3 check runs
     /// only then, or while yrs holds a pending update).
     has_gap: bool,
+    /// Whether the document's encoding decodes again (F2), checked once:
+    /// pushes that could make it fail are refused (`decode_pushed_update`),
+    /// so only changes stored before that check can, and a document that
+    /// encodes readably once stays so.
+    readable: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl DocState {
@@ -193,6 +198,7 @@ impl DocState {
             delta_bytes_since_snapshot: 0,
             known: HashMap::new(),
             has_gap: false,
+            readable: std::sync::OnceLock::new(),
         }
     }
 
@@ -391,6 +397,33 @@ impl DocState {
             }
         }
         Ok(())
+    }
+
+    /// Whether the document's encoding can be read back (fuzz finding F2):
+    /// a log written before pushes were checked may hold legacy JSON
+    /// content, which yrs 0.28 encodes into bytes it cannot decode, so
+    /// every reader of such a document would get bytes it cannot load.
+    /// Serving paths call this and refuse such a document with a typed
+    /// error instead. Checked once per `DocState` (one encode and decode
+    /// of the state), then cached.
+    ///
+    /// Errors: why the encoding does not decode.
+    pub fn check_readable(&self) -> Result<(), String> {
+        self.readable
+            .get_or_init(|| {
+                if self.deleted {
+                    return Ok(());
+                }
+                let encoded = catch_unwind(AssertUnwindSafe(|| self.encode_state()))
+                    .map_err(|_| "yrs panicked encoding the document".to_owned())?;
+                decode_update(&encoded).map(|_| ()).map_err(|e| {
+                    format!(
+                        "its encoding does not decode ({e}): it holds legacy JSON content \
+                         stored before seqsync refused such pushes"
+                    )
+                })
+            })
+            .clone()
     }
 
     /// The document's state vector.
