@@ -420,6 +420,46 @@ mod cases {
         assert!(matches!(err, ReadError::DocumentNotFound { .. }), "{err}");
     }
 
+    /// Every y-websocket provider sends an empty update (`[0, 0]`) as its
+    /// first sync step 2; on a document that does not exist, that no-op
+    /// must not make it appear to readers (it used to answer 200 until the
+    /// next restart, from the actor's memory).
+    pub async fn noop_push_does_not_create_the_document(kind: BackendKind) {
+        let t = open(kind);
+        let e = &t.engine;
+        // The collection exists; the document does not.
+        let client = Client::new(1);
+        e.push("c", "other", client.insert(0, "x"), opts())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let outcome = e.push("c", "ghost", vec![0, 0], opts()).await.unwrap();
+            assert_eq!(outcome.seq, None, "an empty update logs nothing");
+        }
+        let err = e.document("c", "ghost").await.unwrap_err();
+        assert!(matches!(err, ReadError::DocumentNotFound { .. }), "{err}");
+        let err = e.recover("c", "ghost", &[0]).await.unwrap_err();
+        assert!(matches!(err, ReadError::DocumentNotFound { .. }), "{err}");
+        let err = e.document_state_vector("c", "ghost").await.unwrap_err();
+        assert!(matches!(err, ReadError::DocumentNotFound { .. }), "{err}");
+        let err = e.document_shared("c", "ghost").await.unwrap_err();
+        assert!(matches!(err, ReadError::DocumentNotFound { .. }), "{err}");
+        assert_eq!(e.changes("c", 0, 10, None).await.unwrap().head, 1);
+        // A no-op into a collection that does not exist creates neither.
+        e.push("fresh", "ghost", vec![0, 0], opts()).await.unwrap();
+        let err = e.document("fresh", "ghost").await.unwrap_err();
+        assert!(matches!(err, ReadError::DocumentNotFound { .. }), "{err}");
+        assert_eq!(e.changes("fresh", 0, 10, None).await.unwrap().head, 0);
+        // A real edit then creates it, as usual.
+        e.push("c", "ghost", Client::new(2).insert(0, "boo"), opts())
+            .await
+            .unwrap();
+        assert_eq!(
+            text_of(&e.document("c", "ghost").await.unwrap().update),
+            "boo"
+        );
+    }
+
     /// Cursors from another epoch or beyond head get a typed Reset, never a
     /// silently empty page.
     pub async fn foreign_cursor_gets_reset(kind: BackendKind) {
@@ -708,6 +748,8 @@ macro_rules! engine_suite {
             async fn acks_keep_the_max_and_refuse_beyond_head() { if common::skip($kind) { return; } cases::acks_keep_the_max_and_refuse_beyond_head($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn recover_brings_clients_to_the_server_state() { if common::skip($kind) { return; } cases::recover_brings_clients_to_the_server_state($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn noop_push_does_not_create_the_document() { if common::skip($kind) { return; } cases::noop_push_does_not_create_the_document($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn foreign_cursor_gets_reset() { if common::skip($kind) { return; } cases::foreign_cursor_gets_reset($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

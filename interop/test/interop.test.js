@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
+import * as decoding from 'lib0/decoding'
+import * as encoding from 'lib0/encoding'
 import { startServer, waitFor } from '../support/server.js'
 
 let server
@@ -198,4 +200,124 @@ test('(e) a read-only WebsocketProvider syncs and receives, and its edits are no
   Y.applyUpdate(stored, new Uint8Array(await res.arrayBuffer()))
   assert.equal(stored.getText('content').toString(), 'written more ', 'the reader\'s edit was not stored')
   assert.equal(pr.wsconnected, true, 'the read-only connection stays open')
+})
+
+const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
+
+// A bare WebSocket to /yws that records every awareness message it
+// receives, decoded into { clientId: { clock, state } } maps.
+function rawAwarenessClient (collection, docId) {
+  const ws = new WebSocket(`${server.ws}/yws/${collection}/${docId}`)
+  ws.binaryType = 'arraybuffer'
+  const received = []
+  ws.on('message', data => {
+    const decoder = decoding.createDecoder(new Uint8Array(data))
+    if (decoding.readVarUint(decoder) !== 1) return // not awareness
+    const update = decoding.readVarUint8Array(decoder)
+    const inner = decoding.createDecoder(update)
+    const entries = {}
+    for (let n = decoding.readVarUint(inner); n > 0; n--) {
+      const id = decoding.readVarUint(inner)
+      const clock = decoding.readVarUint(inner)
+      entries[id] = { clock, state: JSON.parse(decoding.readVarString(inner)) }
+    }
+    received.push(entries)
+  })
+  cleanups.push(() => ws.terminate())
+  return { ws, received, opened: new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) }) }
+}
+
+const sees = (p, other, pred = s => s != null) => pred(p.awareness.getStates().get(other.doc.clientID))
+
+test('(f) a newcomer receives every current awareness state in one message, though providers re-broadcast each other', async () => {
+  // A provider re-broadcasts the states it receives: with awareness kept as
+  // each connection's last frame, both frames could hold B's state and a
+  // newcomer would never learn A's.
+  const pa = provider('aware-f', 'room', new Y.Doc())
+  const pb = provider('aware-f', 'room', new Y.Doc())
+  pa.awareness.setLocalStateField('user', { name: 'A' })
+  pb.awareness.setLocalStateField('user', { name: 'B' })
+  await Promise.all([synced(pa), synced(pb)])
+  await waitFor(() => sees(pa, pb) && sees(pb, pa), 'A and B to see each other')
+  pb.awareness.setLocalStateField('cursor', 7)
+  await waitFor(() => sees(pa, pb, s => s?.cursor === 7), 'A to see B\'s cursor')
+  await sleep(200) // A's re-broadcast of B's state reaches the server
+
+  const newcomer = rawAwarenessClient('aware-f', 'room')
+  await newcomer.opened
+  await waitFor(() => newcomer.received.length > 0, 'the newcomer\'s first awareness message', 5000)
+  const first = newcomer.received[0]
+  assert.deepEqual(first[pa.doc.clientID]?.state, { user: { name: 'A' } }, 'A\'s state in the first message')
+  assert.deepEqual(first[pb.doc.clientID]?.state, { user: { name: 'B' }, cursor: 7 }, 'B\'s current state in the first message')
+  assert.equal(first[pb.doc.clientID].clock, pb.awareness.meta.get(pb.doc.clientID).clock, 'with B\'s current clock')
+
+  // And a real provider joining later shows both at once (not after the
+  // 15-second renewal).
+  const pc = provider('aware-f', 'room', new Y.Doc())
+  await synced(pc)
+  await waitFor(() => sees(pc, pa) && sees(pc, pb, s => s?.cursor === 7), 'the newcomer provider to show A and B', 2000)
+})
+
+test('(g) the awareness states of a closed connection are removed for everyone at once', async () => {
+  const pa = provider('aware-g', 'room', new Y.Doc())
+  const pb = provider('aware-g', 'room', new Y.Doc())
+  pa.awareness.setLocalStateField('user', { name: 'A' })
+  pb.awareness.setLocalStateField('user', { name: 'B' })
+  await Promise.all([synced(pa), synced(pb)])
+  await waitFor(() => sees(pb, pa), 'B to see A')
+
+  // Not cleanly: A's socket dies without a close frame or its own null
+  // state (a closed laptop, a lost network).
+  pa.shouldConnect = false
+  pa.ws.terminate()
+  const started = Date.now()
+  await waitFor(() => !pb.awareness.getStates().has(pa.doc.clientID), 'A\'s state removed on B', 5000)
+  console.log(`  A's state left B's screen ${Date.now() - started} ms after A's socket died (a client's own timeout: 30 s)`)
+
+  // Cleanly, by a client that never sends its own null: a raw socket
+  // announcing a state for client 4242.
+  const raw = rawAwarenessClient('aware-g', 'room')
+  await raw.opened
+  const update = encoding.createEncoder()
+  encoding.writeVarUint(update, 1) // one entry
+  encoding.writeVarUint(update, 4242) // client id
+  encoding.writeVarUint(update, 1) // clock
+  encoding.writeVarString(update, JSON.stringify({ user: { name: 'raw' } }))
+  const message = encoding.createEncoder()
+  encoding.writeVarUint(message, 1) // awareness
+  encoding.writeVarUint8Array(message, encoding.toUint8Array(update))
+  raw.ws.send(encoding.toUint8Array(message))
+  await waitFor(() => pb.awareness.getStates().get(4242)?.user?.name === 'raw', 'B to see the raw client')
+  raw.ws.close()
+  await waitFor(() => !pb.awareness.getStates().has(4242), 'the raw client\'s state removed on B', 5000)
+  assert.equal(pb.awareness.meta.get(4242).clock, 2, 'removed with the next clock')
+  assert.ok(sees(pb, pb), 'B keeps its own state')
+})
+
+test('(h) a provider syncing with a document that does not exist does not create it', async () => {
+  const metric = async () => {
+    const text = await (await fetch(`${server.http}/metrics`)).text()
+    const line = text.split('\n').find(l => l.startsWith('seqsync_noop_pushes_total'))
+    return line ? Number(line.split(' ').pop()) : 0
+  }
+  // Another document makes the collection exist.
+  const pw = provider('noop-h', 'other', new Y.Doc())
+  await synced(pw)
+  pw.doc.getText('content').insert(0, 'x')
+  await waitFor(async () => (await serverText('noop-h', 'other')).text === 'x', 'the other document stored')
+
+  const before = await metric()
+  const p = provider('noop-h', 'ghost', new Y.Doc())
+  await synced(p)
+  // The provider's empty sync step 2 was pushed and answered as a no-op.
+  await waitFor(async () => (await metric()) > before, 'the empty sync step 2 to be pushed')
+  for (const path of ['documents/ghost', 'documents/ghost/state-vector']) {
+    const res = await fetch(`${server.http}/v1/collections/noop-h/${path}`)
+    assert.equal(res.status, 404, `GET ${path} after a no-op push: ${await res.text()}`)
+  }
+  const page = await (await fetch(`${server.http}/v1/collections/noop-h/changes?after=0&limit=10`)).json()
+  assert.deepEqual(page.changes.map(c => c.doc), ['other'], 'nothing logged for it')
+
+  p.doc.getText('content').insert(0, 'now it exists')
+  await waitFor(async () => (await serverText('noop-h', 'ghost')).text === 'now it exists', 'the first edit to create it')
 })

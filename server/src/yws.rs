@@ -5,7 +5,9 @@
 //! - the client's messages: sync step 1 is answered with the engine's diff
 //!   for the client's state vector; sync step 2 and updates are **pushed
 //!   through the engine** like any HTTP push (durable, sequenced, visible to
-//!   `changes` and `subscribe`); awareness is relayed to the room;
+//!   `changes` and `subscribe`); awareness is merged into the room's (one
+//!   state per Yjs client id, newest clock wins, as y-protocols does) and
+//!   what changed is relayed;
 //! - the engine's subscription to this document (`subscribe_document`: the
 //!   collection's actor hands it only this document's commits, so a room's
 //!   cost does not grow with the other rooms of the collection): every
@@ -13,6 +15,11 @@
 //!   update, starting exactly at the cursor of the state the connection
 //!   started from, so nothing falls between the initial sync and the stream;
 //! - the room's awareness relay.
+//!
+//! Awareness follows y-websocket's reference server: a newcomer gets every
+//! current state in one message, and when a connection closes (cleanly or
+//! not) the states it set are removed for everyone at once (`null` at the
+//! next clock), not left until each client's 30 s timeout.
 //!
 //! Pushes from one connection are pipelined (at most `MAX_PUSHES_IN_FLIGHT`)
 //! so a fast typist is not held to one fsync per keystroke: concurrent pushes
@@ -31,7 +38,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -41,10 +48,11 @@ use futures::StreamExt;
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
 use seqsync_engine::{ChangeKind, ReadError, Seq, StorageError, WriteError};
 use tokio::sync::broadcast;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::StateVector;
+use yrs::{ClientID, StateVector};
 
 use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
@@ -64,67 +72,190 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 type RoomKey = (String, String);
 
-struct Room {
-    relay: broadcast::Sender<(u64, Bytes)>,
-    /// Latest awareness message of each connection, for newcomers.
-    awareness: HashMap<u64, Bytes>,
+/// Removed awareness states a room remembers (their clocks keep a stale
+/// re-broadcast from bringing them back); past this all are forgotten.
+const MAX_REMOVED_AWARENESS: usize = 4096;
+
+/// One client's awareness as its room knows it.
+struct ClientAwareness {
+    clock: u32,
+    /// The client's JSON state; `None` once removed (the clock stays, so
+    /// an older update relayed late cannot bring the state back).
+    state: Option<Arc<str>>,
+    /// The connection whose update set this state: when it closes, the
+    /// state is removed for everyone.
+    controller: u64,
 }
 
-/// The connections of each document, for awareness.
+struct Room {
+    relay: broadcast::Sender<Bytes>,
+    /// The room's merged awareness: one entry per Yjs client id, whichever
+    /// connection its updates came through (a provider re-broadcasts the
+    /// states it receives, so one connection carries several clients).
+    awareness: HashMap<ClientID, ClientAwareness>,
+}
+
+impl Room {
+    /// One awareness message with every current state (and, with
+    /// `removed`, the removals the room remembers, as `null` states), or
+    /// `None` when there is nothing to send.
+    fn snapshot(&self, removed: bool) -> Option<Bytes> {
+        let null: Arc<str> = Arc::from("null");
+        let clients: HashMap<ClientID, AwarenessUpdateEntry> = self
+            .awareness
+            .iter()
+            .filter_map(|(id, client)| {
+                let json = match &client.state {
+                    Some(state) => state.clone(),
+                    None if removed => null.clone(),
+                    None => return None,
+                };
+                Some((
+                    *id,
+                    AwarenessUpdateEntry {
+                        clock: client.clock,
+                        json,
+                    },
+                ))
+            })
+            .collect();
+        if clients.is_empty() {
+            return None;
+        }
+        Some(Bytes::from(
+            Message::Awareness(AwarenessUpdate { clients }).encode_v1(),
+        ))
+    }
+
+    /// Forgets removed states once there are too many of them.
+    fn bound_removed(&mut self) {
+        let removed = self
+            .awareness
+            .values()
+            .filter(|c| c.state.is_none())
+            .count();
+        if removed > MAX_REMOVED_AWARENESS {
+            self.awareness.retain(|_, c| c.state.is_some());
+        }
+    }
+}
+
+/// Whether an awareness entry's JSON is `null`: the client's state removed.
+fn is_null_state(json: &str) -> bool {
+    json.trim() == "null"
+}
+
+/// The connections of each document and their merged awareness.
 #[derive(Default)]
 pub(crate) struct Rooms {
     rooms: Mutex<HashMap<RoomKey, Room>>,
 }
 
 impl Rooms {
-    fn join(&self, key: &RoomKey) -> (broadcast::Receiver<(u64, Bytes)>, Vec<Bytes>) {
-        let mut rooms = match self.rooms.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, Room>> {
+        match self.rooms.lock() {
             Ok(rooms) => rooms,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+
+    /// Joins `key`'s room: its relay, and one awareness message with every
+    /// current state (what y-websocket's reference server sends a newcomer).
+    fn join(&self, key: &RoomKey) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
+        let mut rooms = self.lock();
         let room = rooms.entry(key.clone()).or_insert_with(|| Room {
             relay: broadcast::channel(ROOM_RELAY_CAPACITY).0,
             awareness: HashMap::new(),
         });
-        (
-            room.relay.subscribe(),
-            room.awareness.values().cloned().collect(),
-        )
+        (room.relay.subscribe(), room.snapshot(false))
     }
 
-    fn publish(&self, key: &RoomKey, connection: u64, message: Bytes) {
-        let mut rooms = match self.rooms.lock() {
-            Ok(rooms) => rooms,
-            Err(poisoned) => poisoned.into_inner(),
+    /// Merges an awareness update that arrived on `connection`, by the rule
+    /// of y-protocols' `applyAwarenessUpdate`: an entry is taken when its
+    /// clock is newer than the room's, or equal with a `null` state that
+    /// removes a present one. The entries taken are relayed to every
+    /// connection of the room (the sender's included) as one message; the
+    /// others (a provider re-broadcasting states it received) change
+    /// nothing and are not relayed.
+    fn publish(&self, key: &RoomKey, connection: u64, update: AwarenessUpdate) {
+        let mut rooms = self.lock();
+        let Some(room) = rooms.get_mut(key) else {
+            return;
         };
-        if let Some(room) = rooms.get_mut(key) {
-            room.awareness.insert(connection, message.clone());
-            let _ = room.relay.send((connection, message));
+        let mut taken = HashMap::new();
+        for (id, entry) in update.clients {
+            let removal = is_null_state(&entry.json);
+            let newer = match room.awareness.get(&id) {
+                Some(known) => {
+                    known.clock < entry.clock
+                        || (known.clock == entry.clock && removal && known.state.is_some())
+                }
+                // Nothing to remove for a client the room never saw.
+                None => !removal,
+            };
+            if !newer {
+                continue;
+            }
+            room.awareness.insert(
+                id,
+                ClientAwareness {
+                    clock: entry.clock,
+                    state: (!removal).then(|| entry.json.clone()),
+                    controller: connection,
+                },
+            );
+            taken.insert(id, entry);
         }
+        if taken.is_empty() {
+            return;
+        }
+        room.bound_removed();
+        let message = Message::Awareness(AwarenessUpdate { clients: taken }).encode_v1();
+        let _ = room.relay.send(Bytes::from(message));
     }
 
-    fn current(&self, key: &RoomKey) -> Vec<Bytes> {
-        let rooms = match self.rooms.lock() {
-            Ok(rooms) => rooms,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        rooms
-            .get(key)
-            .map(|r| r.awareness.values().cloned().collect())
-            .unwrap_or_default()
+    /// Every current state of the room in one message (an awareness query's
+    /// answer), with the removals it remembers if `removed` (for a
+    /// connection that missed relayed messages), or `None`.
+    fn current(&self, key: &RoomKey, removed: bool) -> Option<Bytes> {
+        self.lock().get(key).and_then(|room| room.snapshot(removed))
     }
 
+    /// `connection` closed (cleanly or not): the states it set are removed
+    /// at once for everyone, as `null` states at the next clock (what the
+    /// reference server's close handling broadcasts), instead of staying on
+    /// other screens until each client's own timeout. Drops the room when
+    /// it has no connection left. Call after dropping the connection's
+    /// relay receiver.
     fn leave(&self, key: &RoomKey, connection: u64) {
-        let mut rooms = match self.rooms.lock() {
-            Ok(rooms) => rooms,
-            Err(poisoned) => poisoned.into_inner(),
+        let mut rooms = self.lock();
+        let Some(room) = rooms.get_mut(key) else {
+            return;
         };
-        if let Some(room) = rooms.get_mut(key) {
-            room.awareness.remove(&connection);
-            if room.relay.receiver_count() == 0 {
-                rooms.remove(key);
+        if room.relay.receiver_count() == 0 {
+            rooms.remove(key);
+            return;
+        }
+        let null: Arc<str> = Arc::from("null");
+        let mut removed = HashMap::new();
+        for (id, client) in room.awareness.iter_mut() {
+            if client.controller == connection && client.state.is_some() {
+                client.clock = client.clock.wrapping_add(1);
+                client.state = None;
+                removed.insert(
+                    *id,
+                    AwarenessUpdateEntry {
+                        clock: client.clock,
+                        json: null.clone(),
+                    },
+                );
             }
         }
+        if !removed.is_empty() {
+            let message = Message::Awareness(AwarenessUpdate { clients: removed }).encode_v1();
+            let _ = room.relay.send(Bytes::from(message));
+        }
+        room.bound_removed();
     }
 }
 
@@ -148,6 +279,9 @@ pub(crate) async fn connect(
             &AccessRequest::document(&collection, &doc, Operation::Write),
         )
         .is_ok();
+    // A slot before any work: past `limits.max_connections` (in total or on
+    // this collection) the upgrade is answered 503.
+    let slot = state.connections.admit(&state.limits, &collection)?;
     let schema_version = crate::decode::decode_yws_schema(req.query_string())?;
     if let Some(Err(err)) = schema_version.map(|v| state.engine.check_client_schema(v)) {
         // A y-websocket client reconnects after a refused handshake and
@@ -183,9 +317,9 @@ pub(crate) async fn connect(
         .subscribe_document(&collection, &doc, cursor, None)?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
-    let limit = usize::try_from(state.limits.max_update_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1024);
+    // A frame (or a fragmented message) over `limits.max_message_bytes` is
+    // refused from its header, before its payload is buffered (1009).
+    let limit = usize::try_from(state.limits.max_message_bytes).unwrap_or(usize::MAX);
     let incoming = incoming
         .max_frame_size(limit)
         .aggregate_continuations()
@@ -194,7 +328,11 @@ pub(crate) async fn connect(
         state: state.clone(),
         key: (collection, doc),
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
-        session,
+        session: crate::limits::TimedSession::new(session, &state.limits),
+        awareness_budget: crate::limits::AwarenessBudget::new(
+            state.limits.awareness_messages_per_sec,
+        ),
+        _slot: slot,
         own_updates: HashMap::new(),
         schema_version,
         may_write,
@@ -253,7 +391,13 @@ struct Connection {
     state: web::Data<AppState>,
     key: RoomKey,
     id: u64,
-    session: actix_ws::Session,
+    /// Every send gives up after `limits.ws_send_timeout_ms` (a client
+    /// that stopped reading is closed as `slow_reader`).
+    session: crate::limits::TimedSession,
+    /// This connection's awareness messages per second.
+    awareness_budget: crate::limits::AwarenessBudget,
+    /// Its place under `limits.max_connections`, given back on drop.
+    _slot: crate::limits::ConnectionSlot,
     /// Hashes of this connection's pushes whose change is still to come
     /// (with a count, for the same bytes pushed twice).
     own_updates: HashMap<u64, u32>,
@@ -304,18 +448,25 @@ impl Connection {
         let mut pushes: FuturesUnordered<PushFuture> = FuturesUnordered::new();
         let hello = Message::Sync(SyncMessage::SyncStep1(server_state_vector)).encode_v1();
         let mut ok = self.session.binary(hello).await.is_ok();
-        for message in awareness {
-            ok = ok && self.session.binary(message).await.is_ok();
+        if let Some(everyone) = awareness {
+            ok = ok && self.session.binary(everyone).await.is_ok();
         }
         if !ok {
+            drop(relay);
             self.state.rooms.leave(&self.key, self.id);
             return;
         }
+        let mut liveness = crate::limits::Liveness::new(&self.state.limits);
         let close = loop {
             let step = tokio::select! {
                 // `biased`: the branches are polled in this order (see the
                 // comment before `changes`).
                 biased;
+                _ = liveness.ping.tick() => match liveness.idle() {
+                    Some(reason) => Step::Close(Some(reason)),
+                    None if self.session.ping().await.is_err() => Step::Close(None),
+                    None => Step::Continue,
+                },
                 Some(result) = pushes.next(), if !pushes.is_empty() => {
                     match result {
                         Ok((hash, seq)) => {
@@ -328,6 +479,7 @@ impl Connection {
                     }
                 }
                 message = incoming.next(), if pushes.len() < MAX_PUSHES_IN_FLIGHT => {
+                    liveness.heard();
                     match message {
                         Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_client_message(bytes, &mut pushes).await,
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
@@ -338,7 +490,8 @@ impl Connection {
                             description: Some("y-websocket messages are binary".to_owned()),
                         })),
                         Some(Ok(AggregatedMessage::Pong(_))) => Step::Continue,
-                        Some(Ok(AggregatedMessage::Close(_))) | Some(Err(_)) | None => Step::Close(None),
+                        Some(Ok(AggregatedMessage::Close(_))) | None => Step::Close(None),
+                        Some(Err(err)) => Step::Close(Some(crate::limits::protocol_close(&err))),
                     }
                 }
                 // After the client's own messages: a busy room's traffic
@@ -346,10 +499,20 @@ impl Connection {
                 // floods only delays its own view).
                 event = changes.next() => self.on_change(event).await,
                 relayed = relay.recv() => match relayed {
-                    Ok((from, message)) if from != self.id => {
+                    // Its own awareness too, as the reference server does:
+                    // a provider that hears nothing for 30 s reconnects,
+                    // and one alone in an idle room hears only the echo of
+                    // its 15-second renewal.
+                    Ok(message) => {
                         if self.session.binary(message).await.is_err() { Step::Close(None) } else { Step::Continue }
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Step::Continue,
+                    // Too slow to take every relayed message: the room's
+                    // merged state (removals included) replaces what was
+                    // missed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let everyone = self.state.rooms.current(&self.key, true);
+                        self.send_awareness(everyone).await
+                    }
                     Err(broadcast::error::RecvError::Closed) => Step::Continue,
                 },
             };
@@ -500,19 +663,39 @@ impl Connection {
                 }));
                 Step::Continue
             }
-            Message::Awareness(_) => {
-                self.state.rooms.publish(&self.key, self.id, bytes);
+            Message::Awareness(_)
+                if !self
+                    .awareness_budget
+                    .allow(std::time::Instant::now()) =>
+            {
+                // Over `limits.awareness_messages_per_sec`: dropped, not
+                // relayed (the client's next state within budget replaces
+                // it; a cursor is only ever as stale as the budget).
+                crate::limits::refused("awareness_rate");
+                Step::Continue
+            }
+            Message::Awareness(update) => {
+                self.state.rooms.publish(&self.key, self.id, update);
                 Step::Continue
             }
             Message::AwarenessQuery => {
-                for message in self.state.rooms.current(&self.key) {
-                    if self.session.binary(message).await.is_err() {
-                        return Step::Close(None);
-                    }
-                }
-                Step::Continue
+                let everyone = self.state.rooms.current(&self.key, false);
+                self.send_awareness(everyone).await
             }
             Message::Auth(_) | Message::Custom(_, _) => Step::Continue,
+        }
+    }
+
+    /// Sends an awareness message if there is one; closes if the
+    /// connection is gone.
+    async fn send_awareness(&mut self, message: Option<Bytes>) -> Step {
+        let Some(message) = message else {
+            return Step::Continue;
+        };
+        if self.session.binary(message).await.is_err() {
+            Step::Close(None)
+        } else {
+            Step::Continue
         }
     }
 
@@ -592,6 +775,94 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn update(entries: &[(u64, u32, &str)]) -> AwarenessUpdate {
+        AwarenessUpdate {
+            clients: entries
+                .iter()
+                .map(|&(id, clock, json)| {
+                    (
+                        ClientID::new(id),
+                        AwarenessUpdateEntry {
+                            clock,
+                            json: Arc::from(json),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The entries of an awareness message, sorted: (client, clock, json).
+    fn entries(message: &[u8]) -> Vec<(u64, u32, String)> {
+        let Ok(Message::Awareness(update)) = Message::decode_v1(message) else {
+            panic!("not an awareness message");
+        };
+        let mut entries: Vec<_> = update
+            .clients
+            .into_iter()
+            .map(|(id, e)| (id.get(), e.clock, e.json.to_string()))
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    /// The room's awareness follows y-protocols: newer clocks win, a
+    /// provider's re-broadcast of a state it received changes nothing, a
+    /// newcomer gets every current state at once, and a closed connection's
+    /// states are removed at the next clock and stay removed.
+    #[test]
+    fn room_awareness_merges_by_clock_and_removes_a_closed_connections_states() {
+        let rooms = Rooms::default();
+        let key = ("c".to_owned(), "d".to_owned());
+        let (mut first, nothing) = rooms.join(&key);
+        assert!(nothing.is_none());
+        let (_second, _) = rooms.join(&key);
+        rooms.publish(&key, 1, update(&[(10, 1, r#"{"n":"a"}"#)]));
+        assert_eq!(
+            entries(&first.try_recv().unwrap()),
+            [(10, 1, r#"{"n":"a"}"#.to_owned())]
+        );
+        // Connection 2 re-broadcasts client 10 at the same clock, with its own.
+        rooms.publish(
+            &key,
+            2,
+            update(&[(10, 1, r#"{"n":"a"}"#), (20, 3, r#"{"n":"b"}"#)]),
+        );
+        assert_eq!(
+            entries(&first.try_recv().unwrap()),
+            [(20, 3, r#"{"n":"b"}"#.to_owned())],
+            "only what changed is relayed"
+        );
+        let (_third, everyone) = rooms.join(&key);
+        assert_eq!(
+            entries(&everyone.unwrap()),
+            [
+                (10, 1, r#"{"n":"a"}"#.to_owned()),
+                (20, 3, r#"{"n":"b"}"#.to_owned())
+            ]
+        );
+        // Connection 1 closes without a word: client 10 is removed.
+        rooms.leave(&key, 1);
+        assert_eq!(
+            entries(&first.try_recv().unwrap()),
+            [(10, 2, "null".to_owned())]
+        );
+        // A late re-broadcast of its old state does not bring it back.
+        rooms.publish(&key, 2, update(&[(10, 1, r#"{"n":"a"}"#)]));
+        assert!(first.try_recv().is_err());
+        assert_eq!(
+            entries(&rooms.current(&key, false).unwrap()),
+            [(20, 3, r#"{"n":"b"}"#.to_owned())]
+        );
+        assert_eq!(
+            entries(&rooms.current(&key, true).unwrap()),
+            [
+                (10, 2, "null".to_owned()),
+                (20, 3, r#"{"n":"b"}"#.to_owned())
+            ]
+        );
+    }
 
     /// The shared full state is sent behind a hand-written prefix; with it,
     /// the message must be byte for byte what yrs encodes, at every varint
