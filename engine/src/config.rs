@@ -280,6 +280,13 @@ pub struct ServerConfig {
     /// public key (PEM text, or a path to a PEM file); empty: none. Set at
     /// most one of `token_secret` and `token_public_key`.
     pub token_public_key: String,
+    /// Directory of static files served at `/` (the demo editor that
+    /// `npm run build` writes to `demo/dist`), relative to the working
+    /// directory; default `demo/dist`, so the server started from a
+    /// checkout serves the demo. Paths without a file there get its
+    /// `index.html`; while it has none, `/` answers a page naming the
+    /// command that builds it. Empty: nothing is served at `/`.
+    pub static_dir: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -291,6 +298,7 @@ impl Default for ServerConfig {
             advertise_url: String::new(),
             token_secret: String::new(),
             token_public_key: String::new(),
+            static_dir: PathBuf::from("demo/dist"),
         }
     }
 }
@@ -305,6 +313,7 @@ impl fmt::Debug for ServerConfig {
             .field("advertise_url", &self.advertise_url)
             .field("token_secret", &hidden(&self.token_secret))
             .field("token_public_key", &self.token_public_key.len())
+            .field("static_dir", &self.static_dir)
             .finish()
     }
 }

@@ -6,7 +6,8 @@
 //! `seqsync-server` binary both call [`run_cli`].
 //!
 //! Code map: `routes` (the REST routes), `subscribe_ws` (the change stream as
-//! a WebSocket), `yws` (the y-websocket protocol), [`auth`] (the hook and the
+//! a WebSocket), `yws` (the y-websocket protocol), `static_files` (the demo
+//! editor at `/`, from `[server] static_dir`), [`auth`] (the hook and the
 //! bearer-token implementation), [`error`] (engine errors as JSON answers),
 //! [`decode`] (pure decoders of bodies, query strings and y-websocket frames).
 
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod error;
 mod forward;
 mod routes;
+mod static_files;
 mod subscribe_ws;
 mod yws;
 
@@ -105,16 +107,8 @@ pub fn server(
                 async move { Ok(redirect_to_owner(answer.await?, &path)) }
             })
             .configure(routes::configure)
-            .default_service(web::to(|| async {
-                HttpResponse::NotFound().json(
-                    ApiError::new(
-                        actix_web::http::StatusCode::NOT_FOUND,
-                        "not_found",
-                        "no such route",
-                    )
-                    .body(),
-                )
-            }))
+            // `[server] static_dir` at `/` (the demo editor), else 404 JSON.
+            .default_service(web::to(static_files::serve))
     })
     .workers(HTTP_WORKERS)
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)

@@ -1,0 +1,110 @@
+//! `[server] static_dir` served at `/` (the demo editor): files, the app's
+//! `index.html` for its routes, the "not built" page, the API's JSON 404
+//! everywhere else, and no way out of the directory.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+
+use seqsync_engine::{BackendKind, EngineConfig};
+use seqsync_server::ServerThread;
+
+fn start(static_dir: &Path, data: &Path) -> ServerThread {
+    let mut config = EngineConfig::default();
+    config.storage.backend = BackendKind::Memory;
+    config.storage.path = data.to_path_buf();
+    config.server.listen = "127.0.0.1:0".to_owned();
+    config.server.static_dir = static_dir.to_path_buf();
+    ServerThread::start(config).unwrap()
+}
+
+/// A GET with the path sent exactly as given (an HTTP client library would
+/// normalise `..` away): status, content type and body.
+fn raw_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// A built demo is served: `/` and app routes get `index.html`, files get
+/// their content type, and unknown files and API paths keep the JSON 404.
+#[test]
+fn built_demo_is_served_at_the_root() {
+    let site = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>the demo</p>").unwrap();
+    std::fs::write(site.path().join("app.js"), "console.log(1)").unwrap();
+    std::fs::write(data.path().join("secret.txt"), "outside").unwrap();
+    let server = start(site.path(), data.path());
+
+    for route in ["/", "/doc/abc"] {
+        let (status, content_type, body) = raw_get(server.addr, route);
+        assert_eq!(status, 200, "{route}");
+        assert!(content_type.starts_with("text/html"), "{route}: {content_type}");
+        assert!(body.contains("the demo"), "{route}: {body}");
+    }
+    let (status, content_type, body) = raw_get(server.addr, "/app.js");
+    assert_eq!((status, body.as_str()), (200, "console.log(1)"));
+    assert!(content_type.starts_with("text/javascript"), "{content_type}");
+
+    for missing in ["/missing.js", "/v1/collections/c/nope", "/yws/x"] {
+        let (status, content_type, body) = raw_get(server.addr, missing);
+        assert_eq!(status, 404, "{missing}");
+        assert!(content_type.starts_with("application/json"), "{missing}");
+        assert!(body.contains("not_found"), "{missing}: {body}");
+    }
+    // The data directory is next to the site's: no path reaches it.
+    let outside = format!(
+        "/../{}/secret.txt",
+        data.path().file_name().unwrap().to_str().unwrap()
+    );
+    for escape in [outside.as_str(), "/%2e%2e/secret.txt", "/a/../../secret.txt"] {
+        let (status, _, body) = raw_get(server.addr, escape);
+        assert_ne!(status, 200, "{escape}");
+        assert!(!body.contains("outside"), "{escape}: {body}");
+    }
+    // The API is unaffected.
+    let (status, _, _) = raw_get(server.addr, "/healthz");
+    assert_eq!(status, 200);
+    server.stop();
+}
+
+/// Before `npm run build`, `/` says which command builds the demo rather
+/// than a bare 404.
+#[test]
+fn unbuilt_demo_answers_the_build_command() {
+    let site = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = start(&site.path().join("dist"), data.path());
+    let (status, content_type, body) = raw_get(server.addr, "/");
+    assert_eq!(status, 404);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(
+        body.contains("npm ci --prefix demo &amp;&amp; npm run build --prefix demo"),
+        "{body}"
+    );
+    let (status, content_type, _) = raw_get(server.addr, "/app.js");
+    assert_eq!(status, 404);
+    assert!(content_type.starts_with("application/json"));
+    server.stop();
+}
