@@ -60,12 +60,18 @@ fn built_demo_is_served_at_the_root() {
     for route in ["/", "/doc/abc"] {
         let (status, content_type, body) = raw_get(server.addr, route);
         assert_eq!(status, 200, "{route}");
-        assert!(content_type.starts_with("text/html"), "{route}: {content_type}");
+        assert!(
+            content_type.starts_with("text/html"),
+            "{route}: {content_type}"
+        );
         assert!(body.contains("the demo"), "{route}: {body}");
     }
     let (status, content_type, body) = raw_get(server.addr, "/app.js");
     assert_eq!((status, body.as_str()), (200, "console.log(1)"));
-    assert!(content_type.starts_with("text/javascript"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/javascript"),
+        "{content_type}"
+    );
 
     for missing in ["/missing.js", "/v1/collections/c/nope", "/yws/x"] {
         let (status, content_type, body) = raw_get(server.addr, missing);
@@ -78,7 +84,11 @@ fn built_demo_is_served_at_the_root() {
         "/../{}/secret.txt",
         data.path().file_name().unwrap().to_str().unwrap()
     );
-    for escape in [outside.as_str(), "/%2e%2e/secret.txt", "/a/../../secret.txt"] {
+    for escape in [
+        outside.as_str(),
+        "/%2e%2e/secret.txt",
+        "/a/../../secret.txt",
+    ] {
         let (status, _, body) = raw_get(server.addr, escape);
         assert_ne!(status, 200, "{escape}");
         assert!(!body.contains("outside"), "{escape}: {body}");
