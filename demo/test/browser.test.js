@@ -31,6 +31,7 @@ let browser
 let server
 let workDir
 const contexts = []
+const foreignRequests = [] // anything a page asked of another origin
 const suiteStarted = Date.now()
 
 before(async () => {
@@ -59,6 +60,13 @@ async function open (name, collection, doc, viewport = VIEWPORT) {
   contexts.push(context)
   const page = await context.newPage()
   page.on('pageerror', err => console.log(`  [${name}] page error: ${err.message}`))
+  page.on('request', request => {
+    const url = request.url()
+    if (!url.startsWith(server.http + '/') && !url.startsWith('data:')) foreignRequests.push(url)
+  })
+  page.on('websocket', socket => {
+    if (!socket.url().startsWith(server.http.replace('http:', 'ws:') + '/')) foreignRequests.push(socket.url())
+  })
   const color = encodeURIComponent(COLORS[name] || '#555')
   await page.goto(`${server.http}/?name=${name}&color=${color}#/${collection}/${doc}`)
   await page.waitForSelector('#conn[data-state="connected"]')
@@ -352,4 +360,6 @@ test('screenshot of a two-window session', async () => {
   }
   await composer.close()
   for (const w of [a, b]) await w.context.close()
+  assert.deepEqual(foreignRequests, [], 'every request of every window went to the seqsync server')
+  log('no window loaded anything from anywhere but the seqsync server')
 })
