@@ -102,17 +102,20 @@ function scheduleCheck () {
   setTimeout(() => { checkQueued = false; check() }, 0)
 }
 
+// The mirror only ever holds committed changes, so "saved" stays true
+// offline; "up to date" also needs the live stream and the provider synced.
 function check () {
-  const saved = position.streamOpen && contains(mirror, ydoc)
+  const saved = contains(mirror, ydoc)
   if (saved) {
     position.pending = 0
     position.savedThrough = position.head
   }
-  const upToDate = saved && contains(ydoc, mirror)
-  renderPosition(saved, upToDate)
+  const live = position.streamOpen && provider.synced
+  const upToDate = saved && live && contains(ydoc, mirror)
+  renderPosition(saved, upToDate, live)
 }
 
-function renderPosition (saved, upToDate) {
+function renderPosition (saved, upToDate, live = false) {
   $('head').textContent = position.head ? `seq ${position.head}` : 'seq 0 (empty)'
   $('head').dataset.seq = position.head
   const el = $('saved')
@@ -123,7 +126,7 @@ function renderPosition (saved, upToDate) {
   sub.className = 'sub'
   if (saved) {
     el.dataset.state = 'saved'
-    sub.textContent = upToDate ? 'up to date' : 'receiving…'
+    sub.textContent = upToDate ? 'up to date' : isOnline() ? (live ? 'receiving…' : 'connecting…') : 'offline'
     el.replaceChildren(`✓ Saved through seq ${position.savedThrough}`, sub)
   } else {
     el.dataset.state = 'pending'
@@ -290,7 +293,7 @@ function renderConnection () {
   el.textContent = text
   $('online-label').textContent = $('online').checked ? 'Online' : 'Offline'
 }
-provider.on('status', renderConnection)
+provider.on('status', () => { renderConnection(); scheduleCheck() })
 provider.on('sync', () => { renderConnection(); scheduleCheck() })
 
 // ---- who is here

@@ -195,6 +195,9 @@ async function offlineRound (how, goOffline, goOnline) {
   await waitText(b.page, 'shared line', 'Bob to receive the first line')
   await goOffline(a)
   await a.page.waitForSelector('#conn[data-state="offline"]')
+  // Nothing typed yet: what the page holds is still saved.
+  await a.page.waitForFunction(() => document.getElementById('saved').innerText.endsWith('offline'))
+  assert.equal(await a.page.locator('#saved').getAttribute('data-state'), 'saved')
   await a.page.click('.cm-content') // the switch took the focus
   await a.page.keyboard.press('Control+End')
   await a.page.keyboard.press('Enter')
