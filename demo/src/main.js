@@ -7,6 +7,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { EditorView, basicSetup } from 'codemirror'
 import { EditorState } from '@codemirror/state'
+import { placeholder } from '@codemirror/view'
 import { markdown } from '@codemirror/lang-markdown'
 import { yCollab } from 'y-codemirror.next'
 import { contains } from './position.js'
@@ -65,6 +66,7 @@ const view = new EditorView({
       basicSetup,
       markdown(),
       EditorView.lineWrapping,
+      placeholder('Type here, then open this address in a second window: both edit the same document. Every keystroke is stored (see "Saved through seq" on the right).'),
       yCollab(ytext, provider.awareness)
     ]
   })
