@@ -75,6 +75,10 @@ type RoomKey = (String, String);
 /// Removed awareness states a room remembers (their clocks keep a stale
 /// re-broadcast from bringing them back); past this all are forgotten.
 const MAX_REMOVED_AWARENESS: usize = 4096;
+/// Client ids a room's awareness holds at most, removed ones included; a
+/// new id beyond it is not taken (a room of real people is far below, and
+/// a client inventing ids cannot grow the room's memory without bound).
+const MAX_AWARENESS_CLIENTS: usize = 2 * MAX_REMOVED_AWARENESS;
 
 /// One client's awareness as its room knows it.
 struct ClientAwareness {
@@ -191,7 +195,7 @@ impl Rooms {
                         || (known.clock == entry.clock && removal && known.state.is_some())
                 }
                 // Nothing to remove for a client the room never saw.
-                None => !removal,
+                None => !removal && room.awareness.len() < MAX_AWARENESS_CLIENTS,
             };
             if !newer {
                 continue;
@@ -663,11 +667,7 @@ impl Connection {
                 }));
                 Step::Continue
             }
-            Message::Awareness(_)
-                if !self
-                    .awareness_budget
-                    .allow(std::time::Instant::now()) =>
-            {
+            Message::Awareness(_) if !self.awareness_budget.allow(std::time::Instant::now()) => {
                 // Over `limits.awareness_messages_per_sec`: dropped, not
                 // relayed (the client's next state within budget replaces
                 // it; a cursor is only ever as stale as the budget).
@@ -862,6 +862,30 @@ mod tests {
                 (20, 3, r#"{"n":"b"}"#.to_owned())
             ]
         );
+    }
+
+    /// A client that invents client ids (one awareness update can name
+    /// thousands) must not grow a room's memory without bound.
+    #[test]
+    fn room_awareness_holds_a_bounded_number_of_clients() {
+        let rooms = Rooms::default();
+        let key = ("c".to_owned(), "d".to_owned());
+        let (_relay, _) = rooms.join(&key);
+        let many: Vec<(u64, u32, &str)> = (1..=MAX_AWARENESS_CLIENTS as u64 + 100)
+            .map(|id| (id, 1, "{}"))
+            .collect();
+        rooms.publish(&key, 1, update(&many));
+        rooms.publish(&key, 2, update(&[(u64::from(u32::MAX), 1, "{}")]));
+        let held = entries(&rooms.current(&key, false).unwrap());
+        assert_eq!(held.len(), MAX_AWARENESS_CLIENTS);
+        // Known clients still update, and removals make room again.
+        rooms.publish(&key, 1, update(&[(1, 2, "{\"x\":1}")]));
+        let held = entries(&rooms.current(&key, false).unwrap());
+        assert_eq!(held[0], (1, 2, "{\"x\":1}".to_owned()));
+        rooms.leave(&key, 1);
+        rooms.publish(&key, 2, update(&[(u64::from(u32::MAX), 1, "{}")]));
+        let held = entries(&rooms.current(&key, false).unwrap());
+        assert_eq!(held, [(u64::from(u32::MAX), 1, "{}".to_owned())]);
     }
 
     /// The shared full state is sent behind a hand-written prefix; with it,
