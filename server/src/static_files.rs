@@ -7,7 +7,9 @@
 //! (an app route such as `/` or `/doc/abc`) gets `index.html`. While the
 //! directory has no `index.html` (the demo not built), `/` answers a short
 //! page with the command that builds it. Everything else keeps the API's
-//! JSON 404, so a mistyped API path still reads as one.
+//! JSON 404, so a mistyped API path still reads as one. Files carry a weak
+//! ETag and `no-cache`: a reload revalidates and gets a 304 until the demo
+//! is rebuilt.
 
 use std::path::{Path, PathBuf};
 
@@ -75,14 +77,38 @@ fn not_found() -> HttpResponse {
         .json(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").body())
 }
 
-/// Reads a regular file of at most `MAX_STATIC_BYTES` on the blocking pool.
-async fn read_file(file: PathBuf) -> Option<Vec<u8>> {
+/// A file found: its bytes (`None` when the client's copy is current) and
+/// its validator.
+struct Found {
+    body: Option<Vec<u8>>,
+    etag: String,
+}
+
+/// Reads a regular file of at most `MAX_STATIC_BYTES` on the blocking pool,
+/// unless `if_none_match` names its current validator (a weak ETag of its
+/// size and modification time: a rebuilt bundle gets a new one).
+async fn read_file(file: PathBuf, if_none_match: Option<String>) -> Option<Found> {
     web::block(move || {
         let meta = std::fs::metadata(&file).ok()?;
         if !meta.is_file() || meta.len() > MAX_STATIC_BYTES {
             return None;
         }
-        std::fs::read(&file).ok()
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let etag = format!("W/\"{:x}-{modified:x}\"", meta.len());
+        let current = if_none_match.is_some_and(|tags| {
+            tags.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+        let body = if current {
+            None
+        } else {
+            Some(std::fs::read(&file).ok()?)
+        };
+        Some(Found { body, etag })
     })
     .await
     .ok()
@@ -102,12 +128,17 @@ pub(crate) async fn serve(state: web::Data<AppState>, req: HttpRequest) -> HttpR
     let Some(file) = resolve(&root, &path) else {
         return not_found();
     };
-    let (file, body) = match read_file(file.clone()).await {
-        Some(body) => (file, body),
+    let if_none_match = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (file, found) = match read_file(file.clone(), if_none_match.clone()).await {
+        Some(found) => (file, found),
         None if is_app_route(&path) => {
             let index = root.join("index.html");
-            match read_file(index.clone()).await {
-                Some(body) => (index, body),
+            match read_file(index.clone(), if_none_match).await {
+                Some(found) => (index, found),
                 None if path == "/" => {
                     let page = NOT_BUILT_PAGE
                         .replace("STATIC_DIR", &html_escape(&root.display().to_string()));
@@ -120,9 +151,16 @@ pub(crate) async fn serve(state: web::Data<AppState>, req: HttpRequest) -> HttpR
         }
         None => return not_found(),
     };
+    // Rebuilt bundles keep their names: always revalidate (cheap: 304).
+    let Some(body) = found.body else {
+        return HttpResponse::NotModified()
+            .insert_header(("etag", found.etag))
+            .insert_header(("cache-control", "no-cache"))
+            .finish();
+    };
     HttpResponse::Ok()
         .content_type(content_type(&file))
-        // Rebuilt bundles keep their names: always revalidate.
+        .insert_header(("etag", found.etag))
         .insert_header(("cache-control", "no-cache"))
         .body(body)
 }

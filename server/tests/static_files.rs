@@ -21,10 +21,28 @@ fn start(static_dir: &Path, data: &Path) -> ServerThread {
 /// A GET with the path sent exactly as given (an HTTP client library would
 /// normalise `..` away): status, content type and body.
 fn raw_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let (status, headers, body) = raw_get_with(addr, path, "");
+    (status, header(&headers, "content-type"), body)
+}
+
+/// A header's value in a response head, or "".
+fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// [`raw_get`] with extra header lines (each ending in `\r\n`): status,
+/// the response head, body.
+fn raw_get_with(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -35,15 +53,7 @@ fn raw_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// A built demo is served: `/` and app routes get `index.html`, files get
@@ -96,6 +106,29 @@ fn built_demo_is_served_at_the_root() {
     // The API is unaffected.
     let (status, _, _) = raw_get(server.addr, "/healthz");
     assert_eq!(status, 200);
+    server.stop();
+}
+
+/// A reload revalidates: the same file answers 304 to its ETag, and a
+/// rebuilt one (another size) is sent again.
+#[test]
+fn unchanged_files_answer_not_modified() {
+    let site = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>v1</p>").unwrap();
+    let server = start(site.path(), data.path());
+    let (status, head, _) = raw_get_with(server.addr, "/", "");
+    assert_eq!(status, 200);
+    assert_eq!(header(&head, "cache-control"), "no-cache");
+    let etag = header(&head, "etag");
+    assert!(etag.starts_with("W/\""), "{head}");
+    let (status, head, body) =
+        raw_get_with(server.addr, "/", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!((status, body.as_str()), (304, ""));
+    assert_eq!(header(&head, "etag"), etag);
+    std::fs::write(site.path().join("index.html"), "<p>version 2</p>").unwrap();
+    let (status, _, body) = raw_get_with(server.addr, "/", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!((status, body.as_str()), (200, "<p>version 2</p>"));
     server.stop();
 }
 
