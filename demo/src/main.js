@@ -29,6 +29,12 @@ const { collection, doc: docId } = route()
 if (location.hash !== `#/${collection}/${docId}`) history.replaceState(null, '', `#/${collection}/${docId}`)
 window.addEventListener('hashchange', () => location.reload())
 
+// A server with auth on: the page's address carries a token (?token=),
+// sent as a bearer header, and as ?access_token= on WebSockets.
+const token = new URLSearchParams(location.search).get('token')
+const api = (url, init = {}) => fetch(url, token ? { ...init, headers: { ...init.headers, authorization: `Bearer ${token}` } } : init)
+const socketToken = token ? `&access_token=${encodeURIComponent(token)}` : ''
+
 const http = `${location.protocol}//${location.host}`
 const ws = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`
 const base = `${http}/v1/collections/${encodeURIComponent(collection)}`
@@ -51,7 +57,8 @@ const ytext = ydoc.getText('content')
 const provider = new WebsocketProvider(`${ws}/yws/${encodeURIComponent(collection)}`, docId, ydoc, {
   // Windows of one browser would otherwise sync through a BroadcastChannel
   // too, and an offline window would still see the other's edits.
-  disableBc: true
+  disableBc: true,
+  params: token ? { access_token: token } : {}
 })
 const setUser = () => provider.awareness.setLocalStateField('user', {
   name: me.name, color: me.color, colorLight: me.color + '33'
@@ -143,7 +150,7 @@ let stream = null
 let streamRetry = null
 function openStream () {
   if (stream || !isOnline()) return
-  const socket = new WebSocket(`${ws}/v1/collections/${encodeURIComponent(collection)}/subscribe?after=${position.head}`)
+  const socket = new WebSocket(`${ws}/v1/collections/${encodeURIComponent(collection)}/subscribe?after=${position.head}${socketToken}`)
   stream = socket
   socket.onopen = () => { position.streamOpen = true; scheduleCheck() }
   socket.onmessage = event => {
@@ -188,12 +195,12 @@ function onChange (change, live) {
 async function loadMirror () {
   closeStream()
   try {
-    const res = await fetch(`${base}/documents/${encodeURIComponent(docId)}`)
+    const res = await api(`${base}/documents/${encodeURIComponent(docId)}`)
     if (res.ok) {
       Y.applyUpdate(mirror, new Uint8Array(await res.arrayBuffer()), 'log')
       position.head = Number(res.headers.get('x-seqsync-cursor')) || 0
     } else {
-      const page = await (await fetch(`${base}/changes?after=0&limit=0`)).json()
+      const page = await (await api(`${base}/changes?after=0&limit=0`)).json()
       position.head = page.head || 0
     }
     await loadHistory(position.head)
@@ -234,7 +241,7 @@ async function loadHistory (through) {
   historyRows.length = 0
   let after = Math.max(0, through - HISTORY_BACKFILL)
   for (;;) {
-    const res = await fetch(`${base}/changes?after=${after}&limit=500`)
+    const res = await api(`${base}/changes?after=${after}&limit=500`)
     if (!res.ok) break
     const page = await res.json()
     for (const change of page.changes) {
@@ -251,7 +258,7 @@ $('compact').addEventListener('click', async () => {
   button.disabled = true
   $('compact-summary').textContent = 'compacting…'
   try {
-    const res = await fetch(`${base}/compact`, { method: 'POST' })
+    const res = await api(`${base}/compact`, { method: 'POST' })
     const summary = await res.json()
     if (!res.ok) throw new Error(summary.message || res.statusText)
     $('compact-summary').textContent =

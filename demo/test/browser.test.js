@@ -322,6 +322,34 @@ test('the document picker opens a new document and then an existing one by its i
   await a.context.close()
 })
 
+test('with auth on, the page works with a token in its address and stays disconnected without one', async () => {
+  const guarded = await startServer(join(workDir, 'guarded'), { env: { SEQSYNC_SERVER_WRITE_TOKEN: 'demo-secret' } })
+  const context = await browser.newContext({ viewport: VIEWPORT })
+  contexts.push(context)
+  try {
+    const page = await context.newPage()
+    await page.goto(`${guarded.http}/?token=demo-secret&name=Alice#/private/doc`)
+    await page.waitForSelector('#saved[data-up-to-date="true"]')
+    await page.click('.cm-content')
+    await page.keyboard.type('behind a token')
+    const saved = await waitSaved(page, 'behind a token')
+    const res = await fetch(`${guarded.http}/v1/collections/private/documents/doc`, { headers: { authorization: 'Bearer demo-secret' } })
+    const ydoc = new Y.Doc()
+    Y.applyUpdate(ydoc, new Uint8Array(await res.arrayBuffer()))
+    assert.equal(ydoc.getText('content').toString(), 'behind a token')
+    log(`with ?token= the page syncs through every route and says "${saved.label}"`)
+    const stranger = await context.newPage()
+    await stranger.goto(`${guarded.http}/?name=Eve#/private/doc`)
+    await stranger.waitForTimeout(1500)
+    assert.notEqual(await stranger.locator('#conn').getAttribute('data-state'), 'connected')
+    assert.equal(await shown(stranger), '')
+    log('without a token the page loads but gets no document')
+  } finally {
+    await context.close()
+    await guarded.kill()
+  }
+})
+
 test('screenshot of a two-window session', async () => {
   const collection = unique('screenshot')
   const a = await open('Alice', collection, 'meeting-notes', SHOT_VIEWPORT)

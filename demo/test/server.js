@@ -9,14 +9,15 @@ import { createInterface } from 'node:readline'
 const here = dirname(fileURLToPath(import.meta.url))
 const defaultBin = join(here, '..', '..', 'target', 'release', 'examples', 'server')
 
-export async function startServer (dataDir, { listen = '127.0.0.1:0' } = {}) {
+export async function startServer (dataDir, { listen = '127.0.0.1:0', env = {} } = {}) {
   const child = spawn(process.env.DEMO_SERVER_BIN || defaultBin, [], {
     env: {
       ...process.env,
       SEQSYNC_STORAGE_PATH: dataDir,
       SEQSYNC_SERVER_LISTEN: listen,
       SEQSYNC_SERVER_STATIC_DIR: join(here, '..', 'dist'),
-      RUST_LOG: process.env.RUST_LOG || 'warn'
+      RUST_LOG: process.env.RUST_LOG || 'warn',
+      ...env
     },
     stdio: ['ignore', 'pipe', 'inherit']
   })
