@@ -194,6 +194,40 @@ pub struct LimitsConfig {
     /// Most changes in one page of `changes`; larger requests are clamped;
     /// default 1000.
     pub stream_page_limit: u64,
+    /// The host server's open WebSockets (`/yws` and `subscribe`) in
+    /// total; one more is answered 503 `too_many_connections`; default
+    /// 10,000. (Each WebSocket carries exactly one subscription.)
+    pub max_connections: u64,
+    /// Open WebSockets on one collection; one more is answered 503
+    /// `too_many_connections`; default 2,000.
+    pub max_connections_per_collection: u64,
+    /// Largest WebSocket message a client may send (a frame, or the
+    /// fragments of one message together); a larger one closes the socket
+    /// with 1009 (message too big); default 8 MiB + 64 KiB (one update of
+    /// `max_update_bytes` and its framing).
+    pub max_message_bytes: u64,
+    /// Largest request body on every HTTP route (413 `too_large`); default
+    /// 17 MiB (a batch of base64 updates).
+    pub max_body_bytes: u64,
+    /// The longest a client may take to send a request's headers (slow
+    /// loris): the connection is answered 408 and closed; default 5,000.
+    pub client_request_timeout_ms: u64,
+    /// The longest a client may take to send a request's body (408
+    /// `body_timeout`); default 30,000.
+    pub body_timeout_ms: u64,
+    /// Awareness messages per second one `/yws` connection may send (the
+    /// budget refills at this rate and holds two seconds' worth); further
+    /// ones are dropped and counted; default 20.
+    pub awareness_messages_per_sec: u64,
+    /// Interval of the server's WebSocket pings; default 15,000.
+    pub ws_ping_interval_ms: u64,
+    /// A WebSocket from which nothing (not even a pong) arrived for this
+    /// long is closed (1001 going away, reason `idle`); default 60,000.
+    pub ws_idle_timeout_ms: u64,
+    /// A WebSocket whose client does not take a message for this long (it
+    /// stopped reading) is closed (1008, reason `slow_reader`), so it holds
+    /// at most a bounded queue meanwhile; default 10,000.
+    pub ws_send_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +236,16 @@ impl Default for LimitsConfig {
             max_update_bytes: 8 << 20,
             max_batch_updates: 1000,
             stream_page_limit: 1000,
+            max_connections: 10_000,
+            max_connections_per_collection: 2_000,
+            max_message_bytes: (8 << 20) + (64 << 10),
+            max_body_bytes: 17 << 20,
+            client_request_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            awareness_messages_per_sec: 20,
+            ws_ping_interval_ms: 15_000,
+            ws_idle_timeout_ms: 60_000,
+            ws_send_timeout_ms: 10_000,
         }
     }
 }
@@ -406,7 +450,29 @@ impl EngineConfig {
 
     /// Checks ranges the types cannot express. Errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 19] = [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_collection",
+                self.limits.max_connections_per_collection,
+            ),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            (
+                "limits.client_request_timeout_ms",
+                self.limits.client_request_timeout_ms,
+            ),
+            ("limits.body_timeout_ms", self.limits.body_timeout_ms),
+            (
+                "limits.awareness_messages_per_sec",
+                self.limits.awareness_messages_per_sec,
+            ),
+            (
+                "limits.ws_ping_interval_ms",
+                self.limits.ws_ping_interval_ms,
+            ),
+            ("limits.ws_idle_timeout_ms", self.limits.ws_idle_timeout_ms),
+            ("limits.ws_send_timeout_ms", self.limits.ws_send_timeout_ms),
             ("storage.pool_size", self.storage.pool_size),
             ("storage.lease_ttl_ms", self.storage.lease_ttl_ms),
             (
@@ -465,6 +531,30 @@ impl EngineConfig {
                     message: format!("{value} is above the maximum of {max}"),
                 });
             }
+        }
+        if self.limits.ws_idle_timeout_ms <= self.limits.ws_ping_interval_ms {
+            return Err(ConfigError::Invalid {
+                key: "limits.ws_idle_timeout_ms",
+                message: "must be longer than limits.ws_ping_interval_ms, or every \
+                          socket would time out between two pings"
+                    .to_owned(),
+            });
+        }
+        if self.limits.max_message_bytes < self.limits.max_update_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_message_bytes",
+                message: "must be at least limits.max_update_bytes, or a /yws client \
+                          could not send an update the engine accepts"
+                    .to_owned(),
+            });
+        }
+        if self.limits.max_body_bytes < self.limits.max_update_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_body_bytes",
+                message: "must be at least limits.max_update_bytes, or an update the \
+                          engine accepts could not be pushed"
+                    .to_owned(),
+            });
         }
         if self.storage.backend == BackendKind::Postgres && self.storage.url.is_empty() {
             return Err(ConfigError::Invalid {

@@ -35,7 +35,9 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use yrs::block::{ClientID, ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_SKIP_REF_NUMBER};
+use yrs::block::{
+    ClientID, ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_ITEM_JSON_REF_NUMBER, BLOCK_SKIP_REF_NUMBER,
+};
 use yrs::block::{HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN};
 use yrs::encoding::read::{Cursor, Read};
 use yrs::updates::decoder::{Decoder, DecoderV1};
@@ -45,6 +47,10 @@ use yrs::updates::decoder::{Decoder, DecoderV1};
 pub(crate) enum BlockKind {
     /// An item (content), which yrs may split and link by pointers.
     Item,
+    /// An item with legacy JSON content (content ref 2), which yrs 0.28.1
+    /// decodes reading one string more than it encodes (fuzz finding F2):
+    /// a document holding one encodes into bytes nobody can decode.
+    JsonItem,
     /// Garbage-collected clocks: integrated, never split by pointers.
     Gc,
     /// A hole in the update's own clocks.
@@ -83,10 +89,17 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
             let (kind, len) = match info {
                 BLOCK_SKIP_REF_NUMBER => (BlockKind::Skip, decoder.read_var().map_err(error)?),
                 BLOCK_GC_REF_NUMBER => (BlockKind::Gc, decoder.read_len().map_err(error)?),
-                info => (
-                    BlockKind::Item,
-                    item_len(&mut decoder, info).map_err(error)?,
-                ),
+                info => {
+                    // yrs picks the content decoder by the low four bits
+                    // (`ItemContent::decode`), so a fifth bit set does not
+                    // hide JSON content (the fuzzer's third F2 witness).
+                    let kind = if info & 0b1111 == BLOCK_ITEM_JSON_REF_NUMBER {
+                        BlockKind::JsonItem
+                    } else {
+                        BlockKind::Item
+                    };
+                    (kind, item_len(&mut decoder, info).map_err(error)?)
+                }
             };
             // yrs drops empty items and refuses empty skips and GCs.
             if len == 0 {
@@ -130,6 +143,16 @@ fn item_len(decoder: &mut DecoderV1<'_>, info: u8) -> Result<u32, yrs::encoding:
     Ok(content.len_utf16())
 }
 
+/// The first item with legacy JSON content in a scanned update, if any.
+pub(crate) fn first_json_item(scanned: &ScannedUpdate) -> Option<(ClientID, u32)> {
+    scanned.iter().find_map(|(client, blocks)| {
+        blocks
+            .iter()
+            .find(|b| b.kind == BlockKind::JsonItem)
+            .map(|b| (*client, b.clocks.start))
+    })
+}
+
 /// The clocks at which a client's known ranges resume after a gap: the
 /// starts above 0 of its maximal integrated runs (`known` is sorted and
 /// merged).
@@ -146,7 +169,7 @@ pub(crate) fn run_starts(blocks: &[ScannedBlock]) -> Vec<u32> {
     for block in blocks {
         match block.kind {
             BlockKind::Skip => after_hole = true,
-            BlockKind::Item | BlockKind::Gc => {
+            BlockKind::Item | BlockKind::JsonItem | BlockKind::Gc => {
                 if after_hole && block.clocks.start > 0 {
                     starts.push(block.clocks.start);
                 }
@@ -166,7 +189,7 @@ pub(crate) fn item_spanning(
 ) -> Option<(Range<u32>, u32)> {
     let items: Vec<&ScannedBlock> = blocks
         .iter()
-        .filter(|b| b.kind == BlockKind::Item)
+        .filter(|b| matches!(b.kind, BlockKind::Item | BlockKind::JsonItem))
         .collect();
     if items.is_empty() {
         return None;

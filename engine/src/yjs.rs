@@ -69,38 +69,34 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
     }
 }
 
-/// Decodes `bytes` as an update a client pushes: [`decode_update`], and the
-/// update must survive being encoded and decoded again by yrs.
+/// Decodes `bytes` as an update a client pushes: [`decode_update`], and
+/// the update must not carry legacy JSON content.
 ///
-/// Why (fuzz finding F2): yrs 0.28.1 decodes legacy JSON content reading
-/// one string more than its encoder writes, so an update carrying such
-/// content is accepted, but every later encoding of the document (a read, a
-/// sync step 2, a snapshot) is bytes no reader can decode: one push would
-/// brick the document for everyone. Re-encoding the update itself goes
-/// through the same encoder and decoder, so it catches exactly that, at the
-/// cost of one encode and decode of the update (not of the document).
+/// Why (fuzz finding F2): yrs 0.28.1 decodes legacy JSON content (content
+/// ref 2) reading one string more than its encoder writes, so an update
+/// carrying it can be accepted while every later encoding of the document
+/// (a read, a sync step 2, a snapshot) is bytes no reader can decode: one
+/// push would brick the document for everyone. No Yjs client has written
+/// JSON content since Yjs 13 (they write Any content), so refusing it costs
+/// honest clients nothing. A first version of this check re-encoded the
+/// update and decoded it again; the fuzzer then found an update that
+/// survives that round trip on its own and still leaves an undecodable
+/// document, so the check now reads the content kinds themselves (one scan
+/// of the update's blocks, in `structure`).
 ///
-/// Errors: as `decode_update`; `Malformed` naming the cause when the
-/// update does not survive the round trip.
+/// Errors: as `decode_update`; `Malformed` naming the client and clock of
+/// the JSON content.
 pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
     let update = decode_update(bytes)?;
-    let again = match catch_unwind(AssertUnwindSafe(|| update.encode_v1())) {
-        Ok(again) => again,
-        Err(_) => {
-            return Err(UpdateDecodeError::Malformed(
-                "yrs cannot encode this update again".to_owned(),
-            ))
-        }
-    };
-    match catch_unwind(|| Update::decode_v1(&again)) {
-        Ok(Ok(_)) => Ok(update),
-        _ => Err(UpdateDecodeError::Malformed(
-            "the update holds content yrs cannot encode and decode again (legacy JSON \
-             content): storing it would leave the document unreadable; send it as Any \
-             content (current Yjs clients do)"
-                .to_owned(),
-        )),
+    let scanned = crate::structure::scan_update(bytes).map_err(UpdateDecodeError::Malformed)?;
+    if let Some((client, clock)) = crate::structure::first_json_item(&scanned) {
+        return Err(UpdateDecodeError::Malformed(format!(
+            "the update holds legacy JSON content (client {client}, clock {clock}), which yrs \
+             cannot encode and decode again: storing it would leave the document unreadable; \
+             send it as Any content (current Yjs clients do)"
+        )));
     }
+    Ok(update)
 }
 
 /// The unsigned LEB128 varint at the start of `bytes`, if it is complete and
@@ -714,6 +710,20 @@ mod tests {
         };
         let loaded = DocState::load(&[change(1, &a), change(2, &after_gap)]).unwrap();
         assert!(loaded.has_pending());
+    }
+
+    /// F2, third witness (found by the 2026-12-03 fuzz run): this update
+    /// survives an encode/decode round trip on its own, yet the document
+    /// it leaves encodes into bytes yrs cannot decode. It carries legacy
+    /// JSON content, which a push must not carry at all.
+    #[test]
+    fn json_content_that_survives_a_round_trip_is_still_refused() {
+        let witness = include_bytes!("../../fuzz/regressions/push_bytes/f2-round-trip-survivor");
+        let update = decode_update(witness).unwrap();
+        let round_trip = Update::decode_v1(&update.encode_v1());
+        assert!(round_trip.is_ok(), "the old check let it through");
+        let err = decode_pushed_update(witness).unwrap_err();
+        assert!(err.to_string().contains("legacy JSON"), "{err}");
     }
 
     /// F3: the second of these pushes made yrs 0.28.1 read freed memory

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod decode;
 pub mod error;
 mod forward;
+mod limits;
 mod routes;
 mod static_files;
 mod subscribe_ws;
@@ -53,12 +54,20 @@ pub struct AppState {
     auth: Arc<dyn Authorizer>,
     rooms: yws::Rooms,
     limits: LimitsConfig,
+    /// Open WebSockets, bounded by `limits.max_connections` (in total and
+    /// per collection).
+    connections: Arc<limits::ConnectionLimits>,
 }
 
 impl AppState {
-    /// A batch body holds base64 updates: allow twice the update limit.
+    /// A batch body holds base64 updates: twice the update limit, within
+    /// the body limit of every route.
     fn batch_body_limit_bytes(&self) -> u64 {
-        self.limits.max_update_bytes.saturating_mul(2).max(1 << 20)
+        self.limits
+            .max_update_bytes
+            .saturating_mul(2)
+            .max(1 << 20)
+            .min(self.limits.max_body_bytes)
     }
 }
 
@@ -93,7 +102,10 @@ pub fn server(
         metrics: prometheus(),
         auth,
         rooms: yws::Rooms::default(),
+        connections: Arc::default(),
     });
+    let client_request_timeout = limits::millis(state.limits.client_request_timeout_ms);
+    let max_body_bytes = state.limits.max_body_bytes;
     let mut builder = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -106,11 +118,33 @@ pub fn server(
                 let answer = actix_web::dev::Service::call(srv, req);
                 async move { Ok(redirect_to_owner(answer.await?, &path)) }
             })
+            // A body declared larger than `limits.max_body_bytes` is
+            // answered 413 before anything reads it (read_body's own limit
+            // covers bodies without a length).
+            .wrap_fn(
+                move |req, srv| match limits::declared_body_too_large(&req, max_body_bytes) {
+                    Some(err) => {
+                        let (req, _) = req.into_parts();
+                        let response = actix_web::ResponseError::error_response(&err);
+                        let answer = actix_web::dev::ServiceResponse::new(req, response)
+                            .map_into_right_body();
+                        Box::pin(async move { Ok(answer) })
+                            as futures::future::LocalBoxFuture<'static, _>
+                    }
+                    None => {
+                        let answer = actix_web::dev::Service::call(srv, req);
+                        Box::pin(async move { Ok(answer.await?.map_into_left_body()) })
+                    }
+                },
+            )
             .configure(routes::configure)
             // `[server] static_dir` at `/` (the demo editor), else 404 JSON.
             .default_service(web::to(static_files::serve))
     })
     .workers(HTTP_WORKERS)
+    // Slow loris: headers not complete in time are answered 408 and the
+    // connection closed (actix's own answer, before any handler runs).
+    .client_request_timeout(client_request_timeout)
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
     .listen(listener)?;
     if !handle_signals {

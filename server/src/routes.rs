@@ -52,24 +52,50 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(healthz));
 }
 
-/// Reads a request body, refusing more than `limit_bytes` with 413.
+/// Reads a request body, refusing more than `limit_bytes` with 413
+/// `too_large` and a body not complete within `limits.body_timeout_ms`
+/// with 408 `body_timeout` (a client dripping a body must not hold a
+/// worker's connection and a growing buffer for ever). Both are counted in
+/// `seqsync_refused_total`.
 pub(crate) async fn read_body(
     mut payload: web::Payload,
     limit_bytes: u64,
+    limits: &seqsync_engine::LimitsConfig,
 ) -> Result<Vec<u8>, ApiError> {
+    let deadline = tokio::time::Instant::now() + crate::limits::millis(limits.body_timeout_ms);
     let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = match tokio::time::timeout_at(deadline, payload.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                crate::limits::refused("body_timeout");
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the body took longer than {} ms (limits.body_timeout_ms)",
+                        limits.body_timeout_ms
+                    ),
+                ));
+            }
+        };
+        let Some(chunk) = next else {
+            return Ok(body);
+        };
         let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
         if (body.len() + chunk.len()) as u64 > limit_bytes {
+            crate::limits::refused("body_too_large");
             return Err(ApiError::new(
                 actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                format!("the body exceeds {limit_bytes} bytes (limits.max_update_bytes)"),
+                format!(
+                    "the body exceeds {limit_bytes} bytes (limits.max_update_bytes, \
+                     limits.max_body_bytes)"
+                ),
             ));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
@@ -142,7 +168,7 @@ async fn push_update(
         &AccessRequest::document(&collection, &doc, Operation::Write),
     )?;
     let options = push_options(&req)?;
-    let body = read_body(payload, state.limits.max_update_bytes).await?;
+    let body = read_body(payload, state.limits.max_update_bytes, &state.limits).await?;
     let outcome = state.engine.push(&collection, &doc, body, options).await?;
     Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
 }
@@ -155,7 +181,7 @@ async fn push_batch(
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
     let options = push_options(&req)?;
-    let body = read_body(payload, state.batch_body_limit_bytes()).await?;
+    let body = read_body(payload, state.batch_body_limit_bytes(), &state.limits).await?;
     let updates = decode::decode_batch_body(&body)?;
     // Each document of the batch is authorized (a token for one document
     // may batch-push to it, not to its neighbours).
@@ -240,7 +266,7 @@ async fn ack(
         &req,
         &AccessRequest::collection(&collection, Operation::Ack),
     )?;
-    let body = read_body(payload, 4096).await?;
+    let body = read_body(payload, 4096, &state.limits).await?;
     let seq = decode::decode_ack_body(&body)?;
     let acked = state.engine.ack(&collection, &peer, seq).await?;
     Ok(HttpResponse::Ok().json(json!({"seq": acked})))
@@ -352,7 +378,7 @@ async fn recover(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Read),
     )?;
-    let state_vector = read_body(payload, state.limits.max_update_bytes).await?;
+    let state_vector = read_body(payload, state.limits.max_update_bytes, &state.limits).await?;
     let recovery = state
         .engine
         .recover(&collection, &doc, &state_vector)
@@ -395,7 +421,7 @@ async fn recover_collection(
         &req,
         &AccessRequest::collection(&collection, Operation::Read),
     )?;
-    let body = read_body(payload, state.batch_body_limit_bytes()).await?;
+    let body = read_body(payload, state.batch_body_limit_bytes(), &state.limits).await?;
     let state_vectors = decode::decode_recover_collection_body(&body)?;
     let recovery = state
         .engine

@@ -7,6 +7,10 @@
 //! Backpressure: the next change is taken from the engine only once the
 //! previous one is written to the socket, so a slow client slows only its own
 //! subscription (which the engine bounds and, if needed, serves from storage).
+//! A client that stops reading altogether is closed after
+//! `limits.ws_send_timeout_ms` (1008 `slow_reader`), one that sends nothing,
+//! not even a pong, after `limits.ws_idle_timeout_ms` (1001 `idle`); the
+//! socket counts against `limits.max_connections` (see `crate::limits`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
@@ -32,6 +36,7 @@ pub(crate) async fn subscribe(
         None => AccessRequest::collection(&collection, Operation::Subscribe),
     };
     state.auth.authorize(&req, &access)?;
+    let slot = state.connections.admit(&state.limits, &collection)?;
     let changes = match &query.doc {
         None => state
             .engine
@@ -40,50 +45,70 @@ pub(crate) async fn subscribe(
             .engine
             .subscribe_document(&collection, doc, query.after, query.epoch)?,
     };
+    let body = crate::limits::one_chunk_per_poll(&req, body)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
-    actix_web::rt::spawn(pump(session, incoming, changes));
+    // Clients send nothing but control frames here.
+    let incoming = incoming.max_frame_size(4096);
+    let session = crate::limits::TimedSession::new(session, &state.limits);
+    let liveness = crate::limits::Liveness::new(&state.limits);
+    actix_web::rt::spawn(async move {
+        pump(session, incoming, changes, liveness).await;
+        drop(slot);
+    });
     Ok(response)
 }
 
 async fn pump(
-    mut session: actix_ws::Session,
+    mut session: crate::limits::TimedSession,
     mut incoming: actix_ws::MessageStream,
     mut changes: Subscription,
+    mut liveness: crate::limits::Liveness,
 ) {
-    loop {
+    let close = loop {
         tokio::select! {
+            _ = liveness.ping.tick() => {
+                if let Some(reason) = liveness.idle() {
+                    break Some(reason);
+                }
+                if session.ping().await.is_err() {
+                    break None;
+                }
+            }
             event = changes.next() => {
                 let text = match event {
                     Some(Ok(StreamEvent::Change(change))) => match serde_json::to_string(&ChangeJson::from_change(&change)) {
                         Ok(text) => text,
-                        Err(_) => break,
+                        Err(_) => break None,
                     },
                     Some(Ok(StreamEvent::UpToDate { head })) => json!({"up_to_date": head}).to_string(),
                     Some(Err(err)) => {
                         let api = ApiError::from(err);
                         let _ = session.text(api.body().to_string()).await;
-                        let _ = session
-                            .close(Some(CloseReason { code: CloseCode::Policy, description: Some(api.code().to_owned()) }))
-                            .await;
-                        return;
+                        break Some(CloseReason { code: CloseCode::Policy, description: Some(api.code().to_owned()) });
                     }
-                    None => break,
+                    None => break None,
                 };
                 if session.text(text).await.is_err() {
-                    return;
+                    break None;
                 }
             }
-            message = incoming.next() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        return;
+            message = incoming.next() => {
+                liveness.heard();
+                match message {
+                    Some(Ok(Message::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            break None;
+                        }
                     }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(err)) => break Some(crate::limits::protocol_close(&err)),
+                    Some(Ok(_)) => {}
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => {}
-            },
+            }
         }
-    }
-    let _ = session.close(None).await;
+    };
+    session.close(close).await;
 }

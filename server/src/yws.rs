@@ -319,6 +319,9 @@ pub(crate) async fn connect(
     let changes = state
         .engine
         .subscribe_document(&collection, &doc, cursor, None)?;
+    let body = crate::limits::one_chunk_per_poll(&req, body)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
     // A frame (or a fragmented message) over `limits.max_message_bytes` is
