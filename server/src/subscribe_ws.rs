@@ -23,6 +23,9 @@ use crate::error::ApiError;
 use crate::routes::{parse_cursor_query, ChangeJson};
 use crate::AppState;
 
+/// Clients send nothing but control frames here (pings, pongs, close).
+const MAX_CLIENT_FRAME_BYTES: u64 = 4096;
+
 pub(crate) async fn subscribe(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -45,13 +48,12 @@ pub(crate) async fn subscribe(
             .engine
             .subscribe_document(&collection, doc, query.after, query.epoch)?,
     };
-    let body = crate::limits::one_chunk_per_poll(&req, body)
+    let body = crate::limits::guarded_websocket_body(&req, body, MAX_CLIENT_FRAME_BYTES)
         .await
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
-    // Clients send nothing but control frames here.
-    let incoming = incoming.max_frame_size(4096);
+    let incoming = incoming.max_frame_size(MAX_CLIENT_FRAME_BYTES as usize);
     let session = crate::limits::TimedSession::new(session, &state.limits);
     let liveness = crate::limits::Liveness::new(&state.limits);
     actix_web::rt::spawn(async move {

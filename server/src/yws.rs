@@ -319,7 +319,7 @@ pub(crate) async fn connect(
     let changes = state
         .engine
         .subscribe_document(&collection, &doc, cursor, None)?;
-    let body = crate::limits::one_chunk_per_poll(&req, body)
+    let body = crate::limits::guarded_websocket_body(&req, body, state.limits.max_message_bytes)
         .await
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let (response, session, incoming) = actix_ws::handle(&req, body)
