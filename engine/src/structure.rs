@@ -64,7 +64,8 @@ pub(crate) struct ScannedBlock {
     pub kind: BlockKind,
 }
 
-/// Every block of an update, per client, in the update's order.
+/// Every block of an update, per client, in the update's order; a
+/// client's blocks never overlap (`scan_update` refuses that, F5).
 pub(crate) type ScannedUpdate = HashMap<ClientID, Vec<ScannedBlock>>;
 
 /// Reads the blocks of a Yjs v1 update exactly as yrs's `Update::decode_v1`
@@ -84,6 +85,23 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
         let client = decoder.read_client().map_err(error)?;
         let mut clock: u32 = decoder.read_var().map_err(error)?;
         let list = scanned.entry(client).or_default();
+        // F5: yrs appends a client's second section to the first without
+        // looking, and integrating a block at clocks it has just
+        // integrated overwrites that item in the block store (it takes it
+        // for a skip) while the document still links it: freed memory is
+        // read on the next update. One section per client is what every
+        // Yjs encoder writes; a later section may only continue after the
+        // earlier one.
+        if let Some(last) = list.last() {
+            if clock < last.clocks.end {
+                return Err(format!(
+                    "client {client} has two sections and the second starts at clock {clock}, \
+                     inside clocks the first already covers (up to {}): no Yjs encoder writes \
+                     that, and yrs 0.28 would free an item it still uses",
+                    last.clocks.end
+                ));
+            }
+        }
         for _ in 0..blocks {
             let info = decoder.read_info().map_err(error)?;
             let (kind, len) = match info {

@@ -220,6 +220,15 @@ impl DocState {
                 let update = decode_update(&change.payload).map_err(|e| {
                     ApplyError(format!("stored change {} does not decode: {e}", change.seq))
                 })?;
+                // A pushed update stored before pushes were scanned may
+                // have the overlapping sections that make yrs free an
+                // item it still uses (F5); snapshots are the server's own
+                // encodings, one section per client.
+                if change.kind == ChangeKind::Update {
+                    crate::structure::scan_update(&change.payload).map_err(|e| {
+                        ApplyError(format!("stored change {} is refused: {e}", change.seq))
+                    })?;
+                }
                 // One transaction per change, as when the changes were
                 // pushed: yrs resolves pending structures at the end of each
                 // update, and a single transaction over many out-of-order
@@ -724,6 +733,26 @@ mod tests {
         assert!(round_trip.is_ok(), "the old check let it through");
         let err = decode_pushed_update(witness).unwrap_err();
         assert!(err.to_string().contains("legacy JSON"), "{err}");
+    }
+
+    /// F5 (found by the 2026-12-03 fuzz run under ASan): an update naming
+    /// one client in two sections whose clocks overlap made yrs overwrite
+    /// an integrated item in its block store while the document still
+    /// linked it; the next update read freed memory. It is refused before
+    /// yrs sees it, and a typing update naming its client once passes.
+    #[test]
+    fn a_client_in_two_overlapping_sections_is_refused() {
+        let witness = include_bytes!("../../fuzz/regressions/push_bytes/f5-overlapping-sections");
+        let (_, second_half) = witness.split_at(witness.len() / 2);
+        assert!(decode_update(second_half).is_ok(), "yrs accepts it");
+        let err = decode_pushed_update(second_half).unwrap_err();
+        assert!(err.to_string().contains("two sections"), "{err}");
+        let mut state = DocState::empty();
+        for push in [&witness[..], second_half, &witness[..witness.len() / 2]] {
+            if let Ok(update) = decode_pushed_update(push) {
+                let _ = state.apply(update);
+            }
+        }
     }
 
     /// F3: the second of these pushes made yrs 0.28.1 read freed memory
