@@ -567,6 +567,18 @@ impl CollectionActor {
                     let Some(doc_state) = self.docs.get_mut(&doc) else {
                         return Err(WriteError::Internal(format!("document {doc} not loaded")));
                     };
+                    // Refused before yrs touches memory (F3): when nothing
+                    // of this batch changed memory yet, the document stays
+                    // loaded, so a hostile client cannot force reloads.
+                    if let Err(err) = doc_state.check_structure(&update) {
+                        if !appended.is_empty() {
+                            self.mark_broken();
+                        }
+                        return Err(WriteError::InvalidUpdate {
+                            doc: doc.to_string(),
+                            reason: seqsync_engine::UpdateDecodeError::Malformed(err.0),
+                        });
+                    }
                     match doc_state.apply(update) {
                         Ok(Applied::NoOp) => seqs.push(None),
                         Ok(Applied::Changed) => {

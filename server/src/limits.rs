@@ -140,6 +140,11 @@ impl AwarenessBudget {
         }
     }
 
+    /// How long one token takes to refill.
+    pub(crate) fn refill_interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.per_sec)
+    }
+
     /// Whether one more message fits now (and takes its token).
     pub(crate) fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();

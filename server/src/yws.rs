@@ -339,6 +339,7 @@ pub(crate) async fn connect(
         awareness_budget: crate::limits::AwarenessBudget::new(
             state.limits.awareness_messages_per_sec,
         ),
+        parked_awareness: None,
         _slot: slot,
         own_updates: HashMap::new(),
         schema_version,
@@ -403,6 +404,9 @@ struct Connection {
     session: crate::limits::TimedSession,
     /// This connection's awareness messages per second.
     awareness_budget: crate::limits::AwarenessBudget,
+    /// The newest awareness states over the budget, relayed when it
+    /// refills.
+    parked_awareness: Option<AwarenessUpdate>,
     /// Its place under `limits.max_connections`, given back on drop.
     _slot: crate::limits::ConnectionSlot,
     /// Hashes of this connection's pushes whose change is still to come
@@ -469,6 +473,16 @@ impl Connection {
                 // `biased`: the branches are polled in this order (see the
                 // comment before `changes`).
                 biased;
+                // Parked awareness goes out once the budget has a token
+                // again (one token's time after the last arrival).
+                _ = tokio::time::sleep(self.awareness_budget.refill_interval()), if self.parked_awareness.is_some() => {
+                    if self.awareness_budget.allow(std::time::Instant::now()) {
+                        if let Some(parked) = self.parked_awareness.take() {
+                            self.state.rooms.publish(&self.key, self.id, parked);
+                        }
+                    }
+                    Step::Continue
+                }
                 _ = liveness.ping.tick() => match liveness.idle() {
                     Some(reason) => Step::Close(Some(reason)),
                     None if self.session.ping().await.is_err() => Step::Close(None),
@@ -670,11 +684,19 @@ impl Connection {
                 }));
                 Step::Continue
             }
-            Message::Awareness(_) if !self.awareness_budget.allow(std::time::Instant::now()) => {
-                // Over `limits.awareness_messages_per_sec`: dropped, not
-                // relayed (the client's next state within budget replaces
-                // it; a cursor is only ever as stale as the budget).
+            Message::Awareness(update)
+                if !self.awareness_budget.allow(std::time::Instant::now()) =>
+            {
+                // Over `limits.awareness_messages_per_sec`: not relayed
+                // now. The newest state per client is parked (bounded by
+                // the room's client limit) and relayed once the budget
+                // refills, so a fast typist's last cursor still arrives;
+                // the states in between are dropped and counted.
                 crate::limits::refused("awareness_rate");
+                match &mut self.parked_awareness {
+                    Some(parked) => parked.clients.extend(update.clients),
+                    None => self.parked_awareness = Some(update),
+                }
                 Step::Continue
             }
             Message::Awareness(update) => {

@@ -517,6 +517,7 @@ fn an_awareness_flood_is_cut_to_the_rate() {
         .set_read_timeout(Some(Duration::from_millis(800)))
         .unwrap();
     let mut relayed = 0u32;
+    let mut last_clock = 0;
     // The server pings every 300 ms, so reads do not time out on their
     // own: stop a second after the flood.
     let stop_at = Instant::now() + Duration::from_secs(1);
@@ -525,15 +526,21 @@ fn an_awareness_flood_is_cut_to_the_rate() {
             break;
         };
         if let WsMessage::Binary(bytes) = message {
-            if matches!(Message::decode_v1(&bytes), Ok(Message::Awareness(_))) {
-                relayed += 1;
+            if let Ok(Message::Awareness(update)) = Message::decode_v1(&bytes) {
+                if let Some(entry) = update.clients.get(&yrs::block::ClientID::new(4242)) {
+                    relayed += 1;
+                    last_clock = last_clock.max(entry.clock);
+                }
             }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let budget = (20.0 + 10.0 * elapsed).ceil() as u32;
+    // Two seconds' worth at once, ten a second after, and the newest
+    // state parked over the budget, relayed once it refills.
+    let budget = (20.0 + 10.0 * elapsed).ceil() as u32 + 1;
     eprintln!("[hostile] awareness flood: {sent} sent, {relayed} relayed in {elapsed:.1} s (budget {budget})");
     assert!(relayed >= 1, "the first states pass");
+    assert_eq!(last_clock, sent, "the newest state arrives in the end");
     assert!(relayed <= budget, "{relayed} relayed, budget {budget}");
     assert!(server.refused("awareness_rate") >= f64::from(sent - budget));
     server.serves_a_well_behaved_client(1);
