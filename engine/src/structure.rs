@@ -62,6 +62,9 @@ pub(crate) enum BlockKind {
 pub(crate) struct ScannedBlock {
     pub clocks: Range<u32>,
     pub kind: BlockKind,
+    /// An id of the item's own client at or after its clock that it names
+    /// as origin, right origin or parent (F6).
+    pub later_reference: Option<yrs::ID>,
 }
 
 /// Every block of an update, per client, in the update's order; a
@@ -104,6 +107,7 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
         }
         for _ in 0..blocks {
             let info = decoder.read_info().map_err(error)?;
+            let mut later_reference = None;
             let (kind, len) = match info {
                 BLOCK_SKIP_REF_NUMBER => (BlockKind::Skip, decoder.read_var().map_err(error)?),
                 BLOCK_GC_REF_NUMBER => (BlockKind::Gc, decoder.read_len().map_err(error)?),
@@ -116,7 +120,15 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
                     } else {
                         BlockKind::Item
                     };
-                    (kind, item_len(&mut decoder, info).map_err(error)?)
+                    let (len, references) = read_item(&mut decoder, info).map_err(error)?;
+                    // F6: an item can only point at its own client's
+                    // items created before it (lower clocks); see
+                    // `first_later_reference`.
+                    later_reference = references
+                        .into_iter()
+                        .flatten()
+                        .find(|id| id.client == client && id.clock >= clock);
+                    (kind, len)
                 }
             };
             // yrs drops empty items and refuses empty skips and GCs.
@@ -129,6 +141,7 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
             list.push(ScannedBlock {
                 clocks: clock..end,
                 kind,
+                later_reference,
             });
             clock = end;
         }
@@ -136,21 +149,26 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
     Ok(scanned)
 }
 
-/// Reads one item's header and content (as `Update::decode_block` does)
-/// and returns its length in clocks.
-fn item_len(decoder: &mut DecoderV1<'_>, info: u8) -> Result<u32, yrs::encoding::read::Error> {
+/// Reads one item's header and content (as `Update::decode_block` does):
+/// its length in clocks, and the ids it refers to (origin, right origin,
+/// parent item).
+fn read_item(
+    decoder: &mut DecoderV1<'_>,
+    info: u8,
+) -> Result<(u32, [Option<yrs::ID>; 3]), yrs::encoding::read::Error> {
     let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
+    let mut references = [None; 3];
     if info & HAS_ORIGIN != 0 {
-        decoder.read_left_id()?;
+        references[0] = Some(decoder.read_left_id()?);
     }
     if info & HAS_RIGHT_ORIGIN != 0 {
-        decoder.read_right_id()?;
+        references[1] = Some(decoder.read_right_id()?);
     }
     if cant_copy_parent_info {
         if decoder.read_parent_info()? {
             decoder.read_string()?;
         } else {
-            decoder.read_left_id()?;
+            references[2] = Some(decoder.read_left_id()?);
         }
         if info & HAS_PARENT_SUB != 0 {
             decoder.read_string()?;
@@ -158,7 +176,7 @@ fn item_len(decoder: &mut DecoderV1<'_>, info: u8) -> Result<u32, yrs::encoding:
     }
     let content = ItemContent::decode(decoder, info)?;
     // `Item::new` measures items in UTF-16 code units, as Yjs does.
-    Ok(content.len_utf16())
+    Ok((content.len_utf16(), references))
 }
 
 /// The first item with legacy JSON content in a scanned update, if any.
@@ -168,6 +186,24 @@ pub(crate) fn first_json_item(scanned: &ScannedUpdate) -> Option<(ClientID, u32)
             .iter()
             .find(|b| b.kind == BlockKind::JsonItem)
             .map(|b| (*client, b.clocks.start))
+    })
+}
+
+/// The first item that names a later item of its own client as its
+/// origin, right origin or parent (F6): `(client, clock, named id)`.
+///
+/// Items can only refer to items that existed when they were created, and
+/// a client's own earlier items have lower clocks, so no Yjs client writes
+/// this. yrs integrates such an item once the named one arrives, but the
+/// document's encoding then never loads on a fresh client (the item waits
+/// for one that comes after it in the same client's order), so readers
+/// would silently miss content. Pushes are refused for it; stored changes
+/// are not (they load on the server).
+pub(crate) fn first_later_reference(scanned: &ScannedUpdate) -> Option<(ClientID, u32, yrs::ID)> {
+    scanned.iter().find_map(|(client, blocks)| {
+        blocks
+            .iter()
+            .find_map(|b| b.later_reference.map(|id| (*client, b.clocks.start, id)))
     })
 }
 

@@ -84,11 +84,23 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
 /// document, so the check now reads the content kinds themselves (one scan
 /// of the update's blocks, in `structure`).
 ///
+/// It must not either name a later item of its own client as an origin or
+/// parent (F6, see `structure::first_later_reference`), nor give a client
+/// two overlapping sections (F5, `structure::scan_update`).
+///
 /// Errors: as `decode_update`; `Malformed` naming the client and clock of
-/// the JSON content.
+/// the offending item.
 pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
     let update = decode_update(bytes)?;
     let scanned = crate::structure::scan_update(bytes).map_err(UpdateDecodeError::Malformed)?;
+    if let Some((client, clock, id)) = crate::structure::first_later_reference(&scanned) {
+        return Err(UpdateDecodeError::Malformed(format!(
+            "the item at client {client} clock {clock} refers to {}:{}, a later item of its \
+             own client: no Yjs client writes that, and a fresh client could never load the \
+             document",
+            id.client, id.clock
+        )));
+    }
     if let Some((client, clock)) = crate::structure::first_json_item(&scanned) {
         return Err(UpdateDecodeError::Malformed(format!(
             "the update holds legacy JSON content (client {client}, clock {clock}), which yrs \
@@ -753,6 +765,25 @@ mod tests {
                 let _ = state.apply(update);
             }
         }
+    }
+
+    /// F6 (found by the 2026-12-03 fuzz run): an item whose right origin
+    /// is a later clock of its own client. The server integrates it once
+    /// that item arrives, but the document's encoding never loads on a
+    /// fresh client (the item waits for one that comes after it), so a
+    /// reader would silently miss content. Refused as a causality
+    /// violation, on pushes.
+    #[test]
+    fn an_item_referring_to_a_later_item_of_its_own_client_is_refused() {
+        let witness =
+            include_bytes!("../../fuzz/regressions/push_bytes/f6-refers-to-a-later-clock");
+        let (_, second_half) = witness.split_at(witness.len() / 2);
+        assert!(decode_update(second_half).is_ok(), "yrs accepts it");
+        let err = decode_pushed_update(second_half).unwrap_err();
+        assert!(
+            err.to_string().contains("later item of its own client"),
+            "{err}"
+        );
     }
 
     /// F3: the second of these pushes made yrs 0.28.1 read freed memory
