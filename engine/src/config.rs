@@ -196,10 +196,12 @@ pub struct LimitsConfig {
     pub stream_page_limit: u64,
     /// The host server's open WebSockets (`/yws` and `subscribe`) in
     /// total; one more is answered 503 `too_many_connections`; default
-    /// 10,000. (Each WebSocket carries exactly one subscription.)
+    /// 16,384 (each holds a file descriptor: the process's limit must
+    /// allow it). Each WebSocket carries exactly one subscription.
     pub max_connections: u64,
     /// Open WebSockets on one collection; one more is answered 503
-    /// `too_many_connections`; default 2,000.
+    /// `too_many_connections`; default 8,192 (4,000 rooms of a writer and
+    /// an observer, `yws_load`'s largest step, fit).
     pub max_connections_per_collection: u64,
     /// Largest WebSocket message a client may send (a frame, or the
     /// fragments of one message together); a larger one closes the socket
@@ -236,8 +238,8 @@ impl Default for LimitsConfig {
             max_update_bytes: 8 << 20,
             max_batch_updates: 1000,
             stream_page_limit: 1000,
-            max_connections: 10_000,
-            max_connections_per_collection: 2_000,
+            max_connections: 16_384,
+            max_connections_per_collection: 8_192,
             max_message_bytes: (8 << 20) + (64 << 10),
             max_body_bytes: 17 << 20,
             client_request_timeout_ms: 5_000,
