@@ -36,7 +36,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use yrs::block::{
-    ClientID, ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_ITEM_JSON_REF_NUMBER, BLOCK_SKIP_REF_NUMBER,
+    ClientID, ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_ITEM_DOC_REF_NUMBER,
+    BLOCK_ITEM_JSON_REF_NUMBER, BLOCK_SKIP_REF_NUMBER,
 };
 use yrs::block::{HAS_ORIGIN, HAS_PARENT_SUB, HAS_RIGHT_ORIGIN};
 use yrs::encoding::read::{Cursor, Read};
@@ -51,6 +52,10 @@ pub(crate) enum BlockKind {
     /// decodes reading one string more than it encodes (fuzz finding F2):
     /// a document holding one encodes into bytes nobody can decode.
     JsonItem,
+    /// A subdocument (content ref 9). yrs 0.28.1 leaks every subdocument
+    /// it decodes (about 2.5 KB each, a reference cycle), so the scan reads
+    /// its guid and options itself instead of letting yrs build a `Doc`.
+    DocItem,
     /// Garbage-collected clocks: integrated, never split by pointers.
     Gc,
     /// A hole in the update's own clocks.
@@ -115,10 +120,10 @@ pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
                     // yrs picks the content decoder by the low four bits
                     // (`ItemContent::decode`), so a fifth bit set does not
                     // hide JSON content (the fuzzer's third F2 witness).
-                    let kind = if info & 0b1111 == BLOCK_ITEM_JSON_REF_NUMBER {
-                        BlockKind::JsonItem
-                    } else {
-                        BlockKind::Item
+                    let kind = match info & 0b1111 {
+                        BLOCK_ITEM_JSON_REF_NUMBER => BlockKind::JsonItem,
+                        BLOCK_ITEM_DOC_REF_NUMBER => BlockKind::DocItem,
+                        _ => BlockKind::Item,
                     };
                     let (len, references) = read_item(&mut decoder, info).map_err(error)?;
                     // F6: an item can only point at its own client's
@@ -174,9 +179,26 @@ fn read_item(
             decoder.read_string()?;
         }
     }
+    if info & 0b1111 == BLOCK_ITEM_DOC_REF_NUMBER {
+        // As `Options::decode` reads it (guid, then an Any of options),
+        // without building the `Doc` that yrs would leak. One clock.
+        decoder.read_string()?;
+        decoder.read_any()?;
+        return Ok((1, references));
+    }
     let content = ItemContent::decode(decoder, info)?;
     // `Item::new` measures items in UTF-16 code units, as Yjs does.
     Ok((content.len_utf16(), references))
+}
+
+/// The first subdocument in a scanned update, if any: `(client, clock)`.
+pub(crate) fn first_subdocument(scanned: &ScannedUpdate) -> Option<(ClientID, u32)> {
+    scanned.iter().find_map(|(client, blocks)| {
+        blocks
+            .iter()
+            .find(|b| b.kind == BlockKind::DocItem)
+            .map(|b| (*client, b.clocks.start))
+    })
 }
 
 /// The first item with legacy JSON content in a scanned update, if any.
@@ -223,7 +245,7 @@ pub(crate) fn run_starts(blocks: &[ScannedBlock]) -> Vec<u32> {
     for block in blocks {
         match block.kind {
             BlockKind::Skip => after_hole = true,
-            BlockKind::Item | BlockKind::JsonItem | BlockKind::Gc => {
+            BlockKind::Item | BlockKind::JsonItem | BlockKind::DocItem | BlockKind::Gc => {
                 if after_hole && block.clocks.start > 0 {
                     starts.push(block.clocks.start);
                 }
@@ -243,7 +265,12 @@ pub(crate) fn item_spanning(
 ) -> Option<(Range<u32>, u32)> {
     let items: Vec<&ScannedBlock> = blocks
         .iter()
-        .filter(|b| matches!(b.kind, BlockKind::Item | BlockKind::JsonItem))
+        .filter(|b| {
+            matches!(
+                b.kind,
+                BlockKind::Item | BlockKind::JsonItem | BlockKind::DocItem
+            )
+        })
         .collect();
     if items.is_empty() {
         return None;

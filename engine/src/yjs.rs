@@ -47,19 +47,7 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
     if bytes.is_empty() {
         return Err(UpdateDecodeError::Empty);
     }
-    // yrs reserves room for the client count an update declares before
-    // reading any client: 4 bytes declaring 124 million clients cost 256 MiB
-    // and a third of a second (found by `fuzz/`). Every client section takes
-    // at least 3 bytes (struct count, client id, clock), so a larger count
-    // cannot be honest.
-    if let Some(clients) = leading_varint(bytes) {
-        if clients > bytes.len() as u64 / 3 {
-            return Err(UpdateDecodeError::Malformed(format!(
-                "declares {clients} clients in {} bytes",
-                bytes.len()
-            )));
-        }
-    }
+    check_client_count(bytes)?;
     match catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(update)) => Ok(update),
         Ok(Err(err)) => Err(UpdateDecodeError::Malformed(err.to_string())),
@@ -91,8 +79,27 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
 /// Errors: as `decode_update`; `Malformed` naming the client and clock of
 /// the offending item.
 pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
+    if bytes.is_empty() {
+        return Err(UpdateDecodeError::Empty);
+    }
+    check_client_count(bytes)?;
+    // The scan comes first: yrs's own decoder leaks every subdocument it
+    // builds, so a refused subdocument must never reach it.
+    let scanned = crate::structure::scan_update(bytes).map_err(|e| {
+        UpdateDecodeError::Malformed(
+            e.strip_prefix("the update's blocks do not read: ")
+                .map(str::to_owned)
+                .unwrap_or(e),
+        )
+    })?;
+    if let Some((client, clock)) = crate::structure::first_subdocument(&scanned) {
+        return Err(UpdateDecodeError::Malformed(format!(
+            "the update holds a subdocument (client {client}, clock {clock}): seqsync does not \
+             store subdocuments, because yrs 0.28 leaks the memory of every subdocument it \
+             decodes; keep each document a top-level document"
+        )));
+    }
     let update = decode_update(bytes)?;
-    let scanned = crate::structure::scan_update(bytes).map_err(UpdateDecodeError::Malformed)?;
     if let Some((client, clock, id)) = crate::structure::first_later_reference(&scanned) {
         return Err(UpdateDecodeError::Malformed(format!(
             "the item at client {client} clock {clock} refers to {}:{}, a later item of its \
@@ -109,6 +116,23 @@ pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
         )));
     }
     Ok(update)
+}
+
+/// yrs reserves room for the client count an update declares before
+/// reading any client: 4 bytes declaring 124 million clients cost 256 MiB
+/// and a third of a second (found by `fuzz/`, F1). Every client section
+/// takes at least 3 bytes (struct count, client id, clock), so a larger
+/// count cannot be honest.
+fn check_client_count(bytes: &[u8]) -> Result<(), UpdateDecodeError> {
+    if let Some(clients) = leading_varint(bytes) {
+        if clients > bytes.len() as u64 / 3 {
+            return Err(UpdateDecodeError::Malformed(format!(
+                "declares {clients} clients in {} bytes",
+                bytes.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The unsigned LEB128 varint at the start of `bytes`, if it is complete and
@@ -784,6 +808,27 @@ mod tests {
             err.to_string().contains("later item of its own client"),
             "{err}"
         );
+    }
+
+    /// F7 (LeakSanitizer, 2026-12-03 fuzz run): yrs 0.28.1 leaks every
+    /// subdocument it decodes, so any writer could grow the server's
+    /// memory without bound by pushing them. A push with a subdocument is
+    /// refused before yrs decodes it; the scan reads it without building a
+    /// `Doc`.
+    #[test]
+    fn a_subdocument_is_refused_before_yrs_decodes_it() {
+        let witness = include_bytes!("../../fuzz/regressions/push_bytes/f7-subdocument-leak");
+        let err = decode_pushed_update(witness).unwrap_err();
+        assert!(err.to_string().contains("subdocument"), "{err}");
+        let doc = Doc::with_client_id(1 << 22);
+        let map = doc.get_or_insert_map("m");
+        let update = {
+            let mut txn = doc.transact_mut();
+            yrs::Map::insert(&map, &mut txn, "sub", Doc::new());
+            txn.encode_update_v1()
+        };
+        let err = decode_pushed_update(&update).unwrap_err();
+        assert!(err.to_string().contains("subdocument"), "{err}");
     }
 
     /// F3: the second of these pushes made yrs 0.28.1 read freed memory
