@@ -476,7 +476,7 @@ fn kill_rounds(test: &str, backend: BackendKind, mode: Mode, kills: u64) {
         BackendKind::Memory => panic!("a crash test needs files"),
     };
     let mut in_compaction = 0;
-    let (mut acked, mut snapshots) = (0, 0);
+    let (mut acked, mut snapshots);
     let started = Instant::now();
     // A compacting run goes on past `kills` rounds (up to four times as
     // many) until some compaction was committed: with early kill points on
