@@ -83,7 +83,17 @@ pub(crate) type ScannedUpdate = HashMap<ClientID, Vec<ScannedBlock>>;
 /// Errors: a message when the bytes are not an update; callers scan bytes
 /// that yrs decoded or encoded already, so an error means yrs and this
 /// reader disagree and the update must be refused.
+///
+/// Never panics: yrs's readers can (a client id of 53 bits or more trips
+/// a debug assertion in `ClientID::new`, found by the fuzzer), so the scan
+/// runs under `catch_unwind`, as `decode_update` does.
 pub(crate) fn scan_update(bytes: &[u8]) -> Result<ScannedUpdate, String> {
+    std::panic::catch_unwind(|| scan_blocks(bytes)).unwrap_or_else(|_| {
+        Err("the update's blocks do not read: the decoder rejected the bytes".to_owned())
+    })
+}
+
+fn scan_blocks(bytes: &[u8]) -> Result<ScannedUpdate, String> {
     let mut decoder = DecoderV1::new(Cursor::new(bytes));
     let error = |e: yrs::encoding::read::Error| format!("the update's blocks do not read: {e}");
     let clients: u32 = decoder.read_var().map_err(error)?;

@@ -831,6 +831,31 @@ mod tests {
         assert!(err.to_string().contains("subdocument"), "{err}");
     }
 
+    /// The scan must never let a yrs panic out (found by the fuzzer: a
+    /// client id of 53 bits or more trips a debug assertion in yrs's
+    /// `ClientID::new`); in the actor such a panic would stop the
+    /// collection.
+    #[test]
+    fn a_panicking_client_id_in_the_scan_is_a_typed_error() {
+        let witness = include_bytes!("../../fuzz/regressions/push_bytes/f8-scan-client-id-panic");
+        for bytes in [
+            &witness[..],
+            &witness[witness.len() / 2..],
+            &witness[..witness.len() / 2],
+        ] {
+            let _ = decode_pushed_update(bytes);
+        }
+        // A section naming client 2^60 (a 9-byte varint), one empty item.
+        let mut update = vec![1u8, 1];
+        let mut id = 1u64 << 60;
+        while id >= 0x80 {
+            update.push((id as u8) | 0x80);
+            id >>= 7;
+        }
+        update.extend_from_slice(&[id as u8, 0, 4, 1, 0, 1, 97, 0]);
+        assert!(decode_pushed_update(&update).is_err());
+    }
+
     /// F3: the second of these pushes made yrs 0.28.1 read freed memory
     /// (valgrind and ASan both report it; nothing visible happens without
     /// them). It carries an item spanning the clock where the document's
