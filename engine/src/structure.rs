@@ -201,22 +201,13 @@ fn read_item(
     Ok((content.len_utf16(), references))
 }
 
-/// The first subdocument in a scanned update, if any: `(client, clock)`.
-pub(crate) fn first_subdocument(scanned: &ScannedUpdate) -> Option<(ClientID, u32)> {
+/// The first item of `kind` in a scanned update, if any: `(client,
+/// clock)` (subdocuments, F7; legacy JSON content, F2).
+pub(crate) fn first_of_kind(scanned: &ScannedUpdate, kind: BlockKind) -> Option<(ClientID, u32)> {
     scanned.iter().find_map(|(client, blocks)| {
         blocks
             .iter()
-            .find(|b| b.kind == BlockKind::DocItem)
-            .map(|b| (*client, b.clocks.start))
-    })
-}
-
-/// The first item with legacy JSON content in a scanned update, if any.
-pub(crate) fn first_json_item(scanned: &ScannedUpdate) -> Option<(ClientID, u32)> {
-    scanned.iter().find_map(|(client, blocks)| {
-        blocks
-            .iter()
-            .find(|b| b.kind == BlockKind::JsonItem)
+            .find(|b| b.kind == kind)
             .map(|b| (*client, b.clocks.start))
     })
 }

@@ -92,7 +92,9 @@ pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
                 .unwrap_or(e),
         )
     })?;
-    if let Some((client, clock)) = crate::structure::first_subdocument(&scanned) {
+    if let Some((client, clock)) =
+        crate::structure::first_of_kind(&scanned, crate::structure::BlockKind::DocItem)
+    {
         return Err(UpdateDecodeError::Malformed(format!(
             "the update holds a subdocument (client {client}, clock {clock}): seqsync does not \
              store subdocuments, because yrs 0.28 leaks the memory of every subdocument it \
@@ -108,7 +110,9 @@ pub fn decode_pushed_update(bytes: &[u8]) -> Result<Update, UpdateDecodeError> {
             id.client, id.clock
         )));
     }
-    if let Some((client, clock)) = crate::structure::first_json_item(&scanned) {
+    if let Some((client, clock)) =
+        crate::structure::first_of_kind(&scanned, crate::structure::BlockKind::JsonItem)
+    {
         return Err(UpdateDecodeError::Malformed(format!(
             "the update holds legacy JSON content (client {client}, clock {clock}), which yrs \
              cannot encode and decode again: storing it would leave the document unreadable; \

@@ -236,6 +236,14 @@ fn sync_step1() -> Vec<u8> {
     Message::Sync(SyncMessage::SyncStep1(StateVector::default())).encode_v1()
 }
 
+/// A `/yws` client (operator token) that has sent its sync step 1, as a
+/// provider does on connecting.
+fn synced_yws(server: &Server, path: &str) -> Socket {
+    let mut socket = yws(server, path, Some("operator")).unwrap();
+    socket.send(WsMessage::Binary(sync_step1().into())).unwrap();
+    socket
+}
+
 /// Reads until the socket closes; the close frame's code and reason, if
 /// one came.
 fn close_of(socket: &mut Socket) -> Option<(CloseCode, String)> {
@@ -388,14 +396,10 @@ fn a_client_that_never_reads_is_closed_and_a_reader_beside_it_gets_everything() 
         "30000",
     )]));
     let rss = server.sample_rss();
-    let mut stalled = yws(&server, "/yws/flood/d", Some("operator")).unwrap();
-    stalled
-        .send(WsMessage::Binary(sync_step1().into()))
-        .unwrap();
+    let mut stalled = synced_yws(&server, "/yws/flood/d");
     // It never reads again (its kernel buffer fills, then the server's
     // queue for it).
-    let mut reader = yws(&server, "/yws/flood/d", Some("operator")).unwrap();
-    reader.send(WsMessage::Binary(sync_step1().into())).unwrap();
+    let mut reader = synced_yws(&server, "/yws/flood/d");
     let counting = std::thread::spawn(move || {
         let doc = yrs::Doc::new();
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -485,10 +489,7 @@ fn an_awareness_flood_is_cut_to_the_rate() {
         "10",
     )]));
     let rss = server.sample_rss();
-    let mut watcher = yws(&server, "/yws/aw/d", Some("operator")).unwrap();
-    watcher
-        .send(WsMessage::Binary(sync_step1().into()))
-        .unwrap();
+    let mut watcher = synced_yws(&server, "/yws/aw/d");
     let mut flooder = yws(&server, "/yws/aw/d", Some("operator")).unwrap();
     let started = Instant::now();
     let sent = 3000u32;
