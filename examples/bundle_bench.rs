@@ -33,9 +33,8 @@ use seqsync::bundle::{
     export_collection, import_bundle, verify_bundle, ExportOptions, ImportOptions,
 };
 use seqsync::{
-    change_checksum, open_storage, BackendKind, Change, ChangeKind, CollectionName,
-    CollectionWrite, DocId, Durability, EngineConfig, Epoch, PushOptions, Storage, WriteBase,
-    WriteBatch,
+    change_checksum, open_storage, BackendKind, CollectionName, CollectionWrite, DocId, Durability,
+    EngineConfig, Epoch, PushOptions, Storage, WriteBase, WriteBatch,
 };
 
 #[derive(Parser)]
@@ -75,21 +74,8 @@ fn fill(storage: &dyn Storage, updates: &[Vec<u8>]) {
     let epoch = Epoch([1; 16]);
     let mut head = 0u64;
     for chunk in updates.chunks(1000) {
-        let append: Vec<Change> = chunk
-            .iter()
-            .map(|payload| {
-                head += 1;
-                Change {
-                    seq: head,
-                    doc: doc.clone(),
-                    kind: ChangeKind::Update,
-                    payload: payload.clone(),
-                    schema_version: 1,
-                    origin: None,
-                    log_checksum: 0,
-                }
-            })
-            .collect();
+        let append = traces::update_changes(&doc, head + 1, chunk);
+        head += chunk.len() as u64;
         let base = if head == chunk.len() as u64 {
             WriteBase::Create {
                 epoch,
@@ -225,20 +211,7 @@ async fn main() {
         let replay_s = replay_64(kind, &dir.path().join("replay"), &trace.updates).await;
         let epoch = Epoch([2; 16]);
         let doc = DocId::new("doc").expect("doc");
-        let changes: Vec<Change> = trace
-            .updates
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| Change {
-                seq: i as u64 + 1,
-                doc: doc.clone(),
-                kind: ChangeKind::Update,
-                payload: payload.clone(),
-                schema_version: 1,
-                origin: None,
-                log_checksum: 0,
-            })
-            .collect();
+        let changes = traces::update_changes(&doc, 1, &trace.updates);
         let started = Instant::now();
         let mut sum = 0u64;
         for change in &changes {

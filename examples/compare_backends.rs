@@ -490,19 +490,7 @@ fn raw_append_secs(kind: BackendKind, updates: &[Vec<u8>], per_commit: usize) ->
     let started = Instant::now();
     let mut head = 0;
     for chunk in updates.chunks(per_commit) {
-        let append: Vec<seqsync::Change> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, u)| seqsync::Change {
-                seq: head + i as u64 + 1,
-                doc: doc.clone(),
-                kind: seqsync::ChangeKind::Update,
-                payload: u.clone(),
-                schema_version: 1,
-                origin: None,
-                log_checksum: 0,
-            })
-            .collect();
+        let append = traces::update_changes(&doc, head + 1, chunk);
         let mut batch = seqsync_engine_batch(epoch, append);
         if head > 0 {
             batch.writes[0].base = seqsync::WriteBase::Existing { epoch, head };

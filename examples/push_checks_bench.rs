@@ -23,7 +23,7 @@ mod traces;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use seqsync_engine::{decode_pushed_update, decode_update, Change, ChangeKind, DocId, DocState};
+use seqsync_engine::{decode_pushed_update, decode_update, DocId, DocState};
 use yrs::updates::decoder::Decode;
 use yrs::Transact;
 
@@ -84,19 +84,7 @@ fn main() {
         }
     });
     let doc = DocId::new("d").expect("doc id");
-    let changes: Vec<Change> = updates
-        .iter()
-        .enumerate()
-        .map(|(i, u)| Change {
-            seq: i as u64 + 1,
-            doc: doc.clone(),
-            kind: ChangeKind::Update,
-            payload: u.clone(),
-            schema_version: 1,
-            origin: None,
-            log_checksum: 0,
-        })
-        .collect();
+    let changes = traces::update_changes(&doc, 1, updates);
     let load = fastest(args.runs, || {
         std::hint::black_box(DocState::load(&changes).expect("loads"));
     });

@@ -109,3 +109,26 @@ pub fn typing(client: u64, n: usize) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// One document's updates as the `Update` changes that pushing them one by
+/// one stores, with seqs from `first_seq` on. `log_checksum` is 0: a
+/// backend computes it when it appends the change.
+pub fn update_changes(
+    doc: &seqsync::DocId,
+    first_seq: u64,
+    updates: &[Vec<u8>],
+) -> Vec<seqsync::Change> {
+    updates
+        .iter()
+        .zip(first_seq..)
+        .map(|(payload, seq)| seqsync::Change {
+            seq,
+            doc: doc.clone(),
+            kind: seqsync::ChangeKind::Update,
+            payload: payload.clone(),
+            schema_version: 1,
+            origin: None,
+            log_checksum: 0,
+        })
+        .collect()
+}

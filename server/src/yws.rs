@@ -340,6 +340,7 @@ pub(crate) async fn connect(
             state.limits.awareness_messages_per_sec,
         ),
         parked_awareness: None,
+        parked_due: tokio::time::Instant::now(),
         _slot: slot,
         own_updates: HashMap::new(),
         schema_version,
@@ -407,6 +408,10 @@ struct Connection {
     /// The newest awareness states over the budget, relayed when it
     /// refills.
     parked_awareness: Option<AwarenessUpdate>,
+    /// When the budget has a token for `parked_awareness` again: a fixed
+    /// deadline, so a busy room (other branches of the loop firing) cannot
+    /// postpone the relay.
+    parked_due: tokio::time::Instant,
     /// Its place under `limits.max_connections`, given back on drop.
     _slot: crate::limits::ConnectionSlot,
     /// Hashes of this connection's pushes whose change is still to come
@@ -474,12 +479,14 @@ impl Connection {
                 // comment before `changes`).
                 biased;
                 // Parked awareness goes out once the budget has a token
-                // again (one token's time after the last arrival).
-                _ = tokio::time::sleep(self.awareness_budget.refill_interval()), if self.parked_awareness.is_some() => {
+                // again (one token's time after it was parked).
+                _ = tokio::time::sleep_until(self.parked_due), if self.parked_awareness.is_some() => {
                     if self.awareness_budget.allow(std::time::Instant::now()) {
                         if let Some(parked) = self.parked_awareness.take() {
                             self.state.rooms.publish(&self.key, self.id, parked);
                         }
+                    } else {
+                        self.parked_due = tokio::time::Instant::now() + self.awareness_budget.refill_interval();
                     }
                     Step::Continue
                 }
@@ -695,7 +702,11 @@ impl Connection {
                 crate::limits::refused("awareness_rate");
                 match &mut self.parked_awareness {
                     Some(parked) => parked.clients.extend(update.clients),
-                    None => self.parked_awareness = Some(update),
+                    None => {
+                        self.parked_awareness = Some(update);
+                        self.parked_due =
+                            tokio::time::Instant::now() + self.awareness_budget.refill_interval();
+                    }
                 }
                 Step::Continue
             }
