@@ -17,30 +17,22 @@
 use std::collections::HashMap;
 
 use actix_web::web;
-use base64::Engine as _;
 use seqsync_engine::{Epoch, Seq};
-use serde::Deserialize;
+use seqsync_protocol::http::{AckRequest, BatchRequest, RecoverCollectionRequest};
 use yrs::sync::Message;
 use yrs::updates::decoder::Decode;
 
 use crate::error::ApiError;
 
-/// The base64 alphabet of JSON bodies and answers: standard, padded.
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    updates: Vec<BatchItem>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem {
-    doc: String,
-    update: String,
+/// A JSON body that does not parse as its protocol type: `invalid_base64`
+/// when a bytes field is not base64 (the error names the field's place),
+/// `invalid_json` otherwise, with the expected shape.
+fn json_error(err: serde_json::Error, expected: &str) -> ApiError {
+    if err.to_string().contains("base64") {
+        ApiError::bad_request("invalid_base64", format!("{expected}: {err}"))
+    } else {
+        ApiError::bad_request("invalid_json", format!("expected {expected}: {err}"))
+    }
 }
 
 /// Decodes the body of `POST /v1/collections/{c}/batch`:
@@ -53,66 +45,39 @@ struct BatchItem {
 /// Errors (status 400):
 /// - `invalid_json`: not UTF-8 JSON of exactly that shape (unknown fields,
 ///   missing fields and trailing data are refused);
-/// - `invalid_base64`: `updates[i].update` is not standard padded base64; the
-///   message names the first such `i`.
+/// - `invalid_base64`: an `update` is not standard padded base64; the
+///   message gives its place (line and column).
 pub fn decode_batch_body(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
     let batch: BatchRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("expected {{\"updates\":[{{\"doc\":\"…\",\"update\":\"<base64>\"}}]}}: {e}"),
+        json_error(
+            e,
+            "{\"updates\":[{\"doc\":\"…\",\"update\":\"<base64>\"}]}",
         )
     })?;
-    let mut updates = Vec::with_capacity(batch.updates.len());
-    for (i, item) in batch.updates.into_iter().enumerate() {
-        let bytes = b64().decode(item.update.as_bytes()).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_base64",
-                format!("updates[{i}].update is not base64: {e}"),
-            )
-        })?;
-        updates.push((item.doc, bytes));
-    }
-    Ok(updates)
+    Ok(batch
+        .updates
+        .into_iter()
+        .map(|item| (item.doc, item.update.0))
+        .collect())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecoverCollectionRequest {
-    #[serde(default)]
-    state_vectors: std::collections::HashMap<String, String>,
-}
 
 /// Decodes the body of `POST /v1/collections/{c}/recover`:
 /// `{"state_vectors": {"<doc>": "<base64 state vector>"}}` (a missing
 /// document means "send its full state"; an empty body object is fine).
 ///
-/// Errors: `invalid_json` or `invalid_base64` (status 400) naming the
-/// document.
+/// Errors: `invalid_json` or `invalid_base64` (status 400) giving the
+/// place (line and column) of the bad value.
 pub fn decode_recover_collection_body(body: &[u8]) -> Result<HashMap<String, Vec<u8>>, ApiError> {
-    let request: RecoverCollectionRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("expected {{\"state_vectors\":{{\"<doc>\":\"<base64>\"}}}}: {e}"),
-        )
-    })?;
-    let mut out = HashMap::with_capacity(request.state_vectors.len());
-    for (doc, sv) in request.state_vectors {
-        let bytes = b64().decode(sv.as_bytes()).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_base64",
-                format!("state_vectors[{doc:?}] is not base64: {e}"),
-            )
-        })?;
-        out.insert(doc, bytes);
-    }
-    Ok(out)
+    let request: RecoverCollectionRequest = serde_json::from_slice(body)
+        .map_err(|e| json_error(e, "{\"state_vectors\":{\"<doc>\":\"<base64>\"}}"))?;
+    Ok(request
+        .state_vectors
+        .into_iter()
+        .map(|(doc, sv)| (doc, sv.0))
+        .collect())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AckRequest {
-    seq: Seq,
-}
 
 /// Decodes the body of `POST /v1/collections/{c}/peers/{p}/ack`: `{"seq": n}`
 /// with `n` a non-negative integer that fits a `u64`.

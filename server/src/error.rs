@@ -5,16 +5,16 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use seqsync_engine::{AckError, ReadError, StorageError, WriteError};
-use serde_json::{json, Map, Value};
+use seqsync_protocol::http::ErrorAnswer;
 
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
-    message: String,
-    /// Extra top-level fields (a reset carries `head` and `epoch`).
-    extra: Map<String, Value>,
+    /// The JSON body: code, message and the fields some codes carry (a
+    /// reset's `head` and `epoch`, a schema refusal's versions).
+    answer: ErrorAnswer,
     /// A write refused by a node that does not own the collection: the
     /// owner and how long its lease may last.
     owner: Option<(String, u64)>,
@@ -30,8 +30,7 @@ impl ApiError {
         Self {
             status,
             code,
-            message: message.into(),
-            extra: Map::new(),
+            answer: ErrorAnswer::new(code, message),
             owner: None,
         }
     }
@@ -46,20 +45,20 @@ impl ApiError {
         self.code
     }
 
+    /// The message, for people.
+    pub fn message(&self) -> &str {
+        &self.answer.error.message
+    }
+
     /// The JSON body.
-    pub fn body(&self) -> Value {
-        let mut body = self.extra.clone();
-        body.insert(
-            "error".to_owned(),
-            json!({"code": self.code, "message": self.message}),
-        );
-        Value::Object(body)
+    pub fn body(&self) -> &ErrorAnswer {
+        &self.answer
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+        write!(f, "{} ({}): {}", self.status, self.code, self.message())
     }
 }
 
@@ -108,14 +107,13 @@ impl From<WriteError> for ApiError {
                 collection,
                 min_supported,
             } => {
-                api.extra.insert("client".to_owned(), json!(client));
-                api.extra.insert("collection".to_owned(), json!(collection));
-                api.extra
-                    .insert("min_supported".to_owned(), json!(min_supported));
+                api.answer.client = Some(*client);
+                api.answer.collection = Some(*collection);
+                api.answer.min_supported = Some(*min_supported);
             }
             WriteError::SchemaTooNew { client, collection } => {
-                api.extra.insert("client".to_owned(), json!(client));
-                api.extra.insert("collection".to_owned(), json!(collection));
+                api.answer.client = Some(*client);
+                api.answer.collection = Some(*collection);
             }
             WriteError::Storage(StorageError::NotOwner {
                 owner,
@@ -134,9 +132,8 @@ impl From<WriteError> for ApiError {
 /// URL.
 fn not_owner(owner: &str, retry_after_ms: u64, message: String) -> ApiError {
     let mut api = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_owner", message);
-    api.extra.insert("owner".to_owned(), json!(owner));
-    api.extra
-        .insert("retry_after_ms".to_owned(), json!(retry_after_ms));
+    api.answer.owner = Some(owner.to_owned());
+    api.answer.retry_after_ms = Some(retry_after_ms);
     api.owner = Some((owner.to_owned(), retry_after_ms));
     api
 }
@@ -154,9 +151,8 @@ impl From<ReadError> for ApiError {
         };
         let mut api = Self::new(status, err.code(), err.to_string());
         if let ReadError::Reset { epoch, head } = &err {
-            api.extra.insert("head".to_owned(), json!(head));
-            api.extra
-                .insert("epoch".to_owned(), json!(epoch.map(|e| e.to_string())));
+            api.answer.head = Some(*head);
+            api.answer.epoch = Some(crate::routes::epoch_hex(*epoch));
         }
         api
     }

@@ -6,7 +6,8 @@
 //! `seqsync-server` binary both call [`run_cli`].
 //!
 //! Code map: `routes` (the REST routes), `subscribe_ws` (the change stream as
-//! a WebSocket), `yws` (the y-websocket protocol), `static_files` (the demo
+//! a WebSocket of JSON), `sync_ws` (the collection sync socket: pushes,
+//! stream and acks in binary frames of `seqsync-protocol`), `yws` (the y-websocket protocol), `static_files` (the demo
 //! editor at `/`, from `[server] static_dir`), [`auth`] (the hook and the
 //! bearer-token implementation), [`error`] (engine errors as JSON answers),
 //! [`decode`] (pure decoders of bodies, query strings and y-websocket frames).
@@ -21,6 +22,7 @@ mod limits;
 mod routes;
 mod static_files;
 mod subscribe_ws;
+mod sync_ws;
 mod yws;
 
 use std::io::Write as _;

@@ -4,25 +4,21 @@
 
 use actix_web::http::header::{ContentType, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::Engine as _;
 use futures::StreamExt;
 use seqsync_actors::PushOptions;
-use seqsync_engine::Change;
-use serde::Serialize;
-use serde_json::json;
+use seqsync_engine::{Change, Epoch};
+use seqsync_protocol::http::{
+    AckAnswer, BatchAnswer, ChangeJson, ChangeKind, ChangesAnswer, CompactAnswer, DeleteAnswer,
+    DigestAnswer, HealthAnswer, PeerJson, PushAnswer, RecoverCollectionAnswer, RecoveredDocument,
+};
+use seqsync_protocol::{Base64Bytes, EpochHex, Hex64};
 
 use crate::auth::{AccessRequest, Operation};
 use crate::decode::{self, CursorQuery};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Header carrying the cursor a document read reflects.
-pub const CURSOR_HEADER: &str = "x-seqsync-cursor";
-/// Header carrying the digest of the state a document read returns (64 hex
-/// digits; absent when the state leaves structures pending).
-pub const DIGEST_HEADER: &str = "x-seqsync-digest";
-/// Header carrying the schema version of the state a document read returns.
-pub const SCHEMA_VERSION_HEADER: &str = "x-seqsync-schema-version";
+pub use seqsync_protocol::{CURSOR_HEADER, DIGEST_HEADER, SCHEMA_VERSION_HEADER};
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -40,6 +36,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route("/changes", web::get().to(changes))
             .route("/digest", web::get().to(digest))
             .route("/subscribe", web::get().to(crate::subscribe_ws::subscribe))
+            .route("/sync", web::get().to(crate::sync_ws::connect))
             .route("/peers/{peer}/ack", web::post().to(ack))
             .route("/peers", web::get().to(peers))
             .route("/compact", web::post().to(compact)),
@@ -127,33 +124,34 @@ fn push_options(req: &HttpRequest) -> Result<PushOptions, ApiError> {
     })
 }
 
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
+/// The protocol's kind of a change.
+pub(crate) fn change_kind(kind: seqsync_engine::ChangeKind) -> ChangeKind {
+    match kind {
+        seqsync_engine::ChangeKind::Update => ChangeKind::Update,
+        seqsync_engine::ChangeKind::Delete => ChangeKind::Delete,
+        seqsync_engine::ChangeKind::Snapshot => ChangeKind::Snapshot,
+        // The engine's kinds are `#[non_exhaustive]`; one added there must
+        // get a protocol kind (and a frame code) before it is stored, and
+        // a client applies an unknown kind's bytes as an update.
+        _ => ChangeKind::Update,
+    }
 }
 
 /// A change as JSON (`update` is base64; empty for a delete).
-#[derive(Serialize)]
-pub(crate) struct ChangeJson<'a> {
-    seq: u64,
-    doc: &'a str,
-    kind: &'static str,
-    update: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<&'a str>,
-    schema_version: u32,
+pub(crate) fn change_json(change: &Change) -> ChangeJson {
+    ChangeJson {
+        seq: change.seq,
+        doc: change.doc.as_str().to_owned(),
+        kind: change_kind(change.kind),
+        update: Base64Bytes(change.payload.clone()),
+        origin: change.origin.as_ref().map(|p| p.as_str().to_owned()),
+        schema_version: change.schema_version,
+    }
 }
 
-impl<'a> ChangeJson<'a> {
-    pub(crate) fn from_change(change: &'a Change) -> Self {
-        Self {
-            seq: change.seq,
-            doc: change.doc.as_str(),
-            kind: change.kind.as_str(),
-            update: b64().encode(&change.payload),
-            origin: change.origin.as_ref().map(|p| p.as_str()),
-            schema_version: change.schema_version,
-        }
-    }
+/// An epoch in the protocol's form.
+pub(crate) fn epoch_hex(epoch: Option<Epoch>) -> Option<EpochHex> {
+    epoch.map(|e| EpochHex(e.0))
 }
 
 async fn push_update(
@@ -170,7 +168,10 @@ async fn push_update(
     let options = push_options(&req)?;
     let body = read_body(payload, state.limits.max_update_bytes, &state.limits).await?;
     let outcome = state.engine.push(&collection, &doc, body, options).await?;
-    Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
+    Ok(HttpResponse::Ok().json(PushAnswer {
+        seq: outcome.seq,
+        head: outcome.head,
+    }))
 }
 
 async fn push_batch(
@@ -204,7 +205,10 @@ async fn push_batch(
         .engine
         .push_batch(&collection, updates, options)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({"seqs": outcome.seqs, "head": outcome.head})))
+    Ok(HttpResponse::Ok().json(BatchAnswer {
+        seqs: outcome.seqs,
+        head: outcome.head,
+    }))
 }
 
 async fn delete_document(
@@ -218,7 +222,10 @@ async fn delete_document(
         &AccessRequest::document(&collection, &doc, Operation::Delete),
     )?;
     let outcome = state.engine.delete(&collection, &doc).await?;
-    Ok(HttpResponse::Ok().json(json!({"seq": outcome.seq, "head": outcome.head})))
+    Ok(HttpResponse::Ok().json(DeleteAnswer {
+        seq: outcome.seq,
+        head: outcome.head,
+    }))
 }
 
 /// `after`, `limit`, `epoch` of the request's query string, with JSON errors
@@ -243,16 +250,15 @@ async fn changes(
         .engine
         .changes_verified(&collection, query.after, limit, query.epoch, query.checksum)
         .await?;
-    let changes: Vec<ChangeJson<'_>> = page.changes.iter().map(ChangeJson::from_change).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "changes": changes,
-        "cursor": page.cursor,
-        "has_more": page.has_more,
-        "head": page.head,
-        "epoch": page.epoch.map(|e| e.to_string()),
-        "schema_version": page.schema_version,
-        "cursor_checksum": hex64(page.cursor_checksum),
-    })))
+    Ok(HttpResponse::Ok().json(ChangesAnswer {
+        changes: page.changes.iter().map(change_json).collect(),
+        cursor: page.cursor,
+        has_more: page.has_more,
+        head: page.head,
+        epoch: epoch_hex(page.epoch),
+        schema_version: page.schema_version,
+        cursor_checksum: Hex64(page.cursor_checksum),
+    }))
 }
 
 async fn ack(
@@ -269,7 +275,7 @@ async fn ack(
     let body = read_body(payload, 4096, &state.limits).await?;
     let seq = decode::decode_ack_body(&body)?;
     let acked = state.engine.ack(&collection, &peer, seq).await?;
-    Ok(HttpResponse::Ok().json(json!({"seq": acked})))
+    Ok(HttpResponse::Ok().json(AckAnswer { seq: acked }))
 }
 
 async fn peers(
@@ -283,16 +289,14 @@ async fn peers(
         &AccessRequest::collection(&collection, Operation::Read),
     )?;
     let peers = state.engine.peers(&collection).await?;
-    let list: Vec<_> = peers
+    let list: Vec<PeerJson> = peers
         .iter()
-        .map(|p| {
-            json!({
-                "peer": p.peer.as_str(),
-                "acked": p.acked,
-                "lag": p.lag,
-                "last_seen_ms": p.last_seen_ms,
-                "active": p.active,
-            })
+        .map(|p| PeerJson {
+            peer: p.peer.as_str().to_owned(),
+            acked: p.acked,
+            lag: p.lag,
+            last_seen_ms: p.last_seen_ms,
+            active: p.active,
         })
         .collect();
     Ok(HttpResponse::Ok().json(list))
@@ -343,12 +347,6 @@ fn state_response(update: Vec<u8>, cursor: u64, schema_version: u32) -> HttpResp
     response
 }
 
-/// A 64-bit checksum or digest in JSON: 16 hex digits (JavaScript numbers
-/// cannot hold 64 bits).
-fn hex64(value: u64) -> String {
-    format!("{value:016x}")
-}
-
 async fn digest(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -360,11 +358,11 @@ async fn digest(
         &AccessRequest::collection(&collection, Operation::Read),
     )?;
     let digest = state.engine.digest(&collection).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "head": digest.head,
-        "log_checksum": hex64(digest.log_checksum),
-        "state_digest": digest.state_digest.map(hex64),
-    })))
+    Ok(HttpResponse::Ok().json(DigestAnswer {
+        head: digest.head,
+        log_checksum: Hex64(digest.log_checksum),
+        state_digest: digest.state_digest.map(Hex64),
+    }))
 }
 
 async fn recover(
@@ -427,19 +425,24 @@ async fn recover_collection(
         .engine
         .recover_collection(&collection, state_vectors)
         .await?;
-    let documents: Vec<_> = recovery
-        .documents
-        .iter()
-        .map(|(doc, update)| json!({"doc": doc.as_str(), "update": b64().encode(update)}))
-        .collect();
-    let deleted: Vec<&str> = recovery.deleted.iter().map(|d| d.as_str()).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "documents": documents,
-        "deleted": deleted,
-        "cursor": recovery.cursor,
-        "epoch": recovery.epoch.map(|e| e.to_string()),
-        "schema_version": recovery.schema_version,
-    })))
+    Ok(HttpResponse::Ok().json(RecoverCollectionAnswer {
+        documents: recovery
+            .documents
+            .into_iter()
+            .map(|(doc, update)| RecoveredDocument {
+                doc: doc.as_str().to_owned(),
+                update: Base64Bytes(update),
+            })
+            .collect(),
+        deleted: recovery
+            .deleted
+            .iter()
+            .map(|d| d.as_str().to_owned())
+            .collect(),
+        cursor: recovery.cursor,
+        epoch: epoch_hex(recovery.epoch),
+        schema_version: recovery.schema_version,
+    }))
 }
 
 async fn compact(
@@ -453,13 +456,13 @@ async fn compact(
         &AccessRequest::collection(&collection, Operation::Compact),
     )?;
     let summary = state.engine.compact(&collection).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "documents_compacted": summary.documents_compacted,
-        "changes_removed": summary.changes_removed,
-        "deltas_removed": summary.deltas_removed,
-        "bytes_before": summary.bytes_before,
-        "bytes_after": summary.bytes_after,
-    })))
+    Ok(HttpResponse::Ok().json(CompactAnswer {
+        documents_compacted: summary.documents_compacted,
+        changes_removed: summary.changes_removed,
+        deltas_removed: summary.deltas_removed,
+        bytes_before: summary.bytes_before,
+        bytes_after: summary.bytes_after,
+    }))
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -471,5 +474,8 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // A real round trip to storage: the engine answers or this fails.
     state.engine.peers("seqsync-healthz").await?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ok", "backend": state.engine.backend()})))
+    Ok(HttpResponse::Ok().json(HealthAnswer {
+        status: "ok".to_owned(),
+        backend: state.engine.backend().to_owned(),
+    }))
 }

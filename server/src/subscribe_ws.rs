@@ -16,11 +16,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures::StreamExt;
 use seqsync_actors::{StreamEvent, Subscription};
-use serde_json::json;
 
 use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
-use crate::routes::{parse_cursor_query, ChangeJson};
+use crate::routes::{change_json, parse_cursor_query};
+use seqsync_protocol::http::{SubscribeMessage, UpToDateJson};
 use crate::AppState;
 
 /// Clients send nothing but control frames here (pings, pongs, close).
@@ -81,14 +81,17 @@ async fn pump(
             }
             event = changes.next() => {
                 let text = match event {
-                    Some(Ok(StreamEvent::Change(change))) => match serde_json::to_string(&ChangeJson::from_change(&change)) {
+                    Some(Ok(StreamEvent::Change(change))) => match serde_json::to_string(&SubscribeMessage::Change(change_json(&change))) {
                         Ok(text) => text,
                         Err(_) => break None,
                     },
-                    Some(Ok(StreamEvent::UpToDate { head })) => json!({"up_to_date": head}).to_string(),
+                    Some(Ok(StreamEvent::UpToDate { head })) => match serde_json::to_string(&SubscribeMessage::UpToDate(UpToDateJson { up_to_date: head })) {
+                        Ok(text) => text,
+                        Err(_) => break None,
+                    },
                     Some(Err(err)) => {
                         let api = ApiError::from(err);
-                        let _ = session.text(api.body().to_string()).await;
+                        let _ = session.text(serde_json::to_string(api.body()).unwrap_or_default()).await;
                         break Some(CloseReason { code: CloseCode::Policy, description: Some(api.code().to_owned()) });
                     }
                     None => break None,
