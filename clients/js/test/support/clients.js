@@ -55,3 +55,36 @@ export async function post (server, path, body) {
   if (!res.ok) throw new Error(`POST ${path}: ${res.status} ${t}`)
   return t === '' ? null : JSON.parse(t)
 }
+
+/**
+ * A WebSocket class (for the client's `WebSocket` option) that records
+ * every frame the server sends, decoded, in `frames` (shared by every
+ * socket it opens).
+ */
+export function sniffingWebSocket (decodeFrame) {
+  const frames = []
+  class Sniffing {
+    constructor (url) {
+      this.ws = new WebSocket(url)
+      this.ws.binaryType = 'arraybuffer'
+      this.onopen = null
+      this.onmessage = null
+      this.onclose = null
+      this.onerror = null
+      this.ws.onopen = (ev) => this.onopen?.(ev)
+      this.ws.onclose = (ev) => this.onclose?.(ev)
+      this.ws.onerror = (ev) => this.onerror?.(ev)
+      this.ws.onmessage = (ev) => {
+        try { frames.push(decodeFrame(new Uint8Array(ev.data))) } catch {}
+        this.onmessage?.(ev)
+      }
+    }
+
+    get binaryType () { return 'arraybuffer' }
+    set binaryType (_) {}
+    get readyState () { return this.ws.readyState }
+    send (data) { this.ws.send(data) }
+    close (code, reason) { this.ws.close(code, reason) }
+  }
+  return { WebSocket: Sniffing, frames }
+}
