@@ -25,8 +25,11 @@ import { type Http, type SocketClose, SyncSocket, type WebSocketConstructor } fr
 /** Yjs client ids below this are reserved for the server's migrations
  * (`reserved_client_id`). */
 const RESERVED_CLIENT_IDS = 65536
-/** Outbox rows read per step. */
+/** Outbox rows read per store call, and per planning step at most (rows,
+ * bytes). */
 const OUTBOX_PAGE = 2000
+const PLAN_ROWS = 20_000
+const PLAN_BYTES = 4 << 20
 /** Rows of one document merged into one pushed update, at most, and their
  * bytes (the Rust replica's MERGE_UPDATES / MERGE_BYTES). */
 const MERGE_ROWS = 1000
@@ -760,12 +763,21 @@ export class Collection {
         continue
       }
       if (session.exhausted) return
-      const rows = (await this.store.outbox(this.name, session.sentThrough, OUTBOX_PAGE)).filter(r => r.id <= session.limit.id)
+      // Read up to PLAN_ROWS rows / PLAN_BYTES, so a document's offline
+      // edits are merged into few updates.
+      const rows: OutboxEntry[] = []
+      let bytes = 0
+      while (rows.length < PLAN_ROWS && bytes < PLAN_BYTES) {
+        const page = (await this.store.outbox(this.name, session.sentThrough, OUTBOX_PAGE)).filter(r => r.id <= session.limit.id)
+        if (page.length === 0) break
+        session.sentThrough = (page[page.length - 1] as OutboxEntry).id
+        for (const r of page) bytes += r.update.length
+        rows.push(...page)
+      }
       if (rows.length === 0) {
         session.exhausted = true
         return
       }
-      session.sentThrough = (rows[rows.length - 1] as OutboxEntry).id
       const flights = await this.plan(session, rows)
       session.requeue.push(...flights)
     }
