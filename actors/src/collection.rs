@@ -249,6 +249,11 @@ struct CollectionState {
     assigned_head: Seq,
     /// Highest seq known committed.
     committed_head: Seq,
+    /// The log checksum through `assigned_head`: each change handed to the
+    /// writer carries its own (what storage computes in the same commit),
+    /// so a live subscriber holds the checksum of its cursor as one that
+    /// reads storage does.
+    assigned_checksum: u64,
     peers: HashMap<PeerId, PeerRecord>,
 }
 
@@ -423,6 +428,7 @@ impl CollectionActor {
                     .map_or(self.shared.migrations.latest(), |m| m.schema_version),
                 assigned_head: head,
                 committed_head: head,
+                assigned_checksum: meta.as_ref().map_or(0, |m| m.log_checksum),
                 peers: peers.into_iter().map(|p| (p.peer.clone(), p)).collect(),
             });
         }
@@ -674,6 +680,14 @@ impl CollectionActor {
         if count > 0 || !peers.is_empty() {
             state.epoch = Some(epoch);
             state.assigned_head += count;
+        }
+        // The running log checksum, as `plan_collection_write` computes it
+        // in the commit (storage recomputes it and ignores these values).
+        for change in &mut appended {
+            state.assigned_checksum = state
+                .assigned_checksum
+                .wrapping_add(seqsync_engine::change_checksum(&epoch, change));
+            change.log_checksum = state.assigned_checksum;
         }
         Ok(WritePlan {
             write: CollectionWrite {

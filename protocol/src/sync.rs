@@ -809,7 +809,10 @@ mod tests {
         for frame in every_client_frame() {
             let bytes = frame.encode();
             for cut in 0..bytes.len() {
-                assert!(ClientFrame::decode(&bytes[..cut]).is_err(), "{frame:?} cut at {cut}");
+                assert!(
+                    ClientFrame::decode(&bytes[..cut]).is_err(),
+                    "{frame:?} cut at {cut}"
+                );
             }
             let mut longer = bytes.clone();
             longer.push(0);
@@ -821,7 +824,10 @@ mod tests {
         for frame in every_server_frame() {
             let bytes = frame.encode();
             for cut in 0..bytes.len() {
-                assert!(ServerFrame::decode(&bytes[..cut]).is_err(), "{frame:?} cut at {cut}");
+                assert!(
+                    ServerFrame::decode(&bytes[..cut]).is_err(),
+                    "{frame:?} cut at {cut}"
+                );
             }
         }
     }
@@ -831,7 +837,9 @@ mod tests {
         // Why: a five-byte frame claiming 2^53 updates must be refused
         // before any allocation sized by the claim.
         let mut w = Writer::default();
-        w.varuint(client_type::PUSH_BATCH).varuint(1).varuint(MAX_VARUINT);
+        w.varuint(client_type::PUSH_BATCH)
+            .varuint(1)
+            .varuint(MAX_VARUINT);
         assert!(matches!(
             ClientFrame::decode(&w.finish()),
             Err(FrameError::Truncated { field: "count" })

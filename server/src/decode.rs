@@ -48,19 +48,14 @@ fn json_error(err: serde_json::Error, expected: &str) -> ApiError {
 /// - `invalid_base64`: an `update` is not standard padded base64; the
 ///   message gives its place (line and column).
 pub fn decode_batch_body(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-    let batch: BatchRequest = serde_json::from_slice(body).map_err(|e| {
-        json_error(
-            e,
-            "{\"updates\":[{\"doc\":\"…\",\"update\":\"<base64>\"}]}",
-        )
-    })?;
+    let batch: BatchRequest = serde_json::from_slice(body)
+        .map_err(|e| json_error(e, "{\"updates\":[{\"doc\":\"…\",\"update\":\"<base64>\"}]}"))?;
     Ok(batch
         .updates
         .into_iter()
         .map(|item| (item.doc, item.update.0))
         .collect())
 }
-
 
 /// Decodes the body of `POST /v1/collections/{c}/recover`:
 /// `{"state_vectors": {"<doc>": "<base64 state vector>"}}` (a missing
@@ -77,7 +72,6 @@ pub fn decode_recover_collection_body(body: &[u8]) -> Result<HashMap<String, Vec
         .map(|(doc, sv)| (doc, sv.0))
         .collect())
 }
-
 
 /// Decodes the body of `POST /v1/collections/{c}/peers/{p}/ack`: `{"seq": n}`
 /// with `n` a non-negative integer that fits a `u64`.

@@ -20,8 +20,8 @@ use seqsync_actors::{StreamEvent, Subscription};
 use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
 use crate::routes::{change_json, parse_cursor_query};
-use seqsync_protocol::http::{SubscribeMessage, UpToDateJson};
 use crate::AppState;
+use seqsync_protocol::http::{SubscribeMessage, UpToDateJson};
 
 /// Clients send nothing but control frames here (pings, pongs, close).
 const MAX_CLIENT_FRAME_BYTES: u64 = 4096;
