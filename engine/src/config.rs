@@ -333,6 +333,14 @@ pub struct ServerConfig {
     /// `index.html`; while it has none, `/` answers a page naming the
     /// command that builds it. Empty: nothing is served at `/`.
     pub static_dir: PathBuf,
+    /// TLS: the server's certificate chain (PEM file). With `tls_key_path`
+    /// set too, the server speaks only HTTPS and WSS on `listen`; both empty
+    /// (the default): plain HTTP, for a server behind a TLS proxy or on
+    /// loopback.
+    pub tls_cert_path: PathBuf,
+    /// TLS: the private key of `tls_cert_path` (PEM file: PKCS#8, PKCS#1
+    /// or SEC1). Never logged.
+    pub tls_key_path: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -345,6 +353,8 @@ impl Default for ServerConfig {
             token_secret: String::new(),
             token_public_key: String::new(),
             static_dir: PathBuf::from("demo/dist"),
+            tls_cert_path: PathBuf::new(),
+            tls_key_path: PathBuf::new(),
         }
     }
 }
@@ -360,6 +370,8 @@ impl fmt::Debug for ServerConfig {
             .field("token_secret", &hidden(&self.token_secret))
             .field("token_public_key", &self.token_public_key.len())
             .field("static_dir", &self.static_dir)
+            .field("tls_cert_path", &self.tls_cert_path)
+            .field("tls_key_path", &self.tls_key_path)
             .finish()
     }
 }
@@ -533,6 +545,15 @@ impl EngineConfig {
                     message: format!("{value} is above the maximum of {max}"),
                 });
             }
+        }
+        if self.server.tls_cert_path.as_os_str().is_empty()
+            != self.server.tls_key_path.as_os_str().is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.tls_cert_path",
+                message: "set both server.tls_cert_path and server.tls_key_path for TLS,                           or neither for plain HTTP"
+                    .to_owned(),
+            });
         }
         if self.limits.ws_idle_timeout_ms <= self.limits.ws_ping_interval_ms {
             return Err(ConfigError::Invalid {

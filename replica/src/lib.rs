@@ -20,7 +20,7 @@ mod http;
 mod replica;
 mod transport;
 
-pub use crate::http::HttpTransport;
+pub use crate::http::{HttpTransport, TlsSetupError};
 pub use crate::replica::{
     Follow, FollowReport, LocalCompaction, Replica, ReplicaError, ReplicaOptions, ResetReason,
     SyncOutcome, SyncProgress, SyncReport, STATE_COLLECTION,

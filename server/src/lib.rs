@@ -23,6 +23,7 @@ mod routes;
 mod static_files;
 mod subscribe_ws;
 mod sync_ws;
+pub mod tls;
 mod yws;
 
 use std::io::Write as _;
@@ -92,12 +93,20 @@ pub fn prometheus() -> PrometheusHandle {
 /// Builds the HTTP server on an already bound listener. The server runs when
 /// awaited (inside an actix system) and stops gracefully on SIGINT/SIGTERM
 /// unless `handle_signals` is false. Errors: the listener cannot be used.
+///
+/// With `[server] tls_cert_path` and `tls_key_path` set, it serves HTTPS
+/// and WSS only; a TLS file that cannot be used is an `InvalidInput` error.
 pub fn server(
     engine: Engine,
     auth: Arc<dyn Authorizer>,
     listener: TcpListener,
     handle_signals: bool,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let tls_config = {
+        let server = &engine.config().server;
+        tls::server_config(&server.tls_cert_path, &server.tls_key_path)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+    };
     let state = web::Data::new(AppState {
         limits: engine.config().limits.clone(),
         engine,
@@ -147,8 +156,13 @@ pub fn server(
     // Slow loris: headers not complete in time are answered 408 and the
     // connection closed (actix's own answer, before any handler runs).
     .client_request_timeout(client_request_timeout)
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-    .listen(listener)?;
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+    // The TLS files were checked when the engine's config was validated
+    // (both or neither); `tls` reads them now.
+    builder = match tls_config {
+        Some(config) => builder.listen_rustls_0_23(listener, config)?,
+        None => builder.listen(listener)?,
+    };
     if !handle_signals {
         builder = builder.disable_signals();
     }
@@ -219,6 +233,9 @@ impl ServerThread {
     ) -> Result<Self, StartError> {
         name_the_node(&mut config);
         let auth = Arc::new(Tokens::from_config(&config.server).map_err(StartError::Auth)?);
+        // Checked before anything opens, so a bad file names itself.
+        tls::server_config(&config.server.tls_cert_path, &config.server.tls_key_path)
+            .map_err(StartError::Tls)?;
         let listener = TcpListener::bind(&config.server.listen)?;
         let addr = listener.local_addr()?;
         let engine = Engine::builder(config)
@@ -282,6 +299,8 @@ pub enum StartError {
     Io(std::io::Error),
     /// The token settings are invalid (a message naming the key).
     Auth(String),
+    /// `[server] tls_cert_path` / `tls_key_path` are unusable.
+    Tls(tls::TlsError),
 }
 
 impl std::fmt::Display for StartError {
@@ -290,6 +309,7 @@ impl std::fmt::Display for StartError {
             StartError::Open(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "{e}"),
             StartError::Auth(e) => write!(f, "{e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -377,6 +397,11 @@ pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
         }
     };
     let addr = listener.local_addr().ok();
+    let scheme = if config.server.tls_cert_path.as_os_str().is_empty() {
+        "http"
+    } else {
+        "https"
+    };
     tracing::info!(
         backend = engine.backend(),
         path = %config.storage.path.display(),
@@ -388,7 +413,7 @@ pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
         let server = server(engine.clone(), auth, listener, true)?;
         if let Some(addr) = addr {
             tracing::info!(%addr, "listening");
-            println!("seqsync listening on http://{addr}");
+            println!("seqsync listening on {scheme}://{addr}");
             let _ = std::io::stdout().flush();
         }
         let served = server.await;

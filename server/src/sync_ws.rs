@@ -48,6 +48,9 @@ use crate::AppState;
 /// Pushes and acks of one socket awaiting their answer, at most; the
 /// socket is not read while this many are in flight.
 pub const MAX_PUSHES_IN_FLIGHT: usize = 256;
+/// A hello's `after` that means "from the head" (2^53 − 1, the largest
+/// varuint).
+const FROM_HEAD: u64 = seqsync_protocol::sync::MAX_VARUINT;
 /// Changes in one `changes` frame, at most.
 const MAX_CHANGES_PER_FRAME: usize = 256;
 /// A `changes` frame is closed once its payloads reach this (a single
@@ -276,6 +279,32 @@ impl SyncConnection {
             .is_ok();
         let epoch = hello.epoch.map(|e| Epoch(e.0));
         let checksum = hello.checksum.map(|c| c.0);
+        // `after` = 2^53 − 1: from the head, whatever it is (a client that
+        // only pushes, or follows only what comes next).
+        let mut hello = hello;
+        if hello.after == FROM_HEAD {
+            let head = match engine.changes(&collection, 0, 0, epoch).await {
+                Ok(page) => page.head,
+                Err(ReadError::Reset {
+                    epoch: server_epoch,
+                    head,
+                }) => {
+                    hello.after = 0;
+                    return Err(reset_ending(&hello, epoch, server_epoch, head));
+                }
+                Err(err) => {
+                    let api = ApiError::from(err);
+                    return Err(Ending::error(api.code(), api.to_string()));
+                }
+            };
+            hello.after = head;
+            hello.checksum = None;
+        }
+        let checksum = if hello.checksum.is_some() {
+            checksum
+        } else {
+            None
+        };
         // The cursor checked against storage: its epoch, its place within
         // the head, and the checksum of the change at it.
         let page = match engine
