@@ -30,8 +30,8 @@ fn check_error(err: &ApiError, codes: &[&str], what: &str) {
         err.code()
     );
     assert_eq!(
-        err.body()["error"]["code"],
-        serde_json::Value::from(err.code()),
+        err.body().error.code,
+        err.code(),
         "{what}: the JSON body does not carry the code"
     );
 }

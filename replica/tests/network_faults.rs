@@ -31,7 +31,9 @@ enum Fault {
     CutAnswers = 1,
     /// Forward requests; once a connection has carried a POST, drop what
     /// the server answers and close it (the push was applied, its answer
-    /// lost).
+    /// lost). A sync socket (where pushes go) gets its handshake answer,
+    /// then nothing: the proxy closes it a moment after the server's first
+    /// frame, once the push sent with the hello is committed.
     DropPostAnswers = 2,
     /// Swallow requests: nothing ever reaches the server or comes back.
     Stall = 3,
@@ -84,7 +86,9 @@ fn relay(client: TcpStream, upstream: SocketAddr, fault: Arc<AtomicU8>) {
         return;
     };
     let posted = Arc::new(AtomicBool::new(false));
+    let socket = Arc::new(AtomicBool::new(false));
     {
+        let socket = Arc::clone(&socket);
         let (mut from_client, mut to_server) =
             (client.try_clone().unwrap(), server.try_clone().unwrap());
         let (fault, posted) = (Arc::clone(&fault), Arc::clone(&posted));
@@ -100,6 +104,11 @@ fn relay(client: TcpStream, upstream: SocketAddr, fault: Arc<AtomicU8>) {
                 if buf[..n].starts_with(b"POST ") {
                     posted.store(true, Ordering::SeqCst);
                 }
+                let request = &buf[..n];
+                let sync_path = request.windows(6).any(|w| w == b"/sync?" || w == b"/sync ");
+                if request.starts_with(b"GET ") && sync_path {
+                    socket.store(true, Ordering::SeqCst);
+                }
                 if to_server.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -110,9 +119,19 @@ fn relay(client: TcpStream, upstream: SocketAddr, fault: Arc<AtomicU8>) {
     let (mut from_server, mut to_client) = (server, client);
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0usize;
+    let mut handshake_answered = false;
     while let Ok(n) = from_server.read(&mut buf) {
         if n == 0 {
             break;
+        }
+        if current(&fault) == Fault::DropPostAnswers && socket.load(Ordering::SeqCst) {
+            if handshake_answered {
+                // The server's first frame: the hello and the push are in;
+                // let the push commit, then lose its answer.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                break;
+            }
+            handshake_answered = true;
         }
         match current(&fault) {
             Fault::CutAnswers if sent + n > CUT_BYTES => {
