@@ -91,7 +91,6 @@ fn frame_name_server(frame: &ServerFrame) -> &'static str {
         ServerFrame::AckError { .. } => "ack_error",
         ServerFrame::Reset { .. } => "reset",
         ServerFrame::Error { .. } => "error",
-        _ => "unknown",
     }
 }
 

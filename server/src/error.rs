@@ -13,8 +13,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     /// The JSON body: code, message and the fields some codes carry (a
-    /// reset's `head` and `epoch`, a schema refusal's versions).
-    answer: ErrorAnswer,
+    /// reset's `head` and `epoch`, a schema refusal's versions). Boxed: an
+    /// `ApiError` is the error of most server functions and stays small.
+    answer: Box<ErrorAnswer>,
     /// A write refused by a node that does not own the collection: the
     /// owner and how long its lease may last.
     owner: Option<(String, u64)>,
@@ -30,7 +31,7 @@ impl ApiError {
         Self {
             status,
             code,
-            answer: ErrorAnswer::new(code, message),
+            answer: Box::new(ErrorAnswer::new(code, message)),
             owner: None,
         }
     }
