@@ -45,6 +45,12 @@ const MAX_UPDATE_BYTES = 8_000_000
 /** Pushes answered-pending per socket, at most (also bounded by welcome's
  * max_pushes_in_flight). */
 const MAX_IN_FLIGHT = 16
+/** Pulled changes committed locally together, at most, and their bytes
+ * (the Rust replica's LOCAL_COMMIT_CHANGES / LOCAL_COMMIT_BYTES). */
+const LOCAL_COMMIT_CHANGES = 8000
+const LOCAL_COMMIT_BYTES = 8 << 20
+/** How long frames gather before a commit while catching up. */
+const CATCH_UP_GATHER_MS = 15
 /** Resets one sync recovers from before it gives up. */
 const MAX_RESETS = 3
 /** Retries of a push refused with a retryable code within one sync. */
@@ -204,6 +210,9 @@ class Session {
   finishing = false
   closing = false
   startCursor = 0
+  /** changes frames received, not stored yet. */
+  frames: ChangesFrame[] = []
+  drainScheduled = false
   progress: Progress = { received: 0, expected: 0, pushed: 0, toPush: 0 }
   constructor (readonly mode: 'sync' | 'follow', readonly limit: { id: number }, readonly counters: Counters) {}
 }
@@ -981,12 +990,49 @@ export class Collection {
   // ---- the stream ------------------------------------------------------------
 
   private onChanges (session: Session, frame: ChangesFrame): void {
-    // Copy the payloads: the frame's bytes are views of the socket buffer.
-    this.queue.run(async () => {
-      if (session.ended) return
-      if (this.schemaVersion > 0) {
+    // Frames that arrive while the store is busy are committed together
+    // (up to LOCAL_COMMIT_CHANGES / LOCAL_COMMIT_BYTES per transaction): a
+    // catch-up of 260k changes is a few dozen local commits, not a
+    // thousand.
+    session.frames.push(frame)
+    if (session.drainScheduled) return
+    session.drainScheduled = true
+    this.queue.run(() => this.drainFrames(session))
+      .catch(err => this.finishSession(session, { kind: 'lost', error: err as Error }))
+      .finally(() => this.checkDone(session))
+  }
+
+  private async drainFrames (session: Session): Promise<void> {
+    // Catching up (the stream is not at welcome's head yet): let frames
+    // gather for a moment, so a commit covers thousands of changes.
+    const catchingUp = (): boolean => session.welcome !== null && this.state.cursor + pendingChanges(session) < session.welcome.head
+    if (catchingUp() && pendingChanges(session) < LOCAL_COMMIT_CHANGES) {
+      await new Promise(resolve => setTimeout(resolve, CATCH_UP_GATHER_MS))
+    }
+    while (session.frames.length > 0 && !session.ended) {
+      const frames: ChangesFrame[] = []
+      let changes = 0
+      let bytes = 0
+      while (session.frames.length > 0 && changes < LOCAL_COMMIT_CHANGES && bytes < LOCAL_COMMIT_BYTES) {
+        const f = session.frames.shift() as ChangesFrame
+        frames.push(f)
+        changes += f.changes.length
+        for (const c of f.changes) bytes += c.payload.length
+      }
+      await this.applyFrames(session, frames)
+    }
+    session.drainScheduled = false
+  }
+
+  /** Stores frames' changes and their last cursor in one transaction. */
+  private async applyFrames (session: Session, frames: ChangesFrame[]): Promise<void> {
+    if (this.schemaVersion > 0) {
+      for (const frame of frames) {
         const newer = frame.changes.find(c => c.schemaVersion > this.schemaVersion)
         if (newer !== undefined) {
+          // Frames before it are fine: keep them.
+          const ok = frames.slice(0, frames.indexOf(frame))
+          if (ok.length > 0) await this.applyFrames(session, ok)
           this.finishSession(session, {
             kind: 'fatal',
             error: new UpgradeRequiredError(`a change of ${newer.doc} is at schema version ${newer.schemaVersion}, this app's is ${this.schemaVersion}: upgrade the app (nothing of it was stored)`, this.schemaVersion, newer.schemaVersion)
@@ -994,11 +1040,15 @@ export class Collection {
           return
         }
       }
-      const remote: Array<{ doc: string, update: Uint8Array | null }> = []
-      let others = 0
-      const deletes: string[] = []
+    }
+    const remote: Array<{ doc: string, update: Uint8Array | null }> = []
+    let others = 0
+    const deletes: string[] = []
+    let cursor = this.state.cursor
+    let checksum = this.state.checksum
+    for (const frame of frames) {
       for (const c of frame.changes) {
-        if (c.seq <= this.state.cursor) continue // already had it
+        if (c.seq <= cursor) continue // already had it
         if (c.origin !== '' && c.origin === this.peerId && c.kind !== 'delete') continue // our own edit, back
         others++
         if (c.kind === 'delete') {
@@ -1008,24 +1058,21 @@ export class Collection {
           remote.push({ doc: c.doc, update: c.payload })
         }
       }
-      const through = Math.max(frame.through, this.state.cursor)
-      const moved = through !== this.state.cursor
-      if (remote.length === 0 && !moved) return
-      const checksum = knownChecksum(frame.checksum)
-      const res = await this.store.commit(this.name, {
-        remote,
-        state: { cursor: through, checksum }
-      })
-      this.state.cursor = through
-      this.state.checksum = checksum
-      session.counters.pulled += others
-      this.applyToLive(remote, 'stream')
-      if (deletes.length > 0) this.afterDeletes(deletes, res.rejected, session)
-      session.progress.received = through - session.startCursor
-      this.emitProgress(session)
-      this.scheduleAck(session)
-    }).catch(err => this.finishSession(session, { kind: 'lost', error: err as Error }))
-      .finally(() => this.checkDone(session))
+      if (frame.through > cursor) {
+        cursor = frame.through
+        checksum = knownChecksum(frame.checksum)
+      }
+    }
+    if (remote.length === 0 && cursor === this.state.cursor) return
+    const res = await this.store.commit(this.name, { remote, state: { cursor, checksum } })
+    this.state.cursor = cursor
+    this.state.checksum = checksum
+    session.counters.pulled += others
+    this.applyToLive(remote, 'stream')
+    if (deletes.length > 0) this.afterDeletes(deletes, res.rejected, session)
+    session.progress.received = cursor - session.startCursor
+    this.emitProgress(session)
+    this.scheduleAck(session)
   }
 
   /** Applies stored remote updates to the live docs, one transaction per
@@ -1229,6 +1276,12 @@ export class Collection {
     for (const { ydoc } of this.live.values()) ydoc.destroy()
     this.live.clear()
   }
+}
+
+function pendingChanges (session: Session): number {
+  let n = 0
+  for (const f of session.frames) n += f.changes.length
+  return n
 }
 
 /** A checksum as kept locally: the server's current build sends

@@ -28,6 +28,9 @@ interface Row {
 }
 
 interface MemDoc {
+  /** Rows not in the outbox since the last fold, and their bytes. */
+  foldRows: number
+  foldBytes: number
   snapshot: Uint8Array | null
   stateVector: Uint8Array | null
   rows: Row[]
@@ -66,7 +69,7 @@ class MemoryStore implements SeqsyncStore {
   private docOf (c: MemCollection, doc: string): MemDoc {
     let d = c.docs.get(doc)
     if (d === undefined) {
-      d = { snapshot: null, stateVector: null, rows: [], deleted: false, savedThrough: 0 }
+      d = { foldRows: 0, foldBytes: 0, snapshot: null, stateVector: null, rows: [], deleted: false, savedThrough: 0 }
       c.docs.set(doc, d)
     }
     return d
@@ -119,7 +122,10 @@ class MemoryStore implements SeqsyncStore {
     const touched = new Set<string>()
     const rejected: RejectedEntry[] = []
     if (write.supersedeOutbox === true) {
-      for (const row of c.outbox.values()) row.status = 'pushed'
+      for (const row of c.outbox.values()) {
+        row.status = 'pushed'
+        this.countFoldable(c, row)
+      }
       c.outbox.clear()
       for (const d of c.docs.values()) d.savedThrough = 0
     }
@@ -137,9 +143,13 @@ class MemoryStore implements SeqsyncStore {
         d.snapshot = null
         d.stateVector = null
         d.deleted = true
+        d.foldRows = 0
+        d.foldBytes = 0
       } else {
         d.deleted = false
         d.rows.push({ id: this.nextId++, doc, data: update.slice(), status: 'remote' })
+        d.foldRows++
+        d.foldBytes += update.length
       }
     }
     const localIds: number[] = []
@@ -157,6 +167,7 @@ class MemoryStore implements SeqsyncStore {
       row.status = 'pushed'
       c.outbox.delete(id)
       touched.add(row.doc)
+      this.countFoldable(c, row)
     }
     for (const { doc, seq } of write.saved ?? []) {
       const d = c.docs.get(doc)
@@ -175,15 +186,16 @@ class MemoryStore implements SeqsyncStore {
     return { localIds, rejected }
   }
 
+  /** An outbox row left the outbox: it may be folded now. */
+  private countFoldable (c: MemCollection, row: Row): void {
+    const d = c.docs.get(row.doc)
+    if (d === undefined) return
+    d.foldRows++
+    d.foldBytes += row.data.length
+  }
+
   private due (d: MemDoc): boolean {
-    let count = 0
-    let bytes = 0
-    for (const r of d.rows) {
-      if (r.status === 'outbox') continue
-      count++
-      bytes += r.data.length
-    }
-    return count >= this.compactAfterUpdates || (count >= 2 && bytes >= this.compactAfterBytes)
+    return d.foldRows >= this.compactAfterUpdates || (d.foldRows >= 2 && d.foldBytes >= this.compactAfterBytes)
   }
 
   private fold (d: MemDoc): void {
@@ -194,6 +206,8 @@ class MemoryStore implements SeqsyncStore {
     // Outbox rows stay as rows until confirmed (they are in the snapshot
     // too); the rest is the snapshot now.
     d.rows = d.rows.filter(r => r.status === 'outbox')
+    d.foldRows = 0
+    d.foldBytes = 0
   }
 
   private rejectRow (c: MemCollection, row: Row, code: string, message: string): RejectedEntry {
@@ -224,6 +238,7 @@ class MemoryStore implements SeqsyncStore {
       const row = c.outbox.get(id)
       if (row === undefined) continue
       c.outbox.delete(id)
+      this.countFoldable(c, row)
       out.push(this.rejectRow(c, row, code, message))
     }
     return out

@@ -15,6 +15,7 @@
  * - `rejected`: updates the server refused for good, with its code.
  */
 import Database from 'better-sqlite3'
+import * as Y from 'yjs'
 import {
   type CollectionState,
   type CommitResult,
@@ -114,6 +115,7 @@ class SqliteStore implements SeqsyncStore {
     this.db.pragma('journal_mode = WAL')
     this.db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
     this.db.pragma('busy_timeout = 5000')
+    this.db.pragma('cache_size = -32768') // 32 MiB: a large catch-up commit does not spill
     this.db.exec(SCHEMA)
     const p = (sql: string): Stmt => this.db.prepare(sql)
     this.s = {
@@ -126,6 +128,12 @@ class SqliteStore implements SeqsyncStore {
       docGet: p('SELECT deleted, saved_through, log_rows, log_bytes FROM documents WHERE collection = ? AND doc = ?'),
       docEnsure: p('INSERT INTO documents (collection, doc) VALUES (?, ?) ON CONFLICT (collection, doc) DO NOTHING'),
       docGrow: p('UPDATE documents SET deleted = 0, log_rows = log_rows + ?, log_bytes = log_bytes + ? WHERE collection = ? AND doc = ?'),
+      docUpsert: p(`INSERT INTO documents (collection, doc, log_rows, log_bytes) VALUES (?, ?, ?, ?)
+        ON CONFLICT (collection, doc) DO UPDATE SET
+          deleted = CASE WHEN ? THEN 0 ELSE deleted END,
+          log_rows = log_rows + excluded.log_rows,
+          log_bytes = log_bytes + excluded.log_bytes
+        RETURNING deleted, log_rows, log_bytes`),
       docGrowKeep: p('UPDATE documents SET log_rows = log_rows + ?, log_bytes = log_bytes + ? WHERE collection = ? AND doc = ?'),
       docDelete: p('UPDATE documents SET deleted = 1, log_rows = 0, log_bytes = 0 WHERE collection = ? AND doc = ?'),
       docSaved: p('UPDATE documents SET saved_through = max(saved_through, ?) WHERE collection = ? AND doc = ?'),
@@ -222,9 +230,22 @@ class SqliteStore implements SeqsyncStore {
         ensure.run(collection, doc)
         known.add(doc)
       }
+      // A document's remote updates in one write become one row (merged):
+      // a catch-up of 260k changes over 1,000 documents writes a few
+      // thousand rows, not 260k index entries spread over every page.
+      const pending = new Map<string, Uint8Array[]>()
+      const flushPending = (doc: string): void => {
+        const list = pending.get(doc)
+        if (list === undefined) return
+        pending.delete(doc)
+        const data = list.length === 1 ? list[0] as Uint8Array : Y.mergeUpdates(list)
+        insert.run(collection, doc, data, 'remote', CONFIRMED)
+        grow(doc, data.length, true)
+      }
       for (const { doc, update } of write.remote ?? []) {
-        ensureDoc(doc)
         if (update === null) {
+          ensureDoc(doc)
+          pending.delete(doc)
           touched.delete(doc)
           const outbox = this.get('outboxOfDoc').all(collection, doc) as Array<{ id: number, doc: string, data: Uint8Array }>
           const at = Date.now()
@@ -237,13 +258,17 @@ class SqliteStore implements SeqsyncStore {
           this.get('snapDel').run(collection, doc)
           this.get('docDelete').run(collection, doc)
         } else {
-          insert.run(collection, doc, update, 'remote', CONFIRMED)
-          grow(doc, update.length, true)
+          let list = pending.get(doc)
+          if (list === undefined) {
+            list = []
+            pending.set(doc, list)
+          }
+          list.push(update)
         }
       }
+      for (const doc of [...pending.keys()]) flushPending(doc)
       const localIds: number[] = []
       for (const { doc, update } of write.local ?? []) {
-        ensureDoc(doc)
         const info = insert.run(collection, doc, update, 'local', OUTBOX)
         localIds.push(Number(info.lastInsertRowid))
         if (!touched.has(doc)) touched.set(doc, { rows: 0, bytes: 0, revive: false })
@@ -273,9 +298,10 @@ class SqliteStore implements SeqsyncStore {
     const t = touched.get(doc)
     if (t === undefined) return
     touched.delete(doc)
-    if (t.rows > 0) this.get(t.revive ? 'docGrow' : 'docGrowKeep').run(t.rows, t.bytes, collection, doc)
-    const d = this.get('docGet').get(collection, doc) as { deleted: number, log_rows: number, log_bytes: number } | undefined
-    if (d === undefined || d.deleted !== 0) return
+    // One statement: create the document's row if needed, add the growth,
+    // revive it if a remote update arrived, and read its counters back.
+    const d = this.get('docUpsert').get(collection, doc, t.rows, t.bytes, t.revive ? 1 : 0) as { deleted: number, log_rows: number, log_bytes: number }
+    if (d.deleted !== 0) return
     if (d.log_rows >= this.compactAfterUpdates || (d.log_rows >= 2 && d.log_bytes >= this.compactAfterBytes)) {
       this.foldDoc(collection, doc)
     }
