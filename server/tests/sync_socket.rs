@@ -235,6 +235,8 @@ fn a_push_is_answered_once_durable_and_comes_back_in_the_stream() {
     .unwrap();
     assert_eq!(peers[0]["peer"], "phone");
     assert_eq!(peers[0]["acked"], 1);
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(socket);
     server.stop();
 }
 
@@ -288,6 +290,9 @@ fn the_stream_pages_stored_changes_then_goes_live_without_gap_or_duplicate() {
         let seqs: Vec<u64> = live.iter().map(|c| c.seq).collect();
         assert_eq!(seqs, vec![701]);
     }
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(writer);
+    drop(readers);
     server.stop();
 }
 
@@ -356,6 +361,9 @@ fn a_cursor_of_another_history_is_reset_with_its_reason() {
         checksum: Some(page.cursor_checksum),
         ..Hello::default()
     }));
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(writer);
+    drop(socket);
     server.stop();
 }
 
@@ -422,6 +430,8 @@ fn a_refused_push_answers_alone_and_the_socket_stays_open() {
         .into_string()
         .unwrap();
     assert!(metrics.contains("seqsync_refused_total{reason=\"invalid_frame\"}"));
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(socket);
     server.stop();
 }
 
@@ -517,6 +527,11 @@ fn tokens_decide_what_a_socket_follows_and_writes() {
         }
     }
     assert_eq!(changes_page_as(&server, "t", 0, Some(&admin)).head, 2);
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(socket);
+    drop(mine);
+    drop(all);
+    drop(ro);
     server.stop();
 }
 
@@ -531,6 +546,8 @@ fn a_schema_newer_than_the_server_is_refused_at_the_hello() {
         ServerFrame::Error { code, .. } if code == "schema_too_new"
     ));
     assert!(socket.closed());
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(socket);
     server.stop();
 }
 
@@ -581,5 +598,8 @@ fn yws_and_sync_socket_clients_see_each_others_edits() {
             }
         }
     }
+    // Sockets left open would hold the server's shutdown for its 10 s grace.
+    drop(socket);
+    drop(yws);
     server.stop();
 }
