@@ -18,7 +18,7 @@ import {
   UpgradeRequiredError
 } from './errors.js'
 import type { ChangesFrame, PushErrorFrame, PushedFrame, ResetFrame, ServerFrame, UpToDateFrame, WelcomeFrame } from './protocol.js'
-import type { CollectionState, OutboxEntry, RejectedEntry, SeqsyncStore } from './store.js'
+import type { CollectionState, CommitResult, OutboxEntry, RejectedEntry, SeqsyncStore, StoreWrite } from './store.js'
 import { documentUpdate } from './store.js'
 import { type Http, type SocketClose, SyncSocket, type WebSocketConstructor } from './transport.js'
 
@@ -49,6 +49,9 @@ const MAX_IN_FLIGHT = 16
  * (the Rust replica's LOCAL_COMMIT_CHANGES / LOCAL_COMMIT_BYTES). */
 const LOCAL_COMMIT_CHANGES = 8000
 const LOCAL_COMMIT_BYTES = 8 << 20
+/** Confirmations and cursor moves of our own changes reach the store
+ * within this long (or with the next commit). */
+const LAZY_MS = 100
 /** How long frames gather before a commit while catching up. */
 const CATCH_UP_GATHER_MS = 15
 /** Resets one sync recovers from before it gives up. */
@@ -210,6 +213,8 @@ class Session {
   finishing = false
   closing = false
   startCursor = 0
+  /** The highest `through` seen on arrival. */
+  arrivedThrough = 0
   /** changes frames received, not stored yet. */
   frames: ChangesFrame[] = []
   drainScheduled = false
@@ -327,6 +332,7 @@ export class Collection {
   /** Local edits waiting for the server, in the store. */
   async outboxSize (): Promise<number> {
     await this.ready
+    await this.flushLazy()
     return await this.queue.run(() => this.store.outboxSize(this.name))
   }
 
@@ -342,7 +348,7 @@ export class Collection {
     await this.ready
     const answer = await this.ctx.http.deleteDocument(this.name, id)
     await this.queue.run(async () => {
-      const res = await this.store.commit(this.name, { remote: [{ doc: id, update: null }] })
+      const res = await this.commit({ remote: [{ doc: id, update: null }] })
       this.afterDeletes([id], res.rejected)
     })
     return answer
@@ -357,6 +363,51 @@ export class Collection {
   async compactLocal (): Promise<void> {
     await this.ready
     await this.queue.run(() => this.store.compact(this.name))
+  }
+
+  // ---- store writes ----------------------------------------------------------
+
+  /** What may reach the store with the next commit: rows the server
+   * confirmed, saved-through seqs, a cursor moved by our own changes. */
+  private lazy: { pushed: number[], saved: Map<string, number>, state: Partial<CollectionState> | null } = { pushed: [], saved: new Map(), state: null }
+  private lazyTimer: ReturnType<typeof setTimeout> | null = null
+
+  /** One store transaction (inside the queue), carrying the lazy part. */
+  private async commit (write: StoreWrite): Promise<CommitResult> {
+    const lazy = this.lazy
+    this.lazy = { pushed: [], saved: new Map(), state: null }
+    const merged: StoreWrite = { ...write }
+    if (lazy.pushed.length > 0) merged.pushed = [...lazy.pushed, ...(write.pushed ?? [])]
+    if (lazy.saved.size > 0) merged.saved = [...[...lazy.saved].map(([doc, seq]) => ({ doc, seq })), ...(write.saved ?? [])]
+    if (lazy.state !== null) merged.state = { ...lazy.state, ...(write.state ?? {}) }
+    try {
+      return await this.store.commit(this.name, merged)
+    } catch (err) {
+      // Keep the lazy part for the next try.
+      this.lazy.pushed.unshift(...lazy.pushed)
+      for (const [doc, seq] of lazy.saved) this.lazy.saved.set(doc, Math.max(this.lazy.saved.get(doc) ?? 0, seq))
+      this.lazy.state ??= lazy.state
+      throw err
+    }
+  }
+
+  private hasLazy (): boolean {
+    return this.lazy.pushed.length > 0 || this.lazy.saved.size > 0 || this.lazy.state !== null
+  }
+
+  private scheduleLazy (): void {
+    if (this.lazyTimer !== null) return
+    this.lazyTimer = setTimeout(() => {
+      this.lazyTimer = null
+      this.flushLazy().catch(err => this.events.emit('error', err as Error))
+    }, LAZY_MS)
+  }
+
+  /** Writes the lazy part now (queued). */
+  private flushLazy (): Promise<void> {
+    return this.queue.run(async () => {
+      if (this.hasLazy()) await this.commit({})
+    })
   }
 
   // ---- local edits -------------------------------------------------------
@@ -392,7 +443,7 @@ export class Collection {
       if (batch.length === 0) return
       let localIds: number[]
       try {
-        localIds = (await this.store.commit(this.name, { local: batch })).localIds
+        localIds = (await this.commit({ local: batch })).localIds
       } catch (err) {
         // Not saved: keep them for the next flush.
         this.unsaved = [...batch, ...this.unsaved]
@@ -464,6 +515,7 @@ export class Collection {
       throw end.error
     }
     await this.epochFetch
+    await this.flushLazy()
     const outboxLeft = await this.queue.run(() => this.store.outboxSize(this.name))
     const base = {
       alreadyThere: counters.alreadyThere,
@@ -580,6 +632,7 @@ export class Collection {
     } finally {
       clearTimeout(timer)
     }
+    await this.flushLazy()
     return { complete: (await this.queue.run(() => this.store.outboxSize(this.name))) === 0 }
   }
 
@@ -616,6 +669,7 @@ export class Collection {
     // The hello carries the cursor as stored now (after every queued write).
     await this.queue.run(() => {})
     session.startCursor = this.state.cursor
+    session.arrivedThrough = this.state.cursor
     session.ackSent = this.state.cursor
     session.ackAnswered = this.state.cursor
     socket.send({
@@ -628,6 +682,7 @@ export class Collection {
       docs: []
     })
     const end = await ended
+    await this.flushLazy().catch(() => {})
     if (this.session === session) this.session = null
     this.setConnection('disconnected')
     return end
@@ -721,7 +776,7 @@ export class Collection {
     session.progress.expected = Math.max(0, frame.head - session.startCursor)
     this.queue.run(async () => {
       if (frame.epoch !== '' && frame.epoch !== this.state.epoch) {
-        await this.store.commit(this.name, { state: { epoch: frame.epoch } })
+        await this.commit({ state: { epoch: frame.epoch } })
         this.state.epoch = frame.epoch
       }
       session.progress.toPush = await this.store.outboxSize(this.name)
@@ -884,7 +939,12 @@ export class Collection {
       saved.set(g.doc, Math.max(saved.get(g.doc) ?? 0, through))
     })
     this.queue.run(async () => {
-      await this.store.commit(this.name, { pushed: ids, saved: [...saved].map(([doc, seq]) => ({ doc, seq })) })
+      // Marking rows confirmed can wait for the next commit (at most
+      // LAZY_MS): a crash before it only re-sends them, and the server
+      // answers seq 0 for what it has.
+      this.lazy.pushed.push(...ids)
+      for (const [doc, seq] of saved) this.lazy.saved.set(doc, Math.max(this.lazy.saved.get(doc) ?? 0, seq))
+      this.scheduleLazy()
       for (const g of flight.groups) {
         const s = this.statusOf(g.doc)
         s.pending = Math.max(0, s.pending - g.rows.length)
@@ -994,12 +1054,45 @@ export class Collection {
     // (up to LOCAL_COMMIT_CHANGES / LOCAL_COMMIT_BYTES per transaction): a
     // catch-up of 260k changes is a few dozen local commits, not a
     // thousand.
+    this.applyOnArrival(session, frame)
     session.frames.push(frame)
     if (session.drainScheduled) return
     session.drainScheduled = true
     this.queue.run(() => this.drainFrames(session))
       .catch(err => this.finishSession(session, { kind: 'lost', error: err as Error }))
       .finally(() => this.checkDone(session))
+  }
+
+  /** Applies a frame's updates to the live docs as it arrives, before it is
+   * stored (the store commit then only moves the cursor with the data):
+   * the other client's keystroke shows without waiting for the local
+   * disk. Safe: a crash before the commit leaves the cursor before the
+   * frame, which is streamed again. Docs applied here are skipped when the
+   * frame is stored. */
+  private applyOnArrival (session: Session, frame: ChangesFrame): void {
+    if (this.schemaVersion > 0 && frame.changes.some(c => c.schemaVersion > this.schemaVersion)) return
+    const byDoc = new Map<string, Uint8Array[]>()
+    for (const c of frame.changes) {
+      if (c.seq <= session.arrivedThrough) continue
+      if (c.kind === 'delete' || (c.origin !== '' && c.origin === this.peerId)) continue
+      if (!this.live.has(c.doc)) continue
+      let list = byDoc.get(c.doc)
+      if (list === undefined) {
+        list = []
+        byDoc.set(c.doc, list)
+      }
+      list.push(c.payload)
+    }
+    session.arrivedThrough = Math.max(session.arrivedThrough, frame.through)
+    if (byDoc.size === 0) return
+    for (const [doc, updates] of byDoc) {
+      const live = this.live.get(doc) as LiveDoc
+      live.ydoc.transact(() => {
+        for (const u of updates) Y.applyUpdate(live.ydoc, u, this.remoteOrigin)
+      }, this.remoteOrigin)
+    }
+    appliedOnArrival.set(frame, new Set(byDoc.keys()))
+    this.events.emit('change', { docs: [...byDoc.keys()], source: 'stream' })
   }
 
   private async drainFrames (session: Session): Promise<void> {
@@ -1042,11 +1135,13 @@ export class Collection {
       }
     }
     const remote: Array<{ doc: string, update: Uint8Array | null }> = []
+    const toApply: Array<{ doc: string, update: Uint8Array | null }> = []
     let others = 0
     const deletes: string[] = []
     let cursor = this.state.cursor
     let checksum = this.state.checksum
     for (const frame of frames) {
+      const applied = appliedOnArrival.get(frame)
       for (const c of frame.changes) {
         if (c.seq <= cursor) continue // already had it
         if (c.origin !== '' && c.origin === this.peerId && c.kind !== 'delete') continue // our own edit, back
@@ -1056,6 +1151,7 @@ export class Collection {
           deletes.push(c.doc)
         } else {
           remote.push({ doc: c.doc, update: c.payload })
+          if (applied === undefined || !applied.has(c.doc)) toApply.push({ doc: c.doc, update: c.payload })
         }
       }
       if (frame.through > cursor) {
@@ -1064,11 +1160,25 @@ export class Collection {
       }
     }
     if (remote.length === 0 && cursor === this.state.cursor) return
-    const res = await this.store.commit(this.name, { remote, state: { cursor, checksum } })
+    if (remote.length === 0) {
+      // Only our own changes came back: the cursor moves in memory now and
+      // in the store with the next commit (a crash before it re-reads them,
+      // and they are skipped again).
+      this.state.cursor = cursor
+      this.state.checksum = checksum
+      this.lazy.state = { cursor, checksum }
+      this.scheduleLazy()
+      session.progress.received = cursor - session.startCursor
+      this.emitProgress(session)
+      this.scheduleAck(session)
+      return
+    }
+    const res = await this.commit({ remote, state: { cursor, checksum } })
     this.state.cursor = cursor
     this.state.checksum = checksum
     session.counters.pulled += others
-    this.applyToLive(remote, 'stream')
+    for (const { doc, update } of remote) if (update !== null) this.deletedDocs.delete(doc)
+    this.applyToLive(toApply, 'stream')
     if (deletes.length > 0) this.afterDeletes(deletes, res.rejected, session)
     session.progress.received = cursor - session.startCursor
     this.emitProgress(session)
@@ -1114,7 +1224,7 @@ export class Collection {
         // Changes after the cursor that the stream did not send (filtered
         // or compacted away): the cursor moves past them.
         const checksum = knownChecksum(frame.checksum)
-        await this.store.commit(this.name, { state: { cursor: frame.head, checksum } })
+        await this.commit({ state: { cursor: frame.head, checksum } })
         this.state.cursor = frame.head
         this.state.checksum = checksum
         this.scheduleAck(session)
@@ -1138,7 +1248,7 @@ export class Collection {
     this.fetchingEpoch = true
     this.epochFetch = this.ctx.http.epoch(this.name).then(epoch => this.queue.run(async () => {
       if (epoch === null || this.state.epoch !== '') return
-      await this.store.commit(this.name, { state: { epoch } })
+      await this.commit({ state: { epoch } })
       this.state.epoch = epoch
     })).catch(() => {}).finally(() => { this.fetchingEpoch = false })
   }
@@ -1154,9 +1264,15 @@ export class Collection {
 
   private sendAck (session: Session): void {
     if (session.ended || this.peerId === '') return
+    if (this.state.cursor <= session.ackSent) return
+    // Ack only what is stored: flush the lazy cursor first.
     const seq = this.state.cursor
-    if (seq <= session.ackSent) return
-    if (session.socket?.send({ type: 'ack', seq }) === true) session.ackSent = seq
+    session.ackSent = seq
+    this.flushLazy().then(() => {
+      if (session.socket?.send({ type: 'ack', seq }) !== true) session.ackSent = Math.min(session.ackSent, session.ackAnswered)
+    }, () => {
+      session.ackSent = session.ackAnswered
+    })
   }
 
   /** Ends a finishing session once everything is confirmed and received,
@@ -1202,6 +1318,7 @@ export class Collection {
    * lacks). Nothing local is lost. */
   private async recover (frame: ResetFrame, counters: Counters): Promise<void> {
     await this.whenSaved()
+    await this.flushLazy()
     // One queued task, the request included: no local write lands between
     // the state vectors sent and the outbox superseded (edits made
     // meanwhile wait in memory and are written after).
@@ -1277,6 +1394,9 @@ export class Collection {
     this.live.clear()
   }
 }
+
+/** Per changes frame, the documents applied to live docs on arrival. */
+const appliedOnArrival = new WeakMap<ChangesFrame, Set<string>>()
 
 function pendingChanges (session: Session): number {
   let n = 0
