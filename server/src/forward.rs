@@ -63,9 +63,10 @@ pub(crate) async fn push_to_owner(
                     let body = response
                         .into_string()
                         .map_err(|e| format!("the owner's answer: {e}"))?;
-                    let value: serde_json::Value = serde_json::from_str(&body)
-                        .map_err(|e| format!("the owner's answer is not JSON: {e}"))?;
-                    return Ok(value["seq"].as_u64());
+                    let answer: seqsync_protocol::http::PushAnswer =
+                        serde_json::from_str(&body)
+                            .map_err(|e| format!("the owner's answer is malformed: {e}"))?;
+                    return Ok(answer.seq);
                 }
                 307 => match response.header("location") {
                     Some(next) => url = next.to_owned(),
