@@ -63,9 +63,8 @@ pub(crate) async fn push_to_owner(
                     let body = response
                         .into_string()
                         .map_err(|e| format!("the owner's answer: {e}"))?;
-                    let answer: seqsync_protocol::http::PushAnswer =
-                        serde_json::from_str(&body)
-                            .map_err(|e| format!("the owner's answer is malformed: {e}"))?;
+                    let answer: seqsync_protocol::http::PushAnswer = serde_json::from_str(&body)
+                        .map_err(|e| format!("the owner's answer is malformed: {e}"))?;
                     return Ok(answer.seq);
                 }
                 307 => match response.header("location") {

@@ -785,3 +785,105 @@ fn a_garbage_websocket_handshake_is_refused() {
     }
     server.serves_a_well_behaved_client(1);
 }
+
+/// A sync socket (operator token) whose hello is answered: it has the
+/// `welcome`.
+fn joined_sync_socket(server: &Server, collection: &str) -> Socket {
+    use seqsync_protocol::sync::{ClientFrame, Hello, ServerFrame};
+    let mut socket = yws(
+        server,
+        &format!("/v1/collections/{collection}/sync"),
+        Some("operator"),
+    )
+    .unwrap();
+    let hello = ClientFrame::Hello(Hello {
+        peer: "p".into(),
+        ..Hello::default()
+    });
+    socket
+        .send(WsMessage::Binary(hello.encode().into()))
+        .unwrap();
+    match socket.read().unwrap() {
+        WsMessage::Binary(bytes) => assert!(matches!(
+            ServerFrame::decode(&bytes),
+            Ok(ServerFrame::Welcome { .. })
+        )),
+        other => panic!("expected the welcome, got {other:?}"),
+    }
+    socket
+}
+
+#[test]
+fn a_sync_socket_that_never_reads_is_closed_and_a_reader_beside_it_gets_everything() {
+    // The sync socket streams a whole collection: a client that stops
+    // reading must be cut off (its buffers bounded) while a reader on the
+    // same collection receives every change, in order, exactly once.
+    use seqsync_protocol::sync::ServerFrame;
+    let server = Arc::new(Server::start(&[(
+        "SEQSYNC_LIMITS_WS_IDLE_TIMEOUT_MS",
+        "30000",
+    )]));
+    let rss = server.sample_rss();
+    let mut stalled = joined_sync_socket(&server, "syncflood");
+    let mut reader = joined_sync_socket(&server, "syncflood");
+    let counting = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut next_seq = 1u64;
+        loop {
+            assert!(Instant::now() < deadline, "the reader fell behind");
+            let bytes = match reader.read().unwrap() {
+                WsMessage::Binary(bytes) => bytes,
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("reader got {other:?}"),
+            };
+            if let Ok(ServerFrame::Changes { changes, .. }) = ServerFrame::decode(&bytes) {
+                for change in changes {
+                    assert_eq!(change.seq, next_seq, "every seq once, in order");
+                    next_seq += 1;
+                }
+            }
+            if next_seq > 40 * 200 {
+                return next_seq - 1;
+            }
+        }
+    });
+    // 40 batches of 200 updates of 2 KiB over HTTP, a document each: 16 MiB
+    // the stalled client never takes.
+    let chunk = "x".repeat(2048);
+    for batch in 0..40u64 {
+        let writer = yrs::Doc::with_client_id((1 << 24) + batch);
+        let text = writer.get_or_insert_text("t");
+        let mut updates = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let mut txn = writer.transact_mut();
+            text.insert(&mut txn, 0, &chunk);
+            updates.push(serde_json::json!({
+                "doc": format!("d{batch}"),
+                "update": base64_of(&txn.encode_update_v1()),
+            }));
+        }
+        let answer = ureq::post(&server.url("/v1/collections/syncflood/batch"))
+            .set("authorization", "Bearer operator")
+            .set("content-type", "application/json")
+            .send_string(&serde_json::json!({ "updates": updates }).to_string())
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    server.serves_a_well_behaved_client(1);
+    assert_eq!(
+        counting.join().unwrap(),
+        40 * 200,
+        "the reader got every change"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.refused("slow_reader") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled sync socket was not closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stalled.get_mut().set_nonblocking(false).unwrap();
+    drop(stalled);
+    rss.finish("a never-reading sync socket under a 16 MiB flood", 256);
+}
