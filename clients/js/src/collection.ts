@@ -744,6 +744,14 @@ export class Collection {
       case 'error':
         this.finishSession(session, this.errorEnd(frame.code, frame.message))
         break
+      case 'ack_error':
+        // Refused, but answered: nothing waits for it any more. Compaction
+        // on the server then does not know this peer's cursor (e.g. a token
+        // for one document, which carries no `ack` right).
+        session.ackAnswered = Math.max(session.ackAnswered, frame.seq)
+        this.events.emit('error', new ServerError(frame.code, `the server refused the ack of seq ${frame.seq}: ${frame.message}`))
+        this.checkDone(session)
+        break
     }
   }
 
@@ -1156,7 +1164,7 @@ export class Collection {
       }
       if (frame.through > cursor) {
         cursor = frame.through
-        checksum = knownChecksum(frame.checksum)
+        checksum = frame.checksum
       }
     }
     if (remote.length === 0 && cursor === this.state.cursor) return
@@ -1223,7 +1231,7 @@ export class Collection {
       if (frame.head > this.state.cursor) {
         // Changes after the cursor that the stream did not send (filtered
         // or compacted away): the cursor moves past them.
-        const checksum = knownChecksum(frame.checksum)
+        const checksum = frame.checksum
         await this.commit({ state: { cursor: frame.head, checksum } })
         this.state.cursor = frame.head
         this.state.checksum = checksum
@@ -1402,15 +1410,6 @@ function pendingChanges (session: Session): number {
   let n = 0
   for (const f of session.frames) n += f.changes.length
   return n
-}
-
-/** A checksum as kept locally: the server's current build sends
- * "0000000000000000" for live changes (NOTES-for-server.md), which is not
- * the checksum at that seq; kept as unknown ('': the next hello does not
- * ask the server to check it) rather than as a wrong value that would
- * make the next hello answer `history_replaced`. */
-function knownChecksum (checksum: string): string {
-  return checksum === '0000000000000000' ? '' : checksum
 }
 
 /** Merges a document's rows into one update; rows that do not merge (a

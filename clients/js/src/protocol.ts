@@ -26,6 +26,7 @@ export const UP_TO_DATE = 68
 export const ACKED = 69
 export const RESET = 70
 export const ERROR = 71
+export const ACK_ERROR = 72
 
 /** A change's kind in a `changes` frame. */
 export const KIND_UPDATE = 0
@@ -138,6 +139,15 @@ export interface ErrorFrame {
   message: string
 }
 
+/** An ack the server refused (no peer id, a token without `ack`, beyond
+ * the head); the socket stays open. */
+export interface AckErrorFrame {
+  type: 'ack_error'
+  seq: number
+  code: string
+  message: string
+}
+
 export type ClientFrame = HelloFrame | PushFrame | PushBatchFrame | AckFrame
 export type ServerFrame =
   | WelcomeFrame
@@ -148,6 +158,7 @@ export type ServerFrame =
   | AckedFrame
   | ResetFrame
   | ErrorFrame
+  | AckErrorFrame
 export type Frame = ClientFrame | ServerFrame
 
 /** A frame that cannot be decoded (or encoded): truncated, trailing bytes,
@@ -263,6 +274,12 @@ export function encodeFrame (frame: Frame): Uint8Array {
       break
     case 'error':
       uint(ERROR, 'type')
+      str(frame.code)
+      str(frame.message)
+      break
+    case 'ack_error':
+      uint(ACK_ERROR, 'type')
+      uint(frame.seq, 'seq')
       str(frame.code)
       str(frame.message)
       break
@@ -429,6 +446,13 @@ export function decodeFrame (bytes: Uint8Array): Frame {
       const code = r.string('code')
       const message = r.string('message')
       frame = { type: 'error', code, message }
+      break
+    }
+    case ACK_ERROR: {
+      const seq = r.uint('seq')
+      const code = r.string('code')
+      const message = r.string('message')
+      frame = { type: 'ack_error', seq, code, message }
       break
     }
     default:

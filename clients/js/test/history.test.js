@@ -77,7 +77,7 @@ test('history replaced without a new epoch: reset history_replaced, nothing loca
 
 test('seqsync restore of an older backup under a new epoch: reset, nothing local lost', async (t) => {
   if (!existsSync(CLI_BIN)) {
-    t.skip(`the seqsync CLI is missing at ${CLI_BIN} (cargo build -p seqsync-cli, or set SEQSYNC_CLI_BIN)`)
+    t.skip(`the seqsync CLI is missing at ${CLI_BIN} (cargo build -p seqsync-cli, or set CLIENT_JS_CLI_BIN)`)
     return
   }
   const dir = tempDir()

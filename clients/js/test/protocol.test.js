@@ -72,6 +72,8 @@ test('every other frame type round-trips with exact bytes', () => {
   roundTrip({ type: 'reset', reason: 'foreign_epoch', epoch: EPOCH, head: 12 },
     '46 0d' + ascii('foreign_epoch') + '20' + ascii(EPOCH) + '0c')
   roundTrip({ type: 'error', code: 'forbidden', message: '' }, '47 09' + ascii('forbidden') + '00')
+  roundTrip({ type: 'ack_error', seq: 5, code: 'ack_beyond_head', message: '' },
+    '48 05 0f' + ascii('ack_beyond_head') + '00')
   roundTrip({ type: 'welcome', epoch: '', head: 0, schemaVersion: 1, maxPushesInFlight: 1 }, '40 00 00 01 01')
 })
 

@@ -1,6 +1,6 @@
 // Starts the real seqsync server binary on a free loopback port with its own
 // data directory (the interop suite's approach), and stops / kills /
-// restarts it. The binary is $SEQSYNC_SERVER_BIN, or the release build of
+// restarts it. The binary is $CLIENT_JS_SERVER_BIN, or the release build of
 // the example (`cargo build --release --example server`).
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, existsSync } from 'node:fs'
@@ -11,8 +11,8 @@ import { createInterface } from 'node:readline'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = resolve(here, '..', '..')
-export const SERVER_BIN = process.env.SEQSYNC_SERVER_BIN ? resolve(process.env.SEQSYNC_SERVER_BIN) : resolve(root, '../../target/release/examples/server')
-export const CLI_BIN = process.env.SEQSYNC_CLI_BIN ? resolve(process.env.SEQSYNC_CLI_BIN) : resolve(root, '../../target/debug/seqsync')
+export const SERVER_BIN = process.env.CLIENT_JS_SERVER_BIN ? resolve(process.env.CLIENT_JS_SERVER_BIN) : resolve(root, '../../target/release/examples/server')
+export const CLI_BIN = process.env.CLIENT_JS_CLI_BIN ? resolve(process.env.CLIENT_JS_CLI_BIN) : resolve(root, '../../target/debug/seqsync')
 
 export function tempDir (prefix = 'seqsync-js-') {
   return mkdtempSync(join(tmpdir(), prefix))
@@ -24,7 +24,7 @@ export function tempDir (prefix = 'seqsync-js-') {
  * default). `env`: more SEQSYNC_* settings.
  */
 export async function startServer ({ dir, listen = '127.0.0.1:0', env = {}, keep = false } = {}) {
-  if (!existsSync(SERVER_BIN)) throw new Error(`the server binary ${SERVER_BIN} is missing: cargo build --release --example server, or set SEQSYNC_SERVER_BIN`)
+  if (!existsSync(SERVER_BIN)) throw new Error(`the server binary ${SERVER_BIN} is missing: cargo build --release --example server, or set CLIENT_JS_SERVER_BIN`)
   const owned = dir === undefined
   dir ??= tempDir()
   const dataDir = join(dir, 'data')
