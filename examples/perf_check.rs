@@ -230,6 +230,18 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// A value with as many decimals as its size needs (pushes/s as integers,
+/// milliseconds with two).
+fn show(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn range(values: &[f64]) -> (f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -378,9 +390,13 @@ fn main() {
         let (cmin, cmax) = range(current);
         let (rmin, rmax) = range(&ratios);
         println!(
-            "| {metric} | {:.3} ({bmin:.3}–{bmax:.3}) | {:.3} ({cmin:.3}–{cmax:.3}) | {:.2}× ({rmin:.2}–{rmax:.2}) | {} |",
-            median(&mut base.clone()),
-            median(&mut current.clone()),
+            "| {metric} | {} ({}–{}) | {} ({}–{}) | {:.2}× ({rmin:.2}–{rmax:.2}) | {} |",
+            show(median(&mut base.clone())),
+            show(bmin),
+            show(bmax),
+            show(median(&mut current.clone())),
+            show(cmin),
+            show(cmax),
             median(&mut ratios),
             if *higher_better { "higher" } else { "lower" }
         );
