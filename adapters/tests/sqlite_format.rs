@@ -5,6 +5,8 @@
 //! pages. Stores written by format 1 must open, migrated in place, with every
 //! change, peer and head exactly as before; a format-1 store whose stored
 //! head disagrees with its log must be refused before anything is changed.
+//! Format 3 added each change's log checksum, format 4 moved it before the
+//! payload; a format-1 store goes through every step.
 
 use rusqlite::{params, Connection};
 use seqsync_adapters::{SqliteStorage, SQLITE_FILE_NAME};
@@ -172,8 +174,22 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             .unwrap();
         assert_eq!(storage.collection(&name("a")).unwrap().unwrap().head, 4);
     }
-    assert_eq!(format_of(dir.path()), 3);
-    // Reopening a format-3 store changes nothing.
+    assert_eq!(format_of(dir.path()), 4);
+    // Format 4 keeps `checksum` before `payload`: reading a change's
+    // checksum (the head's, on every page read) must not walk a large
+    // payload's overflow pages.
+    let conn = Connection::open(dir.path().join(SQLITE_FILE_NAME)).unwrap();
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('changes') ORDER BY cid")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let at = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    assert!(at("checksum") < at("payload"), "{columns:?}");
+    drop(conn);
+    // Reopening a format-4 store changes nothing.
     let storage = SqliteStorage::open(dir.path(), Durability::Immediate).unwrap();
     assert_eq!(storage.collection(&name("a")).unwrap().unwrap().head, 4);
     assert_eq!(
