@@ -277,6 +277,15 @@ fn main() {
             "git worktree add",
         );
     }
+    // Revisions before the traces moved into benches/traces read them from
+    // `../shared/traces` beside the checkout: give the worktree the same
+    // neighbour.
+    let shared = root.join("../shared");
+    let beside = work.join("shared");
+    if shared.exists() && !beside.exists() {
+        #[cfg(unix)]
+        let _ = std::os::unix::fs::symlink(&shared, &beside);
+    }
     let base_target = work.join(format!("target-{short}"));
     build(&worktree, &base_target);
     let base_bin = work.join(format!("bin-{short}"));
