@@ -294,24 +294,19 @@ fn kind_of(kind: seqsync_protocol::http::ChangeKind) -> ChangeKind {
     }
 }
 
-/// A change of a JSON page.
+/// A change of a JSON page: the same fields as a frame's.
 fn change_of_json(change: ChangeJson) -> Result<Change, TransportError> {
-    Ok(Change {
+    change_of_frame(SyncChange {
         seq: change.seq,
-        doc: DocId::new(change.doc).map_err(|e| bad(&e.to_string()))?,
-        kind: kind_of(change.kind),
-        payload: change.update.0,
+        doc: change.doc,
+        kind: change.kind,
         schema_version: change.schema_version,
-        origin: change
-            .origin
-            .map(PeerId::new)
-            .transpose()
-            .map_err(|e| bad(&e.to_string()))?,
-        log_checksum: 0,
+        origin: change.origin,
+        payload: change.update.0,
     })
 }
 
-/// A change of a `changes` frame.
+/// A change of a `changes` frame, its names validated.
 fn change_of_frame(change: SyncChange) -> Result<Change, TransportError> {
     Ok(Change {
         seq: change.seq,

@@ -207,6 +207,38 @@ pub(crate) fn protocol_close(err: &actix_ws::ProtocolError) -> actix_ws::CloseRe
 /// a header declares more than `max_message_bytes`; and it hands over one
 /// chunk per poll, so actix-ws decodes as it goes and buffers at most one
 /// message plus one chunk.
+/// Upgrades `req` to a WebSocket of binary messages bounded by
+/// `limits.max_message_bytes`: the body is guarded (see
+/// [`guarded_websocket_body`]), and a frame or a fragmented message over
+/// the limit is refused from its header, before its payload is buffered
+/// (1009). What `/yws` and the sync socket share.
+///
+/// Errors: 400 `invalid_body` or `not_a_websocket`.
+pub(crate) async fn upgrade_bounded(
+    req: &actix_web::HttpRequest,
+    body: actix_web::web::Payload,
+    limits: &LimitsConfig,
+) -> Result<
+    (
+        actix_web::HttpResponse,
+        actix_ws::Session,
+        actix_ws::AggregatedMessageStream,
+    ),
+    ApiError,
+> {
+    let body = guarded_websocket_body(req, body, limits.max_message_bytes)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let (response, session, incoming) = actix_ws::handle(req, body)
+        .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
+    let limit = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
+    let incoming = incoming
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    Ok((response, session, incoming))
+}
+
 pub(crate) async fn guarded_websocket_body(
     req: &actix_web::HttpRequest,
     body: actix_web::web::Payload,

@@ -39,7 +39,9 @@ use futures::{FutureExt, StreamExt};
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
 use seqsync_engine::{Change, Epoch, ReadError};
 use seqsync_protocol::sync::{encode_changes, ChangeRef, ClientFrame, Hello, ServerFrame};
-use seqsync_protocol::{EpochHex, Hex64};
+use seqsync_protocol::Hex64;
+
+use crate::routes::epoch_hex;
 
 use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
@@ -80,16 +82,8 @@ pub(crate) async fn connect(
     seqsync_engine::CollectionName::new(collection.as_str())
         .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
     let slot = state.connections.admit(&state.limits, &collection)?;
-    let body = crate::limits::guarded_websocket_body(&req, body, state.limits.max_message_bytes)
-        .await
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let (response, session, incoming) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
-    let limit = usize::try_from(state.limits.max_message_bytes).unwrap_or(usize::MAX);
-    let incoming = incoming
-        .max_frame_size(limit)
-        .aggregate_continuations()
-        .max_continuation_size(limit);
+    let (response, session, incoming) =
+        crate::limits::upgrade_bounded(&req, body, &state.limits).await?;
     let connection = SyncConnection {
         session: crate::limits::TimedSession::new(session, &state.limits),
         state,
@@ -168,10 +162,6 @@ impl Ending {
     }
 }
 
-fn epoch_hex(epoch: Option<Epoch>) -> Option<EpochHex> {
-    epoch.map(|e| EpochHex(e.0))
-}
-
 impl SyncConnection {
     async fn run(mut self, mut incoming: actix_ws::AggregatedMessageStream) {
         let mut liveness = crate::limits::Liveness::new(&self.state.limits);
@@ -234,7 +224,7 @@ impl SyncConnection {
         self.accept(hello).await
     }
 
-    async fn accept(&mut self, hello: Hello) -> Result<Subscription, Ending> {
+    async fn accept(&mut self, mut hello: Hello) -> Result<Subscription, Ending> {
         let engine = self.state.engine.clone();
         let collection = self.collection.clone();
         // What the socket may follow: the collection, or the named documents.
@@ -278,10 +268,8 @@ impl SyncConnection {
             )
             .is_ok();
         let epoch = hello.epoch.map(|e| Epoch(e.0));
-        let checksum = hello.checksum.map(|c| c.0);
         // `after` = 2^53 − 1: from the head, whatever it is (a client that
         // only pushes, or follows only what comes next).
-        let mut hello = hello;
         if hello.after == FROM_HEAD {
             let head = match engine.changes(&collection, 0, 0, epoch).await {
                 Ok(page) => page.head,
@@ -300,11 +288,7 @@ impl SyncConnection {
             hello.after = head;
             hello.checksum = None;
         }
-        let checksum = if hello.checksum.is_some() {
-            checksum
-        } else {
-            None
-        };
+        let checksum = hello.checksum.map(|c| c.0);
         // The cursor checked against storage: its epoch, its place within
         // the head, and the checksum of the change at it.
         let page = match engine

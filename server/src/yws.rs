@@ -319,18 +319,8 @@ pub(crate) async fn connect(
     let changes = state
         .engine
         .subscribe_document(&collection, &doc, cursor, None)?;
-    let body = crate::limits::guarded_websocket_body(&req, body, state.limits.max_message_bytes)
-        .await
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let (response, session, incoming) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
-    // A frame (or a fragmented message) over `limits.max_message_bytes` is
-    // refused from its header, before its payload is buffered (1009).
-    let limit = usize::try_from(state.limits.max_message_bytes).unwrap_or(usize::MAX);
-    let incoming = incoming
-        .max_frame_size(limit)
-        .aggregate_continuations()
-        .max_continuation_size(limit);
+    let (response, session, incoming) =
+        crate::limits::upgrade_bounded(&req, body, &state.limits).await?;
     let connection = Connection {
         state: state.clone(),
         key: (collection, doc),
