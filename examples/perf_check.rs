@@ -133,6 +133,19 @@ fn row<'a>(output: &'a str, prefix: &str) -> Option<Vec<&'a str>> {
         .map(|line| line.split('|').map(str::trim).collect())
 }
 
+/// The cells of the steady run's row (a run's row ends with an HTML comment;
+/// the summary's do not), from the cell before the layout on: `yws_load`
+/// rows gained a leading server column, older revisions print without it.
+fn steady_row(output: &str) -> Option<Vec<&str>> {
+    let line = output
+        .lines()
+        .rfind(|line| line.contains("| one collection |") && line.contains("<!--"))?;
+    let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    let layout = cells.iter().position(|c| *c == "one collection")?;
+    // Index 1 is the layout, as in the old rows (index 0 is before the first bar).
+    Some(cells[layout - 1..].to_vec())
+}
+
 /// One measurement: metric name → value, and whether higher is better.
 type Sample = BTreeMap<String, (f64, bool)>;
 
@@ -143,7 +156,7 @@ fn steady(bin: &Path, quick: bool) -> Sample {
         "yws_load (steady)",
     );
     // | layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | …
-    let cells = row(&out, "| one collection").expect("the steady row");
+    let cells = steady_row(&out).expect("the steady row");
     let mut sample = Sample::new();
     let mut put = |name: &str, cell: &str, unit: &str| {
         if let Some(v) = value(cell, unit) {

@@ -7,6 +7,7 @@
 //! cargo run --release --example yws_load -- --ramp            # until p99 > 100 ms
 //! cargo run --release --example yws_load -- --join 150 --doc-mb 20
 //! cargo run --release --example yws_load -- --addr 127.0.0.1:8787 --pid 1234
+//! cargo run --release --example yws_load -- --servers seqsync,y-websocket --rounds 3
 //! ```
 //!
 //! Each room is one document with one writer and one observer, both real
@@ -30,7 +31,17 @@
 //! - peak RSS: `VmHWM` of the server process.
 //!
 //! With `--addr`, an external server is used instead (give `--pid` for the
-//! server columns). The load generator's own CPU is printed too: on one
+//! server columns).
+//!
+//! `--servers seqsync,y-websocket` measures y-websocket's reference server
+//! (`@y/websocket-server`, run by `benches/peers/y-websocket.js` after
+//! `npm ci` there) the same way, as a child with its own CPU, disk and
+//! memory columns, and alternates the servers run by run for `--rounds`
+//! rounds: both see the same machine, the same load generator and the same
+//! moment. The summary then gives each server's median and the ratio of
+//! seqsync's to the peer's. The reference server keeps documents in memory
+//! and writes nothing; seqsync commits every edit to disk before anyone
+//! sees it. The load generator's own CPU is printed too: on one
 //! machine, the clients compete with the server for the same cores.
 //!
 //! `--join N --doc-mb M` measures a class joining a large document: one
@@ -82,6 +93,33 @@ enum Layout {
     PerRoom,
 }
 
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::One => "one collection",
+            Layout::PerRoom => "collection per room",
+        }
+    }
+}
+
+/// A server `yws_load` can start and measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServerKind {
+    /// seqsync's host server (this program re-run as a child).
+    Seqsync,
+    /// y-websocket's reference server (`benches/peers/y-websocket.js`).
+    YWebsocket,
+}
+
+impl ServerKind {
+    fn name(self) -> &'static str {
+        match self {
+            ServerKind::Seqsync => "seqsync",
+            ServerKind::YWebsocket => "y-websocket",
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "y-websocket load: rooms × (writer + observer) at human pace")]
 struct Args {
@@ -100,6 +138,13 @@ struct Args {
     /// Run both layouts, one after the other.
     #[arg(long)]
     both_layouts: bool,
+    /// Servers to measure, alternated run by run (see `--rounds`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "seqsync")]
+    servers: Vec<ServerKind>,
+    /// How many times each server runs each layout and room count; the
+    /// summary gives medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Backend of the server this program starts: sqlite or redb.
     #[arg(long, default_value = "sqlite")]
     backend: String,
@@ -150,7 +195,7 @@ fn main() {
 
 async fn run(args: Args) {
     if let Some(joiners) = args.join {
-        let server = Server::start(&args);
+        let server = Server::start(&args, ServerKind::Seqsync);
         let row = joins(&server, joiners, args.doc_mb, args.full_clients).await;
         println!(
             "\n| joiners | document | synced p50 | p99 | max | all synced | server CPU | server peak RSS | client CPU |"
@@ -177,13 +222,19 @@ async fn run(args: Args) {
     let mut rows = Vec::new();
     for layout in layouts {
         for &rooms in &steps {
-            let server = Server::start(&args);
-            let result = rooms_run(&server, &trace, rooms, args.rate, args.secs, layout).await;
-            server.stop();
-            eprintln!("{}", result.row());
-            let stop =
-                args.ramp && (result.p99_ms() > args.ramp_p99_ms || result.delivered < result.sent);
-            rows.push(result);
+            let mut stop = false;
+            for _round in 0..args.rounds.max(1) {
+                for &kind in &args.servers {
+                    let server = Server::start(&args, kind);
+                    let result =
+                        rooms_run(&server, &trace, rooms, args.rate, args.secs, layout).await;
+                    server.stop();
+                    eprintln!("{}", result.row());
+                    stop |= args.ramp
+                        && (result.p99_ms() > args.ramp_p99_ms || result.delivered < result.sent);
+                    rows.push(result);
+                }
+            }
             if stop {
                 break;
             }
@@ -193,6 +244,73 @@ async fn run(args: Args) {
     for row in &rows {
         println!("{}", row.row());
     }
+    if args.servers.len() > 1 || args.rounds > 1 {
+        println!("\n{}", summary(&rows, &args.servers));
+    }
+}
+
+/// Per layout and room count: each server's median p50, p99, CPU per edit
+/// and disk per edit over its rounds, and seqsync's ratio to each peer.
+fn summary(rows: &[RunResult], servers: &[ServerKind]) -> String {
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.retain(|v| v.is_finite());
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        }
+    }
+    let mut out = String::from(
+        "| layout | rooms | server | runs | p50 | p99 | server CPU / edit | disk / edit | peak RSS | p50 ratio | CPU ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut cases: Vec<(Layout, usize)> = Vec::new();
+    for row in rows {
+        if !cases.contains(&(row.layout, row.rooms)) {
+            cases.push((row.layout, row.rooms));
+        }
+    }
+    for (layout, rooms) in cases {
+        let of = |kind: ServerKind| -> Vec<&RunResult> {
+            rows.iter()
+                .filter(|r| r.layout == layout && r.rooms == rooms && r.kind == kind)
+                .collect()
+        };
+        let medians = |kind: ServerKind| -> [f64; 5] {
+            let runs = of(kind);
+            [
+                median(runs.iter().map(|r| r.percentile_ms(0.5)).collect()),
+                median(runs.iter().map(|r| r.p99_ms()).collect()),
+                median(runs.iter().filter_map(|r| r.cpu_us_per_edit()).collect()),
+                median(runs.iter().filter_map(|r| r.disk_kb_per_edit()).collect()),
+                median(runs.iter().filter_map(|r| r.peak_rss_mb()).collect()),
+            ]
+        };
+        let ours = medians(ServerKind::Seqsync);
+        for &kind in servers {
+            let [p50, p99, cpu, disk, rss] = medians(kind);
+            let (p50_ratio, cpu_ratio) = if kind == ServerKind::Seqsync {
+                ("—".to_owned(), "—".to_owned())
+            } else {
+                (
+                    format!("{:.2}×", ours[0] / p50),
+                    format!("{:.2}×", ours[2] / cpu),
+                )
+            };
+            out += &format!(
+                "| {} | {rooms} | {} | {} | {p50:.2} ms | {p99:.2} ms | {cpu:.0} µs | {disk:.2} KB | {rss:.0} MB | {p50_ratio} | {cpu_ratio} |\n",
+                layout.name(),
+                kind.name(),
+                of(kind).len(),
+            );
+        }
+    }
+    out + "\nRatios are seqsync's median over the peer's (below 1: seqsync uses less).\n"
 }
 
 // ---------------------------------------------------------------------------
@@ -224,6 +342,7 @@ fn serve_child(dir: PathBuf) {
 }
 
 struct Server {
+    kind: ServerKind,
     addr: String,
     pid: Option<u32>,
     child: Option<Child>,
@@ -231,9 +350,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &Args) -> Self {
+    fn start(args: &Args, kind: ServerKind) -> Self {
         if let Some(addr) = &args.addr {
             return Self {
+                kind,
                 addr: addr.clone(),
                 pid: args.pid,
                 child: None,
@@ -242,9 +362,29 @@ impl Server {
         }
         let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd"))
             .expect("a data directory on the working directory's disk");
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
-            .env(SERVE_DIR_VAR, dir.path())
-            .env(SERVE_BACKEND_VAR, &args.backend)
+        let mut command = match kind {
+            ServerKind::Seqsync => {
+                let mut command = Command::new(std::env::current_exe().expect("own path"));
+                command
+                    .env(SERVE_DIR_VAR, dir.path())
+                    .env(SERVE_BACKEND_VAR, &args.backend);
+                command
+            }
+            ServerKind::YWebsocket => {
+                let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers");
+                assert!(
+                    peers.join("node_modules").is_dir(),
+                    "y-websocket's reference server is not installed: run `npm ci` in {}",
+                    peers.display()
+                );
+                let mut command = Command::new("node");
+                command
+                    .arg(peers.join("y-websocket.js"))
+                    .current_dir(dir.path());
+                command
+            }
+        };
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -260,6 +400,7 @@ impl Server {
             .expect("the child prints its address")
             .to_owned();
         Self {
+            kind,
             addr,
             pid: Some(child.id()),
             child: Some(child),
@@ -439,6 +580,7 @@ struct RoomClock {
 }
 
 struct RunResult {
+    kind: ServerKind,
     layout: Layout,
     rooms: usize,
     rate: f64,
@@ -468,35 +610,46 @@ impl RunResult {
         self.percentile_ms(0.99)
     }
 
+    /// Server CPU (user + system) per delivered keystroke.
+    fn cpu_us_per_edit(&self) -> Option<f64> {
+        let (before, after) = self.server?;
+        Some((after.cpu_secs - before.cpu_secs) * 1e6 / self.delivered.max(1) as f64)
+    }
+
+    /// Bytes the server sent to the block layer per keystroke sent.
+    fn disk_kb_per_edit(&self) -> Option<f64> {
+        let (before, after) = self.server?;
+        Some((after.write_bytes - before.write_bytes) as f64 / 1024.0 / self.sent.max(1) as f64)
+    }
+
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let (_, after) = self.server?;
+        Some(after.peak_rss_bytes as f64 / 1e6)
+    }
+
     fn header() -> String {
-        "| layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | disk / edit | edits / commit | server peak RSS | client CPU | closed |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| server | layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | disk / edit | edits / commit | server peak RSS | client CPU | closed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             .to_owned()
     }
 
     fn row(&self) -> String {
-        let (cpu, disk, rss) = match self.server {
-            Some((before, after)) => (
-                format!(
-                    "{:.0} µs",
-                    (after.cpu_secs - before.cpu_secs) * 1e6 / self.delivered.max(1) as f64
-                ),
-                format!(
-                    "{:.2} KB",
-                    (after.write_bytes - before.write_bytes) as f64
-                        / 1024.0
-                        / self.sent.max(1) as f64
-                ),
-                format!("{:.0} MB", after.peak_rss_bytes as f64 / 1e6),
+        let (cpu, disk, rss) = match (
+            self.cpu_us_per_edit(),
+            self.disk_kb_per_edit(),
+            self.peak_rss_mb(),
+        ) {
+            (Some(cpu), Some(disk), Some(rss)) => (
+                format!("{cpu:.0} µs"),
+                format!("{disk:.2} KB"),
+                format!("{rss:.0} MB"),
             ),
-            None => ("—".into(), "—".into(), "—".into()),
+            _ => ("—".into(), "—".into(), "—".into()),
         };
         format!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % ({}/{}) | {} | {} | {} | {} | {:.0} % of a core | {} |",
-            match self.layout {
-                Layout::One => "one collection",
-                Layout::PerRoom => "collection per room",
-            },
+            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % ({}/{}) | {} | {} | {} | {} | {:.0} % of a core | {} |",
+            self.kind.name(),
+            self.layout.name(),
             self.rooms,
             self.rooms as f64 * self.rate,
             self.percentile_ms(0.50),
@@ -663,6 +816,7 @@ async fn rooms_run(
     }
     latencies_us.sort_unstable();
     RunResult {
+        kind: server.kind,
         layout,
         rooms,
         rate,

@@ -268,10 +268,12 @@ pub struct ActorsConfig {
     /// Under a trickle of writes from writers that do not wait for each
     /// other (many rooms typing), the longest the oldest write of a commit
     /// group waits for others to share its commit (one fsync, fewer pages
-    /// written per edit); default 2000 µs, at most 100,000; 0 = commit at
-    /// once. Writers that wait for their ack never wait for this, and
-    /// durability is unchanged: a push is still answered only once
-    /// committed.
+    /// written per edit). The writer never waits longer than its recent
+    /// commits took, whatever this says (waiting longer costs a keystroke
+    /// more than committing at once), so this is a cap for slow disks;
+    /// default 2000 µs, at most 100,000; 0 = commit at once. Writers that
+    /// wait for their ack never wait for this, and durability is unchanged:
+    /// a push is still answered only once committed.
     pub trickle_linger_us: u64,
 }
 
