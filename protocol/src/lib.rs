@@ -68,6 +68,7 @@ pub const ERROR_CODES: &[&str] = &[
     "not_owner",
     "body_timeout",
     "too_many_connections",
+    "too_many_rooms",
     "overloaded",
     "storage",
     "shutting_down",

@@ -33,6 +33,10 @@ pub mod client_type {
     pub const PUSH_BATCH: u64 = 3;
     /// `ack`.
     pub const ACK: u64 = 4;
+    /// `awareness`.
+    pub const AWARENESS: u64 = 5;
+    /// `leave`.
+    pub const LEAVE: u64 = 6;
 }
 
 /// Frame types, server → client.
@@ -55,6 +59,8 @@ pub mod server_type {
     pub const ERROR: u64 = 71;
     /// `ack_error`.
     pub const ACK_ERROR: u64 = 72;
+    /// `presence`.
+    pub const PRESENCE: u64 = 73;
 }
 
 /// Why a frame does not decode. The server answers any of these with
@@ -142,6 +148,23 @@ pub enum ClientFrame {
     Ack {
         /// The acknowledged seq.
         seq: u64,
+    },
+    /// Presence in a document: a y-protocols awareness update (the bytes
+    /// `encodeAwarenessUpdate` makes) for the document's room. The first
+    /// one for a document joins its room: the server then sends every
+    /// current state there, and relays the room's changes until `leave`
+    /// or the socket closes.
+    Awareness {
+        /// The document.
+        doc: String,
+        /// A y-protocols awareness update.
+        update: Vec<u8>,
+    },
+    /// Leaves a document's room: the states this socket set there are
+    /// removed for everyone, and its awareness is no longer relayed here.
+    Leave {
+        /// The document.
+        doc: String,
     },
 }
 
@@ -258,6 +281,15 @@ pub enum ServerFrame {
         code: String,
         /// For people.
         message: String,
+    },
+    /// Presence in a document whose room the client joined: a y-protocols
+    /// awareness update (states of any clients, `null` for a removed one),
+    /// from this socket's room or a `/yws` connection to the same document.
+    Presence {
+        /// The document.
+        doc: String,
+        /// A y-protocols awareness update.
+        update: Vec<u8>,
     },
 }
 
@@ -451,6 +483,12 @@ impl ClientFrame {
             ClientFrame::Ack { seq } => {
                 w.varuint(client_type::ACK).varuint(*seq);
             }
+            ClientFrame::Awareness { doc, update } => {
+                w.varuint(client_type::AWARENESS).string(doc).bytes(update);
+            }
+            ClientFrame::Leave { doc } => {
+                w.varuint(client_type::LEAVE).string(doc);
+            }
         }
         w.finish()
     }
@@ -500,6 +538,13 @@ impl ClientFrame {
             }
             client_type::ACK => ClientFrame::Ack {
                 seq: r.varuint("seq")?,
+            },
+            client_type::AWARENESS => ClientFrame::Awareness {
+                doc: r.string("doc")?.to_owned(),
+                update: r.bytes("update")?.to_vec(),
+            },
+            client_type::LEAVE => ClientFrame::Leave {
+                doc: r.string("doc")?.to_owned(),
             },
             other => return Err(FrameError::UnknownType(other)),
         };
@@ -605,6 +650,9 @@ impl ServerFrame {
             ServerFrame::Error { code, message } => {
                 w.varuint(server_type::ERROR).string(code).string(message);
             }
+            ServerFrame::Presence { doc, update } => {
+                w.varuint(server_type::PRESENCE).string(doc).bytes(update);
+            }
         }
         w.finish()
     }
@@ -689,6 +737,10 @@ impl ServerFrame {
                 code: r.string("code")?.to_owned(),
                 message: r.string("message")?.to_owned(),
             },
+            server_type::PRESENCE => ServerFrame::Presence {
+                doc: r.string("doc")?.to_owned(),
+                update: r.bytes("update")?.to_vec(),
+            },
             other => return Err(FrameError::UnknownType(other)),
         };
         r.end()?;
@@ -721,6 +773,11 @@ mod tests {
                 updates: vec![("a".into(), vec![1]), ("b".into(), vec![])],
             },
             ClientFrame::Ack { seq: 128 },
+            ClientFrame::Awareness {
+                doc: "note".into(),
+                update: vec![1, 7, 1, 4, b'n', b'u', b'l', b'l'],
+            },
+            ClientFrame::Leave { doc: "note".into() },
         ]
     }
 
@@ -773,6 +830,10 @@ mod tests {
                 checksum: None,
             },
             ServerFrame::Acked { seq: 12 },
+            ServerFrame::Presence {
+                doc: "note".into(),
+                update: vec![0],
+            },
             ServerFrame::Reset {
                 reason: "history_replaced".into(),
                 epoch: Some(EpochHex([1; 16])),

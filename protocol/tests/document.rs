@@ -77,6 +77,8 @@ fn frame_name_client(frame: &ClientFrame) -> &'static str {
         ClientFrame::Push { .. } => "push",
         ClientFrame::PushBatch { .. } => "push_batch",
         ClientFrame::Ack { .. } => "ack",
+        ClientFrame::Awareness { .. } => "awareness",
+        ClientFrame::Leave { .. } => "leave",
     }
 }
 
@@ -91,6 +93,7 @@ fn frame_name_server(frame: &ServerFrame) -> &'static str {
         ServerFrame::AckError { .. } => "ack_error",
         ServerFrame::Reset { .. } => "reset",
         ServerFrame::Error { .. } => "error",
+        ServerFrame::Presence { .. } => "presence",
     }
 }
 

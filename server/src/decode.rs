@@ -217,3 +217,39 @@ pub fn decode_yws_message(frame: &[u8]) -> Result<Message, YwsDecodeError> {
         Err(_) => Err(YwsDecodeError("the decoder rejected the frame".to_owned())),
     }
 }
+
+/// Decodes a y-protocols awareness update (what the sync socket's
+/// `awareness` frame carries): `count`, then per client its id, clock and
+/// JSON state. Never panics (see [`decode_yws_message`]). Errors: truncated
+/// or malformed bytes, or bytes left over.
+pub fn decode_awareness_update(
+    update: &[u8],
+) -> Result<yrs::sync::awareness::AwarenessUpdate, YwsDecodeError> {
+    use yrs::updates::decoder::{Decoder, DecoderV1};
+    // The count first: each entry takes at least three bytes (id, clock,
+    // an empty string's length), so a count the bytes cannot hold is
+    // refused before the decoder reserves room for it.
+    let mut reader = seqsync_protocol::sync::Reader::new(update);
+    let count = reader
+        .varuint("count")
+        .map_err(|e| YwsDecodeError(e.to_string()))?;
+    if count.saturating_mul(3) > reader.remaining() as u64 {
+        return Err(YwsDecodeError(format!(
+            "an awareness update of {count} clients in {} bytes",
+            update.len()
+        )));
+    }
+    let decoded = std::panic::catch_unwind(|| {
+        let mut decoder = DecoderV1::from(update);
+        let value = yrs::sync::awareness::AwarenessUpdate::decode(&mut decoder)?;
+        Ok::<_, yrs::encoding::read::Error>((value, decoder.read_to_end()?.is_empty()))
+    });
+    match decoded {
+        Ok(Ok((value, true))) => Ok(value),
+        Ok(Ok((_, false))) => Err(YwsDecodeError(
+            "bytes after the awareness update".to_owned(),
+        )),
+        Ok(Err(e)) => Err(YwsDecodeError(e.to_string())),
+        Err(_) => Err(YwsDecodeError("the decoder rejected the update".to_owned())),
+    }
+}

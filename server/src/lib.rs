@@ -19,6 +19,7 @@ pub mod decode;
 pub mod error;
 mod forward;
 mod limits;
+mod presence;
 mod routes;
 mod static_files;
 mod subscribe_ws;

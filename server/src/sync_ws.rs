@@ -45,6 +45,7 @@ use crate::routes::epoch_hex;
 
 use crate::auth::{AccessRequest, Operation};
 use crate::error::ApiError;
+use crate::presence::Presence;
 use crate::AppState;
 
 /// Pushes and acks of one socket awaiting their answer, at most; the
@@ -347,6 +348,8 @@ impl SyncConnection {
         mut liveness: crate::limits::Liveness,
     ) -> Ending {
         let mut answers: FuturesUnordered<Answer> = FuturesUnordered::new();
+        // Dropped when this returns, which leaves every presence room.
+        let mut presence = Presence::new(self.state.clone(), self.collection.clone());
         let ending = loop {
             let next = tokio::select! {
                 biased;
@@ -360,7 +363,11 @@ impl SyncConnection {
                 message = incoming.next(), if answers.len() < MAX_PUSHES_IN_FLIGHT => {
                     liveness.heard();
                     match message {
-                        Some(Ok(AggregatedMessage::Binary(bytes))) => self.on_frame(bytes, &mut answers),
+                        Some(Ok(AggregatedMessage::Binary(bytes))) => match self.on_frame(bytes, &mut answers, &mut presence) {
+                            Ok(Some(frame)) => self.send(frame).await,
+                            Ok(None) => Ok(()),
+                            Err(ending) => Err(ending),
+                        },
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
                             if self.session.pong(&bytes).await.is_err() { Err(Ending::quietly()) } else { Ok(()) }
                         }
@@ -371,6 +378,7 @@ impl SyncConnection {
                     }
                 }
                 event = changes.next() => self.on_stream(event, &mut changes).await,
+                frame = presence.next_frame() => self.send(frame).await,
                 _ = liveness.ping.tick() => match liveness.idle() {
                     Some(reason) => Err(Ending { frame: None, close: Some(reason) }),
                     None if self.session.ping().await.is_err() => Err(Ending::quietly()),
@@ -387,12 +395,22 @@ impl SyncConnection {
         ending
     }
 
-    /// A client frame after the hello.
+    /// Sends one frame; a socket that is gone ends the connection.
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), Ending> {
+        match self.session.binary(frame).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Ending::quietly()),
+        }
+    }
+
+    /// A client frame after the hello; what to send at once, if anything
+    /// (a presence room's states when the socket joins it).
     fn on_frame(
         &mut self,
         bytes: Bytes,
         answers: &mut FuturesUnordered<Answer>,
-    ) -> Result<(), Ending> {
+        presence: &mut Presence,
+    ) -> Result<Option<Vec<u8>>, Ending> {
         let frame = match ClientFrame::decode(&bytes) {
             Ok(frame) => frame,
             Err(err) => {
@@ -407,15 +425,22 @@ impl SyncConnection {
             }
             ClientFrame::Push { id, doc, update } => {
                 self.push(id, vec![(doc, update)], answers);
-                Ok(())
+                Ok(None)
             }
             ClientFrame::PushBatch { id, updates } => {
                 self.push(id, updates, answers);
-                Ok(())
+                Ok(None)
             }
             ClientFrame::Ack { seq } => {
                 self.ack(seq, answers);
-                Ok(())
+                Ok(None)
+            }
+            ClientFrame::Awareness { doc, update } => presence
+                .on_awareness(&self.req, doc, &update)
+                .map_err(|refusal| Ending::error(refusal.code, refusal.message)),
+            ClientFrame::Leave { doc } => {
+                presence.on_leave(&doc);
+                Ok(None)
             }
         }
     }

@@ -70,7 +70,27 @@ const ROOM_RELAY_CAPACITY: usize = 256;
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-type RoomKey = (String, String);
+/// A fresh id for a connection that joins rooms (`/yws` or the sync
+/// socket): a room removes the states a connection set when it leaves.
+pub(crate) fn next_connection_id() -> u64 {
+    NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A room: `(collection, document)`.
+pub(crate) type RoomKey = (String, String);
+
+/// The awareness update inside a y-websocket awareness message (`1`, then
+/// the update as length-prefixed bytes): what the sync socket's
+/// `awareness` frame carries. `None` for any other message. The rooms'
+/// relay carries only awareness messages they encoded themselves.
+pub(crate) fn awareness_update_of(message: &[u8]) -> Option<&[u8]> {
+    let mut r = seqsync_protocol::sync::Reader::new(message);
+    if r.varuint("type").ok()? != 1 {
+        return None;
+    }
+    let update = r.bytes("update").ok()?;
+    (r.remaining() == 0).then_some(update)
+}
 
 /// Removed awareness states a room remembers (their clocks keep a stale
 /// re-broadcast from bringing them back); past this all are forgotten.
@@ -165,7 +185,7 @@ impl Rooms {
 
     /// Joins `key`'s room: its relay, and one awareness message with every
     /// current state (what y-websocket's reference server sends a newcomer).
-    fn join(&self, key: &RoomKey) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
+    pub(crate) fn join(&self, key: &RoomKey) -> (broadcast::Receiver<Bytes>, Option<Bytes>) {
         let mut rooms = self.lock();
         let room = rooms.entry(key.clone()).or_insert_with(|| Room {
             relay: broadcast::channel(ROOM_RELAY_CAPACITY).0,
@@ -181,7 +201,7 @@ impl Rooms {
     /// connection of the room (the sender's included) as one message; the
     /// others (a provider re-broadcasting states it received) change
     /// nothing and are not relayed.
-    fn publish(&self, key: &RoomKey, connection: u64, update: AwarenessUpdate) {
+    pub(crate) fn publish(&self, key: &RoomKey, connection: u64, update: AwarenessUpdate) {
         let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(key) else {
             return;
@@ -221,8 +241,20 @@ impl Rooms {
     /// Every current state of the room in one message (an awareness query's
     /// answer), with the removals it remembers if `removed` (for a
     /// connection that missed relayed messages), or `None`.
-    fn current(&self, key: &RoomKey, removed: bool) -> Option<Bytes> {
+    pub(crate) fn current(&self, key: &RoomKey, removed: bool) -> Option<Bytes> {
         self.lock().get(key).and_then(|room| room.snapshot(removed))
+    }
+
+    /// Drops `key`'s room if no connection holds its relay any more (for a
+    /// connection whose relay receiver was dropped after its `leave`).
+    pub(crate) fn forget_if_unused(&self, key: &RoomKey) {
+        let mut rooms = self.lock();
+        if rooms
+            .get(key)
+            .is_some_and(|room| room.relay.receiver_count() == 0)
+        {
+            rooms.remove(key);
+        }
     }
 
     /// `connection` closed (cleanly or not): the states it set are removed
@@ -231,7 +263,7 @@ impl Rooms {
     /// other screens until each client's own timeout. Drops the room when
     /// it has no connection left. Call after dropping the connection's
     /// relay receiver.
-    fn leave(&self, key: &RoomKey, connection: u64) {
+    pub(crate) fn leave(&self, key: &RoomKey, connection: u64) {
         let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(key) else {
             return;
@@ -324,7 +356,7 @@ pub(crate) async fn connect(
     let connection = Connection {
         state: state.clone(),
         key: (collection, doc),
-        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        id: next_connection_id(),
         session: crate::limits::TimedSession::new(session, &state.limits),
         awareness_budget: crate::limits::AwarenessBudget::new(
             state.limits.awareness_messages_per_sec,

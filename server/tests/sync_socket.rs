@@ -603,3 +603,176 @@ fn yws_and_sync_socket_clients_see_each_others_edits() {
     drop(yws);
     server.stop();
 }
+
+/// A y-protocols awareness update of one client.
+fn awareness(client: u64, clock: u32, json: &str) -> Vec<u8> {
+    let mut clients = std::collections::HashMap::new();
+    clients.insert(
+        yrs::ClientID::new(client),
+        yrs::sync::awareness::AwarenessUpdateEntry {
+            clock,
+            json: json.into(),
+        },
+    );
+    yrs::updates::encoder::Encode::encode_v1(&yrs::sync::awareness::AwarenessUpdate { clients })
+}
+
+/// The states of a `presence` frame (client → JSON), or panics.
+fn presence_of(frame: ServerFrame, doc: &str) -> Vec<(u64, String)> {
+    match frame {
+        ServerFrame::Presence { doc: of, update } => {
+            assert_eq!(of, doc);
+            let update = yrs::sync::awareness::AwarenessUpdate::decode_v1(&update).unwrap();
+            let mut states: Vec<(u64, String)> = update
+                .clients
+                .into_iter()
+                .map(|(id, entry)| (id.get(), entry.json.to_string()))
+                .collect();
+            states.sort();
+            states
+        }
+        other => panic!("expected a presence frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn presence_is_shared_with_yws_and_goes_with_the_socket_that_set_it() {
+    // Why: sync-socket and y-websocket clients of one document share a
+    // room; a socket's states must leave with it (leave or close), and a
+    // socket that leaves and joins again at once must stay visible.
+    let (server, _dir) = start(|_| {});
+    let mut a = Socket::open(&server, "p", None);
+    welcome_of(a.hello(Hello::default()));
+    a.until_up_to_date(0, &mut Vec::new());
+    a.send(ClientFrame::Awareness {
+        doc: "doc".into(),
+        update: awareness(100, 1, r#"{"name":"ann"}"#),
+    });
+    // An empty room: no snapshot, then its own state relayed back.
+    assert_eq!(
+        presence_of(a.next(), "doc"),
+        vec![(100, r#"{"name":"ann"}"#.to_owned())]
+    );
+    // A y-websocket client of the same document gets ann in its first
+    // awareness message.
+    let (mut yws, _) = tungstenite::connect(format!("ws://{}/yws/p/doc", server.addr)).unwrap();
+    let seen_by_yws = loop {
+        if let Message::Binary(bytes) = yws.read().unwrap() {
+            if let Ok(yrs::sync::Message::Awareness(update)) = yrs::sync::Message::decode_v1(&bytes)
+            {
+                break update;
+            }
+        }
+    };
+    assert_eq!(
+        seen_by_yws
+            .clients
+            .values()
+            .map(|e| e.json.to_string())
+            .collect::<Vec<_>>(),
+        vec![r#"{"name":"ann"}"#.to_owned()]
+    );
+    // Its own state reaches the socket.
+    let message = yrs::sync::Message::Awareness(
+        yrs::sync::awareness::AwarenessUpdate::decode_v1(&awareness(200, 1, r#"{"name":"bob"}"#))
+            .unwrap(),
+    );
+    yws.send(Message::binary(yrs::updates::encoder::Encode::encode_v1(
+        &message,
+    )))
+    .unwrap();
+    assert_eq!(
+        presence_of(a.next(), "doc"),
+        vec![(200, r#"{"name":"bob"}"#.to_owned())]
+    );
+    // A second socket joins: the snapshot holds both.
+    let mut b = Socket::open(&server, "p", None);
+    welcome_of(b.hello(Hello::default()));
+    b.until_up_to_date(0, &mut Vec::new());
+    b.send(ClientFrame::Awareness {
+        doc: "doc".into(),
+        update: awareness(300, 0, "null"),
+    });
+    assert_eq!(
+        presence_of(b.next(), "doc"),
+        vec![
+            (100, r#"{"name":"ann"}"#.to_owned()),
+            (200, r#"{"name":"bob"}"#.to_owned())
+        ]
+    );
+    // `a` leaves and joins again at once: b sees ann removed, then back.
+    a.send(ClientFrame::Leave { doc: "doc".into() });
+    a.send(ClientFrame::Awareness {
+        doc: "doc".into(),
+        update: awareness(100, 3, r#"{"name":"ann"}"#),
+    });
+    assert_eq!(presence_of(b.next(), "doc"), vec![(100, "null".to_owned())]);
+    assert_eq!(
+        presence_of(b.next(), "doc"),
+        vec![(100, r#"{"name":"ann"}"#.to_owned())]
+    );
+    // `a` closes: its state is removed for everyone at once.
+    drop(a);
+    assert_eq!(presence_of(b.next(), "doc"), vec![(100, "null".to_owned())]);
+    drop(b);
+    drop(yws);
+    server.stop();
+}
+
+#[test]
+fn presence_refusals_close_the_socket_with_their_code() {
+    // Why: a broken or hostile client gets a typed refusal, never a room
+    // it may not see or an unbounded number of rooms.
+    let (server, _dir) = start(|c| c.server.token_secret = SECRET.to_owned());
+    let one_doc =
+        token(json!({"col": "r", "doc": "mine", "rights": ["subscribe"], "exp": now() + 600}));
+    let admin = token(
+        json!({"col": "*", "rights": ["read", "subscribe", "write", "ack"], "exp": now() + 600}),
+    );
+    let refused = |token: &str, frames: Vec<ClientFrame>| -> (String, bool) {
+        let mut socket = Socket::open(&server, "r", Some(token));
+        welcome_of(socket.hello(Hello {
+            docs: vec!["mine".into()],
+            ..Hello::default()
+        }));
+        socket.until_up_to_date(0, &mut Vec::new());
+        for frame in frames {
+            socket.send(frame);
+        }
+        loop {
+            match socket.next() {
+                ServerFrame::Error { code, .. } => return (code, socket.closed()),
+                ServerFrame::Presence { .. } => {}
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    };
+    // Presence in a document the token does not cover.
+    let (code, closed) = refused(
+        &one_doc,
+        vec![ClientFrame::Awareness {
+            doc: "other".into(),
+            update: awareness(1, 1, "{}"),
+        }],
+    );
+    assert_eq!((code.as_str(), closed), ("forbidden", true));
+    // A count of clients the bytes cannot hold.
+    let (code, closed) = refused(
+        &admin,
+        vec![ClientFrame::Awareness {
+            doc: "mine".into(),
+            update: vec![0xff, 0xff, 0xff, 0x0f, 1],
+        }],
+    );
+    assert_eq!((code.as_str(), closed), ("invalid_frame", true));
+    // More rooms than a socket may be in.
+    let joins = (0..=256)
+        .map(|i| ClientFrame::Awareness {
+            doc: format!("doc-{i}"),
+            update: awareness(1, 0, "null"),
+        })
+        .collect();
+    let (code, closed) = refused(&admin, joins);
+    assert_eq!((code.as_str(), closed), ("too_many_rooms", true));
+    server.stop();
+}

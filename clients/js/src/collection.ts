@@ -17,7 +17,8 @@ import {
   TransportError,
   UpgradeRequiredError
 } from './errors.js'
-import type { ChangesFrame, PushErrorFrame, PushedFrame, ResetFrame, ServerFrame, UpToDateFrame, WelcomeFrame } from './protocol.js'
+import { Presence } from './presence.js'
+import type { ChangesFrame, PresenceFrame, PushErrorFrame, PushedFrame, ResetFrame, ServerFrame, UpToDateFrame, WelcomeFrame } from './protocol.js'
 import type { CollectionState, CommitResult, OutboxEntry, RejectedEntry, SeqsyncStore, StoreWrite } from './store.js'
 import { documentUpdate } from './store.js'
 import { type Http, type SocketClose, SyncSocket, type WebSocketConstructor } from './transport.js'
@@ -240,6 +241,7 @@ export class Collection {
   private readonly live = new Map<string, LiveDoc>()
   private readonly loading = new Map<string, Promise<Y.Doc>>()
   private readonly statuses = new Map<string, DocStatus>()
+  private readonly presences = new Map<string, Presence>()
   private readonly deletedDocs = new Set<string>()
   private unsaved: Array<{ doc: string, update: Uint8Array }> = []
   private flushScheduled = false
@@ -315,6 +317,60 @@ export class Collection {
       loading.finally(() => this.loading.delete(id)).catch(() => {})
     }
     return await loading
+  }
+
+  /**
+   * Presence in document `id`: who else has it open and where their
+   * cursor is (Yjs awareness, shared with `/yws` clients of the same
+   * document). Live while the collection follows (`follow()`): the local
+   * state is sent on every (re)connect, remote states arrive as the room
+   * changes and are dropped when the socket closes. Its `clientID` is the
+   * document's Y.Doc's. It starts with an empty local state (`{}`); set
+   * one with `setLocalStateField('user', {...})`, leave with `destroy()`.
+   * The same object is returned until it is destroyed.
+   */
+  async presence (id: string): Promise<Presence> {
+    const existing = this.presences.get(id)
+    if (existing !== undefined && !existing.isDestroyed) return existing
+    const ydoc = await this.doc(id)
+    const again = this.presences.get(id)
+    if (again !== undefined && !again.isDestroyed) return again
+    const presence: Presence = new Presence(ydoc, id, (update) => this.sendPresence(id, update), () => {
+      if (this.presences.get(id) === presence) this.presences.delete(id)
+      this.sendFrame({ type: 'leave', doc: id })
+    })
+    this.presences.set(id, presence)
+    return presence
+  }
+
+  /** Sends a frame on the open, welcomed socket; nothing otherwise (the
+   * presence frames are sent again at the next welcome). */
+  private sendFrame (frame: { type: 'awareness', doc: string, update: Uint8Array } | { type: 'leave', doc: string }): void {
+    const session = this.session
+    if (session === null || session.ended || session.welcome === null || session.socket === null) return
+    session.socket.send(frame)
+  }
+
+  private sendPresence (doc: string, update: Uint8Array): void {
+    this.sendFrame({ type: 'awareness', doc, update })
+  }
+
+  /** A new socket is welcomed: every presence (re)joins its room with its
+   * local state (a `null` one joins without being seen). */
+  private rejoinPresences (): void {
+    for (const presence of this.presences.values()) {
+      this.sendPresence(presence.docId, presence.encodeUpdate([presence.clientID]))
+    }
+  }
+
+  private onPresence (frame: PresenceFrame): void {
+    const presence = this.presences.get(frame.doc)
+    if (presence === undefined) return
+    try {
+      presence.applyUpdate(frame.update, 'server')
+    } catch (err) {
+      this.events.emit('error', new TransportError(`a presence frame for ${JSON.stringify(frame.doc)} did not decode: ${(err as Error).message}`))
+    }
   }
 
   /** The ids of the documents held locally (not deleted). */
@@ -701,6 +757,9 @@ export class Collection {
     session.retryTimers.clear()
     if (session.ackTimer !== null) clearTimeout(session.ackTimer)
     session.socket?.close(end.kind === 'done' ? 1000 : 1000)
+    // Remote states would go stale unseen; they come back with the next
+    // socket's room snapshot.
+    for (const presence of this.presences.values()) presence.dropRemote('connection closed')
     session.end(end)
   }
 
@@ -744,6 +803,9 @@ export class Collection {
       case 'error':
         this.finishSession(session, this.errorEnd(frame.code, frame.message))
         break
+      case 'presence':
+        this.onPresence(frame)
+        break
       case 'ack_error':
         // Refused, but answered: nothing waits for it any more. Compaction
         // on the server then does not know this peer's cursor (e.g. a token
@@ -779,6 +841,7 @@ export class Collection {
     }
     session.welcome = frame
     this.welcomes++
+    this.rejoinPresences()
     session.target = Math.max(session.target, frame.head)
     session.counters.head = Math.max(session.counters.head, frame.head)
     session.progress.expected = Math.max(0, frame.head - session.startCursor)
@@ -1391,10 +1454,12 @@ export class Collection {
     })
   }
 
-  /** Stops following (with the goodbye) and forgets the live docs. */
+  /** Stops following (with the goodbye) and forgets the live docs and
+   * their presence (the socket's close removes it for everyone). */
   async close (): Promise<void> {
     if (this.closedFlag) return
     this.closedFlag = true
+    for (const presence of [...this.presences.values()]) presence.destroy()
     await this.stop().catch(() => {})
     await this.whenSaved().catch(() => {})
     while (this.running !== null) await this.running.catch(() => {})

@@ -10,6 +10,7 @@ export {
   type SyncReport
 } from './collection.js'
 export { Emitter } from './emitter.js'
+export { Presence, type PresenceState, type PresenceChanges } from './presence.js'
 export {
   SeqsyncError,
   SchemaError,

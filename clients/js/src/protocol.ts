@@ -17,6 +17,8 @@ export const HELLO = 1
 export const PUSH = 2
 export const PUSH_BATCH = 3
 export const ACK = 4
+export const AWARENESS = 5
+export const LEAVE = 6
 /** Frame types, server → client. */
 export const WELCOME = 64
 export const PUSHED = 65
@@ -27,6 +29,7 @@ export const ACKED = 69
 export const RESET = 70
 export const ERROR = 71
 export const ACK_ERROR = 72
+export const PRESENCE = 73
 
 /** A change's kind in a `changes` frame. */
 export const KIND_UPDATE = 0
@@ -148,7 +151,28 @@ export interface AckErrorFrame {
   message: string
 }
 
-export type ClientFrame = HelloFrame | PushFrame | PushBatchFrame | AckFrame
+/** Presence in a document (a y-protocols awareness update); the first one
+ * for a document joins its room. */
+export interface AwarenessFrame {
+  type: 'awareness'
+  doc: string
+  update: Uint8Array
+}
+
+/** Leaves a document's presence room. */
+export interface LeaveFrame {
+  type: 'leave'
+  doc: string
+}
+
+/** States in a document's presence room (a y-protocols awareness update). */
+export interface PresenceFrame {
+  type: 'presence'
+  doc: string
+  update: Uint8Array
+}
+
+export type ClientFrame = HelloFrame | PushFrame | PushBatchFrame | AckFrame | AwarenessFrame | LeaveFrame
 export type ServerFrame =
   | WelcomeFrame
   | PushedFrame
@@ -159,6 +183,7 @@ export type ServerFrame =
   | ResetFrame
   | ErrorFrame
   | AckErrorFrame
+  | PresenceFrame
 export type Frame = ClientFrame | ServerFrame
 
 /** A frame that cannot be decoded (or encoded): truncated, trailing bytes,
@@ -282,6 +307,20 @@ export function encodeFrame (frame: Frame): Uint8Array {
       uint(frame.seq, 'seq')
       str(frame.code)
       str(frame.message)
+      break
+    case 'awareness':
+      uint(AWARENESS, 'type')
+      str(frame.doc)
+      bytes(frame.update)
+      break
+    case 'leave':
+      uint(LEAVE, 'type')
+      str(frame.doc)
+      break
+    case 'presence':
+      uint(PRESENCE, 'type')
+      str(frame.doc)
+      bytes(frame.update)
       break
     default: {
       const never: never = frame
@@ -455,6 +494,21 @@ export function decodeFrame (bytes: Uint8Array): Frame {
       frame = { type: 'ack_error', seq, code, message }
       break
     }
+    case AWARENESS: {
+      const doc = r.string('doc')
+      const update = r.bytes('update')
+      frame = { type: 'awareness', doc, update }
+      break
+    }
+    case LEAVE:
+      frame = { type: 'leave', doc: r.string('doc') }
+      break
+    case PRESENCE: {
+      const doc = r.string('doc')
+      const update = r.bytes('update')
+      frame = { type: 'presence', doc, update }
+      break
+    }
     default:
       throw new FrameError(`unknown frame type ${type}`, 0)
   }
@@ -462,10 +516,24 @@ export function decodeFrame (bytes: Uint8Array): Frame {
   return frame
 }
 
+function isClientFrame (frame: Frame): frame is ClientFrame {
+  switch (frame.type) {
+    case 'hello':
+    case 'push':
+    case 'push_batch':
+    case 'ack':
+    case 'awareness':
+    case 'leave':
+      return true
+    default:
+      return false
+  }
+}
+
 /** Decodes a frame the server sent; a client-direction frame is refused. */
 export function decodeServerFrame (bytes: Uint8Array): ServerFrame {
   const frame = decodeFrame(bytes)
-  if (frame.type === 'hello' || frame.type === 'push' || frame.type === 'push_batch' || frame.type === 'ack') {
+  if (isClientFrame(frame)) {
     throw new FrameError(`a client frame (${frame.type}) from the server`, 0)
   }
   return frame
@@ -474,7 +542,7 @@ export function decodeServerFrame (bytes: Uint8Array): ServerFrame {
 /** Decodes a frame a client sent; a server-direction frame is refused. */
 export function decodeClientFrame (bytes: Uint8Array): ClientFrame {
   const frame = decodeFrame(bytes)
-  if (frame.type !== 'hello' && frame.type !== 'push' && frame.type !== 'push_batch' && frame.type !== 'ack') {
+  if (!isClientFrame(frame)) {
     throw new FrameError(`a server frame (${frame.type}) from a client`, 0)
   }
   return frame

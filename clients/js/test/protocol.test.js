@@ -77,6 +77,16 @@ test('every other frame type round-trips with exact bytes', () => {
   roundTrip({ type: 'welcome', epoch: '', head: 0, schemaVersion: 1, maxPushesInFlight: 1 }, '40 00 00 01 01')
 })
 
+test('the presence frames of PROTOCOL.md, byte for byte', () => {
+  // One client (id 1, clock 1) with the state {"name":"ann"}.
+  const update = hex('01 01 01 0e' + ascii('{"name":"ann"}'))
+  roundTrip({ type: 'awareness', doc: 'note-1', update }, '05 06' + ascii('note-1') + '12' + toHex(update))
+  roundTrip({ type: 'presence', doc: 'note-1', update }, '49 06' + ascii('note-1') + '12' + toHex(update))
+  roundTrip({ type: 'leave', doc: 'note-1' }, '06 06' + ascii('note-1'))
+  assert.throws(() => decodeServerFrame(hex('06 06' + ascii('note-1'))), FrameError)
+  assert.throws(() => decodeClientFrame(hex('49 01 61 00')), FrameError)
+})
+
 test('varuints: 7 bits per byte, up to 2^53 - 1', () => {
   const big = Number.MAX_SAFE_INTEGER
   const bytes = encodeFrame({ type: 'ack', seq: big })
