@@ -1,5 +1,5 @@
-// The store contract: every SeqsyncStore (memory, SQLite) passes the same
-// suite.
+// The store contract: every SeqsyncStore (memory, SQLite on better-sqlite3,
+// op-sqlite through its Node adapter) passes the same suite.
 import { test, describe } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -8,6 +8,8 @@ import { join } from 'node:path'
 import * as Y from 'yjs'
 import { memoryStore } from '../dist/memory.js'
 import { sqliteStore } from '../dist/sqlite.js'
+import { opSqliteStore } from '../dist/opsqlite.js'
+import { openOpSqliteOnNode } from './support/opsqlite-node.js'
 import { documentUpdate } from '../dist/store.js'
 
 const dirs = []
@@ -20,7 +22,8 @@ function tempFile () {
 
 const kinds = {
   memory: (options) => memoryStore(options),
-  sqlite: (options) => sqliteStore(tempFile(), options)
+  sqlite: (options) => sqliteStore(tempFile(), options),
+  'op-sqlite': (options) => opSqliteStore(openOpSqliteOnNode(tempFile()), options)
 }
 
 /** n edits of one Y.Doc, each as its own update. */
@@ -191,19 +194,48 @@ for (const [kind, open] of Object.entries(kinds)) {
   })
 }
 
-test('store contract: sqlite keeps everything across a reopen', async () => {
-  const file = tempFile()
-  let s = sqliteStore(file)
-  const { doc, updates } = edits(3)
-  const { localIds } = await s.commit('c', { local: updates.map(update => ({ doc: 'a', update })), state: { cursor: 5, epoch: 'a'.repeat(32), checksum: '1'.repeat(16) } })
-  await s.setKv('', 'peer', 'me')
-  await s.close()
-  s = sqliteStore(file)
-  assert.equal(await s.getKv('', 'peer'), 'me')
-  assert.deepEqual(await s.state('c'), { cursor: 5, epoch: 'a'.repeat(32), checksum: '1'.repeat(16) })
-  assert.deepEqual((await s.outbox('c', 0, 10)).map(e => e.id), localIds)
-  assert.equal(textOf(await s.loadDocument('c', 'a')), doc.getText('t').toString())
-  const more = await s.commit('c', { local: [{ doc: 'a', update: updates[0] }] })
-  assert.ok(more.localIds[0] > localIds[2], 'ids keep increasing after a reopen')
+for (const [kind, openAt] of Object.entries({
+  sqlite: (file) => sqliteStore(file),
+  'op-sqlite': (file) => opSqliteStore(openOpSqliteOnNode(file))
+})) {
+  test(`store contract: ${kind} keeps everything across a reopen`, async () => {
+    // Why: "saved locally" means the next start of the app finds it.
+    const file = tempFile()
+    let s = openAt(file)
+    const { doc, updates } = edits(3)
+    const { localIds } = await s.commit('c', { local: updates.map(update => ({ doc: 'a', update })), state: { cursor: 5, epoch: 'a'.repeat(32), checksum: '1'.repeat(16) } })
+    await s.setKv('', 'peer', 'me')
+    await s.close()
+    s = openAt(file)
+    assert.equal(await s.getKv('', 'peer'), 'me')
+    assert.deepEqual(await s.state('c'), { cursor: 5, epoch: 'a'.repeat(32), checksum: '1'.repeat(16) })
+    assert.deepEqual((await s.outbox('c', 0, 10)).map(e => e.id), localIds)
+    assert.equal(textOf(await s.loadDocument('c', 'a')), doc.getText('t').toString())
+    const more = await s.commit('c', { local: [{ doc: 'a', update: updates[0] }] })
+    assert.ok(more.localIds[0] > localIds[2], 'ids keep increasing after a reopen')
+    await s.close()
+  })
+}
+
+test('store contract: op-sqlite commits all or nothing when a statement fails', async () => {
+  // Why: op-sqlite's statements are asynchronous, so the store runs its own
+  // BEGIN … COMMIT; a failure half-way must leave nothing of the commit,
+  // and the store must go on working.
+  const db = openOpSqliteOnNode(tempFile())
+  const s = opSqliteStore(db)
+  const { updates } = edits(4)
+  await s.commit('c', { local: [{ doc: 'a', update: updates[0] }], state: { cursor: 1 } })
+  let inserts = 0
+  db.failOn((sql) => sql.startsWith('INSERT INTO updates') && ++inserts === 2)
+  await assert.rejects(s.commit('c', {
+    local: updates.slice(1).map(update => ({ doc: 'a', update })),
+    state: { cursor: 9 }
+  }), /injected failure/)
+  db.failOn(null)
+  assert.equal(await s.outboxSize('c'), 1, 'no row of the failed commit')
+  assert.equal((await s.state('c')).cursor, 1, 'nor its cursor')
+  const again = await s.commit('c', { local: updates.slice(1).map(update => ({ doc: 'a', update })), state: { cursor: 9 } })
+  assert.equal(again.localIds.length, 3)
+  assert.equal(await s.outboxSize('c'), 4)
   await s.close()
 })
