@@ -1,0 +1,39 @@
+// The client's size budget (issue: the browser client): the core as an app
+// bundles it, minified and gzipped, without `yjs` and `lib0` (the app has
+// those already for its Y.Docs). Target ≤ 30 KB. Also printed: the same
+// with lib0 bundled in, and the entry points an app may add.
+//
+//   cd clients/js && npm run build && node bench/size.js
+import { build } from 'esbuild'
+import { gzipSync } from 'node:zlib'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+
+async function size (entry, external) {
+  const result = await build({
+    entryPoints: [join(root, entry)],
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    platform: 'browser',
+    write: false,
+    external
+  })
+  const code = result.outputFiles[0].contents
+  return { raw: code.length, gzip: gzipSync(code, { level: 9 }).length }
+}
+
+const kb = (n) => `${(n / 1024).toFixed(1)} KB`
+const rows = [
+  ['@seqsync/client (core), without yjs and lib0', 'dist/index.js', ['yjs', 'lib0', 'lib0/*']],
+  ['@seqsync/client (core), with lib0, without yjs', 'dist/index.js', ['yjs']],
+  ['@seqsync/client/op-sqlite, without yjs and lib0', 'dist/opsqlite.js', ['yjs', 'lib0', 'lib0/*', '@op-engineering/op-sqlite']]
+]
+console.log('| bundle | minified | gzipped | target |')
+console.log('|---|---|---|---|')
+for (const [name, entry, external] of rows) {
+  const { raw, gzip } = await size(entry, external)
+  console.log(`| ${name} | ${kb(raw)} | ${kb(gzip)} | ${entry === 'dist/index.js' && external.length === 3 ? '≤ 30 KB gzipped' : ''} |`)
+}
