@@ -985,9 +985,7 @@ impl CollectionActor {
     fn maybe_compact(&mut self, ctx: &mut Context<Self>, doc: DocId) {
         let limits = &self.shared.config.compaction;
         let due = self.docs.get(&doc).is_some_and(|d| {
-            d.deleted
-                || d.deltas_since_snapshot >= limits.max_deltas
-                || d.delta_bytes_since_snapshot >= limits.max_delta_bytes
+            d.deleted || limits.is_due(d.deltas_since_snapshot, d.delta_bytes_since_snapshot)
         });
         if due && !self.compacting.contains_key(&doc) {
             self.start_compaction(ctx, doc, None);

@@ -741,7 +741,7 @@ fn inspect(json: bool, store: &str) -> Result<Value, Failure> {
         }
         let due = deltas
             .values()
-            .filter(|(n, b)| *n > defaults.max_deltas || *b > defaults.max_delta_bytes)
+            .filter(|(n, b)| defaults.is_due(*n, *b))
             .count();
         let peers: Vec<Value> = storage
             .peers(&name)?

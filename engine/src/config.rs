@@ -162,8 +162,8 @@ impl Default for StorageConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompactionConfig {
-    /// Compact a document once its deltas since the last snapshot exceed this
-    /// many bytes; default 1 MiB.
+    /// Compact a document once its deltas since the last snapshot reach this
+    /// many bytes; default 1 MiB (see [`CompactionConfig::is_due`]).
     pub max_delta_bytes: u64,
     /// ... or this many deltas; default 1000.
     pub max_deltas: u64,
@@ -171,6 +171,16 @@ pub struct CompactionConfig {
     /// compaction back; default 300. `0` means acks never hold compaction
     /// back.
     pub peer_timeout_secs: u64,
+}
+
+impl CompactionConfig {
+    /// Whether a document with `deltas` changes (`delta_bytes` bytes of
+    /// payload) since its last snapshot is due for compaction: either
+    /// reaches its limit. The one statement of the rule: the collection
+    /// actor starts compactions by it, `seqsync inspect` counts by it.
+    pub fn is_due(&self, deltas: u64, delta_bytes: u64) -> bool {
+        deltas >= self.max_deltas || delta_bytes >= self.max_delta_bytes
+    }
 }
 
 impl Default for CompactionConfig {

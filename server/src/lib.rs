@@ -20,6 +20,7 @@ pub mod error;
 mod forward;
 mod limits;
 mod presence;
+mod rooms;
 mod routes;
 mod static_files;
 mod subscribe_ws;
@@ -56,7 +57,7 @@ pub struct AppState {
     engine: Engine,
     metrics: PrometheusHandle,
     auth: Arc<dyn Authorizer>,
-    rooms: yws::Rooms,
+    rooms: rooms::Rooms,
     limits: LimitsConfig,
     /// Open WebSockets, bounded by `limits.max_connections` (in total and
     /// per collection).
@@ -113,7 +114,7 @@ pub fn server(
         engine,
         metrics: prometheus(),
         auth,
-        rooms: yws::Rooms::default(),
+        rooms: rooms::Rooms::default(),
         connections: Arc::default(),
     });
     let client_request_timeout = limits::millis(state.limits.client_request_timeout_ms);

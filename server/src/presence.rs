@@ -4,7 +4,7 @@
 //! Why the same rooms: an app moving from `WebsocketProvider` to
 //! `@seqsync/client` has both kinds of client open at once for a while,
 //! and people on either must see each other's cursors. So a sync socket is
-//! one more connection of each document's room ([`crate::yws::Rooms`]):
+//! one more connection of each document's room ([`crate::rooms::Rooms`]):
 //! the same merge rule (one state per Yjs client id, newest clock wins),
 //! the same newcomer snapshot, the same removal of a connection's states
 //! when it goes.
@@ -35,7 +35,7 @@ use yrs::sync::awareness::AwarenessUpdate;
 
 use crate::auth::{AccessRequest, Operation};
 use crate::limits::AwarenessBudget;
-use crate::yws::{awareness_update_of, RoomKey};
+use crate::rooms::{awareness_update_of, RoomKey};
 use crate::AppState;
 
 /// Presence rooms one socket may be in at once.
@@ -85,7 +85,7 @@ impl Presence {
         Self {
             state,
             collection,
-            id: crate::yws::next_connection_id(),
+            id: crate::rooms::next_connection_id(),
             joined: HashMap::new(),
             leaving: HashSet::new(),
             relays: FuturesUnordered::new(),

@@ -9,7 +9,7 @@
 //! its acks. A client with 500 documents needs one socket, not 500, and a
 //! reconnect resumes from a cursor instead of re-syncing each document.
 //!
-//! The connection is one task looping over four sources, in this order of
+//! The connection is one task looping over five sources, in this order of
 //! priority:
 //! - answers of pushes and acks in flight (a `FuturesUnordered`: pushes are
 //!   pipelined, so a fast client shares group commits instead of paying one
@@ -17,6 +17,7 @@
 //!   socket is not read until answers go out);
 //! - the client's frames;
 //! - the change stream, several ready changes per `changes` frame;
+//! - the presence rooms it joined (`presence.rs`);
 //! - pings and the idle check.
 //!
 //! Why a client's own pushes are not skipped in its stream (unlike `/yws`):
@@ -353,13 +354,7 @@ impl SyncConnection {
         let ending = loop {
             let next = tokio::select! {
                 biased;
-                Some(answer) = answers.next(), if !answers.is_empty() => {
-                    if self.session.binary(answer.encode()).await.is_err() {
-                        Err(Ending::quietly())
-                    } else {
-                        Ok(())
-                    }
-                }
+                Some(answer) = answers.next(), if !answers.is_empty() => self.send(answer.encode()).await,
                 message = incoming.next(), if answers.len() < MAX_PUSHES_IN_FLIGHT => {
                     liveness.heard();
                     match message {

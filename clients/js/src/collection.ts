@@ -343,11 +343,13 @@ export class Collection {
     return presence
   }
 
-  /** Sends a frame on the open, welcomed socket; nothing otherwise (the
-   * presence frames are sent again at the next welcome). */
+  /** Sends a presence frame on the open, welcomed socket of `follow()`;
+   * nothing otherwise (they are sent again at the next welcome). A one-shot
+   * `sync()` carries no presence: the person would appear and vanish with
+   * each sync. */
   private sendFrame (frame: { type: 'awareness', doc: string, update: Uint8Array } | { type: 'leave', doc: string }): void {
     const session = this.session
-    if (session === null || session.ended || session.welcome === null || session.socket === null) return
+    if (session === null || session.mode !== 'follow' || session.ended || session.welcome === null || session.socket === null) return
     session.socket.send(frame)
   }
 
@@ -358,6 +360,7 @@ export class Collection {
   /** A new socket is welcomed: every presence (re)joins its room with its
    * local state (a `null` one joins without being seen). */
   private rejoinPresences (): void {
+    if (this.session?.mode !== 'follow') return
     for (const presence of this.presences.values()) {
       this.sendPresence(presence.docId, presence.encodeUpdate([presence.clientID]))
     }
