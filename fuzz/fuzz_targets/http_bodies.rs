@@ -1,6 +1,6 @@
 //! Arbitrary bytes fed to every decoder of `seqsync_server::decode`: the
-//! batch body, the ack body, the cursor query string and the y-websocket
-//! frame decoder.
+//! batch body, the ack body, the cursor query string, the y-websocket
+//! frame decoder and the awareness update of the sync socket's presence.
 //!
 //! Checks:
 //! - no decoder panics (`decode_yws_message` catches yrs's own panics, which
@@ -17,7 +17,8 @@ use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use seqsync_fuzz::{install_panic_hook, tolerating_caught_panics};
 use seqsync_server::decode::{
-    decode_ack_body, decode_batch_body, decode_cursor_query, decode_yws_message,
+    decode_ack_body, decode_awareness_update, decode_batch_body, decode_cursor_query,
+    decode_yws_message,
 };
 use seqsync_server::ApiError;
 use yrs::sync::{Message, SyncMessage};
@@ -113,7 +114,21 @@ fn yws(data: &[u8]) {
     }
 }
 
+fn awareness(data: &[u8]) {
+    // Catches yrs's panics like the y-websocket decoder; what decodes
+    // re-encodes to the same update.
+    let Ok(update) = tolerating_caught_panics(|| decode_awareness_update(data)) else {
+        return;
+    };
+    let encoded = update.encode_v1();
+    match tolerating_caught_panics(|| decode_awareness_update(&encoded)) {
+        Ok(again) => assert_eq!(again, update, "awareness update does not round trip"),
+        Err(err) => panic!("re-encoded awareness update refused: {err}"),
+    }
+}
+
 fuzz_target!(init: install_panic_hook(), |data: &[u8]| {
+    awareness(data);
     batch(data);
     ack(data);
     // actix hands the route the raw query string, which is always UTF-8.

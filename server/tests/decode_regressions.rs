@@ -4,7 +4,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use seqsync_server::decode::{
-    decode_ack_body, decode_batch_body, decode_cursor_query, decode_yws_message,
+    decode_ack_body, decode_awareness_update, decode_batch_body, decode_cursor_query,
+    decode_yws_message,
 };
 
 /// Calls `f`, failing the test if it panics (the decoders promise never to).
@@ -69,4 +70,31 @@ fn http_decoders_answer_binary_garbage_with_their_codes() {
         Some(0),
         "unknown keys are ignored"
     );
+}
+
+/// The sync socket's presence decodes a bare awareness update: the same
+/// client id assertion of yrs must be an error there too, never a panic,
+/// and a count the bytes cannot hold is refused before yrs reserves room
+/// for it (2^40 clients announced in five bytes).
+#[test]
+fn awareness_updates_with_oversized_ids_or_counts_never_panic() {
+    let mut oversized_id = vec![1u8];
+    oversized_id.extend_from_slice(&CLIENT_2_POW_53);
+    oversized_id.extend_from_slice(&[0, 2, b'{', b'}']);
+    let result = no_panic("decode_awareness_update", || {
+        decode_awareness_update(&oversized_id)
+    });
+    if cfg!(debug_assertions) {
+        assert!(result.is_err(), "{result:?}");
+    }
+    let count_bomb = [0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 1, 1, 0];
+    let result = no_panic("decode_awareness_update", || {
+        decode_awareness_update(&count_bomb)
+    });
+    assert!(result.is_err(), "{result:?}");
+    // Bytes after the last entry are refused too; the update itself decodes.
+    let one = [1u8, 7, 1, 2, b'{', b'}'];
+    assert!(decode_awareness_update(&one).is_ok());
+    let trailing = [1u8, 7, 1, 2, b'{', b'}', 0];
+    assert!(decode_awareness_update(&trailing).is_err());
 }
