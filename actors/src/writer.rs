@@ -183,8 +183,10 @@ fn run(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<WriterMsg>, trickle_lin
     let mut last_group_size = 0usize;
     let mut last_commit = Duration::ZERO;
     // The commits' recent duration (a moving average): what a trickle's
-    // linger may cost at most (see `trickle_budget`).
-    let mut commit_ewma = Duration::ZERO;
+    // linger may cost at most (see `trickle_budget`). It starts at the
+    // configured linger (a process's first commits linger as they did
+    // before this bound) and comes down as commits are measured.
+    let mut commit_ewma = trickle_linger;
     // When the previous commit ended: requests queued before that were
     // queued while it ran, by writers that did not wait for it.
     let mut last_commit_end: Option<Instant> = None;
@@ -267,11 +269,7 @@ fn run(storage: Arc<dyn Storage>, mut rx: mpsc::Receiver<WriterMsg>, trickle_lin
             let started = Instant::now();
             commit_group(&*storage, group);
             last_commit = started.elapsed();
-            commit_ewma = if commit_ewma.is_zero() {
-                last_commit
-            } else {
-                (commit_ewma * 7 + last_commit) / 8
-            };
+            commit_ewma = (commit_ewma * 7 + last_commit) / 8;
             last_commit_end = Some(Instant::now());
         }
         for done in flushes.drain(..) {
