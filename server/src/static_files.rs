@@ -47,6 +47,9 @@ fn content_type(path: &Path) -> &'static str {
         "png" => "image/png",
         "ico" => "image/x-icon",
         "woff2" => "font/woff2",
+        // WebAssembly.instantiateStreaming refuses any other type (the
+        // browser store's SQLite).
+        "wasm" => "application/wasm",
         "txt" => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }
@@ -206,5 +209,19 @@ mod tests {
         assert!(is_app_route("/doc/abc"));
         assert!(!is_app_route("/app.js"));
         assert!(!is_app_route("/assets/x.css"));
+    }
+
+    /// Browsers compile WebAssembly while it downloads only when it comes
+    /// as `application/wasm` (the browser store's SQLite is 0.9 MB).
+    #[test]
+    fn webassembly_is_served_as_application_wasm() {
+        assert_eq!(
+            content_type(Path::new("/srv/app/sqlite3.wasm")),
+            "application/wasm"
+        );
+        assert_eq!(
+            content_type(Path::new("/srv/app/store-worker.js")),
+            "text/javascript; charset=utf-8"
+        );
     }
 }
