@@ -1,23 +1,45 @@
-// Builds the demo into dist/: one bundle (esbuild) plus the page and its
-// stylesheet. Nothing is loaded from elsewhere at run time.
+// Builds the demo into dist/: the y-websocket editor (index.html, app.js),
+// the notes app on @seqsync/client (notes.html, notes.js), the browser
+// store's worker with SQLite's WebAssembly next to it (store-worker.js,
+// sqlite3.wasm) and the notes app's service worker (sw.js). Nothing is
+// loaded from elsewhere at run time.
 import { build } from 'esbuild'
 import { copyFileSync, mkdirSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const out = join(here, 'dist')
+const require = createRequire(import.meta.url)
 rmSync(out, { recursive: true, force: true })
 mkdirSync(out, { recursive: true })
-await build({
-  entryPoints: [join(here, 'src', 'main.js')],
+
+// @seqsync/client is a file: dependency (a link to clients/js), whose own
+// imports of yjs and lib0 would otherwise resolve to clients/js's copies:
+// two Yjs in one page break its instanceof checks. Both resolve here.
+const oneYjs = {
+  name: 'one-yjs',
+  setup (b) {
+    b.onResolve({ filter: /^(yjs|lib0)(\/.*)?$/ }, async args => {
+      if (args.pluginData === 'one-yjs') return undefined
+      return b.resolve(args.path, { resolveDir: here, kind: args.kind, pluginData: 'one-yjs' })
+    })
+  }
+}
+
+const common = {
   bundle: true,
-  format: 'iife',
   target: ['chrome110', 'firefox110', 'safari16'],
   minify: true,
   sourcemap: true,
-  outfile: join(out, 'app.js'),
-  logLevel: 'info'
-})
-for (const file of ['index.html', 'style.css']) copyFileSync(join(here, 'src', file), join(out, file))
+  logLevel: 'info',
+  plugins: [oneYjs]
+}
+await build({ ...common, entryPoints: [join(here, 'src', 'main.js')], format: 'iife', outfile: join(out, 'app.js') })
+await build({ ...common, entryPoints: [join(here, 'src', 'notes.js')], format: 'iife', outfile: join(out, 'notes.js') })
+// A module worker: sqlite-wasm finds sqlite3.wasm next to it (import.meta.url).
+await build({ ...common, entryPoints: ['@seqsync/client/browser-worker'], format: 'esm', outfile: join(out, 'store-worker.js') })
+copyFileSync(require.resolve('@sqlite.org/sqlite-wasm/sqlite3.wasm'), join(out, 'sqlite3.wasm'))
+for (const file of ['index.html', 'style.css', 'notes.html', 'notes.css', 'sw.js']) copyFileSync(join(here, 'src', file), join(out, file))
 console.log(`demo built in ${out}`)

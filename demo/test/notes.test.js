@@ -1,0 +1,227 @@
+// The notes app (notes.html: @seqsync/client with its browser store) in
+// Debian's Chromium, against the release server serving the built demo.
+// What a local-first app must survive in a browser: a reload while
+// offline, two tabs of one browser at once, the server killed right after
+// it said "saved", and a tab closed with edits only it had. Each case
+// prints what it checked.
+//
+//   npm run build && node --test test/notes.test.js   (from demo/, after
+//   cargo build --release --example server and building clients/js)
+//
+// "Offline" here is the server unreachable (killed): the page is then
+// served by its service worker, and the sync socket cannot connect.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+import * as Y from 'yjs'
+import { startServer } from './server.js'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium'
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync']
+
+let browser
+let server
+let workDir
+let listen
+const suiteStarted = Date.now()
+
+before(async () => {
+  assert.ok(existsSync(join(here, '..', 'dist', 'notes.html')), 'the demo is built (npm run build)')
+  workDir = mkdtempSync(join(tmpdir(), 'seqsync-notes-'))
+  server = await startServer(join(workDir, 'data'))
+  listen = server.listen
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
+})
+
+after(async () => {
+  if (browser) await browser.close()
+  if (server) await server.kill()
+  if (workDir) rmSync(workDir, { recursive: true, force: true })
+  console.log(`notes suite: ${((Date.now() - suiteStarted) / 1000).toFixed(1)} s`)
+})
+
+const unique = prefix => `${prefix}-${Math.random().toString(36).slice(2, 8)}`
+const log = line => console.log(`  ✓ ${line}`)
+
+async function serverDown () {
+  await server.kill('SIGKILL')
+  server = null
+}
+async function serverUp () {
+  server = await startServer(join(workDir, 'data'), { listen })
+}
+
+function watch (page, name) {
+  page.on('pageerror', err => console.log(`  [${name}] page error: ${err.message}`))
+  page.on('console', msg => { if (msg.type() === 'error') console.log(`  [${name}] console: ${msg.text()}`) })
+}
+
+// Opens the notes app on collection/doc in `context` and waits until the
+// note is open (connected unless `offline`).
+async function openNote (context, collection, doc, { name = 'Alice', offline = false } = {}) {
+  const page = await context.newPage()
+  watch(page, name)
+  await page.goto(`http://${listen}/notes.html?name=${name}#/${collection}/${doc}`)
+  await ready(page, doc, offline)
+  return page
+}
+
+async function ready (page, doc, offline) {
+  await page.waitForFunction(doc => document.body.dataset.ready === 'true' && document.body.dataset.doc === doc, doc, { timeout: 20000 })
+  const error = await page.evaluate(() => document.body.dataset.error)
+  assert.equal(error, undefined, 'the page opened without an error')
+  if (!offline) await page.waitForSelector('#conn[data-state="connected"]', { timeout: 20000 })
+}
+
+const text = page => page.evaluate(() => window.seqsyncNotes.text())
+
+async function waitText (page, expected, what, timeout = 15000) {
+  try {
+    await page.waitForFunction(expected => window.seqsyncNotes?.text() === expected, expected, { timeout })
+  } catch {
+    assert.fail(`timed out waiting for ${what}; the page shows ${JSON.stringify(await text(page).catch(() => '?'))}`)
+  }
+}
+
+// Waits until the page says everything is saved on this device and, when
+// `server` is set, on the server with nothing pending; returns the seq.
+async function waitSaved (page, { onServer }) {
+  await page.waitForFunction(onServer => {
+    const device = document.getElementById('device').dataset.unsaved === '0'
+    if (!onServer) return device
+    return device && document.getElementById('pending').dataset.pending === '0' &&
+      Number(document.getElementById('server').dataset.savedThrough) > 0
+  }, onServer, { timeout: 15000 })
+  return Number(await page.locator('#server').getAttribute('data-saved-through'))
+}
+
+async function typeAtEnd (page, words) {
+  await page.click('.cm-content')
+  await page.keyboard.press('Control+End')
+  await page.keyboard.type(words, { delay: 5 })
+}
+
+const storedText = async (collection, doc) => {
+  const res = await fetch(`http://${listen}/v1/collections/${collection}/documents/${doc}`)
+  if (res.status === 404) return null
+  const ydoc = new Y.Doc()
+  Y.applyUpdate(ydoc, new Uint8Array(await res.arrayBuffer()))
+  return ydoc.getText('content').toString()
+}
+
+test('a note typed offline survives a reload while still offline, and converges with another browser once the server is back', async () => {
+  const collection = unique('offline')
+  const context = await browser.newContext()
+  const page = await openNote(context, collection, 'trip')
+  await page.waitForFunction(() => document.body.dataset.offlineReady === 'true', null, { timeout: 20000 })
+  await typeAtEnd(page, 'Packing list:')
+  const seq = await waitSaved(page, { onServer: true })
+  log(`typed online; the page says "saved on the server through seq ${seq}"`)
+
+  await serverDown()
+  await page.waitForSelector('#conn:not([data-state="connected"])', { timeout: 15000 })
+  await typeAtEnd(page, ' tent, stove')
+  await waitSaved(page, { onServer: false })
+  const pending = Number(await page.locator('#pending').getAttribute('data-pending'))
+  assert.ok(pending > 0, 'offline edits are pending')
+  log(`server killed; typed offline: "saved on this device", ${pending} edits pending`)
+
+  await page.reload()
+  await ready(page, 'trip', true)
+  assert.equal(await text(page), 'Packing list: tent, stove')
+  const pendingAfter = Number(await page.locator('#pending').getAttribute('data-pending'))
+  assert.ok(pendingAfter > 0, `the reloaded page still shows the offline edits as pending (${pendingAfter})`)
+  log(`reloaded while the server is still down: the page came from the service worker, the text and ${pendingAfter} pending edits from the local store`)
+
+  await serverUp()
+  await page.waitForSelector('#conn[data-state="connected"]', { timeout: 20000 })
+  const after = await waitSaved(page, { onServer: true })
+  assert.ok(after > seq, `saved through a later seq (${after} > ${seq})`)
+  log(`server back: the page reconnected and pushed the outbox; saved on the server through seq ${after}`)
+
+  const other = await browser.newContext()
+  const otherPage = await openNote(other, collection, 'trip', { name: 'Bob' })
+  await waitText(otherPage, 'Packing list: tent, stove', 'another browser to load the note')
+  await typeAtEnd(otherPage, ', map')
+  await waitText(page, 'Packing list: tent, stove, map', 'the first browser to receive the other\'s edit')
+  assert.equal(await storedText(collection, 'trip'), 'Packing list: tent, stove, map')
+  log('a second browser (its own store) loads the note, edits it, and the first sees the edit live')
+  await other.close()
+  await context.close()
+})
+
+test('the server SIGKILLed right after "saved on the server through seq N": restarted, a fresh browser shows the text', async () => {
+  const collection = unique('kill')
+  const context = await browser.newContext()
+  const page = await openNote(context, collection, 'memo')
+  await typeAtEnd(page, 'acked means on disk')
+  const seq = await waitSaved(page, { onServer: true })
+  await serverDown()
+  log(`killed the server the moment the page showed seq ${seq}`)
+  await serverUp()
+  const fresh = await browser.newContext()
+  const freshPage = await openNote(fresh, collection, 'memo', { name: 'Carol' })
+  await waitText(freshPage, 'acked means on disk', 'a fresh browser to load the note')
+  log('restarted: a fresh browser context (empty store) shows every character')
+  await fresh.close()
+  await context.close()
+})
+
+test('two tabs of one browser edit one note at once: each has its own slot, both converge, and both stores reopen intact', async () => {
+  const collection = unique('tabs')
+  const context = await browser.newContext()
+  const one = await openNote(context, collection, 'shared')
+  const two = await openNote(context, collection, 'shared', { name: 'Alice-2' })
+  const slots = await Promise.all([one, two].map(p => p.evaluate(() => window.seqsyncNotes.slot)))
+  assert.deepEqual(slots.sort(), [0, 1], 'the tabs hold different slots')
+  log(`two tabs of one context hold slots ${slots.join(' and ')} of the origin's store`)
+  await typeAtEnd(one, 'first.')
+  await waitText(two, 'first.', 'the second tab to see the first tab\'s line')
+  await Promise.all([typeAtEnd(one, ' one-a one-b one-c'), typeAtEnd(two, ' two-a two-b two-c')])
+  await one.waitForFunction(() => { const t = window.seqsyncNotes.text(); return t.includes('one-c') && t.includes('two-c') }, null, { timeout: 15000 })
+  const converged = await text(one)
+  await waitText(two, converged, 'both tabs to show the same text')
+  await Promise.all([one, two].map(p => waitSaved(p, { onServer: true })))
+  log(`both tabs typed at once and show the same ${converged.length} characters`)
+  await Promise.all([one.reload(), two.reload()])
+  await Promise.all([ready(one, 'shared', false), ready(two, 'shared', false)])
+  await waitText(one, converged, 'tab one to reopen with the text')
+  await waitText(two, converged, 'tab two to reopen with the text')
+  assert.equal(await storedText(collection, 'shared'), converged)
+  log('both tabs reloaded: each store opened intact with the whole text, the same as the server\'s')
+  await context.close()
+})
+
+test('a tab that saved edits offline and closed: the next tab to open takes them over and pushes them', async () => {
+  const collection = unique('adopt')
+  const context = await browser.newContext()
+  const one = await openNote(context, collection, 'draft')
+  const two = await openNote(context, collection, 'draft', { name: 'Alice-2' })
+  const twoSlot = await two.evaluate(() => window.seqsyncNotes.slot)
+  await typeAtEnd(one, 'base')
+  await waitText(two, 'base', 'the second tab to see the text')
+  await waitSaved(one, { onServer: true })
+  await serverDown()
+  await two.waitForSelector('#conn:not([data-state="connected"])', { timeout: 15000 })
+  await typeAtEnd(two, ' only-in-tab-two')
+  await waitSaved(two, { onServer: false })
+  await two.close()
+  await one.close()
+  log(`the server down, the tab in slot ${twoSlot} saved an edit on this device only, then both tabs closed`)
+  await serverUp()
+  const again = await openNote(context, collection, 'draft')
+  const info = await again.evaluate(() => ({ slot: window.seqsyncNotes.slot, adopted: window.seqsyncNotes.adopted }))
+  assert.equal(info.slot, 0, 'a lone tab takes slot 0 again')
+  assert.ok(info.adopted > 0, 'it took over the closed tab\'s outbox')
+  await waitText(again, 'base only-in-tab-two', 'the reopened tab to show the other tab\'s edit')
+  await waitSaved(again, { onServer: true })
+  assert.equal(await storedText(collection, 'draft'), 'base only-in-tab-two')
+  log(`one tab reopened (slot 0): it took over ${info.adopted} outbox rows from slot ${twoSlot}, shows them, and the server has them`)
+  await context.close()
+})
