@@ -225,3 +225,39 @@ test('a tab that saved edits offline and closed: the next tab to open takes them
   log(`one tab reopened (slot 0): it took over ${info.adopted} outbox rows from slot ${twoSlot}, shows them, and the server has them`)
   await context.close()
 })
+
+test('two tabs of one browser show each other\'s edits at once while the server is down, and a tab reloaded beside them catches up', async () => {
+  const collection = unique('relay')
+  const context = await browser.newContext()
+  const one = await openNote(context, collection, 'plan')
+  const two = await openNote(context, collection, 'plan', { name: 'Alice-2' })
+  await serverDown()
+  await Promise.all([one, two].map(p => p.waitForSelector('#conn:not([data-state="connected"])', { timeout: 15000 })))
+  const started = Date.now()
+  await typeAtEnd(one, 'offline from one')
+  await waitText(two, 'offline from one', 'tab two to show tab one\'s offline edit', 5000)
+  log(`server down: tab two showed tab one's edit ${Date.now() - started} ms after the typing began`)
+  await typeAtEnd(two, ', and two')
+  await waitText(one, 'offline from one, and two', 'tab one to show tab two\'s offline edit', 5000)
+  // What a tab had not yet saved on this device when it went away is gone
+  // (as with any browser storage); the page says "saved on this device"
+  // once it is not.
+  await waitSaved(two, { onServer: false })
+  const slotBefore = await two.evaluate(() => window.seqsyncNotes.slot)
+  await two.reload()
+  await ready(two, 'plan', true)
+  assert.equal(await two.evaluate(() => window.seqsyncNotes.slot), slotBefore, 'a reloaded tab gets its own slot back')
+  await waitText(two, 'offline from one, and two', 'the reloaded tab to show both tabs\' edits', 5000)
+  log(`tab two reloaded (still offline) into its own slot ${slotBefore}: its edit from its store, tab one's from tab one`)
+  await serverUp()
+  await Promise.all([one, two].map(p => p.waitForSelector('#conn[data-state="connected"]', { timeout: 20000 })))
+  await one.waitForFunction(() => document.getElementById('pending').dataset.pending === '0', null, { timeout: 15000 })
+  await two.waitForFunction(() => document.getElementById('pending').dataset.pending === '0', null, { timeout: 15000 })
+  const deadline = Date.now() + 10000
+  while (await storedText(collection, 'plan') !== 'offline from one, and two') {
+    if (Date.now() > deadline) assert.fail(`the server has ${JSON.stringify(await storedText(collection, 'plan'))}`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  log('server back: each tab pushed its own edits, and the server holds the text both show')
+  await context.close()
+})

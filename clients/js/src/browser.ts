@@ -21,9 +21,10 @@
  * so two live clients must never share one database. Each tab therefore
  * takes a *slot*: slot k is a database of its own in the directory
  * `.seqsync/NAME/k`, owned by whoever holds the Web Lock
- * `seqsync-store:NAME:k`. A tab takes the lowest free slot (a lone tab,
- * reloaded, gets slot 0 back with everything in it; a second tab opened
- * beside it gets slot 1). Every slot is a full client of its own (its own
+ * `seqsync-store:NAME:k`. A reloaded tab takes the slot it held before
+ * (remembered in its sessionStorage), waiting a moment for the old page to
+ * let go of it; a new tab takes the lowest free slot (a lone tab gets
+ * slot 0, with everything in it; a second tab opened beside it, slot 1). Every slot is a full client of its own (its own
  * peer id, cursor and outbox), so tabs never corrupt each other's store;
  * online they see each other's edits through the server as two devices
  * would, and `linkTabs()` shows them at once, offline too.
@@ -83,10 +84,13 @@ export interface BrowserStore extends SeqsyncStore {
   readonly slot: number
   /** Outbox rows moved in from other slots when the store opened. */
   readonly adopted: number
+  /** The store's name: a client on this store relays its local edits to
+   * the other tabs holding the same name (`SeqsyncClientOptions.tabChannel`). */
+  readonly tabChannel: string
 }
 
 interface LockManagerLike {
-  request: (name: string, options: { ifAvailable: boolean }, callback: (lock: unknown) => Promise<unknown>) => Promise<unknown>
+  request: (name: string, options: { ifAvailable?: boolean, signal?: AbortSignal }, callback: (lock: unknown) => Promise<unknown>) => Promise<unknown>
 }
 
 interface Reply { id: number, ok: boolean, value?: unknown, name?: string, message?: string }
@@ -98,6 +102,10 @@ const MAX_SLOTS = 64
 const DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 /** Outbox rows moved per transaction while adopting a slot. */
 const ADOPT_BATCH_ROWS = 500
+/** How long a reloaded tab waits for the slot it held before the reload
+ * (the old page lets go of its lock as it is torn down, a moment after
+ * the new page starts). */
+const RELOAD_WAIT_MS = 3_000
 
 function locks (): LockManagerLike {
   const nav = (globalThis as { navigator?: { locks?: LockManagerLike } }).navigator
@@ -110,18 +118,47 @@ function locks (): LockManagerLike {
 /** A held Web Lock: `release()` lets it go. */
 interface Held { release: () => void }
 
-/** Takes lock `name` if nobody holds it; undefined otherwise. */
-async function tryLock (name: string): Promise<Held | undefined> {
+/** Takes lock `name` if nobody holds it; undefined otherwise. With
+ * `waitMs`, waits that long for it instead. */
+async function tryLock (name: string, waitMs = 0): Promise<Held | undefined> {
   let release: () => void = () => {}
   const released = new Promise<void>(resolve => { release = resolve })
+  const options = waitMs > 0 ? { signal: AbortSignal.timeout(waitMs) } : { ifAvailable: true }
   const acquired = await new Promise<boolean>((resolve, reject) => {
-    locks().request(name, { ifAvailable: true }, async (lock) => {
+    locks().request(name, options, async (lock) => {
       if (lock === null) { resolve(false); return }
       resolve(true)
       await released
-    }).catch(reject)
+    }).catch((err: unknown) => {
+      // The wait timed out: somebody else holds it.
+      if (waitMs > 0 && (err as { name?: string }).name === 'TimeoutError') resolve(false)
+      else reject(err)
+    })
   })
   return acquired ? { release } : undefined
+}
+
+const lockName = (name: string, slot: number): string => `seqsync-store:${name}:${slot}`
+
+/** The slot this tab held before a reload (sessionStorage is per tab and
+ * survives a reload), so a reloaded tab gets its own store back and not
+ * the next free one. */
+function rememberedSlot (name: string): number | undefined {
+  try {
+    const value = (globalThis as { sessionStorage?: { getItem: (k: string) => string | null } }).sessionStorage?.getItem(lockName(name, -1))
+    const slot = value === null || value === undefined ? NaN : Number(value)
+    return Number.isInteger(slot) && slot >= 0 ? slot : undefined
+  } catch {
+    return undefined // storage blocked: scan from slot 0
+  }
+}
+
+function rememberSlot (name: string, slot: number): void {
+  try {
+    (globalThis as { sessionStorage?: { setItem: (k: string, v: string) => void } }).sessionStorage?.setItem(lockName(name, -1), String(slot))
+  } catch {
+    // storage blocked: the next reload scans from slot 0
+  }
 }
 
 /** A worker running `browser-worker.ts`, one request in flight per call. */
@@ -247,7 +284,7 @@ async function adoptFreeSlots (name: string, own: number, slots: number, target:
   let moved = 0
   for (let slot = 0; slot < slots; slot++) {
     if (slot === own || !(await slotExists(name, slot))) continue
-    const held = await tryLock(`seqsync-store:${name}:${slot}`)
+    const held = await tryLock(lockName(name, slot))
     if (held === undefined) continue // a live tab: it pushes its own outbox
     const { store, conn } = await openSlot(name, slot, held, options)
     try {
@@ -285,9 +322,16 @@ export async function browserStore (options: BrowserStoreOptions): Promise<Brows
     throw new BrowserStoreError('invalid_name', `store name ${JSON.stringify(name)}: use 1 to 64 letters, digits, '.', '_' or '-'`)
   }
   const slots = Math.min(Math.max(1, options.maxTabs ?? DEFAULT_MAX_TABS), MAX_SLOTS)
-  for (let slot = 0; slot < slots; slot++) {
-    const held = await tryLock(`seqsync-store:${name}:${slot}`)
+  // The slot held before a reload first (waiting for it), then the lowest
+  // free one.
+  const previous = rememberedSlot(name)
+  const candidates: Array<{ slot: number, waitMs: number }> = []
+  if (previous !== undefined && previous < slots) candidates.push({ slot: previous, waitMs: RELOAD_WAIT_MS })
+  for (let slot = 0; slot < slots; slot++) if (slot !== previous) candidates.push({ slot, waitMs: 0 })
+  for (const { slot, waitMs } of candidates) {
+    const held = await tryLock(lockName(name, slot), waitMs)
     if (held === undefined) continue
+    rememberSlot(name, slot)
     const { store } = await openSlot(name, slot, held, options)
     let adopted = 0
     try {
@@ -296,7 +340,7 @@ export async function browserStore (options: BrowserStoreOptions): Promise<Brows
       await store.close()
       throw err
     }
-    return Object.assign(store, { slot, adopted }) as BrowserStore
+    return Object.assign(store, { slot, adopted, tabChannel: name }) as BrowserStore
   }
   throw new BrowserStoreError('store_busy', `all ${slots} slots of store "${name}" are held by other tabs; close one, or raise maxTabs`)
 }

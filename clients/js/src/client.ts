@@ -33,6 +33,11 @@ export interface SeqsyncClientOptions {
   goodbyeTimeoutMs?: number
   /** Reconnect backoff (default 250 ms doubling to 5 s, jittered). */
   backoff?: { minMs?: number, maxMs?: number }
+  /** Shows every local edit to the other tabs of this browser that hold a
+   * store of the same name, at once and offline too (a BroadcastChannel;
+   * see `tabs.ts`). Default: the store's `tabChannel` (a browser store
+   * has one: its name); `null` turns it off. */
+  tabChannel?: string | null
 }
 
 const PEER_KEY = 'peer'
@@ -91,11 +96,20 @@ export class SeqsyncClient {
         connectTimeoutMs: this.options.timeoutMs ?? 10_000,
         ackDelayMs: this.options.ackDelayMs ?? 250,
         goodbyeTimeoutMs: this.options.goodbyeTimeoutMs ?? 10_000,
-        backoff: { minMs: backoff.minMs ?? 250, maxMs: backoff.maxMs ?? 5_000 }
+        backoff: { minMs: backoff.minMs ?? 250, maxMs: backoff.maxMs ?? 5_000 },
+        tabChannel: this.tabChannel()
       }, options)
       this.collections.set(name, c)
     }
     return c
+  }
+
+  private tabChannel (): string | undefined {
+    const option = this.options.tabChannel
+    if (option === null) return undefined
+    if (option !== undefined) return option
+    const fromStore = (this.store as { tabChannel?: unknown }).tabChannel
+    return typeof fromStore === 'string' ? fromStore : undefined
   }
 
   /** Stops every collection (with the goodbye), then closes the store. */

@@ -8,6 +8,7 @@
  * written for it never interleave.
  */
 import * as Y from 'yjs'
+import { TabRelay } from './tabs.js'
 import { Emitter } from './emitter.js'
 import {
   PERMANENT_PUSH_CODES,
@@ -142,6 +143,9 @@ export interface ClientContext {
   ackDelayMs: number
   goodbyeTimeoutMs: number
   backoff: { minMs: number, maxMs: number }
+  /** The BroadcastChannel name of this store's tabs (see `tabs.ts`), or
+   * undefined for none. */
+  tabChannel: string | undefined
 }
 
 /** A serial queue of async tasks. */
@@ -255,11 +259,14 @@ export class Collection {
   private idleWaiters: Array<() => void> = []
   private connection: ConnectionState = 'disconnected'
   private closedFlag = false
+  /** Shows local edits to the other tabs of this browser at once. */
+  private readonly tabs: TabRelay | null
 
   constructor (name: string, ctx: ClientContext, options: CollectionOptions = {}) {
     this.name = name
     this.ctx = ctx
     this.store = ctx.store
+    this.tabs = ctx.tabChannel === undefined ? null : new TabRelay(`seqsync-tabs:${ctx.tabChannel}:${name}`, doc => this.live.get(doc)?.ydoc)
     this.schemaVersion = options.schemaVersion ?? 0
     this.ready = this.queue.run(async () => {
       this.peerId = await ctx.peer()
@@ -308,9 +315,13 @@ export class Collection {
         }
         ydoc.on('update', (update: Uint8Array, origin: unknown) => {
           if (origin === this.remoteOrigin) return
+          // Another tab's edit: its author saves and pushes it.
+          if (this.tabs !== null && origin === this.tabs.origin) return
           this.localEdit(id, update)
+          this.tabs?.edited(id, update)
         })
         this.live.set(id, { ydoc })
+        this.tabs?.opened(id, ydoc)
         return ydoc
       })
       this.loading.set(id, loading)
@@ -1466,6 +1477,7 @@ export class Collection {
     await this.stop().catch(() => {})
     await this.whenSaved().catch(() => {})
     while (this.running !== null) await this.running.catch(() => {})
+    this.tabs?.close()
     for (const { ydoc } of this.live.values()) ydoc.destroy()
     this.live.clear()
   }
