@@ -6,6 +6,8 @@
 //   cd clients/js && npm run build && node bench/size.js
 import { build } from 'esbuild'
 import { gzipSync } from 'node:zlib'
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -29,7 +31,9 @@ const kb = (n) => `${(n / 1024).toFixed(1)} KB`
 const rows = [
   ['@seqsync/client (core), without yjs and lib0', 'dist/index.js', ['yjs', 'lib0', 'lib0/*']],
   ['@seqsync/client (core), with lib0, without yjs', 'dist/index.js', ['yjs']],
-  ['@seqsync/client/op-sqlite, without yjs and lib0', 'dist/opsqlite.js', ['yjs', 'lib0', 'lib0/*', '@op-engineering/op-sqlite']]
+  ['@seqsync/client/op-sqlite, without yjs and lib0', 'dist/opsqlite.js', ['yjs', 'lib0', 'lib0/*', '@op-engineering/op-sqlite']],
+  ['@seqsync/client/browser (page side), without yjs and lib0', 'dist/browser.js', ['yjs', 'lib0', 'lib0/*']],
+  ['@seqsync/client/browser-worker with SQLite\'s JS glue (the worker)', 'dist/browser-worker.js', []]
 ]
 console.log('| bundle | minified | gzipped | target |')
 console.log('|---|---|---|---|')
@@ -37,3 +41,6 @@ for (const [name, entry, external] of rows) {
   const { raw, gzip } = await size(entry, external)
   console.log(`| ${name} | ${kb(raw)} | ${kb(gzip)} | ${entry === 'dist/index.js' && external.length === 3 ? '≤ 30 KB gzipped' : ''} |`)
 }
+// The WebAssembly the browser store's worker loads once when a store opens.
+const wasm = readFileSync(createRequire(import.meta.url).resolve('@sqlite.org/sqlite-wasm/sqlite3.wasm'))
+console.log(`| sqlite3.wasm (@sqlite.org/sqlite-wasm, loaded by the worker) | ${kb(wasm.length)} | ${kb(gzipSync(wasm, { level: 9 }).length)} | |`)

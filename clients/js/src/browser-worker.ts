@@ -9,8 +9,9 @@
  * origin private file system through its "opfs-sahpool" VFS. That VFS
  * writes with synchronous access handles, which browsers hand out only to
  * dedicated workers; in exchange it needs no cross-origin-isolation
- * headers, and a commit's `xSync` is a `flush()` of the handle — the edit
- * is on disk when the transaction returns. It also holds its files
+ * headers, and writes go to the file in place (a handle's `write()`; its
+ * `flush()` is SQLite's `xSync`), so a committed transaction survives the
+ * tab being killed, as SQLite on any disk does. It also holds its files
  * exclusively: one worker per pool at a time, which is what the page's Web
  * Lock (one per slot, see `browser.ts`) guarantees.
  *
@@ -76,9 +77,11 @@ async function open (poolName: string, directory: string, synchronous: 'normal' 
       'another worker holds them, or the browser has no origin private file system here')
   }
   db = new pool.OpfsSAHPoolDb(DB_FILE)
-  // No WAL: this VFS has no shared memory. A rollback journal, and
-  // synchronous=NORMAL still flushes at every commit in journal mode.
-  db.exec('PRAGMA journal_mode = TRUNCATE')
+  // WAL as in the other stores. This VFS has no shared memory, which WAL
+  // does without in exclusive locking mode (the WAL index lives in this
+  // worker's heap) — and this worker is the slot's only user anyway.
+  db.exec('PRAGMA locking_mode = EXCLUSIVE')
+  db.exec('PRAGMA journal_mode = WAL')
   db.exec(`PRAGMA synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
 }
 
