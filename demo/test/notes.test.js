@@ -261,3 +261,31 @@ test('two tabs of one browser show each other\'s edits at once while the server 
   log('server back: each tab pushed its own edits, and the server holds the text both show')
   await context.close()
 })
+
+test('a browser that was away while the server compacted the note catches up when it comes back', async () => {
+  const collection = unique('away')
+  const away = await browser.newContext()
+  const first = await openNote(away, collection, 'log')
+  await typeAtEnd(first, 'before.')
+  await waitSaved(first, { onServer: true })
+  await first.close() // the context (and its store) stays; the app is closed
+  const other = await browser.newContext()
+  const writer = await openNote(other, collection, 'log', { name: 'Bob' })
+  await waitText(writer, 'before.', 'the other browser to load the note')
+  for (const word of [' one', ' two', ' three', ' four']) {
+    await typeAtEnd(writer, word)
+    await waitSaved(writer, { onServer: true })
+  }
+  const res = await fetch(`http://${listen}/v1/collections/${collection}/compact`, { method: 'POST' })
+  assert.equal(res.status, 200)
+  const summary = await res.json()
+  assert.ok(summary.deltas_removed > 0, `compaction folded the changes the away browser lacks (${JSON.stringify(summary)})`)
+  log(`while the first browser was away, the other typed and the server compacted: ${summary.deltas_removed} deltas folded`)
+  const back = await openNote(away, collection, 'log')
+  await waitText(back, 'before. one two three four', 'the returning browser to catch up')
+  await typeAtEnd(back, ' five')
+  await waitText(writer, 'before. one two three four five', 'the other browser to see the returning one\'s edit')
+  log('the returning browser caught up past the compacted changes from its own store, and its next edit reached the other')
+  await other.close()
+  await away.close()
+})
