@@ -1,5 +1,5 @@
-// Builds the demo into dist/: the y-websocket editor (index.html, app.js),
-// the notes app on @seqsync/client (notes.html, notes.js), the browser
+// Builds the demo into dist/: the notes app on @seqsync/client (index.html,
+// notes.js), the y-websocket editor (editor.html, app.js), the browser
 // store's worker with SQLite's WebAssembly next to it (store-worker.js,
 // sqlite3.wasm) and the notes app's service worker (sw.js). Nothing is
 // loaded from elsewhere at run time. Imported (by the tests), it only
@@ -43,7 +43,7 @@ async function buildDemo () {
   // A module worker: sqlite-wasm finds sqlite3.wasm next to it (import.meta.url).
   await build({ ...common, entryPoints: ['@seqsync/client/browser-worker'], format: 'esm', outfile: join(out, 'store-worker.js') })
   copyFileSync(require.resolve('@sqlite.org/sqlite-wasm/sqlite3.wasm'), join(out, 'sqlite3.wasm'))
-  for (const file of ['index.html', 'style.css', 'notes.html', 'notes.css', 'sw.js']) copyFileSync(join(here, 'src', file), join(out, file))
+  for (const file of ['index.html', 'editor.html', 'style.css', 'notes.css', 'sw.js']) copyFileSync(join(here, 'src', file), join(out, file))
   console.log(`demo built in ${out}`)
 }
 

@@ -182,7 +182,7 @@ async function main () {
       })
     })
     current = { id, ydoc, view, presence }
-    $('ywebsocket-link').href = `index.html#/${collection}/${id}`
+    $('ywebsocket-link').href = `editor.html#/${collection}/${id}`
     // For the browser tests: what the page's document holds.
     window.seqsyncNotes = { collection, doc: id, text: () => ytext.toString(), slot: store.slot, adopted: store.adopted, notes, store }
     document.body.dataset.doc = id

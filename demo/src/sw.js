@@ -4,7 +4,7 @@
 // refreshed — then the kept copy when the server cannot be reached. API
 // routes and sockets are never touched.
 const CACHE = 'seqsync-notes-v1'
-const SHELL = ['notes.html', 'notes.js', 'notes.css', 'style.css', 'store-worker.js', 'sqlite3.wasm']
+const SHELL = ['./', 'index.html', 'notes.js', 'notes.css', 'style.css', 'store-worker.js', 'sqlite3.wasm']
 
 self.addEventListener('install', event => {
   event.waitUntil(caches.open(CACHE).then(cache => cache.addAll(SHELL)).then(() => self.skipWaiting()))

@@ -68,7 +68,7 @@ async function open (name, collection, doc, viewport = VIEWPORT) {
     if (!socket.url().startsWith(server.http.replace('http:', 'ws:') + '/')) foreignRequests.push(socket.url())
   })
   const color = encodeURIComponent(COLORS[name] || '#555')
-  await page.goto(`${server.http}/?name=${name}&color=${color}#/${collection}/${doc}`)
+  await page.goto(`${server.http}/editor.html?name=${name}&color=${color}#/${collection}/${doc}`)
   await page.waitForSelector('#conn[data-state="connected"]')
   await page.waitForSelector('#saved[data-up-to-date="true"]')
   return { context, page, name }
@@ -328,7 +328,7 @@ test('with auth on, the page works with a token in its address and stays disconn
   contexts.push(context)
   try {
     const page = await context.newPage()
-    await page.goto(`${guarded.http}/?token=demo-secret&name=Alice#/private/doc`)
+    await page.goto(`${guarded.http}/editor.html?token=demo-secret&name=Alice#/private/doc`)
     await page.waitForSelector('#saved[data-up-to-date="true"]')
     await page.click('.cm-content')
     await page.keyboard.type('behind a token')
@@ -339,7 +339,7 @@ test('with auth on, the page works with a token in its address and stays disconn
     assert.equal(ydoc.getText('content').toString(), 'behind a token')
     log(`with ?token= the page syncs through every route and says "${saved.label}"`)
     const stranger = await context.newPage()
-    await stranger.goto(`${guarded.http}/?name=Eve#/private/doc`)
+    await stranger.goto(`${guarded.http}/editor.html?name=Eve#/private/doc`)
     await stranger.waitForTimeout(1500)
     assert.notEqual(await stranger.locator('#conn').getAttribute('data-state'), 'connected')
     assert.equal(await shown(stranger), '')

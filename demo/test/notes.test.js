@@ -1,4 +1,4 @@
-// The notes app (notes.html: @seqsync/client with its browser store) in
+// The notes app (index.html: @seqsync/client with its browser store) in
 // Debian's Chromium, against the release server serving the built demo.
 // What a local-first app must survive in a browser: a reload while
 // offline, two tabs of one browser at once, the server killed right after
@@ -32,7 +32,7 @@ let listen
 const suiteStarted = Date.now()
 
 before(async () => {
-  assert.ok(existsSync(join(here, '..', 'dist', 'notes.html')), 'the demo is built (npm run build)')
+  assert.ok(existsSync(join(here, '..', 'dist', 'index.html')), 'the demo is built (npm run build)')
   workDir = mkdtempSync(join(tmpdir(), 'seqsync-notes-'))
   server = await startServer(join(workDir, 'data'))
   listen = server.listen
@@ -67,7 +67,7 @@ function watch (page, name) {
 async function openNote (context, collection, doc, { name = 'Alice', offline = false } = {}) {
   const page = await context.newPage()
   watch(page, name)
-  await page.goto(`http://${listen}/notes.html?name=${name}#/${collection}/${doc}`)
+  await page.goto(`http://${listen}/?name=${name}#/${collection}/${doc}`)
   await ready(page, doc, offline)
   return page
 }
@@ -285,7 +285,7 @@ test('a browser that was away while the server compacted the note catches up whe
   await waitText(back, 'before. one two three four', 'the returning browser to catch up')
   await typeAtEnd(back, ' five')
   await waitText(writer, 'before. one two three four five', 'the other browser to see the returning one\'s edit')
-  log('the returning browser caught up past the compacted changes from its own store, and its next edit reached the other')
+  log('the returning browser opened its store (which had "before."), caught up past the compacted changes, and its next edit reached the other')
   await other.close()
   await away.close()
 })

@@ -77,11 +77,12 @@ async function open (poolName: string, directory: string, synchronous: 'normal' 
       'another worker holds them, or the browser has no origin private file system here')
   }
   db = new pool.OpfsSAHPoolDb(DB_FILE)
-  // WAL as in the other stores. This VFS has no shared memory, which WAL
-  // does without in exclusive locking mode (the WAL index lives in this
-  // worker's heap) — and this worker is the slot's only user anyway.
-  db.exec('PRAGMA locking_mode = EXCLUSIVE')
-  db.exec('PRAGMA journal_mode = WAL')
+  // A rollback journal, not WAL. This VFS has no shared memory; WAL would
+  // need exclusive locking mode (the WAL index in this worker's heap), and
+  // that lost committed transactions across a reload in Chromium (two tabs
+  // reloading at once: demo/test/notes.test.js caught it), while the
+  // journal keeps every commit in the database file itself.
+  db.exec('PRAGMA journal_mode = TRUNCATE')
   db.exec(`PRAGMA synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
 }
 

@@ -50,12 +50,10 @@ export interface BrowserStoreOptions extends StoreOptions {
   /** How many tabs may hold a store at once (default 8). The tab past the
    * last gets a {@link BrowserStoreError} `store_busy`. */
   maxTabs?: number
-  /** `normal` (default) or `full`, as in `@seqsync/client/sqlite`: the
-   * database is in WAL mode (exclusive locking: the WAL index lives in the
-   * worker), and with `normal` a commit is written to the WAL file before
-   * the transaction returns — it survives the tab or the browser being
-   * killed — and flushed at checkpoints; `full` flushes at every commit,
-   * for power loss, at a cost per commit. */
+  /** `normal` (default) or `full`. The database keeps a rollback journal
+   * (see browser-worker.ts for why not WAL): every commit is written to the
+   * database file and flushed before the transaction returns, with either
+   * setting; `full` adds flushes of the journal. */
   synchronous?: 'normal' | 'full'
   /** How long one statement may take before the store reports the worker
    * as stuck (default 30,000 ms). */
