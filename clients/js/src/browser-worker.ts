@@ -1,8 +1,12 @@
 /**
  * `@seqsync/client/browser-worker`: the dedicated worker that holds a
- * browser store's SQLite database. The page never touches SQLite itself:
+ * browser store: its SQLite database and the SQL store core
+ * (`sqlstore.ts`) over it. The page never touches SQLite itself:
  * `browserStore()` (`@seqsync/client/browser`) starts this script as a
- * module worker and sends it one statement per message.
+ * module worker and sends it one message per store call (`commit`,
+ * `loadDocument`, …), not per statement: a commit of a page of changes is
+ * one round trip, and its merging and folding (Yjs) run here, off the
+ * page's thread.
  *
  * Why a worker: the store is SQLite compiled to WebAssembly
  * (`@sqlite.org/sqlite-wasm`, the SQLite project's own build) on the
@@ -22,13 +26,15 @@
  * looks for it relative to its own module URL).
  *
  * Messages (all fields plain data, answered in order):
- * - `{ id, op: 'open', pool, directory, synchronous }` → `{ id, ok: true }`
- * - `{ id, op: 'run', sql, params }` → `{ id, ok: true, value: rowid }`
- * - `{ id, op: 'all', sql, params }` → `{ id, ok: true, value: rows }`
- * - `{ id, op: 'exec', sql }`, `{ id, op: 'close' }` → `{ id, ok: true }`
+ * - `{ id, op: 'open', pool, directory, synchronous, options }` → `{ id, ok: true }`
+ * - `{ id, op: 'call', method, args }` → `{ id, ok: true, value }`: one
+ *   {@link SeqsyncStore} method (`close` included)
+ * - `{ id, op: 'outboxCollections' }` → the collections with outbox rows
  * - any failure → `{ id, ok: false, name, message }`
  */
 import sqlite3InitModule, { type Database, type PreparedStatement, type SAHPoolUtil, type SqlValue as WasmValue } from '@sqlite.org/sqlite-wasm'
+import { type SqlConnection, type SqlValue, SqlStore } from './sqlstore.js'
+import type { SeqsyncStore, StoreOptions } from './store.js'
 
 /** The one database file inside the pool. */
 const DB_FILE = '/seqsync.sqlite3'
@@ -40,11 +46,14 @@ const MAX_CACHED_STATEMENTS = 128
 const OPEN_ATTEMPTS = 40
 const OPEN_RETRY_MS = 100
 
+/** The store methods the page may call. */
+const METHODS = new Set<keyof SeqsyncStore>(['getKv', 'setKv', 'state', 'documents', 'loadDocument', 'commit',
+  'outbox', 'outboxSize', 'reject', 'rejected', 'compact', 'close'])
+
 type Request =
-  | { id: number, op: 'open', pool: string, directory: string, synchronous: 'normal' | 'full' }
-  | { id: number, op: 'run' | 'all', sql: string, params: unknown[] }
-  | { id: number, op: 'exec', sql: string }
-  | { id: number, op: 'close' }
+  | { id: number, op: 'open', pool: string, directory: string, synchronous: 'normal' | 'full', options: StoreOptions }
+  | { id: number, op: 'call', method: keyof SeqsyncStore, args: unknown[] }
+  | { id: number, op: 'outboxCollections' }
 
 interface WorkerScope {
   onmessage: ((event: { data: Request }) => void) | null
@@ -55,11 +64,12 @@ const scope = globalThis as unknown as WorkerScope
 
 let db: Database | null = null
 let pool: SAHPoolUtil | null = null
+let store: SqlStore | null = null
 const statements = new Map<string, PreparedStatement>()
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
 
-async function open (poolName: string, directory: string, synchronous: 'normal' | 'full'): Promise<void> {
+async function open (poolName: string, directory: string, synchronous: 'normal' | 'full', options: StoreOptions): Promise<void> {
   if (db !== null) throw new Error('the store is already open in this worker')
   const sqlite3 = await sqlite3InitModule()
   let lastError: unknown = null
@@ -84,6 +94,33 @@ async function open (poolName: string, directory: string, synchronous: 'normal' 
   // journal keeps every commit in the database file itself.
   db.exec('PRAGMA journal_mode = TRUNCATE')
   db.exec(`PRAGMA synchronous = ${synchronous === 'full' ? 'FULL' : 'NORMAL'}`)
+  store = new SqlStore(connection, options)
+}
+
+/** The SQL core's connection: SQLite runs synchronously in this worker. */
+const connection: SqlConnection = {
+  run: async (sql: string, params: SqlValue[]) => {
+    runStatement(sql, params, false)
+    const rowid = database().selectValue('SELECT last_insert_rowid()')
+    return typeof rowid === 'bigint' ? Number(rowid) : Number(rowid ?? 0)
+  },
+  all: async (sql: string, params: SqlValue[]) => runStatement(sql, params, true) as Array<Record<string, SqlValue>>,
+  exec: async (sql: string) => { database().exec(sql) },
+  close: async () => {
+    for (const s of statements.values()) s.finalize()
+    statements.clear()
+    db?.close()
+    db = null
+    // Releases the pool's access handles at once, so the next page (or
+    // the next user of the slot) need not wait for this worker to end.
+    pool?.pauseVfs()
+    pool = null
+  }
+}
+
+function openStore (): SqlStore {
+  if (store === null) throw new Error('the store is not open (or was closed)')
+  return store
 }
 
 function database (): Database {
@@ -122,28 +159,21 @@ function runStatement (sql: string, params: unknown[], collect: boolean): Array<
 async function handle (request: Request): Promise<unknown> {
   switch (request.op) {
     case 'open':
-      await open(request.pool, request.directory, request.synchronous)
+      await open(request.pool, request.directory, request.synchronous, request.options)
       return null
-    case 'run': {
-      runStatement(request.sql, request.params, false)
-      const rowid = database().selectValue('SELECT last_insert_rowid()')
-      return typeof rowid === 'bigint' ? Number(rowid) : (rowid ?? 0)
+    case 'call': {
+      if (!METHODS.has(request.method)) throw new Error(`no store method ${String(request.method)}`)
+      const target = openStore()
+      const method = target[request.method] as (...args: unknown[]) => Promise<unknown>
+      const value = await method.apply(target, request.args)
+      if (request.method === 'close') store = null
+      return value
     }
-    case 'all':
-      return runStatement(request.sql, request.params, true)
-    case 'exec':
-      database().exec(request.sql)
-      return null
-    case 'close':
-      for (const s of statements.values()) s.finalize()
-      statements.clear()
-      db?.close()
-      db = null
-      // Releases the pool's access handles at once, so the next page (or
-      // the next slot user) need not wait for this worker to be collected.
-      pool?.pauseVfs()
-      pool = null
-      return null
+    case 'outboxCollections': {
+      await openStore().outboxSize('') // the schema exists once this returns
+      const rows = runStatement('SELECT DISTINCT collection FROM updates WHERE status = 0', [], true)
+      return rows.map(r => String(r.collection))
+    }
   }
 }
 

@@ -1,10 +1,11 @@
 /**
  * `@seqsync/client/browser`: the local store in a browser tab — SQLite
  * compiled to WebAssembly on the origin private file system (OPFS), run in
- * a dedicated worker (`browser-worker.ts`), behind the same SQL core as the
- * Node and React Native stores (`sqlstore.ts`). A reload, online or
- * offline, finds every document, the cursor, the epoch and the outbox
- * where the last committed transaction left them.
+ * a dedicated worker (`browser-worker.ts`) with the same SQL core as the
+ * Node and React Native stores (`sqlstore.ts`); each store call is one
+ * message to it. A reload, online or offline, finds every document, the
+ * cursor, the epoch and the outbox where the last committed transaction
+ * left them.
  *
  * Why `@sqlite.org/sqlite-wasm` on OPFS and not sql.js on IndexedDB: sql.js
  * keeps the whole database in memory and persists it by writing the whole
@@ -36,8 +37,9 @@
  * the edit in both outboxes, and pushing a Yjs update twice changes
  * nothing). So whichever tab opens next pushes what any closed tab saved.
  */
-import type { SeqsyncStore, StoreOptions } from './store.js'
-import { type SqlConnection, type SqlValue, SqlStore } from './sqlstore.js'
+import type {
+  CollectionState, CommitResult, DocumentInfo, OutboxEntry, RejectedEntry, SeqsyncStore, StoreOptions, StoreWrite, StoredDocument
+} from './store.js'
 import { SeqsyncError } from './errors.js'
 
 export interface BrowserStoreOptions extends StoreOptions {
@@ -55,15 +57,15 @@ export interface BrowserStoreOptions extends StoreOptions {
    * database file and flushed before the transaction returns, with either
    * setting; `full` adds flushes of the journal. */
   synchronous?: 'normal' | 'full'
-  /** How long one statement may take before the store reports the worker
-   * as stuck (default 30,000 ms). */
-  statementTimeoutMs?: number
+  /** How long one store call (a commit, a load) may take before the store
+   * reports the worker as stuck (default 30,000 ms). */
+  callTimeoutMs?: number
 }
 
 /** A browser store's failure: `store_busy` (every slot is held by another
  * tab), `no_locks` (no Web Locks API: not a secure context?),
  * `worker_failed` (the worker could not start or open the files),
- * `store_closed`, `statement_timeout`, or `sqlite` (a statement failed; the
+ * `store_closed`, `call_timeout`, or `sqlite` (a statement failed; the
  * transaction it belonged to was rolled back). */
 export class BrowserStoreError extends SeqsyncError {
   constructor (code: string, message: string) {
@@ -80,7 +82,8 @@ export interface WorkerLike {
   onerror: ((event: { message?: string }) => void) | null
 }
 
-/** A browser store: a {@link SeqsyncStore} plus which slot it holds. */
+/** A browser store: a {@link SeqsyncStore} plus which slot it holds. Its
+ * methods run in the worker, one message each. */
 export interface BrowserStore extends SeqsyncStore {
   /** The slot this tab holds (0 for the first tab). */
   readonly slot: number
@@ -101,7 +104,7 @@ const DEFAULT_MAX_TABS = 8
 /** Slots past this are refused whatever `maxTabs` says (each slot is a
  * worker and a WebAssembly instance while it is adopted). */
 const MAX_SLOTS = 64
-const DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+const DEFAULT_CALL_TIMEOUT_MS = 30_000
 /** Outbox rows moved per transaction while adopting a slot. */
 const ADOPT_BATCH_ROWS = 500
 /** How long a reloaded tab waits for the slot it held before the reload
@@ -163,8 +166,9 @@ function rememberSlot (name: string, slot: number): void {
   }
 }
 
-/** A worker running `browser-worker.ts`, one request in flight per call. */
-class WorkerConnection implements SqlConnection {
+/** The store as the page sees it: each method one message to the worker
+ * (`browser-worker.ts`), which runs it on the SQL core over SQLite. */
+class WorkerStore implements SeqsyncStore {
   private readonly worker: WorkerLike
   private readonly pending = new Map<number, { resolve: (v: unknown) => void, reject: (e: Error) => void, timer: ReturnType<typeof setTimeout> }>()
   private nextId = 1
@@ -205,27 +209,35 @@ class WorkerConnection implements SqlConnection {
     const id = this.nextId++
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.fail(new BrowserStoreError('statement_timeout', `the store's worker did not answer within ${this.timeoutMs} ms`))
+        this.fail(new BrowserStoreError('call_timeout', `the store's worker did not answer within ${this.timeoutMs} ms`))
       }, this.timeoutMs)
       this.pending.set(id, { resolve, reject, timer })
       this.worker.postMessage({ ...message, id })
     })
   }
 
-  // Arrow functions: the SQL core may call these detached from the object.
-  readonly run = async (sql: string, params: SqlValue[]): Promise<number> =>
-    await this.request({ op: 'run', sql, params }) as number
-
-  readonly all = async (sql: string, params: SqlValue[]): Promise<Array<Record<string, SqlValue>>> =>
-    await this.request({ op: 'all', sql, params }) as Array<Record<string, SqlValue>>
-
-  readonly exec = async (sql: string): Promise<void> => {
-    await this.request({ op: 'exec', sql })
+  private async call<T> (method: keyof SeqsyncStore, args: unknown[]): Promise<T> {
+    return await this.request({ op: 'call', method, args }) as T
   }
 
-  readonly close = async (): Promise<void> => {
+  getKv (collection: string, key: string): Promise<string | undefined> { return this.call('getKv', [collection, key]) }
+  setKv (collection: string, key: string, value: string): Promise<void> { return this.call('setKv', [collection, key, value]) }
+  state (collection: string): Promise<CollectionState> { return this.call('state', [collection]) }
+  documents (collection: string): Promise<DocumentInfo[]> { return this.call('documents', [collection]) }
+  loadDocument (collection: string, doc: string): Promise<StoredDocument | undefined> { return this.call('loadDocument', [collection, doc]) }
+  commit (collection: string, write: StoreWrite): Promise<CommitResult> { return this.call('commit', [collection, write]) }
+  outbox (collection: string, afterId: number, limit: number): Promise<OutboxEntry[]> { return this.call('outbox', [collection, afterId, limit]) }
+  outboxSize (collection: string): Promise<number> { return this.call('outboxSize', [collection]) }
+  reject (collection: string, ids: number[], code: string, message: string): Promise<RejectedEntry[]> { return this.call('reject', [collection, ids, code, message]) }
+  rejected (collection: string): Promise<RejectedEntry[]> { return this.call('rejected', [collection]) }
+  compact (collection: string, doc?: string): Promise<void> { return this.call('compact', doc === undefined ? [collection] : [collection, doc]) }
+
+  /** The collections whose outbox has rows (for adoption). */
+  outboxCollections (): Promise<string[]> { return this.request({ op: 'outboxCollections' }) as Promise<string[]> }
+
+  async close (): Promise<void> {
     if (this.failed === null) {
-      await this.request({ op: 'close' }).catch(() => {})
+      await this.call('close', []).catch(() => {})
       this.fail(new BrowserStoreError('store_closed', 'the store is closed'))
     }
     this.worker.terminate()
@@ -240,8 +252,8 @@ function startWorker (spec: BrowserStoreOptions['worker']): WorkerLike {
   return new WorkerCtor(spec, { type: 'module', name: 'seqsync-store' })
 }
 
-/** Opens slot `slot` (its lock already held) as a SqlStore. */
-async function openSlot (name: string, slot: number, held: Held, options: BrowserStoreOptions): Promise<{ store: SqlStore, conn: WorkerConnection }> {
+/** Opens slot `slot` (its lock already held): its worker and store. */
+async function openSlot (name: string, slot: number, held: Held, options: BrowserStoreOptions): Promise<WorkerStore> {
   let worker: WorkerLike
   try {
     worker = startWorker(options.worker)
@@ -249,20 +261,21 @@ async function openSlot (name: string, slot: number, held: Held, options: Browse
     held.release()
     throw err instanceof BrowserStoreError ? err : new BrowserStoreError('worker_failed', String(err))
   }
-  const conn = new WorkerConnection(worker, options.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS, () => held.release())
+  const store = new WorkerStore(worker, options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS, () => held.release())
   try {
-    await conn.request({
+    await store.request({
       op: 'open',
       pool: `seqsync-${name}-${slot}`,
       directory: `.seqsync/${name}/${slot}`,
-      synchronous: options.synchronous ?? 'normal'
+      synchronous: options.synchronous ?? 'normal',
+      options: { compactAfterUpdates: options.compactAfterUpdates, compactAfterBytes: options.compactAfterBytes }
     })
   } catch (err) {
-    await conn.close()
+    await store.close()
     const message = err instanceof Error ? err.message : String(err)
     throw new BrowserStoreError('worker_failed', `could not open the local store (slot ${slot}): ${message}`)
   }
-  return { store: new SqlStore(conn, options), conn }
+  return store
 }
 
 /** Whether slot `slot` was ever opened (its OPFS directory exists):
@@ -282,18 +295,15 @@ async function slotExists (name: string, slot: number): Promise<boolean> {
 interface DirectoryLike { getDirectoryHandle: (name: string) => Promise<DirectoryLike> }
 
 /** Moves the outbox of every free slot but `own` into `target`. */
-async function adoptFreeSlots (name: string, own: number, slots: number, target: SqlStore, options: BrowserStoreOptions): Promise<number> {
+async function adoptFreeSlots (name: string, own: number, slots: number, target: WorkerStore, options: BrowserStoreOptions): Promise<number> {
   let moved = 0
   for (let slot = 0; slot < slots; slot++) {
     if (slot === own || !(await slotExists(name, slot))) continue
     const held = await tryLock(lockName(name, slot))
     if (held === undefined) continue // a live tab: it pushes its own outbox
-    const { store, conn } = await openSlot(name, slot, held, options)
+    const store = await openSlot(name, slot, held, options)
     try {
-      await store.outboxSize('') // the schema, if the slot was never used
-      const collections = await conn.all('SELECT DISTINCT collection FROM updates WHERE status = 0', [])
-      for (const row of collections) {
-        const collection = String(row.collection)
+      for (const collection of await store.outboxCollections()) {
         for (;;) {
           const rows = await store.outbox(collection, 0, ADOPT_BATCH_ROWS)
           if (rows.length === 0) break
@@ -334,7 +344,7 @@ export async function browserStore (options: BrowserStoreOptions): Promise<Brows
     const held = await tryLock(lockName(name, slot), waitMs)
     if (held === undefined) continue
     rememberSlot(name, slot)
-    const { store } = await openSlot(name, slot, held, options)
+    const store = await openSlot(name, slot, held, options)
     let adopted = 0
     try {
       adopted = await adoptFreeSlots(name, slot, slots, store, options)
