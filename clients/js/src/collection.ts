@@ -315,10 +315,10 @@ export class Collection {
         }
         ydoc.on('update', (update: Uint8Array, origin: unknown) => {
           if (origin === this.remoteOrigin) return
-          // Another tab's edit: its author saves and pushes it.
-          if (this.tabs !== null && origin === this.tabs.origin) return
+          // Another tab's edit is saved and pushed here too (see tabs.ts:
+          // this tab's later edits may build on it), but not relayed back.
           this.localEdit(id, update)
-          this.tabs?.edited(id, update)
+          if (this.tabs === null || origin !== this.tabs.origin) this.tabs?.edited(id, update)
         })
         this.live.set(id, { ydoc })
         this.tabs?.opened(id, ydoc)

@@ -4,13 +4,16 @@
  * local edit of a live document is posted on a BroadcastChannel, and the
  * other tabs apply it to their live copy of that document.
  *
- * Why relayed and not stored: the edit is already in its author's store
- * (its outbox), and its author pushes it; a tab that stored a relayed edit
- * too would push it a second time. A relayed edit is applied with an origin
- * of its own, which the collection neither saves nor pushes. What a closed
- * tab saved but never pushed is taken over by the next tab that opens its
- * store (the browser store's adoption), and the server brings it to the
- * others from there.
+ * A relayed edit is saved and pushed by the receiving tab too, as if typed
+ * there. Why: the receiver's next edits may build on it, and a server that
+ * receives an edit before the one it builds on must park it (Yjs pending
+ * structures) until the other arrives — the Chromium suite lost such edits
+ * when the receiver pushed first. Saved by both, each tab's store holds
+ * everything that tab shows, its outbox is in causal order, and an edit
+ * reaches the server even if its author closes before pushing it. The cost
+ * is a second push of each edit while two tabs are open, which the server
+ * answers without logging anything (an update that adds nothing logs
+ * nothing). A relayed edit is not relayed again.
  *
  * A tab that opens a document asks the other tabs for what it lacks (its
  * state vector, answered with the difference), so a tab opened or reloaded

@@ -18,17 +18,22 @@ const until = async (predicate, what, timeoutMs = 5000) => {
   }
 }
 
-test('an edit in one tab shows in the other at once, offline, and is saved only by its author', async () => {
+test('an edit in one tab shows in the other at once, offline, and both tabs save it (the other\'s next edits may build on it)', async () => {
   const channel = `t-${Math.random().toString(36).slice(2)}`
   const [a, b] = [tab(channel), tab(channel)]
   const [da, db] = [await a.collection('notes').doc('n'), await b.collection('notes').doc('n')]
   da.getText('t').insert(0, 'from a')
   await until(() => db.getText('t').toString() === 'from a', 'tab b to show tab a\'s edit')
   await a.collection('notes').whenSaved()
+  await b.collection('notes').whenSaved()
   assert.equal(await a.collection('notes').outboxSize(), 1, 'the author saved it in its outbox')
-  assert.equal(await b.collection('notes').outboxSize(), 0, 'the other tab does not save (nor push) it again')
+  assert.equal(await b.collection('notes').outboxSize(), 1, 'the other tab saved it too')
   db.getText('t').insert(6, ', then b')
   await until(() => da.getText('t').toString() === 'from a, then b', 'tab a to show tab b\'s edit')
+  await a.collection('notes').whenSaved()
+  await b.collection('notes').whenSaved()
+  assert.equal(await a.collection('notes').outboxSize(), 2, 'relayed edits are saved, each once')
+  assert.equal(await b.collection('notes').outboxSize(), 2, 'and not relayed back (no echo)')
   await a.close()
   await b.close()
 })
