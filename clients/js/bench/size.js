@@ -33,7 +33,7 @@ const rows = [
   ['@seqsync/client (core), with lib0, without yjs', 'dist/index.js', ['yjs']],
   ['@seqsync/client/op-sqlite, without yjs and lib0', 'dist/opsqlite.js', ['yjs', 'lib0', 'lib0/*', '@op-engineering/op-sqlite']],
   ['@seqsync/client/browser (page side), without yjs and lib0', 'dist/browser.js', ['yjs', 'lib0', 'lib0/*']],
-  ['@seqsync/client/browser-worker with SQLite\'s JS glue (the worker)', 'dist/browser-worker.js', []]
+  ['@seqsync/client/browser-worker with SQLite\'s JS glue and yjs (the worker)', 'dist/browser-worker.js', []]
 ]
 console.log('| bundle | minified | gzipped | target |')
 console.log('|---|---|---|---|')
