@@ -1,5 +1,5 @@
 //! Criterion benchmarks: the engine's hot paths on every backend, each group
-//! parameterised by backend (BRIEF §10). The table with baselines and trace
+//! parameterised by backend (docs/DESIGN.md, "Performance targets"). The table with baselines and trace
 //! workloads is `cargo run --release --example compare_backends`.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Compaction of a real editing trace as one document (BRIEF §5, §10).
+//! Compaction of a real editing trace as one document (docs/DESIGN.md: compaction, performance targets).
 //!
 //! Pushes every transaction of `automerge-paper` (259,778 single-keystroke
 //! updates; CC BY 4.0, Martin Kleppmann) as one document, then times

@@ -1,5 +1,5 @@
 //! Every backend on the same real workloads, each against a baseline measured
-//! in the same run, in one table (BRIEF §10, issue "benchmarks side by side").
+//! in the same run, in one table (docs/DESIGN.md, performance targets; issue "benchmarks side by side").
 //!
 //! ```text
 //! cargo run --release --example compare_backends                 # full run (several minutes)

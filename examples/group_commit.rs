@@ -1,6 +1,6 @@
 //! Durable ingest: pushes/s with 1 writer versus 64 concurrent writers, on
 //! SQLite and redb with `durability = "immediate"`, and the ratio (the gain
-//! from group commit; BRIEF §10 targets ≥ 10×).
+//! from group commit; docs/DESIGN.md's targets are ≥ 10×).
 //!
 //! ```text
 //! cargo run --release --example group_commit            # full run

@@ -1,4 +1,4 @@
-//! The seqsync host server (BRIEF §7): HTTP + WebSocket API, y-websocket
+//! The seqsync host server (README, "The host server"): HTTP + WebSocket API, y-websocket
 //! compatibility, Prometheus metrics, on the embedded default (SQLite under
 //! `./seqsync-data`, `127.0.0.1:8787`).
 //!

@@ -1,6 +1,6 @@
 //! Bundles end to end: export from one backend, import into another, and
 //! every way an import must refuse, step back, skip or resume
-//! (seeds/quicksync-delta-partials.txt). Stores are real files (SQLite,
+//! (`docs/BUNDLES.md`). Stores are real files (SQLite,
 //! redb) or memory; bundles are real files in a temporary directory.
 
 #[path = "../actors/tests/common/mod.rs"]

@@ -1,5 +1,5 @@
 //! Crash tests: nothing acked is lost when the process is killed at a random
-//! moment under load (BRIEF §3: an ack means on disk).
+//! moment under load (docs/DESIGN.md: an ack means on disk).
 //!
 //! Modelled on sled's crash tests. The test binary starts *itself* as a child
 //! process (the ignored test `crash_child_process`), which opens an engine

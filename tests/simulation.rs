@@ -1,5 +1,5 @@
 //! A deterministic, seeded simulation of many peers syncing through the
-//! engine over a bad network (BRIEF §3, §5; the FoundationDB way).
+//! engine over a bad network (docs/DESIGN.md, invariants and compaction; the FoundationDB way).
 //!
 //! Why: convergence bugs hide in interleavings no hand-written test thinks
 //! of: a page that arrives after a newer one, a push acked twice, a client

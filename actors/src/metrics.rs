@@ -1,4 +1,4 @@
-//! Metric names (BRIEF §9), in one place so the host and the docs agree.
+//! Metric names (docs/DESIGN.md, "Observability"), in one place so the host and the docs agree.
 //!
 //! Recorded through the `metrics` facade: with no recorder installed they cost
 //! almost nothing; the host example installs a Prometheus exporter.
@@ -48,7 +48,7 @@ pub const ACTIVE_PEERS: &str = "seqsync_active_peers";
 /// Counter, label `kind`: errors answered, by code.
 pub const ERRORS: &str = "seqsync_errors_total";
 /// Counter: documents a schema migration has gone through when a store was
-/// opened (BRIEF §6).
+/// opened (README, "Schema versions and migrations").
 pub const MIGRATED_DOCUMENTS: &str = "seqsync_migrated_documents_total";
 /// Counter: pushes from older clients upgraded on ingest (the steps from the
 /// client's version ran on the document).

@@ -1,4 +1,4 @@
-//! Compaction (BRIEF §5) through the public API, on every backend.
+//! Compaction (docs/DESIGN.md, "Compaction") through the public API, on every backend.
 //!
 //! The safety property is checked the hard way: after random histories,
 //! random acks and random compaction schedules (thresholds down to one

@@ -1,6 +1,6 @@
 //! Engine scenarios through the public `Engine` API, run on every backend by
 //! the `engine_suite!` macro at the bottom. Each test guards one promise of
-//! BRIEF §3–§4; random ones print their seed (replay with `TEST_SEED=`).
+//! docs/DESIGN.md, "Concepts and invariants" and "Operations"; random ones print their seed (replay with `TEST_SEED=`).
 
 mod common;
 
@@ -514,7 +514,7 @@ mod cases {
         );
     }
 
-    /// Bad input of BRIEF §11 gets typed errors and stores nothing.
+    /// Bad input (docs/DESIGN.md) gets typed errors and stores nothing.
     pub async fn bad_input_is_refused_with_typed_errors(kind: BackendKind) {
         let t = open(kind);
         let e = &t.engine;

@@ -377,10 +377,10 @@ mod cases {
         close(engine).await;
     }
 
-    /// Verdant's scenario (seeds/verdant-reset-sync-older-version.txt), as
-    /// the seed tells it, in two cases: the truant client comes back to the
-    /// same server upgraded in place, or to one restored from a v1 backup
-    /// (new epoch, so it is told to reset).
+    /// Verdant's scenario (a client of an older version syncing after the
+    /// server was reset, as Verdant's issue tells it), in two cases: the
+    /// truant client comes back to the same server upgraded in place, or to
+    /// one restored from a v1 backup (new epoch, so it is told to reset).
     pub async fn verdant_truant_client_loses_nothing(kind: BackendKind, restored: bool) {
         let mut config = EngineConfig::default();
         config.compaction.peer_timeout_secs = 1;

@@ -1,5 +1,5 @@
 //! `PostgresStorage`: the store in a PostgreSQL database that several
-//! engine nodes share (BRIEF §6 "Scale-out", `docs/POSTGRES.md`).
+//! engine nodes share (`docs/POSTGRES.md`).
 //!
 //! Why PostgreSQL and not a home-made cluster: an operator who outgrows one
 //! machine already runs a database that replicates, fails over and is backed

@@ -1,4 +1,4 @@
-//! Scale-out under fire (BRIEF §6): three real `seqsync serve` processes on
+//! Scale-out under fire (`docs/POSTGRES.md`): three real `seqsync serve` processes on
 //! one PostgreSQL database, no load balancer. Writers push to all three
 //! (a non-owner answers 307 to the owner; they follow it); subscribers
 //! follow the collection on all three. Then:

@@ -2,7 +2,7 @@
 //! to back up, restore, verify and move collections (docs/BUNDLES.md is the
 //! format's reference).
 //!
-//! The model is Spacemesh's quicksync partials (seeds/quicksync…): each
+//! The model is Spacemesh's quicksync partials (its sync design for the Spacemesh node): each
 //! batch `[start, end]` says the log checksum *before* it (at `start − 1`)
 //! and at its end. A receiver applies a batch only where its own checksum at
 //! `start − 1` says the same; otherwise it steps back to an earlier batch

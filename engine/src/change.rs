@@ -27,7 +27,7 @@ pub enum ChangeKind {
     Delete,
     /// The document's merged state (a Yjs v1 update) replacing every earlier
     /// `Update`/`Snapshot` change of the document, stored at the seq of the last
-    /// change it covers (BRIEF §5).
+    /// change it covers (docs/DESIGN.md, "Compaction").
     Snapshot,
 }
 

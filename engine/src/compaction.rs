@@ -1,5 +1,5 @@
 //! Compaction planning: which changes of a document a snapshot replaces, and
-//! the snapshot itself (BRIEF §5).
+//! the snapshot itself (docs/DESIGN.md, "Compaction").
 //!
 //! The safety property: for every cursor `c`, a client holding all changes
 //! ≤ c that applies `changes(after = c)` reaches the server's state. It holds

@@ -1,5 +1,5 @@
 //! `EngineConfig`: one TOML file, every key optional, overridden by
-//! `SEQSYNC_<SECTION>_<KEY>` environment variables (BRIEF §8).
+//! `SEQSYNC_<SECTION>_<KEY>` environment variables (README, "Configuration").
 //!
 //! Unknown keys are errors rather than silently ignored: a typo such as
 //! `max_delta_byte` would otherwise leave a limit at its default without anyone

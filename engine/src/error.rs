@@ -31,7 +31,7 @@ impl fmt::Display for NameKind {
     }
 }
 
-/// A collection name, document id or peer id that breaks the rules of BRIEF §3.
+/// A collection name, document id or peer id that breaks the rules of docs/DESIGN.md.
 /// Nothing is stored when this is returned.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

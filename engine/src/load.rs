@@ -5,7 +5,7 @@
 //! to a `yrs::Doc`. Done one after the other, a document of 100,000 deltas
 //! costs their sum; done at once on two threads it costs about the larger of
 //! the two, which is what lets a cold load stay close to a bare yrs replay
-//! (BRIEF §10, load ≤ 1.2×).
+//! (docs/DESIGN.md, performance targets: load ≤ 1.2×).
 //!
 //! Small documents are the common case (compaction keeps them small), and a
 //! thread per read would cost more than it saves there. So the changes of the

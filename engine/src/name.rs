@@ -161,7 +161,7 @@ string_newtype_impls!(PeerId);
 mod tests {
     use super::*;
 
-    /// Names become storage keys and URL segments: every rule of BRIEF §3 must
+    /// Names become storage keys and URL segments: every rule of docs/DESIGN.md must
     /// refuse with a typed error, not be silently "fixed".
     #[test]
     fn collection_names_follow_the_brief() {

@@ -110,7 +110,7 @@ pub enum WriteBase {
     },
 }
 
-/// Replace a document's covered history by one snapshot (BRIEF §5).
+/// Replace a document's covered history by one snapshot (docs/DESIGN.md, "Compaction").
 ///
 /// Every change of `doc` with seq ≤ `through` whose kind is `Update` or
 /// `Snapshot` is removed. If `snapshot` is given, a `Snapshot` change with seq

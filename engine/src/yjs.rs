@@ -10,7 +10,7 @@
 //! deletions), and the pending structures where yrs parks an out-of-order
 //! update whose dependencies have not arrived. An update that only fills the
 //! pending area is **not** a no-op: it must be logged so a client replaying
-//! the log sees it too (BRIEF §3, out-of-order updates).
+//! the log sees it too (docs/DESIGN.md, out-of-order updates).
 //!
 //! yrs may panic on some malformed input. Decoding and applying run under
 //! `catch_unwind` so a hostile update becomes an `InvalidUpdate` error; after

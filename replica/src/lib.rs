@@ -6,8 +6,8 @@
 //! (they wait in an outbox), and syncs on demand with a report of what
 //! happened, Tolstoy-style ([`SyncOutcome`]): nothing, pulled, pushed,
 //! merged, or reset (the server's history was replaced: the replica
-//! recovers and pushes its own state back, losing nothing). Seeds:
-//! `seeds/mentat-tolstoy-sync-readme.txt`, `seeds/ssb-db-replication-issue.txt`.
+//! recovers and pushes its own state back, losing nothing). Models:
+//! Mentat's Tolstoy sync and Secure Scuttlebutt's replication.
 //!
 //! It talks to the server through a [`Transport`]: in-process
 //! ([`EngineTransport`], an `Engine` handle) or over the network

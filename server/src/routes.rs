@@ -1,4 +1,4 @@
-//! The HTTP routes of BRIEF §7. Each handler authorizes, validates what HTTP
+//! The HTTP routes of the README's "The host server". Each handler authorizes, validates what HTTP
 //! owns (bodies, headers, query strings), calls the engine and maps its
 //! answer; the engine validates names, updates and limits itself.
 

@@ -1,5 +1,5 @@
 //! The host server over real HTTP and WebSockets on loopback: every route of
-//! BRIEF §7, the bad inputs of §11, auth, the subscribe and y-websocket
+//! the README's route table, the bad inputs of docs/DESIGN.md, auth, the subscribe and y-websocket
 //! streams, and a SIGKILL restart of the real binary.
 
 use std::io::{BufRead, BufReader};
@@ -141,7 +141,7 @@ fn text_of(update: &[u8]) -> String {
 mod routes {
     use super::*;
 
-    /// Every REST route answers as BRIEF §7 says, on every disk backend.
+    /// Every REST route answers as the README's route table says, on every disk backend.
     fn every_route_round_trips(kind: BackendKind) {
         let h = Harness::start(kind, |_| {});
         let c = Client::new(1);
@@ -300,7 +300,7 @@ mod routes {
         every_route_round_trips(BackendKind::Redb);
     }
 
-    /// The bad inputs of BRIEF §11 get JSON errors with fitting statuses and
+    /// The bad inputs of docs/DESIGN.md get JSON errors with fitting statuses and
     /// store nothing.
     #[test]
     fn bad_inputs_get_json_errors_and_store_nothing() {

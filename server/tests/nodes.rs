@@ -1,4 +1,4 @@
-//! Several host servers on one PostgreSQL database (BRIEF §6 "Scale-out"):
+//! Several host servers on one PostgreSQL database (`docs/POSTGRES.md`):
 //! the first node to write a collection owns it; a write sent to another
 //! node is answered with a 307 to the owner's advertised URL (and followed
 //! there, it lands); reads work on every node; and when the owner stops,
