@@ -22,8 +22,8 @@ use seqsync_engine::bundle::{
     self, BundleError, BundleProgress, ExportOptions, ImportEpoch, ImportOptions,
 };
 use seqsync_engine::{
-    change_checksum, collection_digest, BackendKind, ChangeKind, CollectionName, DigestCache,
-    Durability, Storage, StorageConfig, StorageError,
+    collection_digest, BackendKind, ChangeKind, CollectionName, DigestCache, Durability, LogChain,
+    Storage, StorageConfig, StorageError,
 };
 
 #[derive(Parser)]
@@ -558,28 +558,20 @@ fn verify_store(json: bool, store: &str) -> Result<Value, Failure> {
     let mut done = 0u64;
     let mut results = Vec::new();
     for (name, meta) in &collections {
-        let mut cursor = 0u64;
-        let mut running = 0u64;
+        let mut chain = LogChain::after(0, 0);
         let mut changes = 0u64;
-        while let Some(page) = storage.read_changes(name, cursor, 1000)? {
+        while let Some(page) = storage.read_changes(name, chain.seq(), 1000)? {
             if page.changes.is_empty() {
                 break;
             }
             for change in &page.changes {
-                if change.seq == cursor + 1 && change.kind != ChangeKind::Snapshot {
-                    let expected = running.wrapping_add(change_checksum(&meta.epoch, change));
-                    if change.log_checksum != expected {
-                        return Err(Failure {
-                            code: 3,
-                            message: format!(
-                                "{store}: collection {name}, seq {}: log checksum {:016x}, expected {expected:016x}; the stored change differs from what was committed (restore this collection from a backup)",
-                                change.seq, change.log_checksum
-                            ),
-                        });
-                    }
-                }
-                running = change.log_checksum;
-                cursor = change.seq;
+                chain.check(&meta.epoch, change).map_err(|b| Failure {
+                    code: 3,
+                    message: format!(
+                        "{store}: collection {name}, seq {}: log checksum {:016x}, expected {:016x}; the stored change differs from what was committed (restore this collection from a backup)",
+                        b.seq, b.found, b.expected
+                    ),
+                })?;
                 changes += 1;
             }
             done = done.saturating_add(page.changes.len() as u64);
@@ -589,6 +581,7 @@ fn verify_store(json: bool, store: &str) -> Result<Value, Failure> {
                 bytes: 0,
             });
         }
+        let (cursor, running) = (chain.seq(), chain.checksum());
         if running != meta.log_checksum || cursor != meta.head {
             return Err(Failure {
                 code: 3,

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use yrs::Transact;
 
 use crate::change::{Change, ChangeKind, Epoch, Seq};
-use crate::digest::{change_checksum, document_digest_at, DocumentDigest, DocumentDigestAt};
+use crate::digest::{document_digest_at, DocumentDigest, DocumentDigestAt, LogChain};
 use crate::error::StorageError;
 use crate::load::load_document_through;
 use crate::name::{CollectionName, DocId, PeerId};
@@ -1122,26 +1122,25 @@ fn check_batch(
             ),
         });
     }
-    let mut previous_seq = header.start.saturating_sub(1);
-    let mut running = parse_hex16(path, "checksum_before", &header.checksum_before)?;
+    let before = parse_hex16(path, "checksum_before", &header.checksum_before)?;
+    let mut chain = LogChain::after(header.start.saturating_sub(1), before);
     for change in &batch.changes {
-        if header.kind == BatchKind::Changes
-            && change.seq == previous_seq + 1
-            && change.kind != ChangeKind::Snapshot
-        {
-            let expected = running.wrapping_add(change_checksum(epoch, change));
-            if change.log_checksum != expected {
-                return Err(BundleError::Checksum {
+        if header.kind == BatchKind::Changes {
+            chain
+                .check(epoch, change)
+                .map_err(|b| BundleError::Checksum {
                     file: path.to_owned(),
-                    seq: change.seq,
-                    expected,
-                    found: change.log_checksum,
-                });
-            }
+                    seq: b.seq,
+                    expected: b.expected,
+                    found: b.found,
+                })?;
+        } else {
+            // A state batch's snapshots carry the checksums they were
+            // taken at: nothing to recompute.
+            chain = LogChain::after(change.seq, change.log_checksum);
         }
-        running = change.log_checksum;
-        previous_seq = change.seq;
     }
+    let running = chain.checksum();
     let at_end = parse_hex16(path, "checksum_at_end", &header.checksum_at_end)?;
     if running != at_end {
         return Err(BundleError::Checksum {

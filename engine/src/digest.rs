@@ -103,6 +103,76 @@ pub fn change_checksum(epoch: &Epoch, change: &Change) -> u64 {
     first_u64(hasher.finalize().as_bytes())
 }
 
+/// The log checksum through `change`, given the checksum through the seq
+/// before it: the running sum gains the change's own checksum. The one
+/// place that rule is written (storage appends with it, bundles and
+/// `seqsync verify` check with [`LogChain`]).
+pub fn next_log_checksum(epoch: &Epoch, before: u64, change: &Change) -> u64 {
+    before.wrapping_add(change_checksum(epoch, change))
+}
+
+/// A stored change whose log checksum is not what the chain says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The change's seq.
+    pub seq: Seq,
+    /// What the chain says its log checksum must be.
+    pub expected: u64,
+    /// What it carries.
+    pub found: u64,
+}
+
+/// Walks a stored log's checksum chain, change by change in seq order.
+///
+/// A change that directly follows the previous seq, and is not a snapshot,
+/// must carry [`next_log_checksum`] of the previous value. A snapshot, or a
+/// change after a gap (compaction removed the seqs between), carries the
+/// sum compaction kept, which cannot be recomputed without the removed
+/// changes: it is taken as given and the walk goes on from it. So a walk
+/// from the start to the head checks every change the log still holds, and
+/// ends at the collection's log checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogChain {
+    seq: Seq,
+    checksum: u64,
+}
+
+impl LogChain {
+    /// A walk that continues after `seq`, whose log checksum is `checksum`
+    /// (`0, 0` for the start of a log).
+    pub fn after(seq: Seq, checksum: u64) -> Self {
+        Self { seq, checksum }
+    }
+
+    /// Takes the next change. Errors: [`ChainBreak`] if it carries another
+    /// log checksum than the chain says (the walk stays where it was).
+    pub fn check(&mut self, epoch: &Epoch, change: &Change) -> Result<(), ChainBreak> {
+        if change.seq == self.seq + 1 && change.kind != crate::change::ChangeKind::Snapshot {
+            let expected = next_log_checksum(epoch, self.checksum, change);
+            if change.log_checksum != expected {
+                return Err(ChainBreak {
+                    seq: change.seq,
+                    expected,
+                    found: change.log_checksum,
+                });
+            }
+        }
+        self.seq = change.seq;
+        self.checksum = change.log_checksum;
+        Ok(())
+    }
+
+    /// The seq of the last change taken.
+    pub fn seq(&self) -> Seq {
+        self.seq
+    }
+
+    /// The log checksum through [`LogChain::seq`].
+    pub fn checksum(&self) -> u64 {
+        self.checksum
+    }
+}
+
 fn first_u64(bytes: &[u8; 32]) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&bytes[..8]);
@@ -314,6 +384,57 @@ mod tests {
         assert_eq!(build(true, true), reference);
         assert_eq!(reference, DocumentDigest::of_state(&author.transact()));
         assert_ne!(reference, DocumentDigest::tombstone());
+    }
+
+    /// `seqsync verify`, bundle verification and the storage's appends all
+    /// go through this one walk: it must accept a compacted log (a gap, a
+    /// snapshot carrying the kept sum) and name the first tampered change.
+    #[test]
+    fn the_log_chain_accepts_compacted_logs_and_names_a_tampered_change() {
+        let epoch = Epoch([3; 16]);
+        let change = |seq: u64, kind: ChangeKind, payload: &[u8]| Change {
+            seq,
+            doc: DocId::new("d").unwrap(),
+            kind,
+            payload: payload.to_vec(),
+            schema_version: 1,
+            origin: None,
+            log_checksum: 0,
+        };
+        // A log of 1..=5 as appended, then compacted: 2..=3 folded into a
+        // snapshot at seq 3 that keeps seq 3's sum.
+        let mut log = Vec::new();
+        let mut sum = 0;
+        for seq in 1..=5 {
+            let mut c = change(seq, ChangeKind::Update, &[seq as u8]);
+            sum = next_log_checksum(&epoch, sum, &c);
+            c.log_checksum = sum;
+            log.push(c);
+        }
+        let mut snapshot = change(3, ChangeKind::Snapshot, &[9, 9]);
+        snapshot.log_checksum = log[2].log_checksum;
+        let compacted = vec![log[0].clone(), snapshot, log[3].clone(), log[4].clone()];
+        for changes in [&log, &compacted] {
+            let mut chain = LogChain::after(0, 0);
+            for c in changes.iter() {
+                chain.check(&epoch, c).unwrap();
+            }
+            assert_eq!((chain.seq(), chain.checksum()), (5, sum));
+        }
+        // A walk may start mid-log (a bundle batch).
+        let mut chain = LogChain::after(3, log[2].log_checksum);
+        chain.check(&epoch, &log[3]).unwrap();
+        // A changed payload breaks the chain at that change, not later.
+        let mut tampered = log.clone();
+        tampered[3].payload = vec![42];
+        let mut chain = LogChain::after(0, 0);
+        let broke = tampered
+            .iter()
+            .find_map(|c| chain.check(&epoch, c).err())
+            .unwrap();
+        assert_eq!(broke.seq, 4);
+        assert_eq!(broke.found, log[3].log_checksum);
+        assert_eq!(chain.seq(), 3, "the walk stays before the broken change");
     }
 
     #[test]

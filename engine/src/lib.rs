@@ -36,7 +36,8 @@ pub use config::{
 };
 pub use digest::{
     change_checksum, collection_digest, digest_of_update, document_digest_at, hex,
-    CollectionDigest, DigestCache, DocumentDigest, DocumentDigestAt,
+    next_log_checksum, ChainBreak, CollectionDigest, DigestCache, DocumentDigest, DocumentDigestAt,
+    LogChain,
 };
 pub use error::{
     AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,

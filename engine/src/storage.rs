@@ -368,9 +368,9 @@ pub fn plan_collection_write(
         meta.head = change.seq;
         meta.log_checksum = match write.append_mode {
             AppendMode::Imported => change.log_checksum,
-            AppendMode::Next | AppendMode::Rebased => meta
-                .log_checksum
-                .wrapping_add(crate::digest::change_checksum(&meta.epoch, change)),
+            AppendMode::Next | AppendMode::Rebased => {
+                crate::digest::next_log_checksum(&meta.epoch, meta.log_checksum, change)
+            }
         };
         append_checksums.push(meta.log_checksum);
     }
