@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
-import { chromium } from 'playwright-core'
+import { launchChromium } from '../test/chromium.js'
 import { startServer } from '../test/server.js'
 import { oneYjs } from '../build.mjs'
 import { collectionFromTraces } from '../../clients/js/bench/traces.js'
@@ -37,10 +37,7 @@ const work = mkdtempSync(join(tmpdir(), 'seqsync-browser-bench-'))
 const server = await startServer(join(work, 'data'), {
   env: { SEQSYNC_COMPACTION_MAX_DELTAS: '100000000', SEQSYNC_COMPACTION_MAX_DELTA_BYTES: '100000000000' }
 })
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking']
-})
+const browser = await launchChromium()
 try {
   const docs = collectionFromTraces(DOCS, 260)
   const order = []

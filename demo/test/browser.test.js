@@ -14,16 +14,11 @@ import { mkdtempSync, rmSync, mkdirSync, writeFileSync, existsSync } from 'node:
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
+import { launchChromium } from './chromium.js'
 import * as Y from 'yjs'
 import { startServer } from './server.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium'
-// Without the background-networking flags Chromium keeps trying to reach
-// its own services, and a closed network refuses its connections.
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 const VIEWPORT = { width: 1180, height: 720 }
 const SHOT_VIEWPORT = { width: 1040, height: 640 }
 
@@ -38,7 +33,7 @@ before(async () => {
   assert.ok(existsSync(join(here, '..', 'dist', 'index.html')), 'the demo is built (npm run build)')
   workDir = mkdtempSync(join(tmpdir(), 'seqsync-demo-'))
   server = await startServer(join(workDir, 'data'))
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
+  browser = await launchChromium()
 })
 
 after(async () => {

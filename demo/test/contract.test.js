@@ -9,15 +9,12 @@ import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
-import { chromium } from 'playwright-core'
+import { launchChromium } from './chromium.js'
 import { startServer } from './server.js'
 import { oneYjs } from '../build.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const dist = join(here, '..', 'dist')
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium'
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
 let browser
 let server
@@ -32,7 +29,7 @@ before(async () => {
   writeFileSync(join(out, 'index.html'), '<!doctype html><meta charset="utf-8"><title>store contract</title><script src="page.js"></script>\n')
   workDir = mkdtempSync(join(tmpdir(), 'seqsync-contract-'))
   server = await startServer(join(workDir, 'data'))
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
+  browser = await launchChromium()
 })
 
 after(async () => {

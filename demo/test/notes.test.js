@@ -16,15 +16,12 @@ import { mkdtempSync, rmSync, existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
+import { launchChromium } from './chromium.js'
 import * as Y from 'yjs'
 import { startServer } from './server.js'
 import { rawPush } from '../../clients/js/bench/raw.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium'
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 
 let browser
 let server
@@ -37,7 +34,7 @@ before(async () => {
   workDir = mkdtempSync(join(tmpdir(), 'seqsync-notes-'))
   server = await startServer(join(workDir, 'data'))
   listen = server.listen
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
+  browser = await launchChromium()
 })
 
 after(async () => {
