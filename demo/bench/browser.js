@@ -19,7 +19,7 @@ import { build } from 'esbuild'
 import { launchChromium } from '../test/chromium.js'
 import { startServer } from '../test/server.js'
 import { oneYjs } from '../build.mjs'
-import { collectionFromTraces } from '../../clients/js/bench/traces.js'
+import { collectionFromTraces, interleaved } from '../../clients/js/bench/traces.js'
 import { rawPush } from '../../clients/js/bench/raw.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -40,12 +40,7 @@ const server = await startServer(join(work, 'data'), {
 const browser = await launchChromium()
 try {
   const docs = collectionFromTraces(DOCS, 260)
-  const order = []
-  for (let k = 0; ; k++) {
-    let any = false
-    for (const d of docs) if (k < d.updates.length) { order.push({ doc: d.id, update: d.updates[k] }); any = true }
-    if (!any) break
-  }
+  const order = interleaved(docs)
   const seeded = await rawPush(server.http.replace('http', 'ws'), 'cold', order)
   const bytes = order.reduce((n, u) => n + u.update.length, 0)
   console.error(`# seeded ${seeded.logged} changes of ${docs.length} documents (${(bytes / 1e6).toFixed(1)} MB)`)

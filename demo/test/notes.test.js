@@ -213,6 +213,16 @@ test('a tab that saved edits offline and closed: the next tab to open takes them
   await one.close()
   log(`the server down, the tab in slot ${twoSlot} saved an edit on this device only, then both tabs closed`)
   await serverUp()
+  // A closed tab lets go of its slot's lock as its document is torn down,
+  // a moment after page.close() returns: wait until the origin holds no
+  // store lock, as it would by the time a person opens the app again.
+  const probe = await context.newPage()
+  await probe.goto(`http://${listen}/healthz`)
+  await probe.waitForFunction(async () => {
+    const { held } = await navigator.locks.query()
+    return !held.some(lock => lock.name.startsWith('seqsync-store:'))
+  }, null, { timeout: 10000, polling: 50 })
+  await probe.close()
   const again = await openNote(context, collection, 'draft')
   const info = await again.evaluate(() => ({ slot: window.seqsyncNotes.slot, adopted: window.seqsyncNotes.adopted }))
   assert.equal(info.slot, 0, 'a lone tab takes slot 0 again')

@@ -15,7 +15,7 @@ import * as Y from 'yjs'
 import { SeqsyncClient } from '../dist/index.js'
 import { sqliteStore } from '../dist/sqlite.js'
 import { startServer } from '../test/support/server.js'
-import { collectionFromTraces } from './traces.js'
+import { collectionFromTraces, interleaved } from './traces.js'
 import { rawPush } from './raw.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -70,17 +70,7 @@ async function cold () {
   console.error(`# cold start: ${docs.length} documents, ${changes} changes, ${(bytes / 1e6).toFixed(1)} MB, built in ${ms(performance.now() - t0)}`)
   // Seed the server change by change (each update its own seq).
   const seedStart = performance.now()
-  const order = []
-  for (let k = 0; ; k++) {
-    let any = false
-    for (const d of docs) {
-      if (k < d.updates.length) {
-        order.push({ doc: d.id, update: d.updates[k] })
-        any = true
-      }
-    }
-    if (!any) break
-  }
+  const order = interleaved(docs)
   const seeded = await rawPush(server.ws, 'cold', order)
   console.error(`# seeded ${seeded.logged} changes (head ${seeded.head}) in ${ms(performance.now() - seedStart)}`)
 

@@ -78,3 +78,21 @@ export function collectionFromTraces (docs = 1000, length = 260) {
   }
   return documents
 }
+
+/** The documents' updates interleaved change by change across documents
+ * (the k-th change of every document, then the k+1-th): how the cold-start
+ * collection is seeded, the worst case for a local store, where every
+ * change of a page is for another document. */
+export function interleaved (documents) {
+  const order = []
+  for (let k = 0; ; k++) {
+    let any = false
+    for (const d of documents) {
+      if (k < d.updates.length) {
+        order.push({ doc: d.id, update: d.updates[k] })
+        any = true
+      }
+    }
+    if (!any) return order
+  }
+}

@@ -58,7 +58,6 @@ type Request =
 interface WorkerScope {
   onmessage: ((event: { data: Request }) => void) | null
   postMessage: (message: unknown) => void
-  close: () => void
 }
 const scope = globalThis as unknown as WorkerScope
 
@@ -189,8 +188,8 @@ async function handle (request: Request): Promise<unknown> {
   }
 }
 
-// One request at a time, in arrival order: the page's SQL core already
-// awaits each statement, and `open` must finish before any statement.
+// One request at a time, in arrival order: `open` must finish before any
+// call, and the SQL core serializes its transactions anyway.
 let queue: Promise<unknown> = Promise.resolve()
 scope.onmessage = (event) => {
   const request = event.data

@@ -25,10 +25,11 @@
  * `seqsync-store:NAME:k`. A reloaded tab takes the slot it held before
  * (remembered in its sessionStorage), waiting a moment for the old page to
  * let go of it; a new tab takes the lowest free slot (a lone tab gets
- * slot 0, with everything in it; a second tab opened beside it, slot 1). Every slot is a full client of its own (its own
- * peer id, cursor and outbox), so tabs never corrupt each other's store;
- * online they see each other's edits through the server as two devices
- * would, and `linkTabs()` shows them at once, offline too.
+ * slot 0, with everything in it; a second tab opened beside it, slot 1).
+ * Every slot is a full client of its own (its own peer id, cursor and
+ * outbox), so tabs never corrupt each other's store; a client on this
+ * store relays its edits to the other tabs at once, offline too (its
+ * `tabChannel`, see `tabs.ts`).
  *
  * Adoption: an edit saved in slot 1 while offline must not wait for a
  * second tab to be opened again. When a tab opens its store, it takes the
@@ -320,9 +321,9 @@ async function adoptFreeSlots (name: string, own: number, slots: number, target:
 }
 
 /**
- * Opens this tab's store: takes the lowest free slot (Web Locks), starts
- * the worker on it, then moves the outbox of every other free slot into
- * it. Resolves once the store is ready; `close()` ends the worker and
+ * Opens this tab's store: takes the slot this tab held before a reload, or
+ * else the lowest free one (Web Locks), starts the worker on it, then moves
+ * the outbox of every other free slot into it. Resolves once the store is ready; `close()` ends the worker and
  * frees the slot (closing the page does too).
  *
  * Errors: {@link BrowserStoreError} `store_busy` when `maxTabs` tabs hold
