@@ -208,6 +208,7 @@ test('a tab that saved edits offline and closed: the next tab to open takes them
   await serverDown()
   await two.waitForSelector('#conn:not([data-state="connected"])', { timeout: 15000 })
   await typeAtEnd(two, ' only-in-tab-two')
+  await waitText(two, 'base only-in-tab-two', 'the second tab to show its own typing')
   await waitSaved(two, { onServer: false })
   await two.close()
   await one.close()

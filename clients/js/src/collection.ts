@@ -509,6 +509,10 @@ export class Collection {
     this.flushScheduled = false
     const batch = this.unsaved
     this.unsaved = []
+    // Say "unsaved" before the write starts: an app that shows "saved on
+    // this device" from these events must not show it while an edit is
+    // only in memory (closing the tab then would lose it).
+    for (const doc of new Set(batch.map(e => e.doc))) this.events.emit('status', this.status(doc))
     return this.queue.run(async () => {
       if (batch.length === 0) return
       let localIds: number[]

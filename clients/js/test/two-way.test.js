@@ -233,3 +233,21 @@ test('a Y.Doc keeps its updates: the doc loads from the store on a fresh client'
   await a2.close()
   void Y
 })
+
+test('an edit is reported unsaved the moment it is made, before the store has it', async () => {
+  // Why: apps show "saved on this device" from status events. Once the
+  // count only went down after a write, so between two keystrokes the page
+  // said "saved" while the last edit was only in memory, and closing the
+  // tab then lost it (the browser adoption suite caught it).
+  const a = client(server)
+  const ca = a.collection('unsaved-now')
+  const da = await ca.doc('n')
+  const seen = []
+  ca.events.on('status', s => { if (s.doc === 'n') seen.push(`status unsaved=${s.unsaved}`) })
+  ca.events.on('saved', ({ docs }) => { if (docs.includes('n')) seen.push('saved') })
+  type(da, 'x')
+  assert.equal(ca.status('n').unsaved, 1)
+  await ca.whenSaved()
+  assert.deepEqual(seen, ['status unsaved=1', 'saved', 'status unsaved=0'])
+  await a.close()
+})
