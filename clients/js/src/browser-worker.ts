@@ -64,6 +64,9 @@ const scope = globalThis as unknown as WorkerScope
 let db: Database | null = null
 let pool: SAHPoolUtil | null = null
 let store: SqlStore | null = null
+/** `sqlite3_last_insert_rowid()` as a C call (`SELECT last_insert_rowid()`
+ * would prepare a statement per insert). Set by `open`. */
+let lastInsertRowid: (d: Database) => number = () => 0
 const statements = new Map<string, PreparedStatement>()
 
 const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
@@ -71,6 +74,7 @@ const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(r
 async function open (poolName: string, directory: string, synchronous: 'normal' | 'full', options: StoreOptions): Promise<void> {
   if (db !== null) throw new Error('the store is already open in this worker')
   const sqlite3 = await sqlite3InitModule()
+  lastInsertRowid = (d: Database) => Number(sqlite3.capi.sqlite3_last_insert_rowid(d))
   let lastError: unknown = null
   for (let attempt = 0; attempt < OPEN_ATTEMPTS; attempt++) {
     try {
@@ -112,8 +116,7 @@ async function open (poolName: string, directory: string, synchronous: 'normal' 
 const connection: SqlConnection = {
   run: async (sql: string, params: SqlValue[]) => {
     runStatement(sql, params, false)
-    const rowid = database().selectValue('SELECT last_insert_rowid()')
-    return typeof rowid === 'bigint' ? Number(rowid) : Number(rowid ?? 0)
+    return lastInsertRowid(database())
   },
   all: async (sql: string, params: SqlValue[]) => runStatement(sql, params, true) as Array<Record<string, SqlValue>>,
   exec: async (sql: string) => { database().exec(sql) },
