@@ -76,6 +76,19 @@ pub enum BackendKind {
     Postgres,
 }
 
+impl BackendKind {
+    /// The name `storage.backend` spells it with (`sqlite`, `redb`,
+    /// `memory`, `postgres`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Redb => "redb",
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
 /// When a commit counts as done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

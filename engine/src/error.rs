@@ -183,6 +183,16 @@ pub enum StorageError {
         /// Until the lease expires, at most.
         retry_after_ms: u64,
     },
+    /// The config names a backend this build left out (`seqsync-adapters`
+    /// is built with one cargo feature per backend). Nothing was opened.
+    #[error(
+        "this build has no {backend} storage backend: build seqsync-adapters with its \
+         `{backend}` feature, or choose another storage.backend"
+    )]
+    NotBuilt {
+        /// The backend's name in the config.
+        backend: &'static str,
+    },
     /// The write breaks an invariant of the log (gap in seqs, snapshot without a
     /// change to replace, ...). A bug in the caller; nothing was written.
     #[error("invalid write refused by storage: {0}")]
@@ -221,6 +231,7 @@ impl StorageError {
             StorageError::Corrupt { .. } => "corrupt",
             StorageError::Conflict { .. } => "conflict",
             StorageError::NotOwner { .. } => "not_owner",
+            StorageError::NotBuilt { .. } => "not_built",
             StorageError::InvalidWrite(_) => "invalid_write",
             StorageError::Backend { .. } => "backend",
             StorageError::Injected(_) => "injected",

@@ -9,23 +9,33 @@
 //! recovers and pushes its own state back, losing nothing). Models:
 //! Mentat's Tolstoy sync and Secure Scuttlebutt's replication.
 //!
-//! It talks to the server through a [`Transport`]: in-process
-//! ([`EngineTransport`], an `Engine` handle) or over the network
-//! ([`HttpTransport`], the host server's HTTP routes); every replica test
-//! runs over both.
+//! It talks to the server through a [`Transport`]: over the network
+//! (`HttpTransport`, the host server's HTTP routes) or in-process
+//! (`EngineTransport`, an `Engine` handle); every replica test runs over
+//! both.
+//!
+//! Cargo features: `http` (default) builds `HttpTransport`; `in-process`
+//! builds `EngineTransport`, the replica's only path to the actor runtime.
+//! The local store is any [`seqsync_engine::Storage`]: an app adds
+//! `seqsync-adapters` with the backend feature it needs (`sqlite`, `redb`).
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "in-process")]
+mod in_process;
 mod replica;
 mod transport;
 
+#[cfg(feature = "http")]
 pub use crate::http::{HttpTransport, TlsSetupError};
+#[cfg(feature = "in-process")]
+pub use crate::in_process::EngineTransport;
 pub use crate::replica::{
     Follow, FollowReport, LocalCompaction, Replica, ReplicaError, ReplicaOptions, ResetReason,
     SyncOutcome, SyncProgress, SyncReport, STATE_COLLECTION,
 };
 pub use crate::transport::{
-    EngineTransport, RemoteEvent, RemotePage, RemotePush, RemoteRecovery, RemoteStream, Transport,
-    TransportError,
+    RemoteEvent, RemotePage, RemotePush, RemoteRecovery, RemoteStream, Transport, TransportError,
 };
