@@ -21,21 +21,31 @@
 
 #![deny(missing_docs)]
 
+mod edit;
+mod error;
+mod follow;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "in-process")]
 mod in_process;
+mod local_log;
+mod local_migration;
+mod outbox;
+mod pull;
+mod recover;
 mod replica;
+mod report;
+mod state;
 mod transport;
 
+pub use crate::error::ReplicaError;
+pub use crate::follow::{Follow, FollowReport};
 #[cfg(feature = "http")]
 pub use crate::http::{HttpTransport, TlsSetupError};
 #[cfg(feature = "in-process")]
 pub use crate::in_process::EngineTransport;
-pub use crate::replica::{
-    Follow, FollowReport, LocalCompaction, Replica, ReplicaError, ReplicaOptions, ResetReason,
-    SyncOutcome, SyncProgress, SyncReport, STATE_COLLECTION,
-};
+pub use crate::replica::{Replica, ReplicaOptions, STATE_COLLECTION};
+pub use crate::report::{LocalCompaction, ResetReason, SyncOutcome, SyncProgress, SyncReport};
 pub use crate::transport::{
     RemoteEvent, RemotePage, RemotePush, RemoteRecovery, RemoteStream, Transport, TransportError,
 };
