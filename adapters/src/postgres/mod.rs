@@ -36,86 +36,40 @@
 //! schema version, lease), `seqsync_changes` (the log, primary key
 //! (cid, seq), indexed by (cid, doc, seq)), `seqsync_peers`,
 //! `seqsync_lease_log`.
+//!
+//! Files: this one holds the `Storage` implementation and the fenced
+//! commit; `schema.rs` the layout, its migrations and the connections;
+//! `lease.rs` taking, renewing and auditing leases; `watch.rs` how a node
+//! learns of other nodes' commits; `rows.rs` the row codecs.
+
+mod lease;
+mod rows;
+mod schema;
+mod watch;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
+use postgres::{Client, IsolationLevel, Transaction};
 use seqsync_engine::{
     check_batch_shape, plan_collection_write, redact_url, snapshot_change, Change, ChangeKind,
     ChangesPage, CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId,
-    DocumentInfo, Durability, Epoch, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError,
+    DocumentInfo, Durability, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError,
     WriteBase, WriteBatch,
 };
 
+use self::lease::{default_node_id, renew_leases};
+use self::rows::{
+    change_row, clamp_limit, from_i64, insert_changes, meta_row, read_meta, seq_param,
+};
+pub use self::schema::POSTGRES_SCHEMA_VERSION;
+use self::schema::{connect, connect_writer, migrate_schema};
+use self::watch::{watch, NOTIFY_CHANNEL};
+
 const BACKEND: &str = "postgres";
-
-/// The newest version of the table layout, the last entry of `MIGRATIONS`.
-pub const POSTGRES_SCHEMA_VERSION: i32 = 1;
-
-/// The layout, one entry per version: (version, what it does, SQL). Applied
-/// in order, each in the transaction that records it.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "collections with leases, the log, peers, the lease log",
-    "CREATE TABLE seqsync_collections (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        epoch BYTEA NOT NULL,
-        head BIGINT NOT NULL DEFAULT 0,
-        log_checksum BIGINT NOT NULL DEFAULT 0,
-        schema_version INTEGER NOT NULL,
-        created_ms BIGINT NOT NULL,
-        lease_owner TEXT,
-        lease_token BIGINT NOT NULL DEFAULT 0,
-        lease_expires TIMESTAMPTZ
-    );
-    CREATE TABLE seqsync_changes (
-        cid BIGINT NOT NULL REFERENCES seqsync_collections (id),
-        seq BIGINT NOT NULL,
-        doc TEXT NOT NULL,
-        kind SMALLINT NOT NULL,
-        schema_version INTEGER NOT NULL,
-        origin TEXT,
-        payload BYTEA NOT NULL,
-        checksum BIGINT NOT NULL,
-        lease_token BIGINT NOT NULL,
-        PRIMARY KEY (cid, seq)
-    );
-    CREATE INDEX seqsync_changes_by_doc ON seqsync_changes (cid, doc, seq);
-    -- Yjs updates do not compress: keep large payloads out of line but
-    -- uncompressed, so loading a snapshot is a read, not a pglz inflate.
-    ALTER TABLE seqsync_changes ALTER COLUMN payload SET STORAGE EXTERNAL;
-    CREATE TABLE seqsync_peers (
-        cid BIGINT NOT NULL REFERENCES seqsync_collections (id),
-        peer TEXT NOT NULL,
-        acked BIGINT NOT NULL,
-        last_seen_ms BIGINT NOT NULL,
-        PRIMARY KEY (cid, peer)
-    );
-    CREATE TABLE seqsync_lease_log (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        collection TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        token BIGINT NOT NULL,
-        taken_at TIMESTAMPTZ NOT NULL DEFAULT now()
-    );",
-)];
-
-/// The advisory lock key that serialises schema migrations across nodes
-/// ("seqsync" in ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x0073_6571_7379_6e63;
-
-/// The channel commits are announced on (`LISTEN seqsync_commits`).
-const NOTIFY_CHANNEL: &str = "seqsync_commits";
-/// How often the commit watcher polls the heads, in case a notification
-/// was missed (a dropped listener connection).
-const WATCH_POLL_MS: u64 = 1_000;
 
 /// The leases this node holds: collection name → token.
 type Leases = Arc<Mutex<HashMap<String, i64>>>;
@@ -325,273 +279,6 @@ impl Drop for PostgresStorage {
                 drop(readers);
             });
         });
-    }
-}
-
-fn connect(url: &str, durability: Durability) -> Result<Client, StorageError> {
-    let mut client = Client::connect(url, NoTls).map_err(|e| {
-        StorageError::backend(
-            BACKEND,
-            "connecting",
-            format!("{} ({})", e, redact_url(url)),
-        )
-    })?;
-    let synchronous = match durability {
-        Durability::Immediate => "on",
-        Durability::Eventual => "off",
-    };
-    client
-        .batch_execute(&format!(
-            "SET synchronous_commit = {synchronous}; SET application_name = 'seqsync';"
-        ))
-        .map_err(|e| pg_error("configuring a connection", e))?;
-    Ok(client)
-}
-
-/// The writer's connection: as [`connect`], and a transaction left idle
-/// longer than the lease (the node was paused mid-commit: SIGSTOP, a long
-/// GC, a partition) is ended by the database. Its row locks would otherwise
-/// stop every other node from writing the collection, lease or not; the
-/// paused commit fails and was never acknowledged.
-fn connect_writer(
-    url: &str,
-    durability: Durability,
-    lease_ttl_ms: u64,
-) -> Result<Client, StorageError> {
-    let mut client = connect(url, durability)?;
-    client
-        .batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {lease_ttl_ms}"
-        ))
-        .map_err(|e| pg_error("configuring the writer", e))?;
-    Ok(client)
-}
-
-/// Creates the schema or brings it to [`POSTGRES_SCHEMA_VERSION`], one
-/// migration per transaction, under an advisory lock.
-fn migrate_schema(client: &mut Client, url: &str) -> Result<(), StorageError> {
-    let failed = |e| pg_error("migrating the schema", e);
-    let mut tx = client.transaction().map_err(failed)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .map_err(failed)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS seqsync_schema_migrations (
-            version INTEGER PRIMARY KEY,
-            description TEXT NOT NULL,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-        )",
-    )
-    .map_err(failed)?;
-    let current: i32 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM seqsync_schema_migrations",
-            &[],
-        )
-        .map_err(failed)?
-        .get(0);
-    if current > POSTGRES_SCHEMA_VERSION {
-        return Err(StorageError::UnsupportedFormat {
-            backend: BACKEND,
-            path: std::path::PathBuf::from(redact_url(url)),
-            found: u64::try_from(current).unwrap_or(0),
-            supported: POSTGRES_SCHEMA_VERSION as u64,
-        });
-    }
-    for (version, description, sql) in MIGRATIONS {
-        if *version <= current {
-            continue;
-        }
-        tx.batch_execute(sql).map_err(|e| StorageError::NotAStore {
-            backend: BACKEND,
-            path: std::path::PathBuf::from(redact_url(url)),
-            detail: format!("applying schema version {version}: {e}"),
-        })?;
-        tx.execute(
-            "INSERT INTO seqsync_schema_migrations (version, description) VALUES ($1, $2)",
-            &[version, description],
-        )
-        .map_err(failed)?;
-    }
-    tx.commit().map_err(failed)
-}
-
-/// `host-pid-random`: unique per process without configuration.
-fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "node".to_owned());
-    let random = Epoch::random().map(|e| e.to_string()).unwrap_or_default();
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &random[..8.min(random.len())]
-    )
-}
-
-/// The renewer thread: every third of the ttl, extends every held lease in
-/// one statement; a lease the statement did not extend (another node took
-/// it) is forgotten, so the next commit of that collection takes the lease
-/// again or answers `NotOwner`.
-fn renew_leases(
-    url: &str,
-    durability: Durability,
-    node: &str,
-    ttl_ms: u64,
-    leases: &Leases,
-    stop: &AtomicBool,
-) {
-    let mut client: Option<Client> = None;
-    let every = Duration::from_millis((ttl_ms / 3).max(1));
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::park_timeout(every);
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let held: Vec<(String, i64)> = match leases.lock() {
-            Ok(l) => l.iter().map(|(c, t)| (c.clone(), *t)).collect(),
-            Err(_) => return,
-        };
-        if held.is_empty() {
-            continue;
-        }
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = connect(url, durability).ok();
-        }
-        let Some(conn) = client.as_mut() else {
-            continue;
-        };
-        let names: Vec<&str> = held.iter().map(|(c, _)| c.as_str()).collect();
-        let tokens: Vec<i64> = held.iter().map(|(_, t)| *t).collect();
-        let renewed = conn.query(
-            "UPDATE seqsync_collections c SET lease_expires = now() + $2::float8 * interval '1 millisecond' \
-             FROM unnest($3::text[], $4::bigint[]) AS h(name, token) \
-             WHERE c.name = h.name AND c.lease_token = h.token AND c.lease_owner = $1 \
-             RETURNING c.name",
-            &[&node, &(ttl_ms as f64), &names, &tokens],
-        );
-        match renewed {
-            Ok(rows) => {
-                let kept: std::collections::HashSet<String> =
-                    rows.iter().map(|r| r.get::<_, String>(0)).collect();
-                if let Ok(mut l) = leases.lock() {
-                    for (name, token) in &held {
-                        if !kept.contains(name) && l.get(name) == Some(token) {
-                            tracing::warn!(collection = %name, "lease lost to another node");
-                            metrics::counter!("seqsync_leases_lost_total").increment(1);
-                            l.remove(name);
-                        }
-                    }
-                    metrics::gauge!("seqsync_leases_held").set(l.len() as f64);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "renewing leases failed; retrying");
-                client = None;
-            }
-        }
-    }
-}
-
-/// The commit watcher thread: `LISTEN`s for other nodes' commits and
-/// polls the heads of collections this node does not own every second (a
-/// notification is lost while the connection is down), calling `on_commit`
-/// for each head that moved. Ends when the storage is dropped.
-fn watch(
-    url: &str,
-    durability: Durability,
-    node: &str,
-    on_commit: &CommitWatcher,
-    stop: &AtomicBool,
-) {
-    let mut known: HashMap<String, i64> = HashMap::new();
-    let mut client: Option<Client> = None;
-    let mut first_poll = true;
-    while !stop.load(Ordering::SeqCst) {
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = connect(url, durability)
-                .and_then(|mut c| {
-                    c.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-                        .map_err(|e| pg_error("listening", e))?;
-                    Ok(c)
-                })
-                .ok();
-            if client.is_none() {
-                std::thread::sleep(Duration::from_millis(WATCH_POLL_MS));
-                continue;
-            }
-        }
-        let Some(conn) = client.as_mut() else {
-            continue;
-        };
-        let mut moved: Vec<(String, i64)> = Vec::new();
-        let mut lost = false;
-        {
-            let started = std::time::Instant::now();
-            let mut notifications = conn.notifications();
-            let mut waiting = notifications.timeout_iter(Duration::from_millis(WATCH_POLL_MS));
-            // Notifications are handed on as they come; the poll runs once
-            // a second however busy the channel is.
-            while started.elapsed() < Duration::from_millis(WATCH_POLL_MS) {
-                match waiting.next() {
-                    Ok(Some(note)) => {
-                        let mut parts = note.payload().splitn(3, ' ');
-                        let (Some(from), Some(head), Some(name)) =
-                            (parts.next(), parts.next(), parts.next())
-                        else {
-                            continue;
-                        };
-                        if from == node {
-                            continue;
-                        }
-                        if let Ok(head) = head.parse::<i64>() {
-                            dispatch(&mut known, on_commit, name.to_owned(), head);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        lost = true;
-                        break;
-                    }
-                }
-            }
-        }
-        if lost {
-            client = None;
-        }
-        // The poll: what a lost notification would have said.
-        if let Some(conn) = client.as_mut() {
-            match conn.query(
-                "SELECT name, head FROM seqsync_collections                  WHERE lease_owner IS DISTINCT FROM $1",
-                &[&node],
-            ) {
-                Ok(rows) => {
-                    for row in rows {
-                        let (name, head): (String, i64) = (row.get(0), row.get(1));
-                        if first_poll {
-                            known.insert(name, head);
-                        } else if known.get(&name).is_none_or(|&k| k < head) {
-                            moved.push((name, head));
-                        }
-                    }
-                    first_poll = false;
-                }
-                Err(_) => client = None,
-            }
-        }
-        for (name, head) in moved {
-            dispatch(&mut known, on_commit, name, head);
-        }
-    }
-}
-
-/// Calls `on_commit` for a head not seen before.
-fn dispatch(known: &mut HashMap<String, i64>, on_commit: &CommitWatcher, name: String, head: i64) {
-    if known.get(&name).is_some_and(|&k| k >= head) {
-        return;
-    }
-    known.insert(name.clone(), head);
-    if let Ok(collection) = CollectionName::new(name) {
-        on_commit(&collection, u64::try_from(head).unwrap_or(0));
     }
 }
 
@@ -819,15 +506,6 @@ impl Storage for PostgresStorage {
     }
 }
 
-/// A collection's row: its id, metadata and lease.
-struct StoredRow {
-    cid: i64,
-    meta: CollectionMeta,
-    lease_owner: Option<String>,
-    /// Milliseconds until the lease expires (0 when expired or free).
-    lease_left_ms: i64,
-}
-
 impl PostgresStorage {
     /// Applies one collection's write in `tx`. Returns the lease token taken
     /// when this write took the collection's lease, and the head after it.
@@ -993,209 +671,6 @@ impl PostgresStorage {
         }
         Ok((taken, meta.head))
     }
-
-    /// Takes the lease of `name` for this node if it is free, expired, or
-    /// already this node's (a restarted node fences its earlier self: the
-    /// token always grows). `NotOwner` when another node holds it.
-    fn take_lease(
-        &self,
-        tx: &mut Transaction<'_>,
-        name: &str,
-        stored: &StoredRow,
-    ) -> Result<i64, StorageError> {
-        let row = tx
-            .query_opt(
-                "UPDATE seqsync_collections SET lease_owner = $1, lease_token = lease_token + 1, \
-                 lease_expires = now() + $2::float8 * interval '1 millisecond' \
-                 WHERE id = $3 AND (lease_owner IS NULL OR lease_owner = $1 \
-                 OR lease_expires IS NULL OR lease_expires <= now()) \
-                 RETURNING lease_token",
-                &[&self.node, &(self.lease_ttl_ms() as f64), &stored.cid],
-            )
-            .map_err(|e| pg_error("taking a lease", e))?;
-        match row {
-            Some(row) => {
-                let token: i64 = row.get(0);
-                self.log_lease(tx, name, token)?;
-                Ok(token)
-            }
-            None => Err(StorageError::NotOwner {
-                collection: name.to_owned(),
-                owner: stored.lease_owner.clone().unwrap_or_default(),
-                retry_after_ms: u64::try_from(stored.lease_left_ms).unwrap_or(0),
-            }),
-        }
-    }
-
-    fn log_lease(
-        &self,
-        tx: &mut Transaction<'_>,
-        name: &str,
-        token: i64,
-    ) -> Result<(), StorageError> {
-        tx.execute(
-            "INSERT INTO seqsync_lease_log (collection, owner, token) VALUES ($1, $2, $3)",
-            &[&name, &self.node, &token],
-        )
-        .map_err(|e| pg_error("logging a lease", e))?;
-        Ok(())
-    }
-
-    /// Why the fenced update moved nothing: the lease went to another node
-    /// (`NotOwner`, and it is forgotten here), or the base moved
-    /// (`Conflict`).
-    fn refusal(&self, tx: &mut Transaction<'_>, name: &str, token: i64) -> StorageError {
-        let now = tx.query_opt(
-            "SELECT lease_owner, lease_token, \
-             greatest(0, (extract(epoch FROM lease_expires - now()) * 1000)::bigint), head \
-             FROM seqsync_collections WHERE name = $1",
-            &[&name],
-        );
-        match now {
-            Ok(Some(row)) => {
-                let owner: Option<String> = row.get(0);
-                let current: i64 = row.get(1);
-                let left: Option<i64> = row.get(2);
-                if owner.as_deref() != Some(self.node.as_str()) || current != token {
-                    if let Ok(mut leases) = lock(&self.leases) {
-                        leases.remove(name);
-                    }
-                    metrics::counter!("seqsync_leases_lost_total").increment(1);
-                    StorageError::NotOwner {
-                        collection: name.to_owned(),
-                        owner: owner.unwrap_or_default(),
-                        retry_after_ms: u64::try_from(left.unwrap_or(0)).unwrap_or(0),
-                    }
-                } else {
-                    let head: i64 = row.get(3);
-                    StorageError::Conflict {
-                        collection: name.to_owned(),
-                        detail: format!("the stored head is {head}"),
-                    }
-                }
-            }
-            Ok(None) => StorageError::Conflict {
-                collection: name.to_owned(),
-                detail: "the collection is gone".to_owned(),
-            },
-            Err(e) => pg_error("reading a refused commit's collection", e),
-        }
-    }
-}
-
-/// Appends changes with one `INSERT … SELECT FROM unnest(…)` (one round trip
-/// for the whole group), each with the lease token its commit was fenced
-/// by: along the log the tokens never decrease, which is what an audit
-/// checks (a commit from a deposed owner would show an older token after a
-/// newer one).
-fn insert_changes<'a>(
-    tx: &mut Transaction<'_>,
-    cid: i64,
-    token: i64,
-    changes: impl Iterator<Item = (&'a Change, u64)>,
-) -> Result<(), StorageError> {
-    let mut seqs = Vec::new();
-    let mut docs = Vec::new();
-    let mut kinds = Vec::new();
-    let mut schemas = Vec::new();
-    let mut origins = Vec::new();
-    let mut payloads = Vec::new();
-    let mut checksums = Vec::new();
-    for (change, checksum) in changes {
-        seqs.push(seq_param(change.seq));
-        docs.push(change.doc.as_str());
-        kinds.push(i16::from(change.kind.code()));
-        schemas.push(change.schema_version as i32);
-        origins.push(change.origin.as_ref().map(PeerId::as_str));
-        payloads.push(change.payload.as_slice());
-        checksums.push(checksum as i64);
-    }
-    if seqs.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
-        "INSERT INTO seqsync_changes \
-         (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum) \
-         SELECT $1, $2, * FROM unnest($3::bigint[], $4::text[], $5::smallint[], $6::integer[], \
-         $7::text[], $8::bytea[], $9::bigint[])",
-        &[
-            &cid, &token, &seqs, &docs, &kinds, &schemas, &origins, &payloads, &checksums,
-        ],
-    )
-    .map_err(|e| pg_error("appending", e))?;
-    Ok(())
-}
-
-/// The collection's row; `for_update` locks it until the transaction ends
-/// (commits of one collection from two nodes then queue on the row instead
-/// of both planning against the same head).
-fn read_meta(
-    tx: &mut Transaction<'_>,
-    name: &CollectionName,
-    for_update: bool,
-) -> Result<Option<StoredRow>, StorageError> {
-    let sql = if for_update {
-        "SELECT id, epoch, head, log_checksum, schema_version, created_ms, lease_owner, \
-         lease_token, greatest(0, (extract(epoch FROM lease_expires - now()) * 1000)::bigint) \
-         FROM seqsync_collections WHERE name = $1 FOR UPDATE"
-    } else {
-        "SELECT id, epoch, head, log_checksum, schema_version, created_ms, lease_owner, \
-         lease_token, 0::bigint FROM seqsync_collections WHERE name = $1"
-    };
-    let row = tx
-        .query_opt(sql, &[&name.as_str()])
-        .map_err(|e| pg_error("reading collection metadata", e))?;
-    row.map(|row| meta_row(&row, 0)).transpose()
-}
-
-/// A [`StoredRow`] from columns `at..`: id, epoch, head, log_checksum,
-/// schema_version, created_ms, lease_owner, lease_token, lease_left_ms.
-fn meta_row(row: &Row, at: usize) -> Result<StoredRow, StorageError> {
-    let epoch: Vec<u8> = row.get(at + 1);
-    let epoch: [u8; 16] = epoch
-        .as_slice()
-        .try_into()
-        .map_err(|_| corrupt(format!("epoch of {} bytes", epoch.len())))?;
-    let schema: i32 = row.get(at + 4);
-    let left: Option<i64> = row.get(at + 8);
-    Ok(StoredRow {
-        cid: row.get(at),
-        meta: CollectionMeta {
-            epoch: Epoch(epoch),
-            head: from_i64(row.get(at + 2))?,
-            log_checksum: row.get::<_, i64>(at + 3) as u64,
-            schema_version: u32::try_from(schema)
-                .map_err(|_| corrupt(format!("schema version {schema}")))?,
-            created_ms: u64::try_from(row.get::<_, i64>(at + 5)).unwrap_or(0),
-        },
-        lease_owner: row.get(at + 6),
-        // Column `at + 7` is the lease token, read where it matters.
-        lease_left_ms: left.unwrap_or(0),
-    })
-}
-
-fn change_row(row: &Row) -> Result<Change, StorageError> {
-    let seq: i64 = row.get(0);
-    let doc: String = row.get(1);
-    let kind: i16 = row.get(2);
-    let schema: i32 = row.get(3);
-    let origin: Option<String> = row.get(4);
-    Ok(Change {
-        seq: from_i64(seq)?,
-        doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
-        kind: u8::try_from(kind)
-            .ok()
-            .and_then(ChangeKind::from_code)
-            .ok_or_else(|| corrupt(format!("change {seq} has unknown kind {kind}")))?,
-        payload: row.get(5),
-        schema_version: u32::try_from(schema)
-            .map_err(|_| corrupt(format!("change {seq} has schema version {schema}")))?,
-        origin: origin
-            .map(PeerId::new)
-            .transpose()
-            .map_err(|e| corrupt(e.to_string()))?,
-        log_checksum: row.get::<_, i64>(6) as u64,
-    })
 }
 
 /// Refuses to run on an async runtime's thread (module docs).
@@ -1209,19 +684,6 @@ fn blocking_only(during: &'static str) -> Result<(), StorageError> {
         ));
     }
     Ok(())
-}
-
-/// Seqs above `i64::MAX` cannot be stored (`BIGINT`); reads clamp to it.
-fn seq_param(seq: Seq) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-fn from_i64(value: i64) -> Result<u64, StorageError> {
-    u64::try_from(value).map_err(|_| corrupt(format!("negative value {value}")))
-}
-
-fn clamp_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StorageError> {
