@@ -323,7 +323,7 @@ export class Collection {
           // Another tab's edit is saved and pushed here too (see tabs.ts:
           // this tab's later edits may build on it), but not relayed back.
           this.localEdit(id, update)
-          if (this.tabs === null || origin !== this.tabs.origin) this.tabs?.edited(id, update)
+          if (this.tabs !== null && origin !== this.tabs.origin) this.tabs.edited(id, update)
         })
         this.live.set(id, { ydoc })
         this.tabs?.opened(id, ydoc)
