@@ -1,5 +1,5 @@
 //! Presence rooms: per document, the connections that follow it and their
-//! merged Yjs awareness, shared by `/yws` (`yws.rs`) and the sync socket
+//! merged Yjs awareness, shared by `/yws` (`yws/`) and the sync socket
 //! (`presence.rs`), so a y-websocket client and a `@seqsync/client` of one
 //! document see each other.
 //!

@@ -1,219 +1,65 @@
-//! `GET /yws/{collection}/{doc}`: the y-websocket protocol, so an unmodified
-//! `WebsocketProvider` from npm collaborates through seqsync.
+//! One `/yws` connection: a loop over the client's messages, the
+//! document's committed changes and the room's awareness relay.
 //!
-//! Each connection is a small loop over three sources:
-//! - the client's messages: sync step 1 is answered with the engine's diff
-//!   for the client's state vector; sync step 2 and updates are **pushed
-//!   through the engine** like any HTTP push (durable, sequenced, visible to
-//!   `changes` and `subscribe`); awareness is merged into the room's (one
-//!   state per Yjs client id, newest clock wins, as y-protocols does) and
-//!   what changed is relayed;
-//! - the engine's subscription to this document (`subscribe_document`: the
-//!   collection's actor hands it only this document's commits, so a room's
-//!   cost does not grow with the other rooms of the collection): every
-//!   committed change (from any client, HTTP or WebSocket) is sent as a sync
-//!   update, starting exactly at the cursor of the state the connection
-//!   started from, so nothing falls between the initial sync and the stream;
-//! - the room's awareness relay (`rooms.rs`: the rooms are shared with the
-//!   sync socket's presence; a newcomer gets every current state in one
-//!   message, and a closed connection's states are removed for everyone at
-//!   once, as y-websocket's reference server does).
-//!
-//! Pushes from one connection are pipelined (at most `MAX_PUSHES_IN_FLIGHT`)
-//! so a fast typist is not held to one fsync per keystroke: concurrent pushes
-//! share group commits, and Yjs tolerates their order.
-//!
-//! A connection is not sent back its own updates. (y-websocket's reference
-//! server echoes every update to its sender too; the client ignores it, so
-//! skipping it saves a frame, a write and a wakeup per keystroke.) A change's
-//! payload is the pushed bytes themselves, so the connection remembers a
-//! hash of each update it pushes (at most `MAX_OWN_UPDATES`) and skips the
-//! change that carries them, whenever it arrives: before or after the push
-//! is answered (the stream and the answer are woken on other threads, in
-//! either order). A push answered as a no-op logs nothing, so its hash is
-//! forgotten then. Skipping an identical update from another client would be
-//! harmless: this client already has that content.
+//! The loop is `biased`: the client's own messages are served before the
+//! room's traffic, so a busy room only delays what this client sees, never
+//! what it sends. Sync messages are answered from the engine (a joiner gets
+//! the shared encoding of the whole state, in fragments), updates are pushed
+//! through the engine (pipelined, at most `MAX_PUSHES_IN_FLIGHT`), and the
+//! document's changes come back as sync updates, except this client's own
+//! (remembered by hash). Awareness is `awareness.rs`.
 
 use std::collections::HashMap;
 
+use actix_web::web;
 use actix_web::web::Bytes;
-use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Item};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
-use seqsync_engine::{ChangeKind, ReadError, Seq, StorageError, WriteError};
-use tokio::sync::broadcast;
+use seqsync_engine::{ChangeKind, ReadError, StorageError, WriteError};
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::{Message, SyncMessage};
-use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
-use crate::auth::{AccessRequest, Operation};
-use crate::error::ApiError;
-use crate::rooms::{next_connection_id, RoomKey};
+use crate::rooms::RoomKey;
 use crate::AppState;
 
-/// Pushes of one connection awaiting their commit, at most.
-const MAX_PUSHES_IN_FLIGHT: usize = 256;
-/// Hashes of this connection's own pushes remembered for skipping their
-/// echo; beyond this all are forgotten (their echoes would just be sent).
-const MAX_OWN_UPDATES: usize = 1024;
-/// Frame size of a large shared state sent in fragments.
-const FRAGMENT_BYTES: usize = 64 << 10;
-pub(crate) async fn connect(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let (collection, doc) = path.into_inner();
-    state.auth.authorize(
-        &req,
-        &AccessRequest::document(&collection, &doc, Operation::Subscribe),
-    )?;
-    // A reader syncs and receives live updates and awareness; its updates
-    // are dropped (see `on_client_message`).
-    let may_write = state
-        .auth
-        .authorize(
-            &req,
-            &AccessRequest::document(&collection, &doc, Operation::Write),
-        )
-        .is_ok();
-    // A slot before any work: past `limits.max_connections` (in total or on
-    // this collection) the upgrade is answered 503.
-    let slot = state.connections.admit(&state.limits, &collection)?;
-    let schema_version = crate::decode::decode_yws_schema(req.query_string())?;
-    if let Some(Err(err)) = schema_version.map(|v| state.engine.check_client_schema(v)) {
-        // A y-websocket client reconnects after a refused handshake and
-        // never shows why; a socket closed with the reason says it.
-        let (response, session, _incoming) = actix_ws::handle(&req, body)
-            .map_err(|e| ApiError::bad_request("not_a_websocket", e.to_string()))?;
-        let description = close_description(&err);
-        tracing::warn!(%collection, %doc, error = %err, "y-websocket client at a refused schema version");
-        actix_web::rt::spawn(async move {
-            let _ = session
-                .close(Some(CloseReason {
-                    code: CloseCode::Policy,
-                    description: Some(description),
-                }))
-                .await;
-        });
-        return Ok(response);
-    }
-    // Head first: if the document does not exist yet, nothing of it is ≤ head.
-    let head = state.engine.changes(&collection, 0, 0, None).await?.head;
-    // The state vector only: a joiner of a large document costs no
-    // encoding and no decoding here.
-    let (state_vector, cursor) = match state.engine.document_state_vector(&collection, &doc).await {
-        Ok(found) => (
-            StateVector::decode_v1(&found.state_vector).unwrap_or_default(),
-            found.cursor,
-        ),
-        Err(ReadError::DocumentNotFound { .. }) => (StateVector::default(), head),
-        Err(err) => return Err(err.into()),
-    };
-    let changes = state
-        .engine
-        .subscribe_document(&collection, &doc, cursor, None)?;
-    let (response, session, incoming) =
-        crate::limits::upgrade_bounded(&req, body, &state.limits).await?;
-    let connection = Connection {
-        state: state.clone(),
-        key: (collection, doc),
-        id: next_connection_id(),
-        session: crate::limits::TimedSession::new(session, &state.limits),
-        awareness_budget: crate::limits::AwarenessBudget::new(
-            state.limits.awareness_messages_per_sec,
-        ),
-        parked_awareness: None,
-        parked_due: tokio::time::Instant::now(),
-        _slot: slot,
-        own_updates: HashMap::new(),
-        schema_version,
-        may_write,
-    };
-    actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
-    Ok(response)
-}
+use super::{
+    close_description, hash_of, sync_step2_prefix, PushFuture, FRAGMENT_BYTES,
+    MAX_CLOSE_REASON_BYTES, MAX_OWN_UPDATES, MAX_PUSHES_IN_FLIGHT,
+};
 
-/// A push of this connection: the hash of its update and its seq (`None`:
-/// a no-op), or why the connection closes.
-type PushFuture = futures::future::BoxFuture<'static, Result<(u64, Option<Seq>), CloseReason>>;
-
-/// The reason a socket closes for a refused write: the error's code, then
-/// its message, cut to the 123 bytes a close frame can carry.
-fn close_description(err: &WriteError) -> String {
-    let mut text = format!("{}: {err}", err.code());
-    if text.len() > MAX_CLOSE_REASON_BYTES {
-        let mut end = MAX_CLOSE_REASON_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
-/// The longest reason a WebSocket close frame carries (125 bytes of payload
-/// minus the 2-byte code).
-const MAX_CLOSE_REASON_BYTES: usize = 123;
-
-/// A hash of an update's bytes, to recognise this connection's own pushes.
-fn hash_of(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// The y-websocket prefix of a sync step 2 message carrying `len` bytes:
-/// message type (sync), sync type (step 2), and the length as a varint.
-fn sync_step2_prefix(len: usize) -> Vec<u8> {
-    let mut prefix = vec![0u8, 1u8];
-    let mut rest = len as u64;
-    loop {
-        let byte = (rest & 0x7f) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            prefix.push(byte);
-            return prefix;
-        }
-        prefix.push(byte | 0x80);
-    }
-}
-
-struct Connection {
-    state: web::Data<AppState>,
-    key: RoomKey,
-    id: u64,
+pub(super) struct Connection {
+    pub(super) state: web::Data<AppState>,
+    pub(super) key: RoomKey,
+    pub(super) id: u64,
     /// Every send gives up after `limits.ws_send_timeout_ms` (a client
     /// that stopped reading is closed as `slow_reader`).
-    session: crate::limits::TimedSession,
+    pub(super) session: crate::limits::TimedSession,
     /// This connection's awareness messages per second.
-    awareness_budget: crate::limits::AwarenessBudget,
+    pub(super) awareness_budget: crate::limits::AwarenessBudget,
     /// The newest awareness states over the budget, relayed when it
     /// refills.
-    parked_awareness: Option<AwarenessUpdate>,
+    pub(super) parked_awareness: Option<AwarenessUpdate>,
     /// When the budget has a token for `parked_awareness` again: a fixed
     /// deadline, so a busy room (other branches of the loop firing) cannot
     /// postpone the relay.
-    parked_due: tokio::time::Instant,
+    pub(super) parked_due: tokio::time::Instant,
     /// Its place under `limits.max_connections`, given back on drop.
-    _slot: crate::limits::ConnectionSlot,
+    pub(super) _slot: crate::limits::ConnectionSlot,
     /// Hashes of this connection's pushes whose change is still to come
     /// (with a count, for the same bytes pushed twice).
-    own_updates: HashMap<u64, u32>,
+    pub(super) own_updates: HashMap<u64, u32>,
     /// The client's schema version (`?schema=N`), given with every push.
-    schema_version: Option<u32>,
+    pub(super) schema_version: Option<u32>,
     /// Whether the client's token may write the document; a read-only
     /// connection's updates are dropped with a warning.
-    may_write: bool,
+    pub(super) may_write: bool,
 }
 
-enum Step {
+pub(super) enum Step {
     Continue,
     Close(Option<CloseReason>),
 }
@@ -243,7 +89,7 @@ impl Connection {
         }
     }
 
-    async fn run(
+    pub(super) async fn run(
         mut self,
         mut incoming: actix_ws::AggregatedMessageStream,
         mut changes: Subscription,
@@ -269,16 +115,7 @@ impl Connection {
                 biased;
                 // Parked awareness goes out once the budget has a token
                 // again (one token's time after it was parked).
-                _ = tokio::time::sleep_until(self.parked_due), if self.parked_awareness.is_some() => {
-                    if self.awareness_budget.allow(std::time::Instant::now()) {
-                        if let Some(parked) = self.parked_awareness.take() {
-                            self.state.rooms.publish(&self.key, self.id, parked);
-                        }
-                    } else {
-                        self.parked_due = tokio::time::Instant::now() + self.awareness_budget.refill_interval();
-                    }
-                    Step::Continue
-                }
+                _ = tokio::time::sleep_until(self.parked_due), if self.parked_awareness.is_some() => self.relay_parked(),
                 _ = liveness.ping.tick() => match liveness.idle() {
                     Some(reason) => Step::Close(Some(reason)),
                     None if self.session.ping().await.is_err() => Step::Close(None),
@@ -315,23 +152,7 @@ impl Connection {
                 // must not hold back what this client sends (a client that
                 // floods only delays its own view).
                 event = changes.next() => self.on_change(event).await,
-                relayed = relay.recv() => match relayed {
-                    // Its own awareness too, as the reference server does:
-                    // a provider that hears nothing for 30 s reconnects,
-                    // and one alone in an idle room hears only the echo of
-                    // its 15-second renewal.
-                    Ok(message) => {
-                        if self.session.binary(message).await.is_err() { Step::Close(None) } else { Step::Continue }
-                    }
-                    // Too slow to take every relayed message: the room's
-                    // merged state (removals included) replaces what was
-                    // missed.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let everyone = self.state.rooms.current(&self.key, true);
-                        self.send_awareness(everyone).await
-                    }
-                    Err(broadcast::error::RecvError::Closed) => Step::Continue,
-                },
+                relayed = relay.recv() => self.on_relayed(relayed).await,
             };
             if let Step::Close(reason) = step {
                 break reason;
@@ -480,47 +301,12 @@ impl Connection {
                 }));
                 Step::Continue
             }
-            Message::Awareness(update)
-                if !self.awareness_budget.allow(std::time::Instant::now()) =>
-            {
-                // Over `limits.awareness_messages_per_sec`: not relayed
-                // now. The newest state per client is parked (bounded by
-                // the room's client limit) and relayed once the budget
-                // refills, so a fast typist's last cursor still arrives;
-                // the states in between are dropped and counted.
-                crate::limits::refused("awareness_rate");
-                match &mut self.parked_awareness {
-                    Some(parked) => parked.clients.extend(update.clients),
-                    None => {
-                        self.parked_awareness = Some(update);
-                        self.parked_due =
-                            tokio::time::Instant::now() + self.awareness_budget.refill_interval();
-                    }
-                }
-                Step::Continue
-            }
-            Message::Awareness(update) => {
-                self.state.rooms.publish(&self.key, self.id, update);
-                Step::Continue
-            }
+            Message::Awareness(update) => self.on_awareness(update),
             Message::AwarenessQuery => {
                 let everyone = self.state.rooms.current(&self.key, false);
                 self.send_awareness(everyone).await
             }
             Message::Auth(_) | Message::Custom(_, _) => Step::Continue,
-        }
-    }
-
-    /// Sends an awareness message if there is one; closes if the
-    /// connection is gone.
-    async fn send_awareness(&mut self, message: Option<Bytes>) -> Step {
-        let Some(message) = message else {
-            return Step::Continue;
-        };
-        if self.session.binary(message).await.is_err() {
-            Step::Close(None)
-        } else {
-            Step::Continue
         }
     }
 
@@ -593,25 +379,6 @@ impl Connection {
                 description: Some(err.code().to_owned()),
             })),
             None => Step::Close(None),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The shared full state is sent behind a hand-written prefix; with it,
-    /// the message must be byte for byte what yrs encodes, at every varint
-    /// length boundary.
-    #[test]
-    fn sync_step2_prefix_matches_the_yrs_encoding() {
-        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 2_097_152] {
-            let payload = vec![7u8; len];
-            let mut framed = sync_step2_prefix(len);
-            framed.extend_from_slice(&payload);
-            let encoded = Message::Sync(SyncMessage::SyncStep2(payload)).encode_v1();
-            assert_eq!(framed, encoded, "length {len}");
         }
     }
 }
