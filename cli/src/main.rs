@@ -10,20 +10,24 @@
 //! collection and the batch, and say what to do; the exit code is 1 for a
 //! failure, 2 for bad arguments, 3 when `verify` finds a mismatch.
 
+mod report;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::report::Report;
 
 use seqsync_engine::bundle::{
     self, BundleError, BundleProgress, ExportOptions, ImportEpoch, ImportOptions,
 };
 use seqsync_engine::{
-    collection_digest, BackendKind, ChangeKind, CollectionName, DigestCache, Durability, LogChain,
-    Storage, StorageConfig, StorageError,
+    collection_digest, verify_log, BackendKind, ChangeKind, CollectionName, DigestCache,
+    Durability, Storage, StorageConfig, StorageError, VerifyLogError,
 };
 
 #[derive(Parser)]
@@ -173,7 +177,13 @@ impl Failure {
 impl From<BundleError> for Failure {
     fn from(err: BundleError) -> Self {
         Self {
-            code: 1,
+            // A copy whose stores disagree at the end is a mismatch found,
+            // like `verify`'s.
+            code: if matches!(err, BundleError::CopyDiffers { .. }) {
+                3
+            } else {
+                1
+            },
             message: err.to_string(),
         }
     }
@@ -196,10 +206,8 @@ fn main() -> ExitCode {
     }
     let json = cli.json;
     match run(cli) {
-        Ok(out) => {
-            if json {
-                println!("{out}");
-            }
+        Ok(report) => {
+            report::print(json, &*report);
             ExitCode::SUCCESS
         }
         Err(failure) => {
@@ -300,10 +308,10 @@ fn collection(name: &str) -> Result<CollectionName, Failure> {
     CollectionName::new(name).map_err(|e| Failure::usage(e.to_string()))
 }
 
-fn run(cli: Cli) -> Result<Value, Failure> {
+fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
     let json = cli.json;
     match cli.command {
-        Command::Serve { .. } => Ok(Value::Null),
+        Command::Serve { .. } => Ok(Box::new(report::Nothing)),
         Command::Export {
             store,
             collection: name,
@@ -332,27 +340,16 @@ fn run(cli: Cli) -> Result<Value, Failure> {
                 &mut |p| bar.update(p),
             )?;
             bar.finish();
-            let secs = started.elapsed().as_secs_f64();
-            if !json {
-                println!(
-                    "exported {} changes of {} in {} batches{} to {} ({:.1} MB, {:.2} s)",
-                    report.changes,
-                    name,
-                    report.manifest.batches.len(),
-                    if report.manifest.state.is_some() {
-                        " + state"
-                    } else {
-                        ""
-                    },
-                    out.display(),
-                    report.bytes as f64 / 1e6,
-                    secs
-                );
-            }
-            Ok(json!({
-                "command": "export", "collection": name, "changes": report.changes,
-                "batches": report.manifest.batches.len(), "state_batch": report.manifest.state.is_some(),
-                "bytes": report.bytes, "until": report.manifest.until, "seconds": secs,
+            Ok(Box::new(report::Exported {
+                command: "export",
+                collection: name,
+                changes: report.changes,
+                batches: report.manifest.batches.len(),
+                state_batch: report.manifest.state.is_some(),
+                bytes: report.bytes,
+                until: report.manifest.until,
+                seconds: started.elapsed().as_secs_f64(),
+                out,
             }))
         }
         Command::Import {
@@ -371,24 +368,17 @@ fn run(cli: Cli) -> Result<Value, Failure> {
             };
             let report = bundle::import_bundle(&*storage, &dir, options, &mut |p| bar.update(p))?;
             bar.finish();
-            if !json {
-                println!(
-                    "imported {} changes into {} ({} batches applied, {} already held); head {}, epoch {}{}",
-                    report.changes,
-                    report.collection,
-                    report.batches_applied,
-                    report.batches_skipped,
-                    report.head,
-                    report.epoch,
-                    if report.state_digest_checked { ", state digest verified" } else { "" }
-                );
-            }
-            Ok(json!({
-                "command": "import", "collection": report.collection, "changes": report.changes,
-                "batches_applied": report.batches_applied, "batches_skipped": report.batches_skipped,
-                "batches_compared": report.batches_compared, "used_state_batch": report.used_state_batch,
-                "head": report.head, "epoch": report.epoch.to_string(),
-                "state_digest_checked": report.state_digest_checked,
+            Ok(Box::new(report::Imported {
+                command: "import",
+                collection: report.collection,
+                changes: report.changes,
+                batches_applied: report.batches_applied,
+                batches_skipped: report.batches_skipped,
+                batches_compared: report.batches_compared,
+                used_state_batch: report.used_state_batch,
+                head: report.head,
+                epoch: report.epoch.to_string(),
+                state_digest_checked: report.state_digest_checked,
             }))
         }
         Command::Backup { store, out } => {
@@ -399,18 +389,19 @@ fn run(cli: Cli) -> Result<Value, Failure> {
                     bar.update(p)
                 })?;
             bar.finish();
-            let collections: Vec<Value> = reports
+            let collections = reports
                 .iter()
-                .map(|r| json!({"collection": r.manifest.collection, "head": r.manifest.until, "changes": r.changes}))
+                .map(|r| report::BackedUp {
+                    collection: r.manifest.collection.clone(),
+                    head: r.manifest.until,
+                    changes: r.changes,
+                })
                 .collect();
-            if !json {
-                println!(
-                    "backed up {} collection(s) to {}",
-                    reports.len(),
-                    out.display()
-                );
-            }
-            Ok(json!({"command": "backup", "collections": collections}))
+            Ok(Box::new(report::Backup {
+                command: "backup",
+                collections,
+                out,
+            }))
         }
         Command::Restore {
             backup,
@@ -428,28 +419,24 @@ fn run(cli: Cli) -> Result<Value, Failure> {
                         message: e.to_string(),
                     })?;
                 bar.finish();
-                if !json {
-                    println!(
-                        "{}: {} batches, {} changes, {:.1} MB: every body hash and checksum matches",
-                        dir.display(),
-                        report.batches,
-                        report.changes,
-                        report.bytes as f64 / 1e6
-                    );
-                }
-                Ok(
-                    json!({"command": "verify", "bundle": dir, "batches": report.batches, "changes": report.changes, "ok": true}),
-                )
+                Ok(Box::new(report::VerifiedBundle {
+                    command: "verify",
+                    bundle: dir,
+                    batches: report.batches,
+                    changes: report.changes,
+                    ok: true,
+                    bytes: report.bytes,
+                }))
             }
             _ => Err(Failure::usage("verify: give --store or --bundle")),
         },
         Command::MigrateStorage { from, to } => migrate_storage(json, &from, &to),
-        Command::Inspect { store } => inspect(json, &store),
+        Command::Inspect { store } => inspect(&store),
         Command::Compact {
             store,
             collection: only,
             config,
-        } => compact(json, &store, only, config.as_deref()),
+        } => compact(&store, only, config.as_deref()),
     }
 }
 
@@ -459,7 +446,7 @@ fn restore(
     store: &str,
     keep_epoch: bool,
     replace: bool,
-) -> Result<Value, Failure> {
+) -> Result<Box<dyn Report>, Failure> {
     let config = parse_store(store)?;
     let options = ImportOptions {
         epoch: if keep_epoch {
@@ -513,18 +500,12 @@ fn restore(
         None
     };
     bar.finish();
-    if !json {
-        match &target {
-            Some(kept) => println!(
-                "restored {} into {} (the previous store is kept at {})",
-                backup.display(),
-                store,
-                kept.display()
-            ),
-            None => println!("restored {} into {}", backup.display(), store),
-        }
-    }
-    Ok(json!({"command": "restore", "backup": backup, "store": store, "replaced": target}))
+    Ok(Box::new(report::Restored {
+        command: "restore",
+        backup: backup.to_owned(),
+        store: store.to_owned(),
+        replaced: target,
+    }))
 }
 
 fn list_all(
@@ -546,11 +527,10 @@ fn list_all(
     }
 }
 
-/// Recomputes each collection's log checksum chain (every change that
-/// directly follows the previous seq must add its own checksum; a snapshot
-/// or a change after a gap carries what compaction summed) and that the
-/// head's value is the collection's, then its state digest.
-fn verify_store(json: bool, store: &str) -> Result<Value, Failure> {
+/// Checks each collection's log with `verify_log` (the checksum chain, and
+/// that it ends at the collection's head and checksum), then computes its
+/// state digest.
+fn verify_store(json: bool, store: &str) -> Result<Box<dyn Report>, Failure> {
     let storage = open(store)?;
     let collections = list_all(&*storage)?;
     let bar = Bar::new(json, "verify");
@@ -558,66 +538,47 @@ fn verify_store(json: bool, store: &str) -> Result<Value, Failure> {
     let mut done = 0u64;
     let mut results = Vec::new();
     for (name, meta) in &collections {
-        let mut chain = LogChain::after(0, 0);
-        let mut changes = 0u64;
-        while let Some(page) = storage.read_changes(name, chain.seq(), 1000)? {
-            if page.changes.is_empty() {
-                break;
-            }
-            for change in &page.changes {
-                chain.check(&meta.epoch, change).map_err(|b| Failure {
-                    code: 3,
-                    message: format!(
-                        "{store}: collection {name}, seq {}: log checksum {:016x}, expected {:016x}; the stored change differs from what was committed (restore this collection from a backup)",
-                        b.seq, b.found, b.expected
-                    ),
-                })?;
-                changes += 1;
-            }
-            done = done.saturating_add(page.changes.len() as u64);
+        let before = done;
+        let verified = verify_log(&*storage, name, meta, &mut |read| {
+            done = before.saturating_add(read);
             bar.update(BundleProgress {
                 done,
                 total,
                 bytes: 0,
             });
-        }
-        let (cursor, running) = (chain.seq(), chain.checksum());
-        if running != meta.log_checksum || cursor != meta.head {
-            return Err(Failure {
+        })
+        .map_err(|e| match e {
+            VerifyLogError::Storage(e) => Failure::from(e),
+            mismatch => Failure {
                 code: 3,
-                message: format!(
-                    "{store}: collection {name}: the log ends at seq {cursor} with checksum {running:016x}, the collection says head {} with {:016x}",
-                    meta.head, meta.log_checksum
-                ),
-            });
-        }
+                message: format!("{store}: {mismatch}"),
+            },
+        })?;
+        let changes = verified.changes;
         let digest = collection_digest(&*storage, name, &mut DigestCache::default())?;
-        results.push(json!({
-            "collection": name.as_str(), "head": meta.head, "changes": changes,
-            "log_checksum": format!("{:016x}", meta.log_checksum),
-            "state_digest": digest.and_then(|d| d.state_digest).map(|d| format!("{d:016x}")),
-        }));
+        results.push(report::VerifiedCollection {
+            collection: name.to_string(),
+            head: meta.head,
+            changes,
+            log_checksum: format!("{:016x}", meta.log_checksum),
+            state_digest: digest
+                .and_then(|d| d.state_digest)
+                .map(|d| format!("{d:016x}")),
+        });
     }
     bar.finish();
-    if !json {
-        for result in &results {
-            println!(
-                "{}: head {}, {} changes, log checksum {}, state digest {}: ok",
-                result["collection"].as_str().unwrap_or(""),
-                result["head"],
-                result["changes"],
-                result["log_checksum"].as_str().unwrap_or(""),
-                result["state_digest"].as_str().unwrap_or("none (pending)")
-            );
-        }
-    }
-    Ok(json!({"command": "verify", "store": store, "collections": results, "ok": true}))
+    Ok(Box::new(report::VerifiedStore {
+        command: "verify",
+        store: store.to_owned(),
+        collections: results,
+        ok: true,
+    }))
 }
 
-/// Copies every collection through a bundle in the target's directory
-/// (kept until the copy is verified, so a rerun resumes), then its peers,
-/// then compares digests.
-fn migrate_storage(json: bool, from: &str, to: &str) -> Result<Value, Failure> {
+/// Copies every collection with `bundle::copy_collection` through bundles
+/// in the target's directory (kept until every copy is checked, so a rerun
+/// resumes).
+fn migrate_storage(json: bool, from: &str, to: &str) -> Result<Box<dyn Report>, Failure> {
     let source = open(from)?;
     let target_config = parse_store(to)?;
     let target = seqsync_adapters::open_storage(&target_config)?;
@@ -625,85 +586,26 @@ fn migrate_storage(json: bool, from: &str, to: &str) -> Result<Value, Failure> {
     let bar = Bar::new(json, "copy");
     let mut results = Vec::new();
     for (name, meta) in list_all(&*source)? {
-        let dir = work.join(bundle::backup_dir_name(&name));
-        if dir.exists() && bundle::read_manifest(&dir).is_err() {
-            // An export that did not finish: start it again.
-            std::fs::remove_dir_all(&dir).map_err(|e| Failure {
-                code: 1,
-                message: format!("{}: {e}", dir.display()),
-            })?;
-        }
-        if !dir.exists() {
-            bundle::export_collection(
-                &*source,
-                &name,
-                0,
-                None,
-                &dir,
-                ExportOptions::default(),
-                &mut |p| bar.update(p),
-            )?;
-        }
-        let report = bundle::import_bundle(&*target, &dir, ImportOptions::default(), &mut |p| {
-            bar.update(p)
-        })?;
-        // Peers: upserted with the max of both sides.
-        let peers: Vec<_> = source
-            .peers(&name)?
-            .into_iter()
-            .filter(|p| p.acked <= report.head)
-            .collect();
-        if !peers.is_empty() {
-            let stored = target.collection(&name)?;
-            if let Some(stored) = stored {
-                target.commit(&seqsync_engine::WriteBatch {
-                    writes: vec![seqsync_engine::CollectionWrite {
-                        collection: name.clone(),
-                        base: seqsync_engine::WriteBase::Existing {
-                            epoch: stored.epoch,
-                            head: stored.head,
-                        },
-                        append: Vec::new(),
-                        compact: Vec::new(),
-                        peers,
-                        raise_schema_version: None,
-                        append_mode: Default::default(),
-                    }],
-                })?;
-            }
-        }
-        let a = collection_digest(&*source, &name, &mut DigestCache::default())?;
-        let b = collection_digest(&*target, &name, &mut DigestCache::default())?;
-        let same = match (&a, &b) {
-            (Some(a), Some(b)) => {
-                a.head == b.head
-                    && a.log_checksum == b.log_checksum
-                    && a.state_digest == b.state_digest
-            }
-            _ => false,
-        };
-        if !same {
-            return Err(Failure {
-                code: 3,
-                message: format!(
-                    "collection {name}: after the copy the digests differ ({a:?} vs {b:?}); the source changed during the copy, or the target holds other data; run again"
-                ),
-            });
-        }
-        results.push(json!({"collection": name.as_str(), "head": meta.head, "epoch": meta.epoch.to_string(), "changes": report.changes}));
+        let report =
+            bundle::copy_collection(&*source, &*target, &name, &work, &mut |p| bar.update(p))?;
+        results.push(report::Copied {
+            collection: name.to_string(),
+            head: meta.head,
+            epoch: meta.epoch.to_string(),
+            changes: report.changes,
+        });
     }
     bar.finish();
     let _ = std::fs::remove_dir_all(&work);
-    if !json {
-        println!(
-            "copied {} collection(s) from {from} to {to}; epochs, seqs, peers, log checksums and state digests match",
-            results.len()
-        );
-    }
-    Ok(json!({"command": "migrate-storage", "from": from, "to": to, "collections": results}))
+    Ok(Box::new(report::Migrated {
+        command: "migrate-storage",
+        from: from.to_owned(),
+        to: to.to_owned(),
+        collections: results,
+    }))
 }
 
-fn inspect(json: bool, store: &str) -> Result<Value, Failure> {
+fn inspect(store: &str) -> Result<Box<dyn Report>, Failure> {
     let storage = open(store)?;
     let defaults = seqsync_engine::EngineConfig::default().compaction;
     let mut out = Vec::new();
@@ -736,47 +638,41 @@ fn inspect(json: bool, store: &str) -> Result<Value, Failure> {
             .values()
             .filter(|(n, b)| defaults.is_due(*n, *b))
             .count();
-        let peers: Vec<Value> = storage
+        let peers = storage
             .peers(&name)?
             .iter()
-            .map(|p| json!({"peer": p.peer.as_str(), "acked": p.acked, "lag": meta.head.saturating_sub(p.acked), "last_seen_ms": p.last_seen_ms}))
+            .map(|p| report::PeerLag {
+                peer: p.peer.to_string(),
+                acked: p.acked,
+                lag: meta.head.saturating_sub(p.acked),
+                last_seen_ms: p.last_seen_ms,
+            })
             .collect();
-        out.push(json!({
-            "collection": name.as_str(), "epoch": meta.epoch.to_string(), "head": meta.head,
-            "schema_version": meta.schema_version, "documents": deltas.len(), "changes": changes,
-            "payload_bytes": bytes, "log_checksum": format!("{:016x}", meta.log_checksum),
-            "documents_due_for_compaction": due, "peers": peers,
-        }));
+        out.push(report::Inspected {
+            collection: name.to_string(),
+            epoch: meta.epoch.to_string(),
+            head: meta.head,
+            schema_version: meta.schema_version,
+            documents: deltas.len(),
+            changes,
+            payload_bytes: bytes,
+            log_checksum: format!("{:016x}", meta.log_checksum),
+            documents_due_for_compaction: due,
+            peers,
+        });
     }
-    if !json {
-        println!(
-            "{:<24} {:>8} {:>6} {:>6} {:>9} {:>12} {:>5} {:>6}  epoch",
-            "collection", "head", "schema", "docs", "changes", "bytes", "peers", "due"
-        );
-        for c in &out {
-            println!(
-                "{:<24} {:>8} {:>6} {:>6} {:>9} {:>12} {:>5} {:>6}  {}",
-                c["collection"].as_str().unwrap_or(""),
-                c["head"],
-                c["schema_version"],
-                c["documents"],
-                c["changes"],
-                c["payload_bytes"],
-                c["peers"].as_array().map_or(0, Vec::len),
-                c["documents_due_for_compaction"],
-                c["epoch"].as_str().unwrap_or("")
-            );
-        }
-    }
-    Ok(json!({"command": "inspect", "store": store, "collections": out}))
+    Ok(Box::new(report::Inspection {
+        command: "inspect",
+        store: store.to_owned(),
+        collections: out,
+    }))
 }
 
 fn compact(
-    json: bool,
     store: &str,
     only: Option<String>,
     config: Option<&Path>,
-) -> Result<Value, Failure> {
+) -> Result<Box<dyn Report>, Failure> {
     let storage_config = parse_store(store)?;
     let mut config =
         seqsync_engine::EngineConfig::load(config).map_err(|e| Failure::usage(e.to_string()))?;
@@ -792,10 +688,11 @@ fn compact(
     runtime.block_on(async {
         let engine = seqsync_actors::Engine::builder(config)
             .storage_opener(seqsync_adapters::open_storage)
-            .open().map_err(|e| Failure {
-            code: 1,
-            message: format!("{store}: {e}"),
-        })?;
+            .open()
+            .map_err(|e| Failure {
+                code: 1,
+                message: format!("{store}: {e}"),
+            })?;
         let storage = open_names(&engine, only)?;
         let mut out = Vec::new();
         for name in storage {
@@ -803,17 +700,20 @@ fn compact(
                 code: 1,
                 message: format!("collection {name}: {e}"),
             })?;
-            if !json {
-                println!(
-                    "{name}: {} documents compacted, {} changes removed, {} -> {} bytes",
-                    summary.documents_compacted, summary.changes_removed, summary.bytes_before, summary.bytes_after
-                );
-            }
-            out.push(json!({"collection": name, "documents_compacted": summary.documents_compacted,
-                "changes_removed": summary.changes_removed, "bytes_before": summary.bytes_before, "bytes_after": summary.bytes_after}));
+            out.push(report::Compacted {
+                collection: name,
+                documents_compacted: summary.documents_compacted,
+                changes_removed: summary.changes_removed,
+                bytes_before: summary.bytes_before,
+                bytes_after: summary.bytes_after,
+            });
         }
         engine.shutdown().await;
-        Ok(json!({"command": "compact", "store": store, "collections": out}))
+        Ok(Box::new(report::Compaction {
+            command: "compact",
+            store: store.to_owned(),
+            collections: out,
+        }) as Box<dyn Report>)
     })
 }
 

@@ -27,8 +27,8 @@ use std::fmt;
 
 use yrs::{ReadTxn, Transact};
 
-use crate::change::{Change, Epoch, Seq};
-use crate::error::StorageError;
+use crate::change::{Change, CollectionMeta, Epoch, Seq};
+use crate::error::{StorageError, VerifyLogError};
 use crate::load::load_document_through;
 use crate::migration::canonical_state;
 use crate::name::{CollectionName, DocId};
@@ -171,6 +171,61 @@ impl LogChain {
     pub fn checksum(&self) -> u64 {
         self.checksum
     }
+}
+
+/// What [`verify_log`] walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogVerified {
+    /// Changes the log holds (compaction may have folded others).
+    pub changes: u64,
+}
+
+/// Walks the stored log of `name` from its start with [`LogChain`]: every
+/// change it still holds must carry the checksum the chain gives, and the
+/// walk must end at `meta`'s head and log checksum. This is the one place
+/// that decides whether a stored log is what was committed (`seqsync
+/// verify` prints what it says).
+///
+/// `progress` is told how many changes were read so far, after each page.
+/// Blocking: reads the whole log, a page of `VERIFY_PAGE` at a time.
+/// Errors: [`VerifyLogError::Checksum`] at the first change that differs,
+/// [`VerifyLogError::Head`] when the log ends elsewhere, `Storage`.
+pub fn verify_log(
+    storage: &dyn Storage,
+    name: &CollectionName,
+    meta: &CollectionMeta,
+    progress: &mut dyn FnMut(u64),
+) -> Result<LogVerified, VerifyLogError> {
+    const VERIFY_PAGE: usize = 1000;
+    let mut chain = LogChain::after(0, 0);
+    let mut changes = 0u64;
+    while let Some(page) = storage.read_changes(name, chain.seq(), VERIFY_PAGE)? {
+        if page.changes.is_empty() {
+            break;
+        }
+        for change in &page.changes {
+            chain
+                .check(&meta.epoch, change)
+                .map_err(|b| VerifyLogError::Checksum {
+                    collection: name.to_string(),
+                    seq: b.seq,
+                    expected: b.expected,
+                    found: b.found,
+                })?;
+            changes += 1;
+        }
+        progress(changes);
+    }
+    if chain.checksum() != meta.log_checksum || chain.seq() != meta.head {
+        return Err(VerifyLogError::Head {
+            collection: name.to_string(),
+            end: chain.seq(),
+            found: chain.checksum(),
+            head: meta.head,
+            expected: meta.log_checksum,
+        });
+    }
+    Ok(LogVerified { changes })
 }
 
 fn first_u64(bytes: &[u8; 32]) -> u64 {

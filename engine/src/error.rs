@@ -430,6 +430,43 @@ pub enum AckError {
     ShuttingDown,
 }
 
+/// Errors of [`crate::verify_log`]: a stored log that is not what was
+/// committed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyLogError {
+    /// A change carries another log checksum than the chain before it
+    /// gives: it was changed after it was committed.
+    #[error("collection {collection}, seq {seq}: log checksum {found:016x}, expected {expected:016x}; the stored change differs from what was committed (restore this collection from a backup)")]
+    Checksum {
+        /// The collection.
+        collection: String,
+        /// The change's seq.
+        seq: u64,
+        /// What the chain gives.
+        expected: u64,
+        /// What the change carries.
+        found: u64,
+    },
+    /// The walk ended elsewhere than the collection's head says.
+    #[error("collection {collection}: the log ends at seq {end} with checksum {found:016x}, the collection says head {head} with {expected:016x}")]
+    Head {
+        /// The collection.
+        collection: String,
+        /// The last seq the log holds.
+        end: u64,
+        /// The log checksum there.
+        found: u64,
+        /// The collection's head.
+        head: u64,
+        /// Its log checksum.
+        expected: u64,
+    },
+    /// The store failed while reading.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// Errors of opening an engine (`EngineBuilder::open`, `seqsync::open`).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -36,11 +36,12 @@ pub use config::{
 };
 pub use digest::{
     change_checksum, collection_digest, digest_of_update, document_digest_at, hex,
-    next_log_checksum, ChainBreak, CollectionDigest, DigestCache, DocumentDigest, DocumentDigestAt,
-    LogChain,
+    next_log_checksum, verify_log, ChainBreak, CollectionDigest, DigestCache, DocumentDigest,
+    DocumentDigestAt, LogChain, LogVerified,
 };
 pub use error::{
-    AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError, WriteError,
+    AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError,
+    VerifyLogError, WriteError,
 };
 pub use load::{load_document, load_document_through, LoadedDocument};
 pub use migrate::{migrate_collection, CollectionMigration, MigrationProgress};

@@ -274,16 +274,17 @@ fn refusal(status: u16, answer: ErrorAnswer) -> TransportError {
     }
 }
 
+/// Bytes a path segment keeps as they are: RFC 3986's unreserved ones.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `segment` as one URL path segment (every byte but the unreserved ones
+/// percent-encoded, so a `/` in a name cannot open another path).
 fn encode_path(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(segment, PATH_SEGMENT).to_string()
 }
 
 fn kind_of(kind: seqsync_protocol::http::ChangeKind) -> ChangeKind {
@@ -682,5 +683,20 @@ impl Transport for HttpTransport {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_path_segment_each() {
+        // A document or collection name must never reach another route: a
+        // `/`, a `%` or a space is encoded, unreserved bytes are kept, and
+        // non-ASCII names are encoded byte by byte as UTF-8.
+        assert_eq!(encode_path("notes-1_a.b~c"), "notes-1_a.b~c");
+        assert_eq!(encode_path("a/b c%é"), "a%2Fb%20c%25%C3%A9");
+        assert_eq!(encode_path("../x?y#z"), "..%2Fx%3Fy%23z");
     }
 }

@@ -250,11 +250,8 @@ fn forbidden(message: impl Into<String>) -> ApiError {
 /// where they differ (a timing side channel would let a client guess a
 /// token byte by byte).
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 impl Authorizer for Tokens {

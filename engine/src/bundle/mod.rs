@@ -23,10 +23,11 @@
 //! headers and records, read and written), `export` (a store's log as
 //! batches), `verify` (a bundle checked against itself), `import` (batches
 //! applied to a store, in three steps: choose the start batch, apply
-//! batches, check the end) and `backup` (every collection of a store, and
-//! back).
+//! batches, check the end), `backup` (every collection of a store, and
+//! back) and `copy` (a collection from one store to another).
 
 mod backup;
+mod copy;
 mod export;
 mod format;
 mod import;
@@ -36,6 +37,7 @@ pub use backup::{
     backup_dir_name, backup_store, read_backup_index, restore_backup, BackupEntry, BackupIndex,
     BACKUP_FILE,
 };
+pub use copy::{copy_collection, CopyReport};
 pub use export::{export_collection, ExportOptions, ExportReport};
 pub use format::{
     read_batch, read_manifest, Batch, BatchHeader, BatchKind, Manifest, ManifestBatch, BATCH_MAGIC,
@@ -163,6 +165,17 @@ pub enum BundleError {
         expected: String,
         /// Computed on the receiver.
         found: String,
+    },
+    /// After [`copy_collection`], the two stores' digests (head, log
+    /// checksum, state digest) differ.
+    #[error("collection {collection}: after the copy the digests differ ({source_digest} vs {target_digest}); the source changed during the copy, or the target holds other data; run again")]
+    CopyDiffers {
+        /// The collection.
+        collection: String,
+        /// The source's digest.
+        source_digest: String,
+        /// The target's digest.
+        target_digest: String,
     },
     /// The store failed.
     #[error(transparent)]
