@@ -185,24 +185,19 @@ impl Import<'_> {
         stored: Option<&CollectionMeta>,
         report: &mut ImportReport,
     ) -> Result<Start, BundleError> {
-        let Self {
+        let &Self {
             storage,
             dir,
-            manifest,
-            name,
-            bundle_epoch,
+            ref manifest,
+            ref name,
+            ref bundle_epoch,
             epoch,
             rebased,
         } = self;
-        let (storage, dir, epoch, rebased) = (*storage, *dir, *epoch, *rebased);
         let mut head = stored.map_or(0, |m| m.head);
         // Where to start: the batch whose span holds the receiver's next seq,
         // or an earlier one that matches.
-        let mut first = manifest
-            .batches
-            .iter()
-            .position(|b| b.end > head)
-            .unwrap_or(manifest.batches.len());
+        let mut first = first_batch_after(manifest, head);
         if stored.is_none() && manifest.batches.first().is_none_or(|b| b.start != 1) {
             // An empty receiver without the full history: the state batch.
             let Some(state) = &manifest.state else {
@@ -231,11 +226,7 @@ impl Import<'_> {
             report.used_state_batch = true;
             report.batches_applied += 1;
             report.changes += batch.changes.len() as u64;
-            first = manifest
-                .batches
-                .iter()
-                .position(|b| b.end > head)
-                .unwrap_or(manifest.batches.len());
+            first = first_batch_after(manifest, head);
         } else if let Some(meta) = stored {
             if !rebased && first < manifest.batches.len() {
                 // Step back until a batch's "before" matches the receiver and
@@ -440,6 +431,17 @@ impl Import<'_> {
         }
         Ok(())
     }
+}
+
+/// The index of the first changes batch that ends after `head` (the one
+/// holding the receiver's next seq), or the number of batches when the
+/// receiver holds them all.
+fn first_batch_after(manifest: &Manifest, head: Seq) -> usize {
+    manifest
+        .batches
+        .iter()
+        .position(|b| b.end > head)
+        .unwrap_or(manifest.batches.len())
 }
 
 /// Whether the receiver holds the history up to seq `since` (its checksum
