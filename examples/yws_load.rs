@@ -321,11 +321,11 @@ fn summary(rows: &[RunResult], servers: &[ServerKind]) -> String {
 /// variables apply as they do to the host server (e.g.
 /// `SEQSYNC_ACTORS_TRICKLE_LINGER_US=0`).
 fn serve_child(dir: PathBuf) {
-    let mut config = seqsync::EngineConfig::default()
+    let mut config = seqsync_server::HostConfig::default()
         .with_env(std::env::vars())
         .expect("SEQSYNC_* variables name config keys");
-    config.storage.path = dir;
-    config.storage.backend = match std::env::var(SERVE_BACKEND_VAR).as_deref() {
+    config.engine.storage.path = dir;
+    config.engine.storage.backend = match std::env::var(SERVE_BACKEND_VAR).as_deref() {
         Ok("redb") => seqsync::BackendKind::Redb,
         Ok("memory") => seqsync::BackendKind::Memory,
         _ => seqsync::BackendKind::Sqlite,

@@ -198,11 +198,33 @@ impl From<StorageError> for Failure {
     }
 }
 
+/// `seqsync serve`: logs to stderr (filtered by `RUST_LOG`, default
+/// `info`), reads the host's configuration and serves it until SIGINT or
+/// SIGTERM. Exit code 2 for a configuration to fix, 1 for other failures.
+fn serve(config: Option<&Path>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = seqsync_server::HostConfig::load(config)
+        .map_err(seqsync_server::ServeError::Config)
+        .and_then(seqsync_server::serve);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("seqsync: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Serve { config } = &cli.command {
-        seqsync_server::init_tracing();
-        return seqsync_server::serve(config.as_deref());
+        return serve(config.as_deref());
     }
     let json = cli.json;
     match run(cli) {
@@ -674,8 +696,11 @@ fn compact(
     config: Option<&Path>,
 ) -> Result<Box<dyn Report>, Failure> {
     let storage_config = parse_store(store)?;
-    let mut config =
-        seqsync_engine::EngineConfig::load(config).map_err(|e| Failure::usage(e.to_string()))?;
+    // The host's file (its `[server]` too), of which compaction reads the
+    // engine's sections.
+    let mut config = seqsync_server::HostConfig::load(config)
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .engine;
     config.storage = storage_config;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -30,9 +30,10 @@ pub use change::{
     now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
 };
 pub use compaction::{plan_compaction, CompactionPlan};
+pub use config::file::{ConfigFile, ENV_PREFIX};
 pub use config::{
-    redact_url, ActorsConfig, BackendKind, CompactionConfig, Durability, EngineConfig,
-    LimitsConfig, SchemaConfig, ServerConfig, StorageConfig, ENV_PREFIX,
+    file as config_file, redact_url, ActorsConfig, BackendKind, CompactionConfig, Durability,
+    EngineConfig, LimitsConfig, SchemaConfig, StorageConfig,
 };
 pub use digest::{
     change_checksum, collection_digest, digest_of_update, document_digest_at, hex,

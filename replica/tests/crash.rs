@@ -110,8 +110,8 @@ fn a_killed_replica_loses_no_acknowledged_edit_and_applies_nothing_twice() {
         state % n
     };
     let server_dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::default();
-    config.storage.path = server_dir.path().join("data");
+    let mut config = seqsync_server::HostConfig::default();
+    config.engine.storage.path = server_dir.path().join("data");
     config.server.listen = "127.0.0.1:0".to_owned();
     let server = seqsync_server::ServerThread::start(config).unwrap();
     let url = format!("http://{}", server.addr);

@@ -718,8 +718,8 @@ async fn progress_is_reported_page_by_page() {
 async fn a_killed_server_gives_a_typed_error_and_the_next_sync_recovers() {
     let server_dir = tempfile::tempdir().unwrap();
     let config = |dir: &std::path::Path| {
-        let mut config = EngineConfig::default();
-        config.storage.path = dir.join("data");
+        let mut config = seqsync_server::HostConfig::default();
+        config.engine.storage.path = dir.join("data");
         config.server.listen = "127.0.0.1:0".to_owned();
         config
     };

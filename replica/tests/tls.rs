@@ -25,9 +25,9 @@ impl TlsServer {
         let key_path = dir.path().join("key.pem");
         std::fs::write(&cert_path, &cert_pem).unwrap();
         std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-        let mut config = EngineConfig::default();
-        config.storage.backend = BackendKind::Sqlite;
-        config.storage.path = dir.path().join("data");
+        let mut config = seqsync_server::HostConfig::default();
+        config.engine.storage.backend = BackendKind::Sqlite;
+        config.engine.storage.path = dir.path().join("data");
         config.server.listen = "127.0.0.1:0".to_owned();
         config.server.tls_cert_path = cert_path;
         config.server.tls_key_path = key_path;

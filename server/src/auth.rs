@@ -166,7 +166,7 @@ impl Tokens {
     ///
     /// Errors: both set, or a public key that is not an Ed25519 PEM (or a
     /// readable file holding one), as a message naming the key.
-    pub fn from_config(config: &seqsync_engine::ServerConfig) -> Result<Self, String> {
+    pub fn from_config(config: &crate::config::ServerConfig) -> Result<Self, String> {
         let mut tokens = Self::new(config.read_token.clone(), config.write_token.clone());
         tokens.verifier = match (
             config.token_secret.is_empty(),

@@ -2,10 +2,13 @@
 //!
 //! It is the proof that the engine embeds cleanly: everything here is HTTP
 //! (routes, bodies, status codes, WebSockets, auth, metrics export); every
-//! decision about documents is the engine's. `examples/server.rs` and the
-//! `seqsync-server` binary both call [`run_cli`].
+//! decision about documents is the engine's. The library neither parses
+//! arguments nor sets up logging: `seqsync serve` (the `seqsync` command
+//! line) is the way to run it, and `examples/server.rs` shows how a host
+//! embeds it in a few lines ([`HostConfig::load`], then [`serve`]).
 //!
-//! Code map: `routes` (the REST routes), `subscribe_ws` (the change stream as
+//! Code map: [`config`] (the host's configuration: the engine's sections
+//! and the server's), `routes` (the REST routes), `subscribe_ws` (the change stream as
 //! a WebSocket of JSON), `sync_ws` (the collection sync socket: pushes,
 //! stream and acks in binary frames of `seqsync-protocol`), `yws` (the y-websocket protocol), `static_files` (the demo
 //! editor at `/`, from `[server] static_dir`), [`auth`] (the hook and the
@@ -15,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod config;
 pub mod decode;
 pub mod error;
 mod forward;
@@ -30,20 +34,18 @@ mod yws;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use clap::Parser;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use seqsync_actors::Engine;
-use seqsync_engine::{EngineConfig, LimitsConfig, OpenError};
+use seqsync_engine::{ConfigError, LimitsConfig, OpenError};
 
 pub use crate::auth::{
     constant_time_eq, AccessRequest, Authorizer, BearerTokens, Operation, TokenClaims, Tokens,
 };
+pub use crate::config::{HostConfig, ServerConfig, ServerLimits};
 pub use crate::error::ApiError;
 pub use crate::routes::CURSOR_HEADER;
 
@@ -58,17 +60,25 @@ pub struct AppState {
     metrics: PrometheusHandle,
     auth: Arc<dyn Authorizer>,
     rooms: rooms::Rooms,
-    limits: LimitsConfig,
+    /// `[server]`: tokens, static files.
+    server: ServerConfig,
+    /// The server's keys of `[limits]`.
+    limits: ServerLimits,
     /// Open WebSockets, bounded by `limits.max_connections` (in total and
     /// per collection).
     connections: Arc<limits::ConnectionLimits>,
 }
 
 impl AppState {
+    /// The engine's keys of `[limits]` (update, batch and page sizes).
+    fn engine_limits(&self) -> &LimitsConfig {
+        &self.engine.config().limits
+    }
+
     /// A batch body holds base64 updates: twice the update limit, within
     /// the body limit of every route.
     fn batch_body_limit_bytes(&self) -> u64 {
-        self.limits
+        self.engine_limits()
             .max_update_bytes
             .saturating_mul(2)
             .max(1 << 20)
@@ -92,25 +102,26 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Builds the HTTP server on an already bound listener. The server runs when
-/// awaited (inside an actix system) and stops gracefully on SIGINT/SIGTERM
-/// unless `handle_signals` is false. Errors: the listener cannot be used.
+/// Builds the HTTP server of `engine` on an already bound listener, with
+/// the server's sections of `host` (the engine was opened with its
+/// `engine` section). The server runs when awaited (inside an actix system)
+/// and stops gracefully on SIGINT/SIGTERM unless `handle_signals` is false.
+/// Errors: the listener cannot be used.
 ///
 /// With `[server] tls_cert_path` and `tls_key_path` set, it serves HTTPS
 /// and WSS only; a TLS file that cannot be used is an `InvalidInput` error.
 pub fn server(
     engine: Engine,
+    host: &HostConfig,
     auth: Arc<dyn Authorizer>,
     listener: TcpListener,
     handle_signals: bool,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let tls_config = {
-        let server = &engine.config().server;
-        tls::server_config(&server.tls_cert_path, &server.tls_key_path)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
-    };
+    let tls_config = tls::server_config(&host.server.tls_cert_path, &host.server.tls_key_path)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = web::Data::new(AppState {
-        limits: engine.config().limits.clone(),
+        server: host.server.clone(),
+        limits: host.limits.clone(),
         engine,
         metrics: prometheus(),
         auth,
@@ -210,9 +221,9 @@ fn redirect_to_owner<B>(
 
 /// Names this node in leases after its advertised URL when no node id is
 /// configured, so a `not_owner` answer elsewhere can point at it.
-fn name_the_node(config: &mut EngineConfig) {
-    if config.storage.node_id.is_empty() && !config.server.advertise_url.is_empty() {
-        config.storage.node_id = config.server.advertise_url.clone();
+fn name_the_node(config: &mut HostConfig) {
+    if config.engine.storage.node_id.is_empty() && !config.server.advertise_url.is_empty() {
+        config.engine.storage.node_id = config.server.advertise_url.clone();
     }
 }
 
@@ -229,14 +240,14 @@ pub struct ServerThread {
 impl ServerThread {
     /// Opens the engine of `config` and serves it on `config.server.listen`
     /// (port 0 picks a free port). Blocking until the server listens.
-    pub fn start(config: EngineConfig) -> Result<Self, StartError> {
+    pub fn start(config: HostConfig) -> Result<Self, StartError> {
         Self::start_with_migrations(config, seqsync_engine::Migrations::new())
     }
 
     /// [`ServerThread::start`] with the app's schema migrations: the store
     /// is migrated before the server listens (blocking until it is).
     pub fn start_with_migrations(
-        mut config: EngineConfig,
+        mut config: HostConfig,
         migrations: seqsync_engine::Migrations,
     ) -> Result<Self, StartError> {
         name_the_node(&mut config);
@@ -246,11 +257,11 @@ impl ServerThread {
             .map_err(StartError::Tls)?;
         let listener = TcpListener::bind(&config.server.listen)?;
         let addr = listener.local_addr()?;
-        let engine = Engine::builder(config)
+        let engine = Engine::builder(config.engine.clone())
             .storage_opener(seqsync_adapters::open_storage)
             .migrations(migrations)
             .open()?;
-        let server = server(engine.clone(), auth, listener, false)?;
+        let server = server(engine.clone(), &config, auth, listener, false)?;
         let handle = server.handle();
         let thread = std::thread::Builder::new()
             .name("seqsync-http".to_owned())
@@ -336,74 +347,32 @@ impl From<std::io::Error> for StartError {
     }
 }
 
-#[derive(Parser)]
-#[command(
-    name = "seqsync-server",
-    about = "The seqsync host server: HTTP, WebSocket and y-websocket"
-)]
-struct Args {
-    /// TOML config file; every key optional; SEQSYNC_<SECTION>_<KEY> variables override.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-/// The command line: read the config, open the engine, serve until SIGINT or
-/// SIGTERM, then shut down cleanly (everything acked is on disk). Prints
-/// `seqsync listening on http://ADDR` on stdout once it accepts connections.
-pub fn run_cli() -> ExitCode {
-    init_tracing();
-    let args = Args::parse();
-    serve(args.config.as_deref())
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Call once.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Serves the engine of the config in `config` (or the defaults), with the
-/// `SEQSYNC_*` overrides, until SIGINT or SIGTERM; then shuts down cleanly.
-/// Blocking. What `seqsync serve` and the `seqsync-server` binary run.
-pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
-    let config = match EngineConfig::load(config) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("seqsync: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let listener = match TcpListener::bind(&config.server.listen) {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("seqsync: cannot listen on {}: {err}", config.server.listen);
-            return ExitCode::from(1);
-        }
-    };
+/// Serves `config` until SIGINT or SIGTERM, then shuts the engine down
+/// cleanly (everything acked is on disk). Prints `seqsync listening on
+/// http://ADDR` (or `https://`) on stdout once it accepts connections; logs
+/// through `tracing` (the caller installs a subscriber, or nothing is
+/// logged).
+///
+/// Blocking, on a new actix system. What `seqsync serve` runs; a host that
+/// embeds the server calls it after [`HostConfig::load`].
+///
+/// Errors: [`ServeError`], each with the exit code a command line should
+/// use ([`ServeError::exit_code`]).
+pub fn serve(config: HostConfig) -> Result<(), ServeError> {
     let mut config = config;
+    config.validate().map_err(ServeError::Config)?;
     name_the_node(&mut config);
-    let engine = match Engine::builder(config.clone())
+    let auth: Arc<dyn Authorizer> =
+        Arc::new(Tokens::from_config(&config.server).map_err(ServeError::Auth)?);
+    let listener =
+        TcpListener::bind(&config.server.listen).map_err(|source| ServeError::Listen {
+            addr: config.server.listen.clone(),
+            source,
+        })?;
+    let engine = Engine::builder(config.engine.clone())
         .storage_opener(seqsync_adapters::open_storage)
         .open()
-    {
-        Ok(engine) => engine,
-        Err(err) => {
-            eprintln!("seqsync: {err}");
-            return ExitCode::from(1);
-        }
-    };
-    let auth = match Tokens::from_config(&config.server) {
-        Ok(tokens) => Arc::new(tokens),
-        Err(err) => {
-            eprintln!("seqsync: {err}");
-            return ExitCode::from(2);
-        }
-    };
+        .map_err(ServeError::Open)?;
     let addr = listener.local_addr().ok();
     let scheme = if config.server.tls_cert_path.as_os_str().is_empty() {
         "http"
@@ -412,28 +381,61 @@ pub fn serve(config: Option<&std::path::Path>) -> ExitCode {
     };
     tracing::info!(
         backend = engine.backend(),
-        path = %config.storage.path.display(),
-        durability = ?config.storage.durability,
+        path = %config.engine.storage.path.display(),
+        durability = ?config.engine.storage.durability,
         auth = !(config.server.read_token.is_empty() && config.server.write_token.is_empty()),
         "storage opened"
     );
-    let result = actix_web::rt::System::new().block_on(async move {
-        let server = server(engine.clone(), auth, listener, true)?;
-        if let Some(addr) = addr {
-            tracing::info!(%addr, "listening");
-            println!("seqsync listening on {scheme}://{addr}");
-            let _ = std::io::stdout().flush();
-        }
-        let served = server.await;
-        tracing::info!("stopping: flushing everything acknowledged");
-        engine.shutdown().await;
-        served
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("seqsync: {err}");
-            ExitCode::from(1)
+    actix_web::rt::System::new()
+        .block_on(async move {
+            let server = server(engine.clone(), &config, auth, listener, true)?;
+            if let Some(addr) = addr {
+                tracing::info!(%addr, "listening");
+                println!("seqsync listening on {scheme}://{addr}");
+                let _ = std::io::stdout().flush();
+            }
+            let served = server.await;
+            tracing::info!("stopping: flushing everything acknowledged");
+            engine.shutdown().await;
+            served
+        })
+        .map_err(ServeError::Serve)
+}
+
+/// Why [`serve`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration is invalid (names the key).
+    #[error("{0}")]
+    Config(ConfigError),
+    /// The token settings are invalid (names the key).
+    #[error("{0}")]
+    Auth(String),
+    /// The listen address could not be bound: in use, or not this host's.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// `[server] listen`.
+        addr: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The engine did not open (the store is in use by another process,
+    /// unreadable, or newer than this build).
+    #[error("{0}")]
+    Open(OpenError),
+    /// Serving failed (the TLS files are unusable, or the listener broke).
+    #[error("{0}")]
+    Serve(std::io::Error),
+}
+
+impl ServeError {
+    /// The exit code a command line reports: 2 for a configuration the
+    /// operator must fix, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) | ServeError::Auth(_) => 2,
+            _ => 1,
         }
     }
 }

@@ -57,7 +57,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
 pub(crate) async fn read_body(
     mut payload: web::Payload,
     limit_bytes: u64,
-    limits: &seqsync_engine::LimitsConfig,
+    limits: &crate::config::ServerLimits,
 ) -> Result<Vec<u8>, ApiError> {
     let deadline = tokio::time::Instant::now() + crate::limits::millis(limits.body_timeout_ms);
     let mut body = Vec::new();
@@ -166,7 +166,12 @@ async fn push_update(
         &AccessRequest::document(&collection, &doc, Operation::Write),
     )?;
     let options = push_options(&req)?;
-    let body = read_body(payload, state.limits.max_update_bytes, &state.limits).await?;
+    let body = read_body(
+        payload,
+        state.engine_limits().max_update_bytes,
+        &state.limits,
+    )
+    .await?;
     let outcome = state.engine.push(&collection, &doc, body, options).await?;
     Ok(HttpResponse::Ok().json(PushAnswer {
         seq: outcome.seq,
@@ -245,7 +250,9 @@ async fn changes(
         &AccessRequest::collection(&collection, Operation::Read),
     )?;
     let query = parse_cursor_query(&req)?;
-    let limit = query.limit.unwrap_or(state.limits.stream_page_limit);
+    let limit = query
+        .limit
+        .unwrap_or(state.engine_limits().stream_page_limit);
     let page = state
         .engine
         .changes_verified(&collection, query.after, limit, query.epoch, query.checksum)
@@ -376,7 +383,12 @@ async fn recover(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Read),
     )?;
-    let state_vector = read_body(payload, state.limits.max_update_bytes, &state.limits).await?;
+    let state_vector = read_body(
+        payload,
+        state.engine_limits().max_update_bytes,
+        &state.limits,
+    )
+    .await?;
     let recovery = state
         .engine
         .recover(&collection, &doc, &state_vector)

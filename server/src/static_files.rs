@@ -121,7 +121,7 @@ async fn read_file(file: PathBuf, if_none_match: Option<String>) -> Option<Found
 /// The default service: a static file, the app's `index.html`, the "not
 /// built" page, or the API's JSON 404.
 pub(crate) async fn serve(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let root = state.engine.config().server.static_dir.clone();
+    let root = state.server.static_dir.clone();
     let path = req.path().to_owned();
     let is_api = ["/v1/", "/yws/"].iter().any(|p| path.starts_with(p));
     if root.as_os_str().is_empty() || is_api || !matches!(*req.method(), Method::GET | Method::HEAD)

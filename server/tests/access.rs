@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use seqsync_engine::{BackendKind, EngineConfig};
-use seqsync_server::ServerThread;
+use seqsync_engine::BackendKind;
+use seqsync_server::{HostConfig, ServerThread};
 use serde_json::json;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -25,11 +25,11 @@ MCowBQYDK2VwAyEA0sfhfq+hsyVIs6p/m2cI9e9oHS+gfWsz5ICoTZRkyJw=
 -----END PUBLIC KEY-----
 ";
 
-fn start(tune: impl FnOnce(&mut EngineConfig)) -> (ServerThread, tempfile::TempDir) {
+fn start(tune: impl FnOnce(&mut HostConfig)) -> (ServerThread, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::default();
-    config.storage.backend = BackendKind::Sqlite;
-    config.storage.path = dir.path().join("data");
+    let mut config = HostConfig::default();
+    config.engine.storage.backend = BackendKind::Sqlite;
+    config.engine.storage.path = dir.path().join("data");
     config.server.listen = "127.0.0.1:0".to_owned();
     config.server.write_token = "operator-token".to_owned();
     tune(&mut config);
@@ -284,8 +284,8 @@ fn a_read_only_yws_connection_receives_but_cannot_write() {
 #[test]
 fn token_settings_are_checked_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::default();
-    config.storage.path = dir.path().join("data");
+    let mut config = HostConfig::default();
+    config.engine.storage.path = dir.path().join("data");
     config.server.listen = "127.0.0.1:0".to_owned();
     config.server.token_public_key =
         "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n".to_owned();

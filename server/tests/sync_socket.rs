@@ -7,11 +7,11 @@
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use seqsync_engine::{BackendKind, EngineConfig};
+use seqsync_engine::BackendKind;
 use seqsync_protocol::http::{ChangeKind, ChangesAnswer};
 use seqsync_protocol::sync::{ClientFrame, Hello, ServerFrame, SyncChange};
 use seqsync_protocol::{EpochHex, Hex64};
-use seqsync_server::ServerThread;
+use seqsync_server::{HostConfig, ServerThread};
 use serde_json::json;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -20,11 +20,11 @@ use yrs::{GetString, Text, Transact};
 
 const SECRET: &str = "a test secret that is long enough";
 
-fn start(tune: impl FnOnce(&mut EngineConfig)) -> (ServerThread, tempfile::TempDir) {
+fn start(tune: impl FnOnce(&mut HostConfig)) -> (ServerThread, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::default();
-    config.storage.backend = BackendKind::Sqlite;
-    config.storage.path = dir.path().join("data");
+    let mut config = HostConfig::default();
+    config.engine.storage.backend = BackendKind::Sqlite;
+    config.engine.storage.path = dir.path().join("data");
     config.server.listen = "127.0.0.1:0".to_owned();
     tune(&mut config);
     (ServerThread::start(config).unwrap(), dir)

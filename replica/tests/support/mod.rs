@@ -53,7 +53,6 @@ pub fn server_with(
 ) -> Server {
     let mut config = EngineConfig::default();
     config.storage.backend = BackendKind::Memory;
-    config.server.listen = "127.0.0.1:0".to_owned();
     tune(&mut config);
     match via {
         Via::Engine => Server {
@@ -65,8 +64,13 @@ pub fn server_with(
             http: None,
         },
         Via::Http => {
+            let mut host = seqsync_server::HostConfig {
+                engine: config,
+                ..Default::default()
+            };
+            host.server.listen = "127.0.0.1:0".to_owned();
             let thread =
-                seqsync_server::ServerThread::start_with_migrations(config, migrations).unwrap();
+                seqsync_server::ServerThread::start_with_migrations(host, migrations).unwrap();
             Server {
                 engine: thread.engine().clone(),
                 http: Some(thread),

@@ -7,7 +7,7 @@
 //! upgrade that `/yws`, the sync socket and the subscribe socket share is
 //! built on it, and so is the close code a client's protocol error gets.
 
-use seqsync_engine::LimitsConfig;
+use crate::config::ServerLimits;
 
 use crate::error::ApiError;
 
@@ -59,7 +59,7 @@ pub(crate) fn protocol_close(err: &actix_ws::ProtocolError) -> actix_ws::CloseRe
 pub(crate) async fn upgrade_bounded(
     req: &actix_web::HttpRequest,
     body: actix_web::web::Payload,
-    limits: &LimitsConfig,
+    limits: &ServerLimits,
 ) -> Result<
     (
         actix_web::HttpResponse,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use seqsync_engine::LimitsConfig;
+use crate::config::ServerLimits;
 
 use super::{millis, refused};
 
@@ -20,7 +20,7 @@ pub(crate) struct Liveness {
 }
 
 impl Liveness {
-    pub(crate) fn new(limits: &LimitsConfig) -> Self {
+    pub(crate) fn new(limits: &ServerLimits) -> Self {
         let period = millis(limits.ws_ping_interval_ms);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,7 +2,7 @@
 //!
 //! A sync server takes bytes from anyone holding a token, so every resource
 //! a client can make the server hold is bounded by a `[limits]` key (see
-//! `LimitsConfig`), and every refusal is answered in a way the client can
+//! `ServerLimits`), and every refusal is answered in a way the client can
 //! read (an HTTP status with the JSON error body, or a WebSocket close code
 //! with a reason) and counted in `seqsync_refused_total{reason=…}`:
 //!

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use seqsync_engine::LimitsConfig;
+use crate::config::ServerLimits;
 
 use super::{millis, refused};
 
@@ -23,7 +23,7 @@ pub(crate) struct TimedSession {
 }
 
 impl TimedSession {
-    pub(crate) fn new(inner: actix_ws::Session, limits: &LimitsConfig) -> Self {
+    pub(crate) fn new(inner: actix_ws::Session, limits: &ServerLimits) -> Self {
         Self {
             inner,
             timeout: millis(limits.ws_send_timeout_ms),

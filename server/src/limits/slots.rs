@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::config::ServerLimits;
 use actix_web::http::StatusCode;
-use seqsync_engine::LimitsConfig;
 
 use crate::error::ApiError;
 
@@ -29,7 +29,7 @@ impl ConnectionLimits {
     /// the returned guard drops (the socket's task ends).
     pub(crate) fn admit(
         self: &Arc<Self>,
-        limits: &LimitsConfig,
+        limits: &ServerLimits,
         collection: &str,
     ) -> Result<ConnectionSlot, ApiError> {
         let mut per_collection = match self.per_collection.lock() {
@@ -106,10 +106,10 @@ mod tests {
     /// Slots are per collection and in total, and come back on drop.
     #[test]
     fn connection_slots_are_counted_and_given_back() {
-        let limits = LimitsConfig {
+        let limits = ServerLimits {
             max_connections: 3,
             max_connections_per_collection: 2,
-            ..LimitsConfig::default()
+            ..ServerLimits::default()
         };
         let counter = Arc::new(ConnectionLimits::default());
         let a1 = counter.admit(&limits, "a").unwrap();

@@ -258,7 +258,7 @@ impl Connection {
                     origin: None,
                     schema_version: self.schema_version,
                 };
-                let token = self.state.engine.config().server.write_token.clone();
+                let token = self.state.server.write_token.clone();
                 pushes.push(Box::pin(async move {
                     let schema_version = options.schema_version;
                     match engine.push(&collection, &doc, update.clone(), options).await {

@@ -1,4 +1,4 @@
-//! Hostile clients against the real `seqsync-server` binary on loopback
+//! Hostile clients against the real server (`seqsync serve`) on loopback
 //! (issue 16, item 6). Each case attacks the way a client holding (or not
 //! holding) a token could, and asserts three things: the attacker gets the
 //! documented answer (a status with the JSON error body, or a close code
@@ -8,7 +8,7 @@
 //!
 //! The limits are lowered through `SEQSYNC_LIMITS_*` so the suite runs in
 //! well under a minute; the heavier variants (10,000 idle sockets) are
-//! `#[ignore]`d: `cargo test -p seqsync-server --test hostile -- --ignored`.
+//! `#[ignore]`d: `cargo test -p seqsync-cli --test hostile -- --ignored`.
 //! Every case prints what it measured (`--nocapture` shows it).
 
 #![allow(clippy::result_large_err)] // tungstenite's and ureq's errors, as they come
@@ -43,8 +43,9 @@ impl Server {
     /// lowered limits, then `env` on top.
     fn start(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_seqsync-server"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seqsync"));
         command
+            .arg("serve")
             .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
             .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
             .env("SEQSYNC_SERVER_TOKEN_SECRET", SECRET)

@@ -1,0 +1,477 @@
+//! `HostConfig`: the host server's whole configuration file, the engine's
+//! sections and the server's own.
+//!
+//! Configuration by owner: the engine reads `[storage]`, `[compaction]`,
+//! `[actors]`, `[schema]` and its keys of `[limits]` (sizes of updates,
+//! batches and pages); the server reads `[server]` (address, tokens, TLS,
+//! static files) and its keys of `[limits]` (connections, messages, bodies,
+//! timeouts). Operators see one file and one `[limits]` section, as they
+//! always have; in code each owner holds its own struct and checks its own
+//! keys. [`HostConfig`] joins them: the server's `[limits]` keys are the
+//! ones [`ServerLimits`] has (nothing lists them by hand), the rest of the
+//! section is the engine's.
+//!
+//! Reading the file and the `SEQSYNC_*` variables is the engine's
+//! [`seqsync_engine::config_file`], shared with the engine's own
+//! configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use seqsync_engine::config_file::{self, check_range};
+use seqsync_engine::{config_key, ConfigError, ConfigFile, EngineConfig};
+
+/// The host server's configuration: the engine's and the server's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// `[storage]`, `[compaction]`, `[actors]`, `[schema]` and the engine's
+    /// keys of `[limits]`.
+    pub engine: EngineConfig,
+    /// `[server]`: address, tokens, TLS, static files.
+    pub server: ServerConfig,
+    /// The server's keys of `[limits]`: connections, messages, bodies and
+    /// timeouts.
+    pub limits: ServerLimits,
+}
+
+impl HostConfig {
+    /// Reads `file` if given (else starts from the defaults), then applies
+    /// the process's `SEQSYNC_*` environment variables, then validates.
+    ///
+    /// Blocking (reads a file). Errors: [`ConfigError`] naming the file,
+    /// key or variable at fault.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        config_file::load(file)
+    }
+
+    /// Parses and validates a TOML document. `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        config_file::from_toml_str(text, origin)
+    }
+
+    /// Applies every `SEQSYNC_<SECTION>_<KEY>` variable of `vars` (others
+    /// are ignored) and validates the result. A variable that names no key,
+    /// or a value of the wrong type, is an error naming the variable.
+    pub fn with_env(
+        self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        config_file::with_env(self, vars)
+    }
+
+    /// Checks every section, then what the engine's and the server's keys
+    /// must agree on. Errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate()?;
+        self.server.validate()?;
+        self.limits.validate()?;
+        let max_update_bytes = self.engine.limits.max_update_bytes;
+        if self.limits.max_message_bytes < max_update_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_message_bytes",
+                message: "must be at least limits.max_update_bytes, or a /yws client \
+                          could not send an update the engine accepts"
+                    .to_owned(),
+            });
+        }
+        if self.limits.max_body_bytes < max_update_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_body_bytes",
+                message: "must be at least limits.max_update_bytes, or an update the \
+                          engine accepts could not be pushed"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ConfigFile for HostConfig {
+    fn to_table(&self) -> Result<toml::Table, String> {
+        let mut table = self.engine.to_table()?;
+        table.insert(
+            "server".to_owned(),
+            toml::Value::Table(config_file::table_of(&self.server)?),
+        );
+        let limits = table
+            .entry("limits")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(limits) = limits {
+            limits.extend(config_file::table_of(&self.limits)?);
+        }
+        Ok(table)
+    }
+
+    fn from_table(mut table: toml::Table) -> Result<Self, String> {
+        let server = match table.remove("server") {
+            None => ServerConfig::default(),
+            Some(toml::Value::Table(server)) => {
+                config_file::table_into(server).map_err(|message| format!("[server]: {message}"))?
+            }
+            Some(_) => return Err("`server` must be a section ([server])".to_owned()),
+        };
+        // The server's keys of `[limits]` are the ones `ServerLimits` has;
+        // whatever else the section holds is the engine's to accept or
+        // refuse.
+        let server_keys = config_file::table_of(&ServerLimits::default())?;
+        let mut limits = toml::Table::new();
+        if let Some(toml::Value::Table(shared)) = table.get_mut("limits") {
+            for key in server_keys.keys() {
+                if let Some(value) = shared.remove(key) {
+                    limits.insert(key.clone(), value);
+                }
+            }
+        }
+        let limits =
+            config_file::table_into(limits).map_err(|message| format!("[limits]: {message}"))?;
+        Ok(Self {
+            engine: EngineConfig::from_table(table)?,
+            server,
+            limits,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        HostConfig::validate(self)
+    }
+}
+
+/// `[server]` section: the host server's address, tokens, TLS and static
+/// files. Its `Debug` hides the tokens and the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket address to listen on; default `127.0.0.1:8787`.
+    pub listen: String,
+    /// Bearer token that grants reads (`Authorization: Bearer <token>`);
+    /// empty (the default) with an empty `write_token` turns auth off.
+    pub read_token: String,
+    /// Bearer token that grants reads and writes; empty = none.
+    pub write_token: String,
+    /// This node's URL as other nodes and clients reach it (e.g.
+    /// `http://10.0.0.7:8787`), for several nodes on one PostgreSQL
+    /// database: it names the node in leases (unless `storage.node_id` is
+    /// set), and a node that does not own a collection answers a write
+    /// with a 307 to the owner's. Empty (the default): writes to a
+    /// non-owner answer 503 with `Retry-After`.
+    pub advertise_url: String,
+    /// Signed client tokens (JWT, HS256) are verified with this secret;
+    /// empty (the default): none. Never logged.
+    pub token_secret: String,
+    /// Signed client tokens (JWT, EdDSA) are verified with this Ed25519
+    /// public key (PEM text, or a path to a PEM file); empty: none. Set at
+    /// most one of `token_secret` and `token_public_key`.
+    pub token_public_key: String,
+    /// Directory of static files served at `/` (the demo editor that
+    /// `npm run build` writes to `demo/dist`), relative to the working
+    /// directory; default `demo/dist`, so the server started from a
+    /// checkout serves the demo. Paths without a file there get its
+    /// `index.html`; while it has none, `/` answers a page naming the
+    /// command that builds it. Empty: nothing is served at `/`.
+    pub static_dir: PathBuf,
+    /// TLS: the server's certificate chain (PEM file). With `tls_key_path`
+    /// set too, the server speaks only HTTPS and WSS on `listen`; both empty
+    /// (the default): plain HTTP, for a server behind a TLS proxy or on
+    /// loopback.
+    pub tls_cert_path: PathBuf,
+    /// TLS: the private key of `tls_cert_path` (PEM file: PKCS#8, PKCS#1
+    /// or SEC1). Never logged.
+    pub tls_key_path: PathBuf,
+}
+
+impl ServerConfig {
+    /// Checks `[server]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls_cert_path.as_os_str().is_empty() != self.tls_key_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "server.tls_cert_path",
+                message: "set both server.tls_cert_path and server.tls_key_path for TLS, \
+                          or neither for plain HTTP"
+                    .to_owned(),
+            });
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "server.listen",
+                message: format!(
+                    "{:?} is not a socket address such as 127.0.0.1:8787",
+                    self.listen
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8787".to_owned(),
+            read_token: String::new(),
+            write_token: String::new(),
+            advertise_url: String::new(),
+            token_secret: String::new(),
+            token_public_key: String::new(),
+            static_dir: PathBuf::from("demo/dist"),
+            tls_cert_path: PathBuf::new(),
+            tls_key_path: PathBuf::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |s: &str| if s.is_empty() { "" } else { "***" };
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("read_token", &hidden(&self.read_token))
+            .field("write_token", &hidden(&self.write_token))
+            .field("advertise_url", &self.advertise_url)
+            .field("token_secret", &hidden(&self.token_secret))
+            .field("token_public_key", &self.token_public_key.len())
+            .field("static_dir", &self.static_dir)
+            .field("tls_cert_path", &self.tls_cert_path)
+            .field("tls_key_path", &self.tls_key_path)
+            .finish()
+    }
+}
+
+/// The server's keys of the `[limits]` section: what one client may cost
+/// the host (connections, message and body sizes, timeouts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// The host server's open WebSockets (`/yws` and `subscribe`) in
+    /// total; one more is answered 503 `too_many_connections`; default
+    /// 16,384 (each holds a file descriptor: the process's limit must
+    /// allow it). Each WebSocket carries exactly one subscription.
+    pub max_connections: u64,
+    /// Open WebSockets on one collection; one more is answered 503
+    /// `too_many_connections`; default 8,192 (4,000 rooms of a writer and
+    /// an observer, `yws_load`'s largest step, fit).
+    pub max_connections_per_collection: u64,
+    /// Largest WebSocket message a client may send (a frame, or the
+    /// fragments of one message together); a larger one closes the socket
+    /// with 1009 (message too big); default 8 MiB + 64 KiB (one update of
+    /// `max_update_bytes` and its framing).
+    pub max_message_bytes: u64,
+    /// Largest request body on every HTTP route (413 `too_large`); default
+    /// 17 MiB (a batch of base64 updates).
+    pub max_body_bytes: u64,
+    /// The longest a client may take to send a request's headers (slow
+    /// loris): the connection is answered 408 and closed; default 5,000.
+    pub client_request_timeout_ms: u64,
+    /// The longest a client may take to send a request's body (408
+    /// `body_timeout`); default 30,000.
+    pub body_timeout_ms: u64,
+    /// Awareness messages per second one `/yws` connection may send (the
+    /// budget refills at this rate and holds two seconds' worth); further
+    /// ones are dropped and counted; default 20.
+    pub awareness_messages_per_sec: u64,
+    /// Interval of the server's WebSocket pings; default 15,000.
+    pub ws_ping_interval_ms: u64,
+    /// A WebSocket from which nothing (not even a pong) arrived for this
+    /// long is closed (1001 going away, reason `idle`); default 60,000.
+    pub ws_idle_timeout_ms: u64,
+    /// A WebSocket whose client does not take a message for this long (it
+    /// stopped reading) is closed (1008, reason `slow_reader`), so it holds
+    /// at most a bounded queue meanwhile; default 10,000.
+    pub ws_send_timeout_ms: u64,
+}
+
+impl ServerLimits {
+    /// Checks the server's keys of `[limits]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_1 = |key| check_range(key, 1, u64::MAX);
+        at_least_1(config_key!("limits", self.max_connections))?;
+        at_least_1(config_key!("limits", self.max_connections_per_collection))?;
+        at_least_1(config_key!("limits", self.max_message_bytes))?;
+        at_least_1(config_key!("limits", self.max_body_bytes))?;
+        at_least_1(config_key!("limits", self.client_request_timeout_ms))?;
+        at_least_1(config_key!("limits", self.body_timeout_ms))?;
+        at_least_1(config_key!("limits", self.awareness_messages_per_sec))?;
+        at_least_1(config_key!("limits", self.ws_ping_interval_ms))?;
+        at_least_1(config_key!("limits", self.ws_idle_timeout_ms))?;
+        at_least_1(config_key!("limits", self.ws_send_timeout_ms))?;
+        if self.ws_idle_timeout_ms <= self.ws_ping_interval_ms {
+            return Err(ConfigError::Invalid {
+                key: "limits.ws_idle_timeout_ms",
+                message: "must be longer than limits.ws_ping_interval_ms, or every \
+                          socket would time out between two pings"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_connections_per_collection: 8_192,
+            max_message_bytes: (8 << 20) + (64 << 10),
+            max_body_bytes: 17 << 20,
+            client_request_timeout_ms: 5_000,
+            body_timeout_ms: 30_000,
+            awareness_messages_per_sec: 20,
+            ws_ping_interval_ms: 15_000,
+            ws_idle_timeout_ms: 60_000,
+            ws_send_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Every key is optional: an empty file is the documented defaults of
+    /// every owner.
+    #[test]
+    fn empty_file_gives_every_owners_defaults() {
+        let config = HostConfig::from_toml_str("", "test").unwrap();
+        assert_eq!(config, HostConfig::default());
+        assert_eq!(config.server.listen, "127.0.0.1:8787");
+        assert_eq!(config.limits.max_connections, 16_384);
+        assert_eq!(config.engine.limits.max_update_bytes, 8_388_608);
+    }
+
+    /// Operators keep one `[limits]` section: its keys go to the owner that
+    /// reads them, and a typo there is still refused.
+    #[test]
+    fn one_limits_section_serves_both_owners() {
+        let text = r#"
+            [storage]
+            backend = "redb"
+            [limits]
+            max_update_bytes = 100
+            max_connections = 7
+            ws_ping_interval_ms = 10
+            ws_idle_timeout_ms = 20
+            [server]
+            listen = "127.0.0.1:9000"
+        "#;
+        let config = HostConfig::from_toml_str(text, "test").unwrap();
+        assert_eq!(config.engine.limits.max_update_bytes, 100);
+        assert_eq!(config.limits.max_connections, 7);
+        assert_eq!(config.server.listen, "127.0.0.1:9000");
+        assert_eq!(config.engine.storage.path, PathBuf::from("./seqsync-data"));
+
+        let err = HostConfig::from_toml_str("[limits]\n\nmax_connection = 5\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_connection") && err.contains("f.toml") && err.contains("line 3"),
+            "{err}"
+        );
+        let err = HostConfig::from_toml_str("[server]\nlisten_on = \"x\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_on"), "{err}");
+        let err = HostConfig::from_toml_str("[server]\nlisten = \"nope\"\n", "f.toml").unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                key: "server.listen",
+                ..
+            }
+        ));
+    }
+
+    /// The server's limits must admit what the engine accepts; the check
+    /// spans two owners, so the host makes it.
+    #[test]
+    fn limits_that_must_agree_across_owners_are_checked() {
+        let err = HostConfig::from_toml_str(
+            "[limits]\nmax_update_bytes = 2000\nmax_body_bytes = 1000\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                key: "limits.max_body_bytes",
+                ..
+            }
+        ));
+    }
+
+    /// Environment variables reach every owner's keys by the same names as
+    /// before the split.
+    #[test]
+    fn env_overrides_reach_every_owner() {
+        let config = HostConfig::default()
+            .with_env(env(&[
+                ("SEQSYNC_STORAGE_BACKEND", "redb"),
+                ("SEQSYNC_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("SEQSYNC_LIMITS_MAX_CONNECTIONS", "12"),
+                ("SEQSYNC_LIMITS_STREAM_PAGE_LIMIT", "30"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            config.engine.storage.backend,
+            seqsync_engine::BackendKind::Redb
+        );
+        assert_eq!(config.server.listen, "127.0.0.1:9000");
+        assert_eq!(config.limits.max_connections, 12);
+        assert_eq!(config.engine.limits.stream_page_limit, 30);
+        let err = HostConfig::default()
+            .with_env(env(&[("SEQSYNC_LIMITS_WS_IDLE_TIMEOUT_MS", "0")]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                key: "limits.ws_idle_timeout_ms",
+                ..
+            }
+        ));
+        let err = HostConfig::default()
+            .with_env(env(&[("SEQSYNC_SERVER_COLOR", "red")]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv { .. }), "{err}");
+    }
+
+    /// Every key an error names must be one the file can set.
+    #[test]
+    fn every_key_a_check_names_exists() {
+        let table = HostConfig::default().to_table().unwrap();
+        let mut checked = 0;
+        for (section, keys) in &table {
+            for (key, value) in keys.as_table().unwrap() {
+                if !value.is_integer() {
+                    continue;
+                }
+                let mut tree = table.clone();
+                tree[section.as_str()]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert(key.clone(), toml::Value::Integer(0));
+                let Ok(config) = HostConfig::from_table(tree) else {
+                    continue;
+                };
+                if let Err(ConfigError::Invalid { key: named, .. }) = config.validate() {
+                    assert!(
+                        table[named.split('.').next().unwrap()]
+                            .as_table()
+                            .unwrap()
+                            .contains_key(named.split('.').nth(1).unwrap()),
+                        "{named} is not a key of the file"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 15, "only {checked} checks fired");
+    }
+}
