@@ -7,8 +7,7 @@
 //! cargo bench -- push_acked         # one group
 //! ```
 
-#[path = "support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use seqsync::{BackendKind, Durability, Engine, EngineConfig, PushOptions};

@@ -21,8 +21,7 @@
 //! Trace data: CC BY 4.0, Joseph Gentle (seph-blog1, friendsforever) and
 //! Martin Kleppmann (automerge-paper); see `benches/traces/README.md`.
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use std::sync::Arc;
 use std::time::Instant;

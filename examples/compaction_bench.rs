@@ -11,8 +11,7 @@
 //! cargo run --release --example compaction_bench -- --trace seph-blog1 --backend redb
 //! ```
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use std::time::Instant;
 

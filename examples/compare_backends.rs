@@ -25,10 +25,8 @@
 //! Trace data: CC BY 4.0, Joseph Gentle (seph-blog1, friendsforever) and
 //! Martin Kleppmann (automerge-paper); see `benches/traces/README.md`.
 
-#[path = "../adapters/tests/support/postgres.rs"]
-mod pg;
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::postgres as pg;
+use seqsync_testkit::traces;
 
 use std::path::Path;
 use std::sync::Arc;

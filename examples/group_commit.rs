@@ -12,8 +12,7 @@
 //! client typing into its own document; 64 writers spread over 16
 //! collections × 4 documents.
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use std::time::Instant;
 

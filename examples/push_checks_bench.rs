@@ -17,8 +17,7 @@
 //! cargo run --release --example push_checks_bench -- --trace seph-blog1
 //! ```
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use std::time::{Duration, Instant};
 

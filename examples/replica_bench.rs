@@ -16,8 +16,7 @@
 //! Trace data: CC BY 4.0, Martin Kleppmann (automerge-paper), Joseph Gentle
 //! (friendsforever); see `benches/traces/README.md`.
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use std::time::Instant;
 

@@ -16,10 +16,8 @@
 //! so each node owns the ones its writers write (a collection's lease goes
 //! to the first node that writes it).
 
-#[path = "../adapters/tests/support/postgres.rs"]
-mod pg;
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::postgres as pg;
+use seqsync_testkit::traces;
 
 use std::time::Instant;
 

@@ -50,8 +50,7 @@
 //! y-websocket handshake; time to synced is from the start of its connect to
 //! the full state received.
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ pub use seqsync_adapters::{
 };
 /// Bundles: export, import, verify, backup and restore (docs/BUNDLES.md).
 pub use seqsync_engine::bundle;
-/// Schema migrations (README, "Schema versions and migrations"): [`migration::Migrations`] and what it
+/// Schema migrations (docs/SCHEMA.md): [`migration::Migrations`] and what it
 /// guarantees.
 pub use seqsync_engine::migration;
 pub use seqsync_engine::{

@@ -3,8 +3,7 @@
 //! (`docs/BUNDLES.md`). Stores are real files (SQLite,
 //! redb) or memory; bundles are real files in a temporary directory.
 
-#[path = "../actors/tests/common/mod.rs"]
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -30,8 +30,7 @@
 //! `acked_pushes_survive_many_sigkills` runs 50 per backend and mode:
 //! `cargo test --release --test crash -- --ignored many_sigkills --nocapture`.
 
-#[path = "../actors/tests/common/mod.rs"]
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};

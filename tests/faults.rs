@@ -18,8 +18,7 @@
 //! The number of faults injected per backend is printed (docs/RELIABILITY.md
 //! reports it).
 
-#[path = "../actors/tests/common/mod.rs"]
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

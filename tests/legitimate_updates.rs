@@ -5,8 +5,7 @@
 //!
 //! Trace data: CC BY 4.0, see `benches/traces/README.md`.
 
-#[path = "../benches/support/traces.rs"]
-mod traces;
+use seqsync_testkit::traces;
 
 #[test]
 fn every_update_of_every_trace_is_accepted() {

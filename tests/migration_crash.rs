@@ -22,8 +22,7 @@
 //! Seeds: the kill delays come from a seed the test prints
 //! (`TEST_SEED=<n>` replays).
 
-#[path = "../actors/tests/common/mod.rs"]
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;

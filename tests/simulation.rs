@@ -40,8 +40,7 @@
 //! CI runs a fixed set of seeds; `many_seeds` (ignored) runs thousands:
 //! `SIM_SEEDS=2000 cargo test --release --test simulation many_seeds -- --ignored`.
 
-#[path = "../actors/tests/common/mod.rs"]
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};

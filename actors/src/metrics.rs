@@ -48,7 +48,7 @@ pub const ACTIVE_PEERS: &str = "seqsync_active_peers";
 /// Counter, label `kind`: errors answered, by code.
 pub const ERRORS: &str = "seqsync_errors_total";
 /// Counter: documents a schema migration has gone through when a store was
-/// opened (README, "Schema versions and migrations").
+/// opened (docs/SCHEMA.md).
 pub const MIGRATED_DOCUMENTS: &str = "seqsync_migrated_documents_total";
 /// Counter: pushes from older clients upgraded on ingest (the steps from the
 /// client's version ran on the document).

@@ -6,7 +6,7 @@
 //! changes ≤ c, applying `changes(after = c)` to the end, must reach the
 //! server's state. Random tests print their seed (`TEST_SEED=` replays).
 
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

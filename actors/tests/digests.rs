@@ -4,7 +4,7 @@
 //! the head survives compaction and is what a `changes` page reports at its
 //! cursor; documents with pending structures have no digest.
 
-mod common;
+use seqsync_testkit::harness as common;
 
 use common::{Client, Rng};
 use seqsync_actors::{Engine, PushOptions};

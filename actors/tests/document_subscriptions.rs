@@ -5,7 +5,7 @@
 //! documents of the collection. Random tests print their seed (replay with
 //! `TEST_SEED=`).
 
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! the `engine_suite!` macro at the bottom. Each test guards one promise of
 //! docs/DESIGN.md, "Concepts and invariants" and "Operations"; random ones print their seed (replay with `TEST_SEED=`).
 
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

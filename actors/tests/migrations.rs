@@ -7,10 +7,9 @@
 //! v1 has `title`, v2 renames it `name` and adds `status`, v3 marks
 //! `history` and the content's heading.
 
-mod common;
+use seqsync_testkit::harness as common;
 
-#[path = "../../engine/tests/support/notes_schema.rs"]
-mod notes;
+use seqsync_testkit::notes_schema as notes;
 
 use std::collections::HashMap;
 use std::sync::Arc;

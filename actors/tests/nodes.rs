@@ -5,7 +5,7 @@
 //! first waits for B's lease, then continues the log without a gap. Real
 //! throwaway PostgreSQL cluster (`adapters/tests/support/postgres.rs`).
 
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::time::Duration;
 

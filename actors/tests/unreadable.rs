@@ -4,7 +4,7 @@
 //! typed error naming the document, its neighbours are served as usual,
 //! and the same push today is refused before anything is stored.
 
-mod common;
+use seqsync_testkit::harness as common;
 
 use std::collections::HashMap;
 

@@ -7,8 +7,7 @@
 //! states one of them and fails if a backend breaks it. A new backend gets the
 //! whole suite by adding one line to the macro call.
 
-#[path = "support/postgres.rs"]
-mod pg;
+use seqsync_testkit::postgres as pg;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,8 +5,7 @@
 //! (`support/postgres.rs`), and reaches into the tables with a plain client
 //! where it plays a paused node or an operator.
 
-#[path = "support/postgres.rs"]
-mod pg;
+use seqsync_testkit::postgres as pg;
 
 use seqsync_adapters::{PostgresStorage, POSTGRES_SCHEMA_VERSION};
 use seqsync_engine::{

@@ -15,8 +15,7 @@
 //! goes back along the log — so no commit was accepted from a node without
 //! the current token.
 
-#[path = "../../adapters/tests/support/postgres.rs"]
-mod pg;
+use seqsync_testkit::postgres as pg;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};

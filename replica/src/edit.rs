@@ -110,7 +110,7 @@ impl<T: Transport> Replica<T> {
         let _guard = self.writer.lock().await;
         let version = self.editable_version(&c).await?;
         let key = (c.clone(), d.clone());
-        let cached = self.editing.lock().ok().and_then(|mut e| e.remove(&key));
+        let cached = self.editing.lock().ok().and_then(|mut e| e.pop(&key));
         let working = match cached {
             Some(doc) => doc,
             None => {
@@ -151,17 +151,14 @@ impl<T: Transport> Replica<T> {
 
     pub(crate) fn keep(&self, key: (CollectionName, DocId), doc: Doc) {
         if let Ok(mut editing) = self.editing.lock() {
-            if editing.len() >= MAX_CACHED_DOCS {
-                editing.clear();
-            }
-            editing.insert(key, doc);
+            editing.put(key, doc);
         }
     }
 
     /// Drops a document from the edit cache (it changed some other way).
     pub(crate) fn forget(&self, c: &CollectionName, d: &DocId) {
         if let Ok(mut editing) = self.editing.lock() {
-            editing.remove(&(c.clone(), d.clone()));
+            editing.pop(&(c.clone(), d.clone()));
         }
     }
 

@@ -132,7 +132,15 @@ impl<T: Transport> Replica<T> {
         };
         self.commit_with_state(c, &state, writes)?;
         if let Ok(mut editing) = self.editing.lock() {
-            editing.retain(|(collection, _), _| collection != c);
+            let stale: Vec<_> = editing
+                .iter()
+                .map(|(key, _)| key)
+                .filter(|(collection, _)| collection == c)
+                .cloned()
+                .collect();
+            for key in stale {
+                editing.pop(&key);
+            }
         }
         Ok((state, migrated))
     }

@@ -93,7 +93,7 @@ pub struct Replica<T: Transport> {
     /// id so an edit does not replay the document from the local store each
     /// time (at most `MAX_CACHED_DOCS`; a pull or a raw local update of a
     /// document drops its entry).
-    pub(crate) editing: std::sync::Mutex<HashMap<(CollectionName, DocId), Doc>>,
+    pub(crate) editing: std::sync::Mutex<lru::LruCache<(CollectionName, DocId), Doc>>,
     /// Woken by every local edit, so a live `follow` pushes it at once.
     pub(crate) local_edits: tokio::sync::Notify,
     /// Each collection's sync state and its state document as last
@@ -203,7 +203,10 @@ impl<T: Transport> Replica<T> {
             }),
             migrations: options.migrations.unwrap_or_default(),
             writer: Mutex::new(()),
-            editing: std::sync::Mutex::new(HashMap::new()),
+            editing: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(crate::edit::MAX_CACHED_DOCS)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             local_edits: tokio::sync::Notify::new(),
             states: std::sync::Mutex::new(HashMap::new()),
         })

@@ -1,5 +1,5 @@
 //! Engine errors as HTTP answers: `{"error":{"code","message"}}` with a status
-//! that fits (README, "The host server"): 400 bad input, 401/403 auth, 404 unknown document,
+//! that fits (docs/SERVER.md, "Errors"): 400 bad input, 401/403 auth, 404 unknown document,
 //! 409 deleted / schema mismatch / reset, 413 too large, 503 storage failure.
 
 use actix_web::http::StatusCode;

@@ -1,4 +1,4 @@
-//! seqsync-server: the host server (README, "The host server"), built on actix-web.
+//! seqsync-server: the host server (docs/SERVER.md), built on actix-web.
 //!
 //! It is the proof that the engine embeds cleanly: everything here is HTTP
 //! (routes, bodies, status codes, WebSockets, auth, metrics export); every

@@ -1,6 +1,7 @@
-//! The HTTP routes of the README's "The host server". Each handler authorizes, validates what HTTP
-//! owns (bodies, headers, query strings), calls the engine and maps its
-//! answer; the engine validates names, updates and limits itself.
+//! The HTTP routes of docs/SERVER.md ("Routes"). Each handler authorizes,
+//! validates what HTTP owns (bodies, headers, query strings), calls the
+//! engine and maps its answer; the engine validates names, updates and
+//! limits itself.
 
 use actix_web::http::header::{ContentType, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};

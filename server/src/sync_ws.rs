@@ -30,13 +30,15 @@
 //! for its document, each ack for the collection; a refusal answers that
 //! frame alone and the socket stays open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use lru::LruCache;
 use seqsync_actors::{PushOptions, StreamEvent, Subscription};
 use seqsync_engine::{Change, Epoch, ReadError};
 use seqsync_protocol::sync::{encode_changes, ChangeRef, ClientFrame, Hello, ServerFrame};
@@ -60,8 +62,8 @@ const MAX_CHANGES_PER_FRAME: usize = 256;
 /// A `changes` frame is closed once its payloads reach this (a single
 /// larger change still goes alone).
 const MAX_FRAME_PAYLOAD_BYTES: usize = 1 << 20;
-/// Documents whose write permission a socket remembers; past this the
-/// cache is cleared (a token check is a few microseconds).
+/// Documents whose write permission a socket remembers; past this the least
+/// recently asked is forgotten (a token check is a few microseconds).
 const MAX_CACHED_PERMISSIONS: usize = 4096;
 
 pub(crate) async fn connect(
@@ -95,7 +97,9 @@ pub(crate) async fn connect(
         peer: None,
         schema_version: None,
         docs: None,
-        may_write: HashMap::new(),
+        may_write: LruCache::new(
+            NonZeroUsize::new(MAX_CACHED_PERMISSIONS).unwrap_or(NonZeroUsize::MIN),
+        ),
         may_write_collection: false,
         through: 0,
         checksum: None,
@@ -124,7 +128,7 @@ struct SyncConnection {
     /// The hello's documents (`None`: the whole collection).
     docs: Option<HashSet<String>>,
     /// Documents whose write permission was checked.
-    may_write: HashMap<String, bool>,
+    may_write: LruCache<String, bool>,
     /// Whether the token may write every document of the collection.
     may_write_collection: bool,
     /// The stream is complete through this seq ...
@@ -456,10 +460,7 @@ impl SyncConnection {
                 &AccessRequest::document(&self.collection, doc, Operation::Write),
             )
             .is_ok();
-        if self.may_write.len() >= MAX_CACHED_PERMISSIONS {
-            self.may_write.clear();
-        }
-        self.may_write.insert(doc.to_owned(), allowed);
+        self.may_write.put(doc.to_owned(), allowed);
         allowed
     }
 

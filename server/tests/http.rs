@@ -1,6 +1,7 @@
 //! The host server over real HTTP and WebSockets on loopback: every route of
-//! the README's route table, the bad inputs of docs/DESIGN.md, auth, the subscribe and y-websocket
-//! streams, and a SIGKILL restart of the real binary.
+//! docs/SERVER.md's route table, the bad inputs of docs/DESIGN.md, auth,
+//! and the subscribe and y-websocket streams. (The server as a process,
+//! SIGKILLed and restarted, is `cli/tests/serve.rs`.)
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,8 +10,7 @@ use base64::Engine as _;
 use seqsync_engine::BackendKind;
 use seqsync_server::{HostConfig, ServerThread};
 
-#[path = "../../engine/tests/support/notes_schema.rs"]
-mod notes;
+use seqsync_testkit::notes_schema as notes;
 use serde_json::{json, Value};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -139,7 +139,7 @@ fn text_of(update: &[u8]) -> String {
 mod routes {
     use super::*;
 
-    /// Every REST route answers as the README's route table says, on every disk backend.
+    /// Every REST route answers as docs/SERVER.md's route table says, on every disk backend.
     fn every_route_round_trips(kind: BackendKind) {
         let h = Harness::start(kind, |_| {});
         let c = Client::new(1);

@@ -6,8 +6,7 @@
 //! continuing the log without a gap. Real servers on loopback, a real
 //! throwaway PostgreSQL cluster (`adapters/tests/support/postgres.rs`).
 
-#[path = "../../adapters/tests/support/postgres.rs"]
-mod pg;
+use seqsync_testkit::postgres as pg;
 
 use seqsync_engine::BackendKind;
 use seqsync_server::{HostConfig, ServerThread};

@@ -23,12 +23,13 @@ mod rows;
 mod schema;
 mod write;
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use lru::LruCache;
 use rows::{clamp_limit, collect_changes, meta_from_row, read_meta, to_i64};
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use schema::{check_or_create_schema, head_of, PAGE_SIZE_BYTES, WAL_AUTOCHECKPOINT_PAGES};
@@ -61,11 +62,11 @@ struct WriterState {
     /// per commit, which for hundreds of busy collections was a third of the
     /// writer's time). Updated only after a commit succeeds, cleared when
     /// one fails.
-    known: HashMap<CollectionName, (i64, CollectionMeta)>,
+    known: LruCache<CollectionName, (i64, CollectionMeta)>,
 }
 
-/// Collections whose metadata the writer keeps (beyond this it forgets all
-/// and reads them again).
+/// Collections whose metadata the writer keeps (beyond this it forgets the
+/// least recently written and reads it again when it is next written).
 const MAX_KNOWN_COLLECTIONS: usize = 65_536;
 
 /// A [`Storage`] on SQLite. See the module docs for layout and durability.
@@ -126,7 +127,9 @@ impl SqliteStorage {
             durability,
             writer: Mutex::new(WriterState {
                 conn: writer,
-                known: HashMap::new(),
+                known: LruCache::new(
+                    NonZeroUsize::new(MAX_KNOWN_COLLECTIONS).unwrap_or(NonZeroUsize::MIN),
+                ),
             }),
             readers: Mutex::new(Vec::new()),
             _lock: lock,
@@ -433,10 +436,9 @@ impl Storage for SqliteStorage {
             known.clear();
             return Err(sql_error("committing", err));
         }
-        if known.len() + after.len() > MAX_KNOWN_COLLECTIONS {
-            known.clear();
+        for (collection, stored) in after {
+            known.put(collection, stored);
         }
-        known.extend(after);
         Ok(())
     }
 

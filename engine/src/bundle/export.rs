@@ -11,9 +11,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 use yrs::Transact;
+
+use lru::LruCache;
 
 use crate::change::{Change, ChangeKind, Epoch, Seq};
 use crate::digest::{document_digest_at, DocumentDigest, DocumentDigestAt};
@@ -257,19 +260,26 @@ struct StateTerms {
     terms: HashMap<DocId, Option<u64>>,
     /// Documents kept in memory between batches, so a document touched by
     /// every batch is not reloaded from storage each time (at most
-    /// `MAX_EXPORT_CACHED_DOCS`; beyond that the cache starts over).
-    docs: HashMap<DocId, crate::yjs::DocState>,
+    /// `MAX_EXPORT_CACHED_DOCS`, the least recently used forgotten first).
+    docs: LruCache<DocId, crate::yjs::DocState>,
 }
 
 /// Documents an export keeps loaded between batches.
 const MAX_EXPORT_CACHED_DOCS: usize = 64;
 
 impl StateTerms {
-    fn at(storage: &dyn Storage, name: &CollectionName, seq: Seq) -> Result<Self, BundleError> {
-        let mut out = Self {
+    /// No terms, no documents loaded.
+    fn empty() -> Self {
+        Self {
             terms: HashMap::new(),
-            docs: HashMap::new(),
-        };
+            docs: LruCache::new(
+                NonZeroUsize::new(MAX_EXPORT_CACHED_DOCS).unwrap_or(NonZeroUsize::MIN),
+            ),
+        }
+    }
+
+    fn at(storage: &dyn Storage, name: &CollectionName, seq: Seq) -> Result<Self, BundleError> {
+        let mut out = Self::empty();
         if seq > 0 {
             let docs: HashSet<DocId> = storage
                 .documents(name)?
@@ -323,14 +333,11 @@ impl StateTerms {
         }
         for doc in order {
             let changes = by_doc.remove(&doc).unwrap_or_default();
-            if !self.docs.contains_key(&doc) {
-                if self.docs.len() >= MAX_EXPORT_CACHED_DOCS {
-                    self.docs.clear();
-                }
+            if !self.docs.contains(&doc) {
                 let loaded = load_document_through(storage, name, &doc, end)?;
                 match loaded {
                     Some(loaded) => {
-                        self.docs.insert(doc.clone(), loaded.state);
+                        self.docs.put(doc.clone(), loaded.state);
                     }
                     None => {
                         self.terms.remove(&doc);
@@ -380,10 +387,7 @@ fn write_state_batch(
     dir: &Path,
 ) -> Result<(String, u64, u64, String), BundleError> {
     let mut records = Vec::new();
-    let mut terms = StateTerms {
-        terms: HashMap::new(),
-        docs: HashMap::new(),
-    };
+    let mut terms = StateTerms::empty();
     for info in storage.documents(name)? {
         let Some(loaded) = load_document_through(storage, name, &info.doc, head)? else {
             continue;

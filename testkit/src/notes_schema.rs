@@ -1,5 +1,5 @@
 //! The schema of a small notes app, shared by the migration tests of every
-//! crate (included with `#[path]`), so each test migrates the same shapes.
+//! crate, so each test migrates the same shapes.
 //!
 //! - v1: map `note` with `title`; array `tags`; text `content`.
 //! - v2 (step 1 → 2): `title` is renamed `name`, and `status` gets the
@@ -8,8 +8,6 @@
 //!   with `"# "` (a heading mark) once.
 //!
 //! Both steps are re-runnable: they move only what is still in the old shape.
-
-#![allow(dead_code)]
 
 use seqsync_engine::{DocId, Migrations, StepError};
 use yrs::types::ToJson;

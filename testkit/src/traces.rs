@@ -5,8 +5,6 @@
 //! positions count code points; no trace leaves the BMP) and each transaction
 //! becomes one update, as a client would push it.
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +27,7 @@ pub fn traces_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("TRACES_DIR") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/traces")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/traces")
 }
 
 /// Loads `<name>.json.gz` and replays it into updates.
@@ -114,17 +112,17 @@ pub fn typing(client: u64, n: usize) -> Vec<Vec<u8>> {
 /// one stores, with seqs from `first_seq` on. `log_checksum` is 0: a
 /// backend computes it when it appends the change.
 pub fn update_changes(
-    doc: &seqsync::DocId,
+    doc: &seqsync_engine::DocId,
     first_seq: u64,
     updates: &[Vec<u8>],
-) -> Vec<seqsync::Change> {
+) -> Vec<seqsync_engine::Change> {
     updates
         .iter()
         .zip(first_seq..)
-        .map(|(payload, seq)| seqsync::Change {
+        .map(|(payload, seq)| seqsync_engine::Change {
             seq,
             doc: doc.clone(),
-            kind: seqsync::ChangeKind::Update,
+            kind: seqsync_engine::ChangeKind::Update,
             payload: payload.clone(),
             schema_version: 1,
             origin: None,

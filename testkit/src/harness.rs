@@ -1,12 +1,9 @@
 //! Helpers shared by the engine tests: engines on every backend, simulated
 //! Yjs clients, and a seeded random generator whose seed every test prints.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 
-#[path = "../../../adapters/tests/support/postgres.rs"]
-pub mod pg;
+pub use crate::postgres as pg;
 
 use seqsync_actors::Engine;
 use seqsync_engine::{BackendKind, Durability, EngineConfig, Seq, Storage};
@@ -162,6 +159,7 @@ impl Client {
         self.text.get_string(&self.doc.transact())
     }
 
+    #[allow(clippy::len_without_is_empty)] // a text's length, not a collection's
     pub fn len(&self) -> u32 {
         self.text.len(&self.doc.transact())
     }
@@ -208,6 +206,7 @@ impl Rng {
         Rng::new(self.next())
     }
 
+    #[allow(clippy::should_implement_trait)] // an endless generator, not an iterator
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;

@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL cluster for tests: `initdb` into a temporary
 //! directory, `pg_ctl start` on a free loopback port, a fresh database per
-//! test. Shared by every Postgres suite (include it with `#[path]`).
+//! test. Shared by every Postgres suite.
 //!
 //! Why a real server: the backend's whole point is what PostgreSQL does
 //! with concurrent transactions, row locks and `now()`; a fake would test
@@ -11,7 +11,6 @@
 //!
 //! The cluster lives as long as the test process: a watchdog shell stops it
 //! and removes its directory once the process is gone, however it ends.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
