@@ -54,8 +54,9 @@ pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };
 pub use storage::{
-    check_batch_shape, is_covered, plan_collection_write, snapshot_change, AppendMode, ChangesPage,
-    CollectionWrite, CommitWatcher, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
+    check_batch_shape, declared_blocking_thread, is_covered, on_blocking_thread,
+    plan_collection_write, snapshot_change, AppendMode, ChangesPage, CollectionWrite,
+    CommitWatcher, Compaction, PlannedWrite, Storage, WriteBase, WriteBatch,
 };
 pub use yjs::{
     decode_pushed_update, decode_state_vector, decode_update, new_doc, Applied, ApplyError,

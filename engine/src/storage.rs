@@ -134,6 +134,39 @@ pub struct Compaction {
 /// committed to, and its head after that commit.
 pub type CommitWatcher = std::sync::Arc<dyn Fn(&CollectionName, Seq) + Send + Sync>;
 
+thread_local! {
+    /// Whether this thread declared, through [`on_blocking_thread`], that it
+    /// may block on storage although an async runtime is current.
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` declaring that the current thread may block on storage
+/// although an async runtime is current on it: a thread of a runtime's
+/// blocking pool (tokio's `spawn_blocking`), where blocking is what the
+/// thread is for. A backend that refuses blocking calls on a runtime's
+/// threads (PostgreSQL: on a thread driving async tasks it would stall
+/// them) accepts them inside, and still refuses them everywhere else.
+///
+/// Never call it on a thread that drives async tasks: the declaration is
+/// trusted, not checked. Nests; the declaration ends with `work`, even if
+/// it panics.
+pub fn on_blocking_thread<R>(work: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MAY_BLOCK.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(MAY_BLOCK.with(|flag| flag.replace(true)));
+    work()
+}
+
+/// Whether the current thread is inside [`on_blocking_thread`]. For
+/// backends deciding whether a blocking call is allowed here.
+pub fn declared_blocking_thread() -> bool {
+    MAY_BLOCK.with(|flag| flag.get())
+}
+
 /// A storage backend. See the module docs for the model.
 ///
 /// Every method blocks the calling thread on I/O. Implementations must be

@@ -23,7 +23,7 @@ use yrs::{Doc, Transact, TransactionMut, Update};
 use crate::error::ReplicaError;
 use crate::local_log::{append, append_write, Item};
 use crate::local_migration::MIGRATE_BATCH_DOCS;
-use crate::replica::{apply_bytes, doc_id, invalid, name, Replica, LOCAL, MIGRATION};
+use crate::replica::{apply_bytes, doc_id, invalid, name, Local, Replica, LOCAL, MIGRATION};
 use crate::report::LocalCompaction;
 use crate::transport::Transport;
 
@@ -50,12 +50,15 @@ impl<T: Transport> Replica<T> {
         })?;
         let _guard = self.writer.lock().await;
         let version = self.editable_version(&c).await?;
-        self.forget(&c, &d);
-        append(
-            &*self.storage,
-            &c,
-            vec![Item::new(d, update, LOCAL, version)],
-        )?;
+        self.local.forget(&c, &d);
+        self.blocking(move |local| {
+            append(
+                &*local.storage,
+                &c,
+                vec![Item::new(d, update, LOCAL, version)],
+            )
+        })
+        .await?;
         self.local_edits.notify_one();
         Ok(())
     }
@@ -87,9 +90,10 @@ impl<T: Transport> Replica<T> {
             .map(|(d, update)| Item::new(d, update, LOCAL, version))
             .collect();
         for item in &items {
-            self.forget(&c, &item.doc);
+            self.local.forget(&c, &item.doc);
         }
-        append(&*self.storage, &c, items)?;
+        self.blocking(move |local| append(&*local.storage, &c, items))
+            .await?;
         self.local_edits.notify_one();
         Ok(())
     }
@@ -110,13 +114,17 @@ impl<T: Transport> Replica<T> {
         let _guard = self.writer.lock().await;
         let version = self.editable_version(&c).await?;
         let key = (c.clone(), d.clone());
-        let cached = self.editing.lock().ok().and_then(|mut e| e.pop(&key));
+        let cached = self.local.editing.lock().ok().and_then(|mut e| e.pop(&key));
         let working = match cached {
             Some(doc) => doc,
             None => {
-                let state = self.local_state(&c, &d)?;
+                let state = {
+                    let (c, d) = (c.clone(), d.clone());
+                    self.blocking(move |local| local.local_state(&c, &d))
+                        .await?
+                };
                 let working = Doc::with_options(yrs::Options {
-                    client_id: yrs::ClientID::new(self.client_id),
+                    client_id: yrs::ClientID::new(self.local.client_id),
                     offset_kind: yrs::OffsetKind::Utf16,
                     ..yrs::Options::default()
                 });
@@ -136,30 +144,15 @@ impl<T: Transport> Replica<T> {
         // Only a committed edit leaves the working copy cached: on a failed
         // commit it is dropped, so memory never runs ahead of the store.
         let Some(update) = update else {
-            self.keep(key, working);
+            self.local.keep(key, working);
             return Ok(Vec::new());
         };
-        append(
-            &*self.storage,
-            &c,
-            vec![Item::new(d, update.clone(), LOCAL, version)],
-        )?;
-        self.keep(key, working);
+        let item = Item::new(d, update.clone(), LOCAL, version);
+        self.blocking(move |local| append(&*local.storage, &c, vec![item]))
+            .await?;
+        self.local.keep(key, working);
         self.local_edits.notify_one();
         Ok(update)
-    }
-
-    pub(crate) fn keep(&self, key: (CollectionName, DocId), doc: Doc) {
-        if let Ok(mut editing) = self.editing.lock() {
-            editing.put(key, doc);
-        }
-    }
-
-    /// Drops a document from the edit cache (it changed some other way).
-    pub(crate) fn forget(&self, c: &CollectionName, d: &DocId) {
-        if let Ok(mut editing) = self.editing.lock() {
-            editing.pop(&(c.clone(), d.clone()));
-        }
     }
 
     /// The local state of a document as one Yjs v1 update (empty document
@@ -167,16 +160,17 @@ impl<T: Transport> Replica<T> {
     ///
     /// Blocking read of the local store. Errors: `InvalidName`, `Local`.
     pub fn document(&self, collection: &str, doc: &str) -> Result<Vec<u8>, ReplicaError> {
-        self.local_state(&name(collection)?, &doc_id(doc)?)
+        self.local.local_state(&name(collection)?, &doc_id(doc)?)
     }
 
     /// The documents of `collection` the replica holds (deleted ones
     /// included, flagged), in id order.
     ///
-    /// Errors: `InvalidName`, `Local`.
+    /// Blocking read of the local store. Errors: `InvalidName`, `Local`.
     pub fn documents(&self, collection: &str) -> Result<Vec<(String, bool)>, ReplicaError> {
         let c = name(collection)?;
         Ok(self
+            .local
             .storage
             .documents(&c)?
             .into_iter()
@@ -186,11 +180,12 @@ impl<T: Transport> Replica<T> {
 
     /// Local edits of `collection` not yet acknowledged by the server.
     ///
-    /// Errors: `InvalidName`, `Local`.
+    /// Blocking read of the local store. Errors: `InvalidName`, `Local`.
     pub fn outbox_len(&self, collection: &str) -> Result<u64, ReplicaError> {
         let c = name(collection)?;
-        let state = self.sync_state(&c)?;
+        let state = self.local.sync_state(&c)?;
         Ok(self
+            .local
             .outbox(&c, &state)?
             .iter()
             .filter(|item| !item.migration)
@@ -204,12 +199,33 @@ impl<T: Transport> Replica<T> {
     /// are. Call it after syncs now and then (the log otherwise keeps every
     /// update, like the server's without compaction).
     ///
-    /// Blocking local I/O, commits of at most 256 documents. Errors:
-    /// `InvalidName`, `Local`, `InvalidUpdate` (a stored change does not
-    /// decode; nothing of that document is changed).
+    /// Local I/O on the blocking pool, commits of at most 256 documents.
+    /// Errors: `InvalidName`, `Local`, `InvalidUpdate` (a stored change
+    /// does not decode; nothing of that document is changed).
     pub async fn compact(&self, collection: &str) -> Result<LocalCompaction, ReplicaError> {
         let c = name(collection)?;
         let _guard = self.writer.lock().await;
+        self.blocking(move |local| local.compact(&c)).await
+    }
+}
+
+impl Local {
+    pub(crate) fn keep(&self, key: (CollectionName, DocId), doc: Doc) {
+        if let Ok(mut editing) = self.editing.lock() {
+            editing.put(key, doc);
+        }
+    }
+
+    /// Drops a document from the edit cache (it changed some other way).
+    pub(crate) fn forget(&self, c: &CollectionName, d: &DocId) {
+        if let Ok(mut editing) = self.editing.lock() {
+            editing.pop(&(c.clone(), d.clone()));
+        }
+    }
+
+    /// [`Replica::compact`] under the writer lock. Blocking.
+    pub(crate) fn compact(&self, c: &CollectionName) -> Result<LocalCompaction, ReplicaError> {
+        let c = c.clone();
         let state = self.sync_state(&c)?;
         let mut report = LocalCompaction::default();
         let mut plans = Vec::new();

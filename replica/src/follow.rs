@@ -69,7 +69,7 @@ impl<T: Transport + 'static> Replica<T> {
     pub async fn follow(self: &Arc<Self>, collection: &str) -> Result<Follow, ReplicaError> {
         let c = name(collection)?;
         self.sync(collection).await?;
-        let state = self.sync_state(&c)?;
+        let state = self.state_of(&c).await?;
         let mut stream = self
             .transport
             .subscribe(collection, state.cursor, state.epoch)
@@ -111,7 +111,7 @@ impl<T: Transport + 'static> Replica<T> {
             let target = match head {
                 Some(head) => head,
                 None => {
-                    let state = replica.sync_state(&c)?;
+                    let state = replica.state_of(&c).await?;
                     replica
                         .transport
                         .changes(c.as_str(), state.cursor, 0, state.epoch)
@@ -122,7 +122,7 @@ impl<T: Transport + 'static> Replica<T> {
             let deadline =
                 tokio::time::Instant::now() + std::time::Duration::from_millis(GOODBYE_TIMEOUT_MS);
             loop {
-                if replica.sync_state(&c)?.cursor >= target {
+                if replica.state_of(&c).await?.cursor >= target {
                     break;
                 }
                 match tokio::time::timeout_at(deadline, stream.recv()).await {
@@ -146,7 +146,7 @@ impl<T: Transport + 'static> Replica<T> {
                     }
                 }
             }
-            report.cursor = replica.sync_state(&c)?.cursor;
+            report.cursor = replica.state_of(&c).await?.cursor;
             drop(stream);
             Ok(report)
         });

@@ -9,9 +9,8 @@ use seqsync_engine::{
 };
 
 use crate::error::ReplicaError;
-use crate::replica::Replica;
+use crate::replica::Local;
 use crate::state::local_epoch;
-use crate::transport::Transport;
 
 /// One change to append to a local collection.
 pub(crate) struct Item {
@@ -113,7 +112,9 @@ pub(crate) fn base_of(
     })
 }
 
-impl<T: Transport> Replica<T> {
+impl Local {
+    /// A document's local state as one update (an empty document's if it
+    /// was never written). Blocking read.
     pub(crate) fn local_state(
         &self,
         c: &CollectionName,

@@ -17,7 +17,7 @@ use seqsync_engine::{
 
 use crate::error::ReplicaError;
 use crate::local_log::{append_write, change_of, Item};
-use crate::replica::{invalid, name, Replica, LOCAL, MIGRATION};
+use crate::replica::{invalid, name, Local, Replica, LOCAL, MIGRATION};
 use crate::state::SyncState;
 use crate::transport::Transport;
 
@@ -25,7 +25,7 @@ use crate::transport::Transport;
 pub(crate) const MIGRATE_BATCH_DOCS: usize = 256;
 pub(crate) const MIGRATE_BATCH_BYTES: usize = 4 << 20;
 
-impl<T: Transport> Replica<T> {
+impl Local {
     /// The app's schema version (1 when it does not version its schema).
     pub(crate) fn app_version(&self) -> u32 {
         self.schema_version.unwrap_or(INITIAL_SCHEMA_VERSION)
@@ -39,34 +39,6 @@ impl<T: Transport> Replica<T> {
             return from;
         }
         self.migrations.client_reach(from).min(self.app_version())
-    }
-
-    /// Migrates the local documents of `collection` that are at an older
-    /// schema version than the app (it was upgraded while they were
-    /// stored), so the app works on them offline. Returns the documents
-    /// that changed. Called by every edit and sync; an app may call it at
-    /// startup to pay the cost up front.
-    ///
-    /// Each step's output is logged locally as *provisional* (origin
-    /// `migration`), under the client id derived from the document's state
-    /// (the engine's contract): where the server migrated the same state,
-    /// both outputs are byte-identical and merge to one. Where the states
-    /// differed, the next sync that pulls the server's migration of a
-    /// document drops the replica's own output from it (a local rebase,
-    /// [`SyncReport::rebased`](crate::SyncReport::rebased)), unless a local edit since builds on it: then
-    /// the output is pushed before that edit. A step that must never meet a
-    /// second run on another state (it appends to an array) is declared
-    /// server-only, and the replica waits for the server's
-    /// ([`ReplicaError::AwaitingServerMigration`] on edits until then).
-    ///
-    /// Blocking local I/O; commits of at most 256 documents, the version
-    /// raised in the last one, so a crash resumes where it stopped.
-    /// Errors: `InvalidName`, `Local`, `Migration`, `UpgradeRequired` (the
-    /// local data is newer than the app).
-    pub async fn migrate_local(&self, collection: &str) -> Result<u64, ReplicaError> {
-        let c = name(collection)?;
-        let _guard = self.writer.lock().await;
-        Ok(self.migrate_locked(&c)?.1)
     }
 
     /// [`Replica::migrate_local`] under the writer lock.
@@ -155,21 +127,6 @@ impl<T: Transport> Replica<T> {
                     .or_insert(change.seq);
             }
         }
-    }
-
-    /// The version a local edit of `c` is made at, after migrating what is
-    /// older; `AwaitingServerMigration` while a server-only step is due.
-    pub(crate) async fn editable_version(&self, c: &CollectionName) -> Result<u32, ReplicaError> {
-        let (state, _) = self.migrate_locked(c)?;
-        let app = self.app_version();
-        if state.local_version < app {
-            return Err(ReplicaError::AwaitingServerMigration {
-                collection: c.to_string(),
-                local: state.local_version,
-                app,
-            });
-        }
-        Ok(state.local_version)
     }
 
     /// Migrates `doc`, which the pulled changes in `write` leave at
@@ -271,5 +228,50 @@ impl<T: Transport> Replica<T> {
         }
         state.provisional.remove(doc.as_str());
         Ok(true)
+    }
+}
+
+impl<T: Transport> Replica<T> {
+    /// Migrates the local documents of `collection` that are at an older
+    /// schema version than the app (it was upgraded while they were
+    /// stored), so the app works on them offline. Returns the documents
+    /// that changed. Called by every edit and sync; an app may call it at
+    /// startup to pay the cost up front.
+    ///
+    /// Each step's output is logged locally as *provisional* (origin
+    /// `migration`), under the client id derived from the document's state
+    /// (the engine's contract): where the server migrated the same state,
+    /// both outputs are byte-identical and merge to one. Where the states
+    /// differed, the next sync that pulls the server's migration of a
+    /// document drops the replica's own output from it (a local rebase,
+    /// [`SyncReport::rebased`](crate::SyncReport::rebased)), unless a local edit since builds on it: then
+    /// the output is pushed before that edit. A step that must never meet a
+    /// second run on another state (it appends to an array) is declared
+    /// server-only, and the replica waits for the server's
+    /// ([`ReplicaError::AwaitingServerMigration`] on edits until then).
+    ///
+    /// Blocking local I/O; commits of at most 256 documents, the version
+    /// raised in the last one, so a crash resumes where it stopped.
+    /// Errors: `InvalidName`, `Local`, `Migration`, `UpgradeRequired` (the
+    /// local data is newer than the app).
+    pub async fn migrate_local(&self, collection: &str) -> Result<u64, ReplicaError> {
+        let c = name(collection)?;
+        let _guard = self.writer.lock().await;
+        Ok(self.migrated_state(&c).await?.1)
+    }
+
+    /// The version a local edit of `c` is made at, after migrating what is
+    /// older; `AwaitingServerMigration` while a server-only step is due.
+    pub(crate) async fn editable_version(&self, c: &CollectionName) -> Result<u32, ReplicaError> {
+        let (state, _) = self.migrated_state(c).await?;
+        let app = self.local.app_version();
+        if state.local_version < app {
+            return Err(ReplicaError::AwaitingServerMigration {
+                collection: c.to_string(),
+                local: state.local_version,
+                app,
+            });
+        }
+        Ok(state.local_version)
     }
 }

@@ -10,11 +10,13 @@
 //! the server does not log twice, never a lost edit.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
 
 use seqsync_engine::{Change, ChangeKind, CollectionName, DocId, DocState, PeerId, Seq, Storage};
 
 use crate::error::ReplicaError;
-use crate::replica::{invalid, Replica, LOCAL, MIGRATION};
+use crate::replica::{invalid, Local, Replica, LOCAL, MIGRATION};
 use crate::state::SyncState;
 use crate::transport::{RemotePush, Transport};
 
@@ -69,9 +71,9 @@ pub(crate) struct Merger {
 }
 
 impl Merger {
-    pub(crate) fn merge<T: Transport>(
+    pub(crate) fn merge(
         &mut self,
-        replica: &Replica<T>,
+        local: &Local,
         c: &CollectionName,
         outbox: &[Pending],
         group: &[Pending],
@@ -83,7 +85,7 @@ impl Merger {
                 .filter(|p| &p.doc == doc)
                 .map(|p| p.seq)
                 .collect();
-            let confirmed: Vec<Change> = replica
+            let confirmed: Vec<Change> = local
                 .storage
                 .document_changes(c, doc)?
                 .into_iter()
@@ -125,7 +127,16 @@ impl Merger {
     }
 }
 
-impl<T: Transport> Replica<T> {
+/// One batch of a push: the merged updates it sends, each with the range
+/// of the outbox it covers, all at one declared version.
+pub(crate) struct Batch {
+    version: u32,
+    groups: Vec<(Range<usize>, Vec<u8>)>,
+    /// Where the next batch starts in the outbox.
+    end: usize,
+}
+
+impl Local {
     /// What the next push sends, in local seq order: the local edits after
     /// `pushed_through`, and before them the provisional migration output of
     /// their documents (an edit may build on it, and the server must have
@@ -184,6 +195,58 @@ impl<T: Transport> Replica<T> {
         Ok(out)
     }
 
+    /// The batch of `outbox` that starts at `start` (see
+    /// [`Replica::push_outbox`] for its limits), merging through `merger`.
+    /// Blocking: merging reads what the server confirmed of a document.
+    pub(crate) fn next_batch(
+        &self,
+        c: &CollectionName,
+        outbox: &[Pending],
+        start: usize,
+        merger: &mut Merger,
+    ) -> Result<Batch, ReplicaError> {
+        let version = outbox.get(start).map_or(0, |p| p.version);
+        let mut groups: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut at = start;
+        while let Some(head) = outbox.get(at) {
+            if head.version != version
+                || groups.len() >= PUSH_BATCH
+                || batch_bytes >= PUSH_BATCH_BYTES
+            {
+                break;
+            }
+            let mut len = 0usize;
+            let mut bytes = 0usize;
+            for item in outbox[at..].iter().take(MERGE_UPDATES) {
+                if item.doc != head.doc
+                    || item.version != version
+                    || (len > 0 && bytes + item.update.len() > MERGE_BYTES)
+                {
+                    break;
+                }
+                len += 1;
+                bytes += item.update.len();
+            }
+            let group = &outbox[at..at + len];
+            let update = if group.len() == 1 {
+                group[0].update.clone()
+            } else {
+                merger.merge(self, c, outbox, group)?
+            };
+            batch_bytes += update.len();
+            groups.push((at..at + len, update));
+            at += len;
+        }
+        Ok(Batch {
+            version,
+            groups,
+            end: at,
+        })
+    }
+}
+
+impl<T: Transport> Replica<T> {
     /// Pushes `outbox` (of `c`; the caller holds the writer lock).
     ///
     /// Consecutive updates of one document at one declared version are
@@ -205,53 +268,40 @@ impl<T: Transport> Replica<T> {
         mut after_batch: impl FnMut(u64, u64, &RemotePush) + Send,
     ) -> Result<u64, ReplicaError> {
         let mut requests = 0u64;
+        let outbox = Arc::new(outbox);
         let mut merger = Merger::default();
-        let mut rest = &outbox[..];
-        while let Some(first) = rest.first() {
-            let version = first.version;
-            // (items merged, merged update) per pushed update.
-            let mut groups: Vec<(&[Pending], Vec<u8>)> = Vec::new();
-            let mut batch_bytes = 0usize;
-            while let Some(head) = rest.first() {
-                if head.version != version
-                    || groups.len() >= PUSH_BATCH
-                    || batch_bytes >= PUSH_BATCH_BYTES
-                {
-                    break;
-                }
-                let mut len = 0usize;
-                let mut bytes = 0usize;
-                for item in rest.iter().take(MERGE_UPDATES) {
-                    if item.doc != head.doc
-                        || item.version != version
-                        || (len > 0 && bytes + item.update.len() > MERGE_BYTES)
-                    {
-                        break;
-                    }
-                    len += 1;
-                    bytes += item.update.len();
-                }
-                let (group, tail) = rest.split_at(len);
-                rest = tail;
-                let update = if group.len() == 1 {
-                    group[0].update.clone()
-                } else {
-                    merger.merge(self, c, &outbox, group)?
-                };
-                batch_bytes += update.len();
-                groups.push((group, update));
-            }
+        let mut start = 0;
+        while start < outbox.len() {
+            // Built (and merged) on the blocking pool; the merger goes
+            // there and comes back, keeping the document it holds loaded.
+            let (batch, returned) = {
+                let (outbox, c) = (Arc::clone(&outbox), c.clone());
+                let mut merger = std::mem::take(&mut merger);
+                self.blocking(move |local| {
+                    let batch = local.next_batch(&c, &outbox, start, &mut merger)?;
+                    Ok((batch, merger))
+                })
+                .await?
+            };
+            merger = returned;
+            assert!(batch.end > start, "a batch holds at least one update");
+            start = batch.end;
+            let groups: Vec<(&[Pending], Vec<u8>)> = batch
+                .groups
+                .into_iter()
+                .map(|(range, update)| (&outbox[range], update))
+                .collect();
             requests += 1;
             let updates = groups
                 .iter()
                 .map(|(group, update)| (group[0].doc.to_string(), update.clone()))
                 .collect();
-            let declared = self.schema_version.map(|_| version);
+            let declared = self.local.schema_version.map(|_| batch.version);
             let outcome = self
                 .transport
-                .push_batch(c.as_str(), updates, self.peer.as_str(), declared)
+                .push_batch(c.as_str(), updates, self.local.peer.as_str(), declared)
                 .await
-                .map_err(|e| self.schema_error(e))?;
+                .map_err(|e| self.local.schema_error(e))?;
             if state.epoch.is_none() {
                 // The push created the collection: learn its epoch from a
                 // page (nothing is pulled; our own changes are skipped).
@@ -273,7 +323,7 @@ impl<T: Transport> Replica<T> {
                     state.provisional.remove(item.doc.as_str());
                 }
             }
-            self.commit_with_state(c, state, Vec::new())?;
+            self.commit_state(c, state, Vec::new()).await?;
             after_batch(sent, taken, &outcome);
         }
         Ok(requests)
@@ -287,10 +337,13 @@ impl<T: Transport> Replica<T> {
         c: &CollectionName,
     ) -> Result<(u64, Option<Seq>), ReplicaError> {
         let _guard = self.writer.lock().await;
-        let (mut state, _) = self.migrate_locked(c)?;
+        let (mut state, _) = self.migrated_state(c).await?;
         let mut pushed = 0;
         let mut head = None;
-        let outbox = self.outbox(c, &state)?;
+        let outbox = {
+            let (c, state) = (c.clone(), state.clone());
+            self.blocking(move |local| local.outbox(&c, &state)).await?
+        };
         self.push_outbox(c, &mut state, outbox, |_, taken, outcome| {
             pushed += taken;
             head = Some(outcome.head);

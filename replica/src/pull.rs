@@ -15,7 +15,7 @@ use seqsync_engine::{ChangeKind, CollectionName, DocId, INITIAL_SCHEMA_VERSION};
 
 use crate::error::ReplicaError;
 use crate::local_log::{append_write, Item};
-use crate::replica::{name, Replica, REMOTE};
+use crate::replica::{name, Local, Replica, REMOTE};
 use crate::report::{ResetReason, SyncOutcome, SyncProgress, SyncReport};
 use crate::state::SyncState;
 use crate::transport::{RemotePage, Transport, TransportError};
@@ -69,7 +69,7 @@ impl<T: Transport> Replica<T> {
         let _guard = self.writer.lock().await;
         // Local data the app can migrate itself is migrated first, so what
         // the pull brings is rebased onto the migrated documents.
-        let (mut state, _) = self.migrate_locked(&c)?;
+        let (mut state, _) = self.migrated_state(&c).await?;
         let cursor_before = state.cursor;
         let mut requests = 0u64;
         let mut pulled = 0u64;
@@ -114,11 +114,11 @@ impl<T: Transport> Replica<T> {
                 Err(err) => return Err(err.into()),
             };
             head = page.head;
-            if let Err(err) = self.check_versions(&page) {
+            if let Err(err) = self.local.check_versions(&page) {
                 // What was fetched before this page is at versions the app
                 // understands: keep it.
                 if let Some(held) = held.take() {
-                    self.apply_page(&c, &mut state, held)?;
+                    self.apply(&c, &mut state, held).await?;
                 }
                 return Err(err);
             }
@@ -149,7 +149,7 @@ impl<T: Transport> Replica<T> {
             if !has_more || held_changes >= LOCAL_COMMIT_CHANGES || held_bytes >= LOCAL_COMMIT_BYTES
             {
                 if let Some(group) = held.take() {
-                    let applied = self.apply_page(&c, &mut state, group)?;
+                    let applied = self.apply(&c, &mut state, group).await?;
                     pulled += applied.changes;
                     pulled_bytes += applied.bytes;
                     rebased += applied.rebased;
@@ -169,13 +169,17 @@ impl<T: Transport> Replica<T> {
         // The server's collection is at a newer version than the local
         // data (a server-only step was due): every document pulled is at
         // it now, so the local data is too; then the app's own steps run.
-        if last_schema_version.min(self.app_version()) > state.local_version {
-            state.local_version = last_schema_version.min(self.app_version());
-            self.commit_with_state(&c, &state, Vec::new())?;
-            state = self.migrate_locked(&c)?.0;
+        let app_version = self.local.app_version();
+        if last_schema_version.min(app_version) > state.local_version {
+            state.local_version = last_schema_version.min(app_version);
+            self.commit_state(&c, &state, Vec::new()).await?;
+            state = self.migrated_state(&c).await?.0;
         }
         // Push.
-        let outbox = self.outbox(&c, &state)?;
+        let outbox = {
+            let (c, state) = (c.clone(), state.clone());
+            self.blocking(move |local| local.outbox(&c, &state)).await?
+        };
         shown.to_push = outbox.iter().filter(|p| !p.migration).count() as u64;
         let mut pushed = 0u64;
         let mut others_wrote = false;
@@ -197,7 +201,7 @@ impl<T: Transport> Replica<T> {
             // the sync.
             let _ = self
                 .transport
-                .ack(collection, self.peer.as_str(), state.cursor)
+                .ack(collection, self.local.peer.as_str(), state.cursor)
                 .await;
         }
         let outcome = match (pulled, pushed) {
@@ -231,11 +235,11 @@ impl<T: Transport> Replica<T> {
         change: seqsync_engine::Change,
     ) -> Result<bool, ReplicaError> {
         let _guard = self.writer.lock().await;
-        let mut state = self.sync_state(c)?;
+        let mut state = self.state_of(c).await?;
         if change.seq <= state.cursor {
             return Ok(false);
         }
-        let theirs = change.origin.as_ref() != Some(&self.peer);
+        let theirs = change.origin.as_ref() != Some(&self.local.peer);
         let page = RemotePage {
             cursor_checksum: change.log_checksum,
             cursor: change.seq,
@@ -245,10 +249,30 @@ impl<T: Transport> Replica<T> {
             epoch: state.epoch,
             schema_version: 0,
         };
-        self.apply_page(c, &mut state, page)?;
+        self.apply(c, &mut state, page).await?;
         Ok(theirs)
     }
 
+    /// [`Local::apply_page`] off the executor: `state` moves with the page.
+    async fn apply(
+        &self,
+        c: &CollectionName,
+        state: &mut SyncState,
+        page: RemotePage,
+    ) -> Result<Applied, ReplicaError> {
+        let (c, mut moved) = (c.clone(), state.clone());
+        let (applied, after) = self
+            .blocking(move |local| {
+                let applied = local.apply_page(&c, &mut moved, page)?;
+                Ok((applied, moved))
+            })
+            .await?;
+        *state = after;
+        Ok(applied)
+    }
+}
+
+impl Local {
     /// A push the server refused for its schema version, as the typed error
     /// the app acts on.
     pub(crate) fn schema_error(&self, err: TransportError) -> ReplicaError {

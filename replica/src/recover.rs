@@ -28,22 +28,25 @@ impl<T: Transport> Replica<T> {
         reason: ResetReason,
         mut requests: u64,
     ) -> Result<SyncReport, ReplicaError> {
-        let docs: Vec<DocId> = self
-            .storage
-            .documents(c)?
-            .into_iter()
-            .map(|d| d.doc)
-            .collect();
-        let mut svs = HashMap::new();
-        for doc in &docs {
-            let local = self.local_state(c, doc)?;
-            let holder = Doc::new();
-            apply_bytes(&holder, &local, doc.as_str())?;
-            svs.insert(
-                doc.to_string(),
-                holder.transact().state_vector().encode_v1(),
-            );
-        }
+        // What the replica holds of each document, as state vectors: one
+        // read of the local store, off the executor.
+        let svs = {
+            let c = c.clone();
+            self.blocking(move |local| {
+                let mut svs = HashMap::new();
+                for doc in local.storage.documents(&c)?.into_iter().map(|d| d.doc) {
+                    let state = local.local_state(&c, &doc)?;
+                    let holder = Doc::new();
+                    apply_bytes(&holder, &state, doc.as_str())?;
+                    svs.insert(
+                        doc.to_string(),
+                        holder.transact().state_vector().encode_v1(),
+                    );
+                }
+                Ok(svs)
+            })
+            .await?
+        };
         requests += 1;
         let recovery = self.transport.recover_collection(c.as_str(), svs).await?;
         let version = recovery.schema_version.max(INITIAL_SCHEMA_VERSION);
@@ -59,7 +62,7 @@ impl<T: Transport> Replica<T> {
             )
             .collect();
         let pulled = items.len() as u64;
-        if let Ok(mut editing) = self.editing.lock() {
+        if let Ok(mut editing) = self.local.editing.lock() {
             editing.clear();
         }
         state.epoch = recovery.epoch;
@@ -67,23 +70,42 @@ impl<T: Transport> Replica<T> {
         // Not known for a recovery's cursor: the next page brings it.
         state.cursor_checksum = None;
         if items.is_empty() {
-            self.commit_with_state(c, &state, Vec::new())?;
+            self.commit_state(c, &state, Vec::new()).await?;
         } else {
-            let mut write = append_write(&*self.storage, c, items)?;
-            // Verdant's reset case, client side: the server's state is at an
-            // older version than the local data; migrate it before the app
-            // sees it.
-            if !self.migrations.is_empty() && version < state.local_version {
-                for (doc, _) in &recovery.documents {
-                    self.migrate_pulled(c, doc, version, &mut state, &mut write)?;
-                }
-            }
-            self.commit_with_state(c, &state, vec![write])?;
+            let recovered: Vec<DocId> = recovery.documents.iter().map(|(d, _)| d.clone()).collect();
+            let c = c.clone();
+            state = self
+                .blocking(move |local| {
+                    let mut write = append_write(&*local.storage, &c, items)?;
+                    // Verdant's reset case, client side: the server's state
+                    // is at an older version than the local data; migrate
+                    // it before the app sees it.
+                    if !local.migrations.is_empty() && version < state.local_version {
+                        for doc in &recovered {
+                            local.migrate_pulled(&c, doc, version, &mut state, &mut write)?;
+                        }
+                    }
+                    local.commit_with_state(&c, &state, vec![write])?;
+                    Ok(state)
+                })
+                .await?;
         }
         // Push back what the server lacks of every local document.
         let mut pushed = 0u64;
         let mut head = recovery.cursor;
-        for doc in self.storage.documents(c)?.into_iter().map(|d| d.doc) {
+        let docs: Vec<DocId> = {
+            let c = c.clone();
+            self.blocking(move |local| {
+                Ok(local
+                    .storage
+                    .documents(&c)?
+                    .into_iter()
+                    .map(|d| d.doc)
+                    .collect())
+            })
+            .await?
+        };
+        for doc in docs {
             requests += 1;
             let server_sv = match self
                 .transport
@@ -98,7 +120,11 @@ impl<T: Transport> Replica<T> {
                 }
                 None => StateVector::default(),
             };
-            let local = self.local_state(c, &doc)?;
+            let local = {
+                let (c, doc) = (c.clone(), doc.clone());
+                self.blocking(move |local| local.local_state(&c, &doc))
+                    .await?
+            };
             let holder = Doc::new();
             apply_bytes(&holder, &local, doc.as_str())?;
             let diff = holder.transact().encode_state_as_update_v1(&server_sv);
@@ -108,8 +134,8 @@ impl<T: Transport> Replica<T> {
                 .push_batch(
                     c.as_str(),
                     vec![(doc.to_string(), diff)],
-                    self.peer.as_str(),
-                    self.schema_version,
+                    self.local.peer.as_str(),
+                    self.local.schema_version,
                 )
                 .await?;
             pushed += outcome.seqs.iter().filter(|s| s.is_some()).count() as u64;
@@ -120,8 +146,12 @@ impl<T: Transport> Replica<T> {
             state.epoch = self.transport.changes(c.as_str(), 0, 0, None).await?.epoch;
         }
         // Everything local is on the server now: the outbox is empty.
-        state.pushed_through = self.storage.collection(c)?.map_or(0, |m| m.head);
-        self.commit_with_state(c, &state, Vec::new())?;
+        state.pushed_through = {
+            let c = c.clone();
+            self.blocking(move |local| Ok(local.storage.collection(&c)?.map_or(0, |m| m.head)))
+                .await?
+        };
+        self.commit_state(c, &state, Vec::new()).await?;
         Ok(SyncReport {
             outcome: SyncOutcome::Reset {
                 reason,

@@ -17,6 +17,18 @@
 //! position moves in the same commit as nothing else. A crash at any point
 //! leaves either the old cursor with none of the page, or both.
 //!
+//! Why the local store is called through `spawn_blocking`: every call to it
+//! (a read, or a commit with its fsync) blocks its thread, and a replica's
+//! async methods run on the app's executor, where a blocked thread stalls
+//! every other task (and a backend that refuses blocking calls on an async
+//! thread, PostgreSQL's, would refuse them). So the replica's local half is
+//! [`Local`], synchronous and shared (`Arc`), and each async method hands
+//! the local work it needs to tokio's blocking pool through
+//! [`Replica::blocking`]; only network waits and CPU-only work (an app's
+//! edit closure on a loaded document) stay on the executor. The public
+//! methods documented as blocking (`open`, `document`, `documents`,
+//! `outbox_len`) block their caller, as they say.
+//!
 //! This file holds the replica itself (its fields, `open`, the names it
 //! reserves and the helpers every part shares). Each concern has a file:
 //! `edit.rs` (local edits, reads, local compaction), `local_log.rs` (how an
@@ -80,22 +92,31 @@ pub struct ReplicaOptions {
 /// A replica of some collections of one server. Cheap to share (`Arc`);
 /// local writes are serialised inside.
 pub struct Replica<T: Transport> {
-    pub(crate) storage: Arc<dyn Storage>,
+    /// The local half: the store and what is cached from it.
+    pub(crate) local: Arc<Local>,
     pub(crate) transport: T,
+    /// One local writer at a time: appends compute their base from the
+    /// stored head.
+    pub(crate) writer: Mutex<()>,
+    /// Woken by every local edit, so a live `follow` pushes it at once.
+    pub(crate) local_edits: tokio::sync::Notify,
+}
+
+/// The replica's local half: its store, its identity and schema, and the
+/// caches kept in front of the store. Every method is synchronous and may
+/// block on the store; async code reaches it through
+/// [`Replica::blocking`].
+pub(crate) struct Local {
+    pub(crate) storage: Arc<dyn Storage>,
     pub(crate) peer: PeerId,
     pub(crate) client_id: u64,
     pub(crate) schema_version: Option<u32>,
     pub(crate) migrations: Migrations,
-    /// One local writer at a time: appends compute their base from the
-    /// stored head.
-    pub(crate) writer: Mutex<()>,
     /// Documents recently edited, kept loaded under this replica's client
     /// id so an edit does not replay the document from the local store each
     /// time (at most `MAX_CACHED_DOCS`; a pull or a raw local update of a
     /// document drops its entry).
     pub(crate) editing: std::sync::Mutex<lru::LruCache<(CollectionName, DocId), Doc>>,
-    /// Woken by every local edit, so a live `follow` pushes it at once.
-    pub(crate) local_edits: tokio::sync::Notify,
     /// Each collection's sync state and its state document as last
     /// committed, so a sync (and a live session, per change) neither
     /// replays the state document from the store nor parses it again.
@@ -189,9 +210,8 @@ impl<T: Transport> Replica<T> {
                 id
             }
         };
-        Ok(Self {
+        let local = Local {
             storage,
-            transport,
             peer,
             client_id,
             schema_version: options.schema_version.or_else(|| {
@@ -202,18 +222,43 @@ impl<T: Transport> Replica<T> {
                     .map(Migrations::latest)
             }),
             migrations: options.migrations.unwrap_or_default(),
-            writer: Mutex::new(()),
             editing: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(crate::edit::MAX_CACHED_DOCS)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
-            local_edits: tokio::sync::Notify::new(),
             states: std::sync::Mutex::new(HashMap::new()),
+        };
+        Ok(Self {
+            local: Arc::new(local),
+            transport,
+            writer: Mutex::new(()),
+            local_edits: tokio::sync::Notify::new(),
         })
     }
 
     /// The yrs client id this replica's edits are made under.
     pub fn client_id(&self) -> u64 {
-        self.client_id
+        self.local.client_id
+    }
+
+    /// Runs `work` on the local half on tokio's blocking pool, so a read or
+    /// commit of the local store (an fsync) never blocks the caller's
+    /// executor thread; waits for it. The thread is declared one that may
+    /// block ([`seqsync_engine::on_blocking_thread`]), so a backend that
+    /// refuses blocking calls on a runtime's threads serves it. Needs a
+    /// tokio runtime (the replica's async methods run in one).
+    ///
+    /// Errors: whatever `work` returns; `Local` if the task panicked or was
+    /// cancelled (the store is as the last commit left it).
+    pub(crate) async fn blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Local) -> Result<R, ReplicaError> + Send + 'static,
+    ) -> Result<R, ReplicaError> {
+        let local = Arc::clone(&self.local);
+        tokio::task::spawn_blocking(move || seqsync_engine::on_blocking_thread(|| work(&local)))
+            .await
+            .map_err(|e| {
+                ReplicaError::Local(StorageError::backend("replica", "a local store task", e))
+            })?
     }
 }

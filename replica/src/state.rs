@@ -21,7 +21,7 @@ use yrs::{Any, Doc, Map, ReadTxn, StateVector, Transact, WriteTxn};
 
 use crate::error::ReplicaError;
 use crate::local_log::base_of;
-use crate::replica::{apply_bytes, doc_id, state_collection, Replica};
+use crate::replica::{apply_bytes, doc_id, state_collection, Local, Replica};
 use crate::transport::Transport;
 
 /// State-document changes after which the state document is compacted (in
@@ -129,7 +129,7 @@ pub(crate) fn commit_state(
     Ok(())
 }
 
-impl<T: Transport> Replica<T> {
+impl Local {
     pub(crate) fn sync_state(&self, c: &CollectionName) -> Result<SyncState, ReplicaError> {
         Ok(self.cached_state(c)?.0)
     }
@@ -239,5 +239,36 @@ impl<T: Transport> Replica<T> {
             }
         }
         committed.map_err(ReplicaError::from)
+    }
+}
+
+impl<T: Transport> Replica<T> {
+    /// [`Local::sync_state`] off the executor.
+    pub(crate) async fn state_of(&self, c: &CollectionName) -> Result<SyncState, ReplicaError> {
+        let c = c.clone();
+        self.blocking(move |local| local.sync_state(&c)).await
+    }
+
+    /// [`Local::commit_with_state`] off the executor.
+    pub(crate) async fn commit_state(
+        &self,
+        c: &CollectionName,
+        state: &SyncState,
+        writes: Vec<CollectionWrite>,
+    ) -> Result<(), ReplicaError> {
+        let (c, state) = (c.clone(), state.clone());
+        self.blocking(move |local| local.commit_with_state(&c, &state, writes))
+            .await
+    }
+
+    /// [`Local::migrate_locked`] off the executor (the caller holds the
+    /// writer lock): the sync state after migrating what is older, and the
+    /// documents migrated.
+    pub(crate) async fn migrated_state(
+        &self,
+        c: &CollectionName,
+    ) -> Result<(SyncState, u64), ReplicaError> {
+        let c = c.clone();
+        self.blocking(move |local| local.migrate_locked(&c)).await
     }
 }

@@ -26,9 +26,12 @@
 //!
 //! The `postgres` crate is blocking: each client runs a small runtime of its
 //! own and blocks the calling thread on it. So this backend must only be
-//! called from the engine's writer and read-pool threads, never from an
-//! actix or tokio thread (there it would stall the executor, or panic): every
-//! call checks, and answers a typed error instead.
+//! called from threads that may block: the engine's writer and read-pool
+//! threads, or a runtime's blocking pool inside
+//! `seqsync_engine::on_blocking_thread` (the replica's local store), never
+//! from a thread driving actix or tokio tasks (there it would stall the
+//! executor, or panic): every call checks, and answers a typed error
+//! instead.
 //!
 //! Layout (versioned by `seqsync_schema_migrations`, applied under an
 //! advisory lock so nodes starting together do not race):
@@ -673,14 +676,18 @@ impl PostgresStorage {
     }
 }
 
-/// Refuses to run on an async runtime's thread (module docs).
+/// Refuses to run on an async runtime's thread (module docs), unless the
+/// thread declared itself a blocking-pool thread
+/// ([`seqsync_engine::on_blocking_thread`]).
 fn blocking_only(during: &'static str) -> Result<(), StorageError> {
-    if tokio::runtime::Handle::try_current().is_ok() {
+    if tokio::runtime::Handle::try_current().is_ok() && !seqsync_engine::declared_blocking_thread()
+    {
         return Err(StorageError::backend(
             BACKEND,
             during,
             "called from an async runtime thread: the postgres backend blocks, so it runs only on \
-             the engine's writer and read-pool threads (move the call to a thread of its own)",
+             threads that may block (the engine's writer and read pool, or inside \
+             seqsync_engine::on_blocking_thread on a spawn_blocking thread)",
         ));
     }
     Ok(())
