@@ -1,6 +1,9 @@
 //! Engine scenarios through the public `Engine` API, run on every backend by
 //! the `engine_suite!` macro at the bottom. Each test guards one promise of
 //! docs/DESIGN.md, "Concepts and invariants" and "Operations"; random ones print their seed (replay with `TEST_SEED=`).
+//!
+//! Size: one suite run on every backend (the `cases` module and the macro
+//! at the end); each case is independent.
 
 use seqsync_testkit::harness as common;
 

@@ -6,6 +6,9 @@
 //! safe compaction) rest on these properties of the backend, so each test
 //! states one of them and fails if a backend breaks it. A new backend gets the
 //! whole suite by adding one line to the macro call.
+//!
+//! Size: one suite, run on every backend by the macro at the end; each
+//! case is independent, so the file is long but flat.
 
 use seqsync_testkit::postgres as pg;
 

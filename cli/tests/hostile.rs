@@ -10,6 +10,9 @@
 //! well under a minute; the heavier variants (10,000 idle sockets) are
 //! `#[ignore]`d: `cargo test -p seqsync-cli --test hostile -- --ignored`.
 //! Every case prints what it measured (`--nocapture` shows it).
+//!
+//! Size: one case per attack, each independent, over one shared harness
+//! (the server process and its memory sampler) at the top.
 
 #![allow(clippy::result_large_err)] // tungstenite's and ureq's errors, as they come
 

@@ -16,6 +16,10 @@
 //! `catch_unwind` so a hostile update becomes an `InvalidUpdate` error; after
 //! a panic while applying, the document is considered damaged and the caller
 //! must drop and reload it.
+//!
+//! Size: about 530 lines of code and 400 of unit tests beside it (the
+//! decoding and no-op rules are tested where they are written); the code
+//! alone is one idea, a pushed update's way into a document.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

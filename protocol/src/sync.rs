@@ -14,6 +14,10 @@
 //! Decoding never panics and never allocates more than the frame's own
 //! length: every count is checked against the bytes left before anything
 //! is reserved (`fuzz/fuzz_targets/sync_frames.rs`).
+//!
+//! Size: about 750 lines of code and 190 of unit tests. Every frame of one
+//! protocol is here, in one place, because the encoder and the decoder of a
+//! frame must change together and a reviewer compares them side by side.
 
 use crate::http::ChangeKind;
 use crate::wire::{EpochHex, Hex64};

@@ -5,6 +5,9 @@
 //! local store reopened with its outbox, and a reset after the server was
 //! restored under a new epoch. As Scuttlebutt ran its replication tests
 //! over plain streams and over the network, every case runs on both.
+//!
+//! Size: one suite run on every local backend and both transports; each
+//! case is independent.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

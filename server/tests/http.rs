@@ -2,6 +2,9 @@
 //! docs/SERVER.md's route table, the bad inputs of docs/DESIGN.md, auth,
 //! and the subscribe and y-websocket streams. (The server as a process,
 //! SIGKILLed and restarted, is `cli/tests/serve.rs`.)
+//!
+//! Size: one module per family of routes (`routes`, `websockets`,
+//! `schema`, `digests`), each case independent.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
