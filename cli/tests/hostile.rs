@@ -16,7 +16,7 @@
 
 #![allow(clippy::result_large_err)] // tungstenite's and ureq's errors, as they come
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,22 +60,11 @@ impl Server {
             .env("SEQSYNC_LIMITS_WS_SEND_TIMEOUT_MS", "1000")
             .env("SEQSYNC_LIMITS_MAX_MESSAGE_BYTES", (9u64 << 20).to_string())
             .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let (child, addr) = seqsync_testkit::process::spawn_listening(&mut command);
         Self {
             child,
             addr,

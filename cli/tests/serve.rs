@@ -3,36 +3,13 @@
 //! on its data directory. (In-process HTTP behaviour is tested in the
 //! server crate; hostile clients in `hostile.rs`.)
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
+use seqsync_testkit::http::{call, json_of};
+use seqsync_testkit::process::spawn_listening;
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact};
-
-/// (status, body bytes, cursor header) of any request, 4xx/5xx included.
-fn call(request: ureq::Request, body: Option<&[u8]>) -> (u16, Vec<u8>, Option<String>) {
-    let result = match body {
-        Some(bytes) => request.send_bytes(bytes),
-        None => request.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("transport error: {e}"),
-    };
-    let status = response.status();
-    let cursor = response.header("x-seqsync-cursor").map(str::to_owned);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).unwrap();
-    (status, bytes, cursor)
-}
-
-fn json_of(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
-}
 
 /// A Yjs client editing one text, under yrs client id `2^20 + id` (ids
 /// below 65,536 are reserved for migration steps and refused in pushes).
@@ -72,26 +49,14 @@ fn text_of(update: &[u8]) -> String {
 fn sigkill_after_acks_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let start = || -> (Child, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqsync"))
-            .arg("serve")
-            .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
-            .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        (child, addr)
+        spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_seqsync"))
+                .arg("serve")
+                .env("SEQSYNC_STORAGE_PATH", dir.path().join("data"))
+                .env("SEQSYNC_SERVER_LISTEN", "127.0.0.1:0")
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null()),
+        )
     };
     let (mut child, addr) = start();
     let url = |path: &str| format!("http://{addr}{path}");

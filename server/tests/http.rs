@@ -13,6 +13,7 @@ use base64::Engine as _;
 use seqsync_engine::BackendKind;
 use seqsync_server::{HostConfig, ServerThread};
 
+use seqsync_testkit::http::{call, json_of};
 use seqsync_testkit::notes_schema as notes;
 use serde_json::{json, Value};
 use yrs::updates::decoder::Decode;
@@ -61,29 +62,6 @@ impl Drop for Harness {
             server.stop();
         }
     }
-}
-
-/// (status, body bytes, cursor header) of any request, 4xx/5xx included.
-fn call(request: ureq::Request, body: Option<&[u8]>) -> (u16, Vec<u8>, Option<String>) {
-    let result = match body {
-        Some(bytes) => request.send_bytes(bytes),
-        None => request.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("transport error: {e}"),
-    };
-    let status = response.status();
-    let cursor = response.header("x-seqsync-cursor").map(str::to_owned);
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).unwrap();
-    (status, bytes, cursor)
-}
-
-fn json_of(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 fn post(h: &Harness, path: &str, body: &[u8]) -> (u16, Value) {

@@ -13,6 +13,8 @@
 //! - [`postgres`]: a throwaway PostgreSQL cluster per test process;
 //! - [`notes_schema`]: the schema steps of a small notes app, so every
 //!   migration test migrates the same shapes;
+//! - [`process`]: a server as a real process, and its address;
+//! - [`http`]: plain HTTP calls whose every status is an answer;
 //! - [`harness`] (feature `harness`): engines on every backend, simulated
 //!   Yjs clients and a seeded random generator whose seed every test
 //!   prints.
@@ -20,8 +22,10 @@
 //! Helpers panic on failure: they run only in tests, benches and examples,
 //! where a panic with a message is the report.
 
+pub mod http;
 pub mod notes_schema;
 pub mod postgres;
+pub mod process;
 pub mod traces;
 
 #[cfg(feature = "harness")]
