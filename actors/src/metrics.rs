@@ -22,9 +22,18 @@ pub const CHANGES_STREAMED: &str = "seqsync_changes_streamed_total";
 pub const LIVE_DELIVERIES: &str = "seqsync_live_deliveries_total";
 /// Gauge: live subscriptions.
 pub const SUBSCRIBERS: &str = "seqsync_subscribers";
-/// Counter: commits by another node (shared store) that made a loaded
-/// collection reload.
+/// Counter: commits by another node (shared store) that a loaded
+/// collection heard of.
 pub const EXTERNAL_COMMITS: &str = "seqsync_external_commits_total";
+/// Counter: changes of other nodes' commits read by a loaded collection and
+/// handed to its documents and live subscribers (incremental catch-up).
+pub const EXTERNAL_CHANGES: &str = "seqsync_external_changes_total";
+/// Counter: catch-ups that fell back to a reload (the node's own writes
+/// were in flight, the epoch changed, a read failed).
+pub const EXTERNAL_RELOADS: &str = "seqsync_external_reloads_total";
+/// Histogram: ms from another node's commit (its clock) to its changes
+/// reaching this node's live subscribers: the lag between nodes.
+pub const EXTERNAL_COMMIT_LAG_MS: &str = "seqsync_external_commit_lag_ms";
 /// Counter (postgres backend): collection write leases taken.
 pub const LEASES_ACQUIRED: &str = "seqsync_leases_acquired_total";
 /// Counter (postgres backend): leases lost to another node.
@@ -87,7 +96,20 @@ pub fn describe() {
     describe_gauge!(SUBSCRIBERS, "Live subscriptions");
     describe_counter!(
         EXTERNAL_COMMITS,
-        "Commits by other nodes that made a loaded collection reload"
+        "Commits by other nodes that a loaded collection heard of"
+    );
+    describe_counter!(
+        EXTERNAL_CHANGES,
+        "Changes of other nodes' commits caught up incrementally"
+    );
+    describe_counter!(
+        EXTERNAL_RELOADS,
+        "Catch-ups with other nodes that fell back to a reload"
+    );
+    describe_histogram!(
+        EXTERNAL_COMMIT_LAG_MS,
+        Unit::Milliseconds,
+        "From another node's commit to its changes reaching this node's subscribers"
     );
     describe_counter!(LEASES_ACQUIRED, "Collection write leases taken");
     describe_counter!(LEASES_LOST, "Collection write leases lost to another node");

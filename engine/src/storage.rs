@@ -131,8 +131,9 @@ pub struct Compaction {
 }
 
 /// What [`Storage::watch_commits`] calls: a collection another node
-/// committed to, and its head after that commit.
-pub type CommitWatcher = std::sync::Arc<dyn Fn(&CollectionName, Seq) + Send + Sync>;
+/// committed to, its head after that commit, and when that node committed
+/// (ms since the Unix epoch on its clock) if the backend knows.
+pub type CommitWatcher = std::sync::Arc<dyn Fn(&CollectionName, Seq, Option<u64>) + Send + Sync>;
 
 thread_local! {
     /// Whether this thread declared, through [`on_blocking_thread`], that it
@@ -293,7 +294,7 @@ pub trait Storage: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Calls `on_commit(collection, head)` from a thread of the backend's
+    /// Calls `on_commit(collection, head, committed_ms)` from a thread of the backend's
     /// whenever *another* writer of a shared store (another engine node)
     /// has committed to a collection, so the engine can bring its cached
     /// state and live subscribers up to it. At least once per commit group

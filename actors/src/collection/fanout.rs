@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use seqsync_engine::{Change, DocId};
+use seqsync_engine::{Change, DocId, Seq};
 
 use super::{CollectionActor, LiveBatch};
 
@@ -24,6 +24,17 @@ impl CollectionActor {
             return;
         };
         let (since, through) = (first.seq - 1, last.seq);
+        self.broadcast_range(since, through, changes);
+    }
+
+    /// Feeds `changes` to the live subscribers as covering `(since,
+    /// through]`: the collection has no other committed change there. For
+    /// another node's changes read from storage, whose seqs may have holes
+    /// (compaction removed deltas there) and need not end at `through`.
+    pub(super) fn broadcast_range(&mut self, since: Seq, through: Seq, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
         let mut delivered = 0u64;
         if !self.doc_subscribers.is_empty() {
             // Group the touched documents' changes, each in seq order,

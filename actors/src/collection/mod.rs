@@ -31,10 +31,12 @@
 //! Files: this one (messages, state, `impl Actor`, one `Handler` per
 //! message), `plan.rs` (the write plan, a pure function over plain data),
 //! `write.rs` (queued with the writer, answered at commit), `fanout.rs`
-//! (live subscribers), `compaction.rs`, `reads.rs` (served from memory) and
+//! (live subscribers), `external.rs` (other nodes' commits, caught up
+//! incrementally), `compaction.rs`, `reads.rs` (served from memory) and
 //! `lifecycle.rs` (load, unload, reset).
 
 mod compaction;
+mod external;
 mod fanout;
 mod lifecycle;
 mod plan;
@@ -134,9 +136,22 @@ pub(crate) struct Grant {
 /// commit watcher saw it): what this actor holds is behind.
 pub(crate) struct ExternalCommit {
     pub(crate) head: Seq,
+    /// When that node committed (ms since the Unix epoch, its clock), if
+    /// the store said.
+    pub(crate) committed_ms: Option<u64>,
 }
 
 impl Message for ExternalCommit {
+    type Result = ();
+}
+
+/// From the read pool: what a catch-up read found after `after`.
+struct CaughtUp {
+    after: Seq,
+    result: Result<Option<external::NewChanges>, StorageError>,
+}
+
+impl Message for CaughtUp {
     type Result = ();
 }
 
@@ -347,6 +362,8 @@ pub(crate) struct CollectionActor {
     compacting: HashMap<DocId, Vec<u64>>,
     manual_runs: HashMap<u64, ManualRun>,
     next_run: u64,
+    /// A read of another node's changes in flight (`external.rs`).
+    catch_up: Option<external::CatchUp>,
 }
 
 /// The live subscribers of one document.
@@ -385,6 +402,7 @@ impl CollectionActor {
             compacting: HashMap::new(),
             manual_runs: HashMap::new(),
             next_run: 0,
+            catch_up: None,
         }
     }
 }
@@ -580,29 +598,27 @@ impl Handler<CommitDone> for CollectionActor {
     }
 }
 
-/// Another node wrote: the loaded documents and head are stale. The actor
-/// resets as after a failed commit (the next message reloads from storage)
-/// and closes its live subscribers, which register again and catch up from
-/// storage at their own cursors: so a subscriber on this node sees every
-/// change the other node committed, in seq order, without a gap or a
-/// duplicate at the seam (the ordinary stored-then-live path).
+/// Another node wrote: the loaded documents and head are behind. The actor
+/// reads the new changes once, applies them and hands them to its live
+/// subscribers (`external.rs`); where that could be wrong it resets as after
+/// a failed commit, and its subscribers catch up from storage. Either way a
+/// subscriber on this node sees every change the other node committed, in
+/// seq order, without a gap or a duplicate.
 impl Handler<ExternalCommit> for CollectionActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ExternalCommit, _ctx: &mut Self::Context) {
-        if self
-            .state
-            .as_ref()
-            .is_some_and(|state| msg.head <= state.committed_head)
-        {
-            return;
-        }
-        if self.state.is_none() && self.docs.is_empty() && !self.has_subscribers() {
-            return;
-        }
-        tracing::debug!(collection = %self.name, head = msg.head, "another node committed; reloading");
-        metrics::counter!(m::EXTERNAL_COMMITS).increment(1);
-        self.mark_broken();
+    fn handle(&mut self, msg: ExternalCommit, ctx: &mut Self::Context) {
+        self.guarded(ctx, |act, ctx| {
+            act.external_commit(ctx, msg.head, msg.committed_ms)
+        });
+    }
+}
+
+impl Handler<CaughtUp> for CollectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CaughtUp, ctx: &mut Self::Context) {
+        self.guarded(ctx, |act, ctx| act.caught_up(ctx, msg));
     }
 }
 

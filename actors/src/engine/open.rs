@@ -243,10 +243,10 @@ impl Engine {
         // their collection. The watcher holds the engine weakly: the store
         // keeps it, and the engine keeps the store.
         let weak = Arc::downgrade(&shared);
-        let watcher: seqsync_engine::CommitWatcher = Arc::new(move |name, head| {
+        let watcher: seqsync_engine::CommitWatcher = Arc::new(move |name, head, committed_ms| {
             if let Some(shared) = weak.upgrade() {
                 if let Some(addr) = shared.registry.running(name) {
-                    addr.do_send(crate::collection::ExternalCommit { head });
+                    addr.do_send(crate::collection::ExternalCommit { head, committed_ms });
                 }
             }
         });

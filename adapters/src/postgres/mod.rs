@@ -449,12 +449,18 @@ impl Storage for PostgresStorage {
             heads.push((write.collection.as_str(), head));
         }
         // One wake-up per collection, delivered to listeners when (and only
-        // if) the transaction commits: `node head name`, far below the
-        // 8,000-byte payload limit (names are at most a few hundred bytes).
+        // if) the transaction commits: `node head name committed_ms`, far
+        // below the 8,000-byte payload limit (names are at most a few
+        // hundred bytes). The time is this node's clock, for the readers'
+        // lag metric.
+        let committed_ms = seqsync_engine::now_ms();
         for (name, head) in heads {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&NOTIFY_CHANNEL, &format!("{} {} {}", self.node, head, name)],
+                &[
+                    &NOTIFY_CHANNEL,
+                    &format!("{} {} {} {}", self.node, head, name, committed_ms),
+                ],
             )
             .map_err(|e| pg_error("notifying", e))?;
         }

@@ -64,7 +64,10 @@ pub(super) fn watch(
             while started.elapsed() < Duration::from_millis(WATCH_POLL_MS) {
                 match waiting.next() {
                     Ok(Some(note)) => {
-                        let mut parts = note.payload().splitn(3, ' ');
+                        // `node head name committed_ms` (a node before the
+                        // time was sent: `node head name`). Neither a node
+                        // id nor a collection name holds a space.
+                        let mut parts = note.payload().split(' ');
                         let (Some(from), Some(head), Some(name)) =
                             (parts.next(), parts.next(), parts.next())
                         else {
@@ -73,8 +76,9 @@ pub(super) fn watch(
                         if from == node {
                             continue;
                         }
+                        let committed_ms = parts.next().and_then(|t| t.parse::<u64>().ok());
                         if let Ok(head) = head.parse::<i64>() {
-                            dispatch(&mut known, on_commit, name.to_owned(), head);
+                            dispatch(&mut known, on_commit, name.to_owned(), head, committed_ms);
                         }
                     }
                     Ok(None) => break,
@@ -109,7 +113,7 @@ pub(super) fn watch(
             }
         }
         for (name, head) in moved {
-            dispatch(&mut known, on_commit, name, head);
+            dispatch(&mut known, on_commit, name, head, None);
         }
     }
 }
@@ -120,12 +124,13 @@ pub(super) fn dispatch(
     on_commit: &CommitWatcher,
     name: String,
     head: i64,
+    committed_ms: Option<u64>,
 ) {
     if known.get(&name).is_some_and(|&k| k >= head) {
         return;
     }
     known.insert(name.clone(), head);
     if let Ok(collection) = CollectionName::new(name) {
-        on_commit(&collection, u64::try_from(head).unwrap_or(0));
+        on_commit(&collection, u64::try_from(head).unwrap_or(0), committed_ms);
     }
 }
