@@ -8,6 +8,8 @@
 //! cargo run --release --example yws_load -- --join 150 --doc-mb 20
 //! cargo run --release --example yws_load -- --addr 127.0.0.1:8787 --pid 1234
 //! cargo run --release --example yws_load -- --servers seqsync,y-websocket --rounds 3
+//! cargo run --release --example yws_load -- --spawn-nodes 2 --placements same,split --rounds 2
+//! cargo run --release --example yws_load -- --nodes 127.0.0.1:8787,127.0.0.1:8788 --node-pids 11,12
 //! ```
 //!
 //! Each room is one document with one writer and one observer, both real
@@ -54,6 +56,7 @@
 //! needs nothing beside it: the clients, the measurement, the peers it
 //! starts and the child server. Sections follow that order.
 
+use seqsync_testkit::postgres as pg;
 use seqsync_testkit::traces;
 
 use std::io::{BufRead, BufReader, Write as _};
@@ -123,6 +126,29 @@ impl ServerKind {
     }
 }
 
+/// Who connects to which node, with several nodes on one database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Placement {
+    /// Writers on the first node, observers on the others (a load balancer
+    /// without sticky routing: a reader's edits come from another node).
+    Split,
+    /// Writers and observers on the first node (the baseline: one node's
+    /// own fan-out, on the shared database).
+    Same,
+    /// Room r's writer on node r mod n, its observer on the next node.
+    Mixed,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Split => "split",
+            Placement::Same => "same",
+            Placement::Mixed => "mixed",
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "y-websocket load: rooms × (writer + observer) at human pace")]
 struct Args {
@@ -157,6 +183,21 @@ struct Args {
     /// Use a running server at this address instead of starting one.
     #[arg(long)]
     addr: Option<String>,
+    /// Several seqsync nodes on one PostgreSQL database, started by this
+    /// program for each run: a throwaway cluster and this many host
+    /// servers (`--placements` says who connects where).
+    #[arg(long)]
+    spawn_nodes: Option<usize>,
+    /// Running seqsync nodes (host:port) on one database to spread the
+    /// clients over, instead of starting them.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// The pids of `--nodes`, in order, for their CPU columns.
+    #[arg(long, value_delimiter = ',')]
+    node_pids: Vec<u32>,
+    /// With several nodes: the placements to run, alternated run by run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "split")]
+    placements: Vec<Placement>,
     /// The external server's pid, for its CPU, disk and memory columns.
     #[arg(long)]
     pid: Option<u32>,
@@ -209,6 +250,9 @@ async fn run(args: Args) {
         return;
     }
     let trace = Arc::new(TypedTrace::load(&args.trace));
+    if args.spawn_nodes.is_some() || !args.nodes.is_empty() {
+        return run_nodes(&args, &trace).await;
+    }
     let layouts = if args.both_layouts {
         vec![Layout::One, Layout::PerRoom]
     } else {
@@ -316,6 +360,106 @@ fn summary(rows: &[RunResult], servers: &[ServerKind]) -> String {
     out + "\nRatios are seqsync's median over the peer's (below 1: seqsync uses less).\n"
 }
 
+/// Several nodes on one database: each placement in turn, `--rounds`
+/// times, on fresh nodes and a fresh database each run; then per
+/// placement the medians, each node's CPU and the database's per
+/// delivered edit, and each placement's p99 against `same` (one node's own
+/// fan-out, measured in the same session).
+async fn run_nodes(args: &Args, trace: &Arc<TypedTrace>) {
+    let mut rows = Vec::new();
+    for _round in 0..args.rounds.max(1) {
+        for &placement in &args.placements {
+            let server = Server::start_nodes(args, placement);
+            let result = rooms_run(
+                &server,
+                trace,
+                args.rooms,
+                args.rate,
+                args.secs,
+                args.layout,
+            )
+            .await;
+            server.stop();
+            eprintln!("{}", result.row());
+            rows.push(result);
+        }
+    }
+    println!("\n{}", RunResult::header());
+    for row in &rows {
+        println!("{}", row.row());
+    }
+    println!("\n{}", nodes_summary(&rows, &args.placements));
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Per placement: medians of p50, p99 and max, delivery, each node's CPU
+/// per delivered edit, the database's, and the p99 ratio to `same`.
+fn nodes_summary(rows: &[RunResult], placements: &[Placement]) -> String {
+    let nodes = rows.first().map_or(0, |r| r.nodes_cpu_secs.len());
+    let node_columns: String = (0..nodes)
+        .map(|i| format!(" node {} CPU / edit |", i + 1))
+        .collect();
+    let mut out = format!(
+        "| placement | rooms | runs | p50 | p99 | max | delivered |{node_columns} database CPU / edit | p99 / same |\n|{}\n",
+        "---|".repeat(9 + nodes)
+    );
+    let of = |placement: Placement| -> Vec<&RunResult> {
+        rows.iter()
+            .filter(|r| r.placement == Some(placement))
+            .collect()
+    };
+    let p99_of = |placement: Placement| median(of(placement).iter().map(|r| r.p99_ms()).collect());
+    let same_p99 = p99_of(Placement::Same);
+    for &placement in placements {
+        let runs = of(placement);
+        let Some(first) = runs.first() else {
+            continue;
+        };
+        let sent: u64 = runs.iter().map(|r| r.sent).sum();
+        let delivered: u64 = runs.iter().map(|r| r.delivered).sum();
+        let cpu = |value: Option<f64>| value.map_or("—".to_owned(), |v| format!("{v:.0} µs"));
+        let node_cells: String = (0..nodes)
+            .map(|i| {
+                let values: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r.node_cpu_us_per_edit(i))
+                    .collect();
+                format!(" {} |", cpu((!values.is_empty()).then(|| median(values))))
+            })
+            .collect();
+        let db: Vec<f64> = runs.iter().filter_map(|r| r.db_cpu_us_per_edit()).collect();
+        let p99 = p99_of(placement);
+        out +=
+            &format!(
+            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % |{node_cells} {} | {} |\n",
+            placement.name(),
+            first.rooms,
+            runs.len(),
+            median(runs.iter().map(|r| r.percentile_ms(0.5)).collect()),
+            p99,
+            median(runs.iter().map(|r| r.percentile_ms(1.0)).collect()),
+            100.0 * delivered as f64 / sent.max(1) as f64,
+            cpu((!db.is_empty()).then(|| median(db))),
+            if same_p99.is_finite() { format!("{:.2}×", p99 / same_p99) } else { "—".to_owned() },
+        );
+    }
+    out + "\nCPU per delivered edit; node 1 takes the writers (all of them but with `mixed`). \
+           The database shares the machine's cores with the nodes.\n"
+}
+
 // ---------------------------------------------------------------------------
 // The server under test
 // ---------------------------------------------------------------------------
@@ -331,9 +475,14 @@ fn serve_child(dir: PathBuf) {
     config.engine.storage.backend = match std::env::var(SERVE_BACKEND_VAR).as_deref() {
         Ok("redb") => seqsync::BackendKind::Redb,
         Ok("memory") => seqsync::BackendKind::Memory,
+        // A node of several: `SEQSYNC_STORAGE_URL` names the database.
+        Ok("postgres") => seqsync::BackendKind::Postgres,
         _ => seqsync::BackendKind::Sqlite,
     };
-    config.server.listen = "127.0.0.1:0".to_owned();
+    // A node of several is given its port (its advertised URL names it).
+    if std::env::var("SEQSYNC_SERVER_LISTEN").is_err() {
+        config.server.listen = "127.0.0.1:0".to_owned();
+    }
     let server = seqsync_server::ServerThread::start(config).expect("server starts");
     println!("listening {}", server.addr);
     let _ = std::io::stdout().flush();
@@ -350,6 +499,20 @@ struct Server {
     pid: Option<u32>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
+    /// Several nodes on one database: all of them (the first is `addr`),
+    /// and who connects where. Empty for one server.
+    nodes: Vec<Node>,
+    placement: Placement,
+    /// The database's postmaster (spawned nodes), for the database's CPU.
+    db_pid: Option<u32>,
+}
+
+/// One node of several.
+struct Node {
+    addr: String,
+    pid: Option<u32>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -361,6 +524,9 @@ impl Server {
                 pid: args.pid,
                 child: None,
                 _dir: None,
+                nodes: Vec::new(),
+                placement: Placement::Same,
+                db_pid: None,
             };
         }
         let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd"))
@@ -408,7 +574,96 @@ impl Server {
             pid: Some(child.id()),
             child: Some(child),
             _dir: Some(dir),
+            nodes: Vec::new(),
+            placement: Placement::Same,
+            db_pid: None,
         }
+    }
+
+    /// Several seqsync nodes on one PostgreSQL database: `--nodes` if
+    /// given, else `--spawn-nodes` host servers started on a fresh database
+    /// of a throwaway cluster (each advertising its URL, so a write that
+    /// reaches a non-owner is forwarded to the owner).
+    fn start_nodes(args: &Args, placement: Placement) -> Self {
+        let mut db_pid = None;
+        let nodes: Vec<Node> = if !args.nodes.is_empty() {
+            args.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| Node {
+                    addr: addr.clone(),
+                    pid: args.node_pids.get(i).copied(),
+                    child: None,
+                    _dir: None,
+                })
+                .collect()
+        } else {
+            let cluster =
+                pg::PgCluster::shared().expect("PostgreSQL binaries (install postgresql)");
+            db_pid = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
+                .ok()
+                .and_then(|text| text.lines().next().and_then(|l| l.trim().parse().ok()));
+            let url = cluster.fresh_database();
+            (0..args.spawn_nodes.unwrap_or(2).max(1))
+                .map(|i| spawn_node(&url, i))
+                .collect()
+        };
+        assert!(!nodes.is_empty(), "--nodes: at least one address");
+        Self {
+            kind: ServerKind::Seqsync,
+            addr: nodes[0].addr.clone(),
+            pid: nodes[0].pid,
+            child: None,
+            _dir: None,
+            nodes,
+            placement,
+            db_pid,
+        }
+    }
+
+    /// Where room `room`'s writer connects.
+    fn writer_addr(&self, room: usize) -> String {
+        match (self.placement, self.nodes.len()) {
+            (Placement::Mixed, n) if n > 1 => self.nodes[room % n].addr.clone(),
+            _ => self.addr.clone(),
+        }
+    }
+
+    /// Where room `room`'s observer connects.
+    fn observer_addr(&self, room: usize) -> String {
+        match (self.placement, self.nodes.len()) {
+            (Placement::Split, n) if n > 1 => self.nodes[1 + room % (n - 1)].addr.clone(),
+            (Placement::Mixed, n) if n > 1 => self.nodes[(room + 1) % n].addr.clone(),
+            _ => self.addr.clone(),
+        }
+    }
+
+    /// Each node's CPU seconds so far (`None` without its pid).
+    fn node_cpu_secs(&self) -> Vec<Option<f64>> {
+        self.nodes
+            .iter()
+            .map(|n| n.pid.and_then(ProcStats::read).map(|s| s.cpu_secs))
+            .collect()
+    }
+
+    /// The database's CPU seconds so far: the postmaster, its live
+    /// children (backends, writers) and the children that exited.
+    fn db_cpu_secs(&self) -> Option<f64> {
+        let postmaster = self.db_pid?;
+        let mut ticks = proc_ticks(postmaster, true)?;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if proc_parent(pid) == Some(postmaster) {
+                ticks += proc_ticks(pid, false).unwrap_or(0.0);
+            }
+        }
+        Some(ticks / 100.0)
     }
 
     /// The count of storage commits so far, from the server's `/metrics`
@@ -446,7 +701,76 @@ impl Server {
             drop(child.stdin.take());
             let _ = child.wait();
         }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                drop(child.stdin.take());
+                let _ = child.wait();
+            }
+        }
     }
+}
+
+/// Starts node `i` on database `url`: this program as a child serving a
+/// host server on a port chosen here, advertised so others can forward to
+/// it.
+fn spawn_node(url: &str, i: usize) -> Node {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("a directory");
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .env(SERVE_DIR_VAR, dir.path())
+        .env(SERVE_BACKEND_VAR, "postgres")
+        .env("SEQSYNC_STORAGE_URL", url)
+        .env("SEQSYNC_STORAGE_NODE_ID", format!("node-{i}"))
+        .env("SEQSYNC_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "SEQSYNC_SERVER_ADVERTISE_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a node");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("node address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("the node prints its address")
+        .to_owned();
+    Node {
+        addr,
+        pid: Some(child.id()),
+        child: Some(child),
+        _dir: Some(dir),
+    }
+}
+
+/// utime + stime of a process, in clock ticks (with `exited_children`,
+/// also those of its children that exited and were waited for).
+fn proc_ticks(pid: u32, exited_children: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let own = field(11)? + field(12)?;
+    Some(if exited_children {
+        own + field(13)? + field(14)?
+    } else {
+        own
+    })
+}
+
+/// A process's parent pid.
+fn proc_parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU, disk and memory of a process, from /proc.
@@ -598,6 +922,11 @@ struct RunResult {
     resets: u64,
     /// Storage commits during the run, if the server's metrics said.
     commits: Option<f64>,
+    /// With several nodes: the placement, each node's CPU seconds during
+    /// the run (`None` without its pid) and the database's.
+    placement: Option<Placement>,
+    nodes_cpu_secs: Vec<Option<f64>>,
+    db_cpu_secs: Option<f64>,
 }
 
 impl RunResult {
@@ -630,6 +959,28 @@ impl RunResult {
         Some(after.peak_rss_bytes as f64 / 1e6)
     }
 
+    /// The server's name, with the nodes and placement when several.
+    fn server_name(&self) -> String {
+        match self.placement {
+            Some(placement) => format!(
+                "seqsync ×{} ({})",
+                self.nodes_cpu_secs.len(),
+                placement.name()
+            ),
+            None => self.kind.name().to_owned(),
+        }
+    }
+
+    /// CPU µs per delivered edit of node `i`, and of the database.
+    fn node_cpu_us_per_edit(&self, i: usize) -> Option<f64> {
+        let secs = (*self.nodes_cpu_secs.get(i)?)?;
+        Some(secs * 1e6 / self.delivered.max(1) as f64)
+    }
+
+    fn db_cpu_us_per_edit(&self) -> Option<f64> {
+        Some(self.db_cpu_secs? * 1e6 / self.delivered.max(1) as f64)
+    }
+
     fn header() -> String {
         "| server | layout | rooms | edits/s | p50 | p95 | p99 | max | delivered | server CPU / edit | disk / edit | edits / commit | server peak RSS | client CPU | closed |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -651,7 +1002,7 @@ impl RunResult {
         };
         format!(
             "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {:.2} % ({}/{}) | {} | {} | {} | {} | {:.0} % of a core | {} |",
-            self.kind.name(),
+            self.server_name(),
             self.layout.name(),
             self.rooms,
             self.rooms as f64 * self.rate,
@@ -703,7 +1054,7 @@ async fn rooms_run(
     let setup = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let (synced_tx, mut synced_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
     for (room, clock) in clocks.iter().enumerate() {
-        let addr = server.addr.clone();
+        let addr = server.observer_addr(room);
         let path = room_path(layout, room);
         let clock = clock.clone();
         let trace = trace.clone();
@@ -737,7 +1088,7 @@ async fn rooms_run(
     let (typed_tx, mut typed_rx) = tokio::sync::mpsc::channel::<()>(rooms.max(1));
     let finish = Arc::new(tokio::sync::Notify::new());
     for (room, clock) in clocks.iter().enumerate() {
-        let addr = server.addr.clone();
+        let addr = server.writer_addr(room);
         let path = room_path(layout, room);
         let clock = clock.clone();
         let trace = trace.clone();
@@ -775,6 +1126,8 @@ async fn rooms_run(
     }
     // Go: measure from here.
     let server_before = server.stats();
+    let nodes_before = server.node_cpu_secs();
+    let db_before = server.db_cpu_secs();
     let commits_before = server.commits();
     let own_before = ProcStats::own();
     let t0 = Instant::now();
@@ -801,6 +1154,8 @@ async fn rooms_run(
     }
     let wall_secs = t0.elapsed().as_secs_f64();
     let server_after = server.stats();
+    let nodes_after = server.node_cpu_secs();
+    let db_after = server.db_cpu_secs();
     let commits_after = server.commits();
     let own_after = ProcStats::own();
     done_typing.store(true, Ordering::SeqCst);
@@ -835,6 +1190,13 @@ async fn rooms_run(
         commits: commits_before
             .zip(commits_after)
             .map(|(before, after)| after - before),
+        placement: (!server.nodes.is_empty()).then_some(server.placement),
+        nodes_cpu_secs: nodes_before
+            .iter()
+            .zip(&nodes_after)
+            .map(|(b, a)| b.zip(*a).map(|(b, a)| a - b))
+            .collect(),
+        db_cpu_secs: db_before.zip(db_after).map(|(b, a)| a - b),
     }
 }
 

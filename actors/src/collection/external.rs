@@ -41,6 +41,11 @@ const MAX_CATCH_UP_CHANGES: usize = 4096;
 const MAX_CATCH_UP_BYTES: usize = 16 << 20;
 /// Changes per storage page within a catch-up read.
 const CATCH_UP_PAGE: usize = 1000;
+/// How often a catch-up also reads the peer table (other nodes' acks move
+/// it). Only an owner uses it (compaction gating, last-seen records), and
+/// a stale table is safe there: acks only hold compaction back, and stored
+/// acks never move backwards. So not on every wake-up: it is a second read.
+const PEERS_REFRESH_MS: u64 = 1_000;
 
 /// A catch-up read in flight.
 pub(super) struct CatchUp {
@@ -56,18 +61,20 @@ pub(crate) struct NewChanges {
     meta: CollectionMeta,
     /// The changes after the head, in seq order.
     changes: Vec<Change>,
-    /// The peer table (other nodes' acks move it too).
-    peers: Vec<PeerRecord>,
+    /// The peer table (other nodes' acks move it too), when it was read.
+    peers: Option<Vec<PeerRecord>>,
     /// Whether `changes` reach `meta.head` (else another read follows).
     complete: bool,
 }
 
-/// Reads the changes of `name` after `after`, up to the limits. `None`: the
-/// collection is gone. Blocking (runs on the read pool).
+/// Reads the changes of `name` after `after`, up to the limits, and the
+/// peer table if `with_peers`. `None`: the collection is gone. Blocking
+/// (runs on the read pool).
 pub(super) fn read_new_changes(
     storage: &dyn Storage,
     name: &CollectionName,
     after: Seq,
+    with_peers: bool,
 ) -> Result<Option<NewChanges>, StorageError> {
     let mut changes: Vec<Change> = Vec::new();
     let mut bytes = 0usize;
@@ -87,7 +94,11 @@ pub(super) fn read_new_changes(
         }
     };
     let complete = cursor >= meta.head;
-    let peers = storage.peers(name)?;
+    let peers = if with_peers {
+        Some(storage.peers(name)?)
+    } else {
+        None
+    };
     Ok(Some(NewChanges {
         meta,
         changes,
@@ -153,9 +164,15 @@ impl CollectionActor {
         let shared = self.shared.clone();
         let name = self.name.clone();
         let addr = ctx.address();
+        let with_peers = self
+            .peers_read_at
+            .is_none_or(|at| at.elapsed().as_millis() >= u128::from(PEERS_REFRESH_MS));
+        if with_peers {
+            self.peers_read_at = Some(Instant::now());
+        }
         actix::spawn(async move {
             let result = shared
-                .read(move |storage| read_new_changes(storage, &name, after))
+                .read(move |storage| read_new_changes(storage, &name, after, with_peers))
                 .await;
             addr.do_send(CaughtUp { after, result });
         });
@@ -221,11 +238,12 @@ impl CollectionActor {
             state.committed_head = through;
             state.assigned_head = through;
             state.assigned_checksum = checksum;
-            state.peers = new
-                .peers
-                .into_iter()
-                .map(|p| (p.peer.clone(), p))
-                .collect::<HashMap<_, _>>();
+            if let Some(peers) = new.peers {
+                state.peers = peers
+                    .into_iter()
+                    .map(|p| (p.peer.clone(), p))
+                    .collect::<HashMap<_, _>>();
+            }
         }
         metrics::counter!(m::EXTERNAL_CHANGES).increment(new.changes.len() as u64);
         self.broadcast_range(committed_head, through, new.changes);

@@ -364,6 +364,8 @@ pub(crate) struct CollectionActor {
     next_run: u64,
     /// A read of another node's changes in flight (`external.rs`).
     catch_up: Option<external::CatchUp>,
+    /// When a catch-up last read the peer table.
+    peers_read_at: Option<Instant>,
 }
 
 /// The live subscribers of one document.
@@ -403,6 +405,7 @@ impl CollectionActor {
             manual_runs: HashMap::new(),
             next_run: 0,
             catch_up: None,
+            peers_read_at: None,
         }
     }
 }

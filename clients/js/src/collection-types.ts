@@ -3,9 +3,9 @@
  * options) and what the client hands each collection (`ClientContext`).
  *
  * Why a file of their own: the collection's work is split over several
- * files (see collection.ts), and each of them needs these types; kept here,
- * they import them without importing the `Collection` class, which imports
- * all of them. collection.ts re-exports the public ones, so the package's
+ * files (see collection.ts), and each of them needs these types; here, the
+ * parts import them without importing the `Collection` class, which
+ * imports every part. collection.ts re-exports them, so the package's
  * names do not change.
  */
 import type { RejectedEntry, SeqsyncStore } from './store.js'

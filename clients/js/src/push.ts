@@ -9,7 +9,8 @@
  * Why a file of its own: this is the one place that turns the outbox into
  * frames and back, with its own limits (below) mirroring the server's and
  * the Rust replica's. It runs inside a session (session.ts) and is woken
- * by local-docs.ts when edits are saved and by socket.ts on welcome.
+ * by socket.ts on welcome, by local-docs.ts when edits are saved, and by
+ * `Collection.stop` for the goodbye.
  */
 import * as Y from 'yjs'
 import { PERMANENT_PUSH_CODES, RETRYABLE_PUSH_CODES, ServerError } from './errors.js'

@@ -6,9 +6,11 @@
  * epoch, and queues every local document whole for pushing back. Nothing
  * local is lost.
  *
- * Why a file of its own: it is the one path that goes around the socket
- * (HTTP, then the outbox superseded in one store transaction), run by the
- * sync() and follow() loops of collection.ts between two sessions.
+ * Why a file of its own: it runs between two sessions, not on a socket
+ * (the sync() and follow() loops of collection.ts call it after a session
+ * ended with `reset`), and it replaces the local state wholesale (HTTP,
+ * then the outbox superseded in one store transaction) where every other
+ * part only moves it forward.
  */
 import * as Y from 'yjs'
 import { UpgradeRequiredError } from './errors.js'

@@ -6,9 +6,9 @@
  * the session. `applyToLive` and `afterDeletes` also serve recover.ts and
  * `Collection.delete`.
  *
- * Why a file of its own: this is the pull half of the socket, the only
- * code that writes other peers' changes locally; it shares nothing with
- * the push pipeline but the session it runs in (session.ts).
+ * Why a file of its own: this is the pull half of the socket. It shares
+ * with the push pipeline only the session it runs in (session.ts) and the
+ * report of rejected rows (a delete refuses the document's outbox rows).
  */
 import * as Y from 'yjs'
 import { UpgradeRequiredError } from './errors.js'
