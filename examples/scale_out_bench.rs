@@ -43,9 +43,31 @@ fn node(url: &str, name: &str) -> Engine {
     seqsync::open(config).expect("open a node")
 }
 
+/// What one ingest run measured.
+struct Ingest {
+    pushes_per_sec: f64,
+    /// CPU of this process (every node) per push, µs.
+    nodes_cpu_us: f64,
+    /// CPU of the database's processes per push, µs (`None`: unreadable).
+    db_cpu_us: Option<f64>,
+}
+
+/// CPU seconds of this process so far (utime + stime, from /proc).
+fn own_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.get(stat.rfind(')')? + 2..)?.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .map_or(0.0, |ticks| ticks / 100.0)
+}
+
 /// Pushes/s with the writers spread over `nodes` (writer w uses node
-/// w % nodes, and collection c is written only by writers of one node).
-async fn ingest(nodes: usize, pushes: usize) -> f64 {
+/// w % nodes, and collection c is written only by writers of one node),
+/// and the CPU per push of the nodes and of the database.
+async fn ingest(nodes: usize, pushes: usize) -> Ingest {
     let cluster = pg::PgCluster::shared().expect("PostgreSQL binaries (install postgresql)");
     let url = cluster.fresh_database();
     let engines: Vec<Engine> = (0..nodes)
@@ -62,6 +84,8 @@ async fn ingest(nodes: usize, pushes: usize) -> f64 {
         })
         .collect();
     let started = Instant::now();
+    let own_before = own_cpu_secs();
+    let db_before = cluster.cpu_secs();
     let tasks: Vec<_> = work
         .into_iter()
         .map(|(engine, collection, doc, updates)| {
@@ -78,11 +102,20 @@ async fn ingest(nodes: usize, pushes: usize) -> f64 {
     for task in tasks {
         task.await.expect("writer");
     }
-    let rate = (per_writer * WRITERS) as f64 / started.elapsed().as_secs_f64();
+    let done = (per_writer * WRITERS) as f64;
+    let rate = done / started.elapsed().as_secs_f64();
+    let nodes_cpu_us = (own_cpu_secs() - own_before) * 1e6 / done;
+    let db_cpu_us = db_before
+        .zip(cluster.cpu_secs())
+        .map(|(before, after)| (after - before) * 1e6 / done);
     for engine in engines {
         engine.shutdown().await;
     }
-    rate
+    Ingest {
+        pushes_per_sec: rate,
+        nodes_cpu_us,
+        db_cpu_us,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -96,9 +129,28 @@ async fn main() {
     );
     let one = ingest(1, pushes).await;
     let three = ingest(3, pushes).await;
+    let db = |run: &Ingest| {
+        run.db_cpu_us
+            .map_or("—".to_owned(), |us| format!("{us:.0} µs"))
+    };
     println!();
-    println!("| nodes | pushes/s | vs one node |");
-    println!("|---|---|---|");
-    println!("| 1 | {one:.0} | 1.00× |");
-    println!("| 3 | {three:.0} | {:.2}× |", three / one);
+    println!("| nodes | pushes/s | vs one node | nodes' CPU / push | database CPU / push |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 1 | {:.0} | 1.00× | {:.0} µs | {} |",
+        one.pushes_per_sec,
+        one.nodes_cpu_us,
+        db(&one)
+    );
+    println!(
+        "| 3 | {:.0} | {:.2}× | {:.0} µs | {} |",
+        three.pushes_per_sec,
+        three.pushes_per_sec / one.pushes_per_sec,
+        three.nodes_cpu_us,
+        db(&three)
+    );
+    println!(
+        "\nCPU per push from /proc: this process (every node) and the database's \
+         processes (postmaster and children), sharing the machine's cores."
+    );
 }

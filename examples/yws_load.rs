@@ -503,8 +503,8 @@ struct Server {
     /// and who connects where. Empty for one server.
     nodes: Vec<Node>,
     placement: Placement,
-    /// The database's postmaster (spawned nodes), for the database's CPU.
-    db_pid: Option<u32>,
+    /// Whether this program started the database (its CPU is measured).
+    db: bool,
 }
 
 /// One node of several.
@@ -526,7 +526,7 @@ impl Server {
                 _dir: None,
                 nodes: Vec::new(),
                 placement: Placement::Same,
-                db_pid: None,
+                db: false,
             };
         }
         let dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd"))
@@ -576,7 +576,7 @@ impl Server {
             _dir: Some(dir),
             nodes: Vec::new(),
             placement: Placement::Same,
-            db_pid: None,
+            db: false,
         }
     }
 
@@ -585,7 +585,7 @@ impl Server {
     /// of a throwaway cluster (each advertising its URL, so a write that
     /// reaches a non-owner is forwarded to the owner).
     fn start_nodes(args: &Args, placement: Placement) -> Self {
-        let mut db_pid = None;
+        let db = args.nodes.is_empty();
         let nodes: Vec<Node> = if !args.nodes.is_empty() {
             args.nodes
                 .iter()
@@ -600,9 +600,6 @@ impl Server {
         } else {
             let cluster =
                 pg::PgCluster::shared().expect("PostgreSQL binaries (install postgresql)");
-            db_pid = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
-                .ok()
-                .and_then(|text| text.lines().next().and_then(|l| l.trim().parse().ok()));
             let url = cluster.fresh_database();
             (0..args.spawn_nodes.unwrap_or(2).max(1))
                 .map(|i| spawn_node(&url, i))
@@ -617,7 +614,7 @@ impl Server {
             _dir: None,
             nodes,
             placement,
-            db_pid,
+            db,
         }
     }
 
@@ -646,24 +643,12 @@ impl Server {
             .collect()
     }
 
-    /// The database's CPU seconds so far: the postmaster, its live
-    /// children (backends, writers) and the children that exited.
+    /// The database's CPU seconds so far (spawned nodes only).
     fn db_cpu_secs(&self) -> Option<f64> {
-        let postmaster = self.db_pid?;
-        let mut ticks = proc_ticks(postmaster, true)?;
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if proc_parent(pid) == Some(postmaster) {
-                ticks += proc_ticks(pid, false).unwrap_or(0.0);
-            }
+        if !self.db {
+            return None;
         }
-        Some(ticks / 100.0)
+        pg::PgCluster::shared()?.cpu_secs()
     }
 
     /// The count of storage commits so far, from the server's `/metrics`
@@ -749,28 +734,6 @@ fn spawn_node(url: &str, i: usize) -> Node {
         child: Some(child),
         _dir: Some(dir),
     }
-}
-
-/// utime + stime of a process, in clock ticks (with `exited_children`,
-/// also those of its children that exited and were waited for).
-fn proc_ticks(pid: u32, exited_children: bool) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    let own = field(11)? + field(12)?;
-    Some(if exited_children {
-        own + field(13)? + field(14)?
-    } else {
-        own
-    })
-}
-
-/// A process's parent pid.
-fn proc_parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU, disk and memory of a process, from /proc.

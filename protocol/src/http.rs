@@ -42,7 +42,8 @@ pub struct ErrorAnswer {
     /// has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// On `not_owner`: how long the owner's lease may still last.
+    /// On `not_owner`: how long the owner's lease may still last; on
+    /// `commit_timeout`: when to retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
 }

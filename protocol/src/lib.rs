@@ -70,6 +70,7 @@ pub const ERROR_CODES: &[&str] = &[
     "too_many_connections",
     "too_many_rooms",
     "overloaded",
+    "commit_timeout",
     "storage",
     "shutting_down",
     "migration_failed",

@@ -280,6 +280,14 @@ pub struct ServerLimits {
     /// stopped reading) is closed (1008, reason `slow_reader`), so it holds
     /// at most a bounded queue meanwhile; default 10,000.
     pub ws_send_timeout_ms: u64,
+    /// The longest an HTTP write (push, batch, delete, ack) waits to be
+    /// confirmed durable: past it the client gets 503 `commit_timeout`
+    /// with `Retry-After`, so a slow or unreachable database never holds
+    /// requests without bound; default 10,000. The write stays queued and
+    /// may still land, so a retry is safe. WebSocket pushes (`/yws`, the
+    /// sync socket) wait instead: their connections stay open and resume
+    /// when the database does.
+    pub commit_timeout_ms: u64,
 }
 
 impl ServerLimits {
@@ -296,6 +304,7 @@ impl ServerLimits {
         at_least_1(config_key!("limits", self.ws_ping_interval_ms))?;
         at_least_1(config_key!("limits", self.ws_idle_timeout_ms))?;
         at_least_1(config_key!("limits", self.ws_send_timeout_ms))?;
+        at_least_1(config_key!("limits", self.commit_timeout_ms))?;
         if self.ws_idle_timeout_ms <= self.ws_ping_interval_ms {
             return Err(ConfigError::Invalid {
                 key: "limits.ws_idle_timeout_ms",
@@ -321,6 +330,7 @@ impl Default for ServerLimits {
             ws_ping_interval_ms: 15_000,
             ws_idle_timeout_ms: 60_000,
             ws_send_timeout_ms: 10_000,
+            commit_timeout_ms: 10_000,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct ApiError {
     /// A write refused by a node that does not own the collection: the
     /// owner and how long its lease may last.
     owner: Option<(String, u64)>,
+    /// Sent as `Retry-After` (in whole seconds, at least 1) when set.
+    retry_after_ms: Option<u64>,
 }
 
 /// The header naming the node that owns a collection, on a `not_owner`
@@ -33,7 +35,26 @@ impl ApiError {
             code,
             answer: Box::new(ErrorAnswer::new(code, message)),
             owner: None,
+            retry_after_ms: None,
         }
+    }
+
+    /// 503 `commit_timeout`: a write not confirmed durable within
+    /// `timeout_ms` (`limits.commit_timeout_ms`), with `Retry-After`. The
+    /// write stays queued and may still land.
+    pub fn commit_timeout(timeout_ms: u64) -> Self {
+        let mut api = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "commit_timeout",
+            format!(
+                "the write was not confirmed durable within {timeout_ms} ms \
+                 (limits.commit_timeout_ms): the database is slow or unreachable. \
+                 It may still land; retrying is safe"
+            ),
+        );
+        api.retry_after_ms = Some(1_000);
+        api.answer.retry_after_ms = Some(1_000);
+        api
     }
 
     /// 400 with `code`.
@@ -72,6 +93,11 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if let Some((owner, retry_after_ms)) = &self.owner {
             response.insert_header((OWNER_HEADER, owner.as_str()));
+            response.insert_header((
+                "retry-after",
+                retry_after_ms.div_ceil(1000).max(1).to_string(),
+            ));
+        } else if let Some(retry_after_ms) = self.retry_after_ms {
             response.insert_header((
                 "retry-after",
                 retry_after_ms.div_ceil(1000).max(1).to_string(),

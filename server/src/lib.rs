@@ -75,6 +75,25 @@ impl AppState {
         &self.engine.config().limits
     }
 
+    /// Awaits a write's answer for at most `limits.commit_timeout_ms`; past
+    /// it, 503 `commit_timeout` with `Retry-After`. Dropping the wait does
+    /// not withdraw the write: it is queued with the collection's actor and
+    /// may still commit (so a retry is safe).
+    async fn bounded<T, E: Into<ApiError>>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ApiError> {
+        let limit = limits::millis(self.limits.commit_timeout_ms);
+        match tokio::time::timeout(limit, write).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => {
+                metrics::counter!("seqsync_refused_total", "reason" => "commit_timeout")
+                    .increment(1);
+                Err(ApiError::commit_timeout(self.limits.commit_timeout_ms))
+            }
+        }
+    }
+
     /// A batch body holds base64 updates: twice the update limit, within
     /// the body limit of every route.
     fn batch_body_limit_bytes(&self) -> u64 {

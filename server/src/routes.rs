@@ -173,7 +173,9 @@ async fn push_update(
         &state.limits,
     )
     .await?;
-    let outcome = state.engine.push(&collection, &doc, body, options).await?;
+    let outcome = state
+        .bounded(state.engine.push(&collection, &doc, body, options))
+        .await?;
     Ok(HttpResponse::Ok().json(PushAnswer {
         seq: outcome.seq,
         head: outcome.head,
@@ -208,8 +210,7 @@ async fn push_batch(
         }
     }
     let outcome = state
-        .engine
-        .push_batch(&collection, updates, options)
+        .bounded(state.engine.push_batch(&collection, updates, options))
         .await?;
     Ok(HttpResponse::Ok().json(BatchAnswer {
         seqs: outcome.seqs,
@@ -227,7 +228,9 @@ async fn delete_document(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Delete),
     )?;
-    let outcome = state.engine.delete(&collection, &doc).await?;
+    let outcome = state
+        .bounded(state.engine.delete(&collection, &doc))
+        .await?;
     Ok(HttpResponse::Ok().json(DeleteAnswer {
         seq: outcome.seq,
         head: outcome.head,
@@ -282,7 +285,9 @@ async fn ack(
     )?;
     let body = read_body(payload, 4096, &state.limits).await?;
     let seq = decode::decode_ack_body(&body)?;
-    let acked = state.engine.ack(&collection, &peer, seq).await?;
+    let acked = state
+        .bounded(state.engine.ack(&collection, &peer, seq))
+        .await?;
     Ok(HttpResponse::Ok().json(AckAnswer { seq: acked }))
 }
 

@@ -81,6 +81,112 @@ impl PgCluster {
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
+
+    /// Pauses every process of the cluster (SIGSTOP to the postmaster and
+    /// its children): connections stay open and the kernel still accepts
+    /// bytes on them, but nothing answers, as when the database host
+    /// stalls. Only for a test process of its own: every test of the
+    /// process shares the cluster. Panics if a signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes what [`PgCluster::pause`] stopped (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let postmaster = self.postmaster().expect("the postmaster's pid");
+        let mut pids = vec![postmaster];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if proc_parent(pid) == Some(postmaster) {
+                    pids.push(pid);
+                }
+            }
+        }
+        // The shell's own `kill`: `sh` is on every machine, a `kill` binary
+        // not necessarily.
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill {signal} {}", pids.join(" ")))
+            .status()
+            .expect("run sh");
+        assert!(status.success(), "kill {signal} {pids:?} failed");
+    }
+
+    fn postmaster(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// CPU seconds the cluster has used so far: the postmaster, its live
+    /// children (backends, checkpointer, WAL writer) and the children that
+    /// exited (a closed connection's backend). From `/proc` (Linux), so a
+    /// benchmark can say what the database cost per operation beside what
+    /// the nodes cost. `None` if the postmaster cannot be read.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        let postmaster = self.postmaster()?;
+        let mut ticks = proc_ticks(postmaster, true)?;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if proc_parent(pid) == Some(postmaster) {
+                ticks += proc_ticks(pid, false).unwrap_or(0.0);
+            }
+        }
+        Some(ticks / clock_ticks_per_sec())
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces, in parentheses).
+fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// utime + stime of a process in clock ticks; with `exited_children`, also
+/// those of its children that exited and were waited for.
+fn proc_ticks(pid: u32, exited_children: bool) -> Option<f64> {
+    let fields = proc_stat_fields(pid)?;
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let own = field(11)? + field(12)?;
+    Some(if exited_children {
+        own + field(13)? + field(14)?
+    } else {
+        own
+    })
+}
+
+/// A process's parent pid.
+fn proc_parent(pid: u32) -> Option<u32> {
+    proc_stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Linux's `USER_HZ`: 100 on every architecture it runs on.
+fn clock_ticks_per_sec() -> f64 {
+    100.0
 }
 
 fn find_bin() -> Option<PathBuf> {
