@@ -558,16 +558,7 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the server child");
-        let stdout = child.stdout.take().expect("child stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("server address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .expect("the child prints its address")
-            .to_owned();
+        let addr = listening_addr(&mut child);
         Self {
             kind,
             addr,
@@ -695,6 +686,20 @@ impl Server {
     }
 }
 
+/// The address a server child prints first (`listening ADDR`): this
+/// program's child, a node, or y-websocket's reference server.
+fn listening_addr(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the server's address");
+    line.trim()
+        .strip_prefix("listening ")
+        .expect("the server prints `listening ADDR` first")
+        .to_owned()
+}
+
 /// Starts node `i` on database `url`: this program as a child serving a
 /// host server on a port chosen here, advertised so others can forward to
 /// it.
@@ -718,16 +723,7 @@ fn spawn_node(url: &str, i: usize) -> Node {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start a node");
-    let stdout = child.stdout.take().expect("child stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("node address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .expect("the node prints its address")
-        .to_owned();
+    let addr = listening_addr(&mut child);
     Node {
         addr,
         pid: Some(child.id()),

@@ -99,20 +99,7 @@ impl PgCluster {
     fn signal(&self, signal: &str) {
         let postmaster = self.postmaster().expect("the postmaster's pid");
         let mut pids = vec![postmaster];
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if proc_parent(pid) == Some(postmaster) {
-                    pids.push(pid);
-                }
-            }
-        }
+        pids.extend(children_of(postmaster));
         // The shell's own `kill`: `sh` is on every machine, a `kill` binary
         // not necessarily.
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
@@ -142,17 +129,8 @@ impl PgCluster {
     pub fn cpu_secs(&self) -> Option<f64> {
         let postmaster = self.postmaster()?;
         let mut ticks = proc_ticks(postmaster, true)?;
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if proc_parent(pid) == Some(postmaster) {
-                ticks += proc_ticks(pid, false).unwrap_or(0.0);
-            }
+        for pid in children_of(postmaster) {
+            ticks += proc_ticks(pid, false).unwrap_or(0.0);
         }
         Some(ticks / clock_ticks_per_sec())
     }
@@ -177,6 +155,18 @@ fn proc_ticks(pid: u32, exited_children: bool) -> Option<f64> {
     } else {
         own
     })
+}
+
+/// The live children of process `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| proc_parent(pid) == Some(parent))
+        .collect()
 }
 
 /// A process's parent pid.

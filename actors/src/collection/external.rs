@@ -210,15 +210,14 @@ impl CollectionActor {
             self.reload("the epoch changed");
             return;
         }
-        let through = match (new.complete, new.changes.last()) {
-            (true, _) => new.meta.head,
-            (false, Some(last)) => last.seq,
-            (false, None) => committed_head,
-        };
-        let checksum = match (new.complete, new.changes.last()) {
-            (true, _) => new.meta.log_checksum,
-            (false, Some(last)) => last.log_checksum,
-            (false, None) => self.state.as_ref().map_or(0, |s| s.assigned_checksum),
+        // Where this read leaves the collection, and its log checksum there.
+        let (through, checksum) = match (new.complete, new.changes.last()) {
+            (true, _) => (new.meta.head, new.meta.log_checksum),
+            (false, Some(last)) => (last.seq, last.log_checksum),
+            (false, None) => (
+                committed_head,
+                self.state.as_ref().map_or(0, |s| s.assigned_checksum),
+            ),
         };
         for change in &new.changes {
             self.encoded.remove(&change.doc);
