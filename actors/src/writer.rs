@@ -32,11 +32,11 @@
 //! collection's seqs reach storage in order, and completions are reported in
 //! that order too.
 //!
-//! Isolation: if a merged batch is refused for a logical reason (conflict or
-//! invalid write — one collection's stale base after an earlier failure), each
-//! collection's write is retried alone, so one collection's trouble does not
-//! fail the others' pushes. An I/O failure fails the whole group, since it
-//! concerns the store itself.
+//! Isolation: a group is committed with `Storage::commit_each`, so a write
+//! refused for a reason of its own collection (conflict, another node's
+//! lease, invalid write: one collection's stale base after an earlier
+//! failure) fails only that collection's pushes. An I/O failure fails the
+//! whole group, since it concerns the store itself.
 //!
 //! The queue is bounded (`queue_capacity`); a full queue makes `reserve`
 //! fail, and the actor answers `Overloaded` instead of buffering without end.
@@ -390,28 +390,20 @@ fn commit_group(storage: &dyn Storage, group: Vec<WriteRequest>) {
 
 fn commit_pending(storage: &dyn Storage, pending: Pending) {
     let started = Instant::now();
-    let result = storage.commit(&pending.batch);
+    // Each collection stands alone: one collection's refusal (its base
+    // moved, another node owns it) must not fail the other collections'
+    // pushes in the group.
+    let result = storage.commit_each(&pending.batch);
     metrics::histogram!(m::STORAGE_COMMIT_SECONDS, "backend" => storage.backend())
         .record(started.elapsed().as_secs_f64());
     match result {
-        Ok(()) => {
-            for done in pending.completions.into_iter().flatten() {
-                done(Ok(()));
-            }
-        }
-        // One collection's refusal (its base moved, another node owns it)
-        // must not fail the other collections' pushes in the group.
-        Err(
-            err @ (StorageError::Conflict { .. }
-            | StorageError::NotOwner { .. }
-            | StorageError::InvalidWrite(_)),
-        ) if pending.batch.writes.len() > 1 => {
-            tracing::warn!(error = %err, "group commit refused; retrying each collection alone");
-            for (write, completions) in pending.batch.writes.into_iter().zip(pending.completions) {
-                let alone = WriteBatch {
-                    writes: vec![write],
-                };
-                let result = storage.commit(&alone);
+        Ok(results) => {
+            debug_assert_eq!(results.len(), pending.completions.len());
+            for (result, completions) in results.into_iter().zip(pending.completions) {
+                if let Err(err) = &result {
+                    tracing::warn!(error = %err, "a collection's write was refused");
+                    metrics::counter!(m::ERRORS, "kind" => err.kind()).increment(1);
+                }
                 for done in completions {
                     done(result.clone());
                 }

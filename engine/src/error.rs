@@ -222,6 +222,20 @@ impl StorageError {
         }
     }
 
+    /// Whether the store refused this write for a reason of its own
+    /// collection (a moved base, another node's lease, a broken invariant),
+    /// as opposed to failing as a whole. A refused write stored nothing, and
+    /// the other collections of its group may still commit
+    /// ([`crate::Storage::commit_each`]).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Conflict { .. }
+                | StorageError::NotOwner { .. }
+                | StorageError::InvalidWrite(_)
+        )
+    }
+
     /// Short machine-readable kind, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

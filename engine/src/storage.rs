@@ -278,6 +278,46 @@ pub trait Storage: Send + Sync + 'static {
     /// batch breaks an invariant, otherwise the backend's failure.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError>;
 
+    /// Commits a group of collections' writes, each collection standing
+    /// alone: a write refused for a reason of its own collection
+    /// ([`StorageError::is_refusal`]: its base moved, another node owns it,
+    /// it breaks an invariant) stores nothing and gets its error, and every
+    /// other write of the batch commits. This is how the engine's writer
+    /// commits a group, so one collection's trouble never fails another's
+    /// pushes.
+    ///
+    /// Returns one result per write of `batch`, in order, once the
+    /// successful ones are committed with [`Storage::durability`]. The outer
+    /// error is a failure of the store itself (I/O, a lost connection), or
+    /// a batch that is malformed as a whole: then nothing of the batch is
+    /// stored.
+    ///
+    /// The default commits the batch in one transaction and, when it is
+    /// refused, each write alone in a transaction of its own (one commit per
+    /// collection, but only on that rare path). Backends whose transactions
+    /// can roll back part of their work (PostgreSQL's savepoints) override
+    /// it to keep one transaction either way.
+    fn commit_each(
+        &self,
+        batch: &WriteBatch,
+    ) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+        check_batch_shape(batch)?;
+        match self.commit(batch) {
+            Ok(()) => Ok(vec![Ok(()); batch.writes.len()]),
+            Err(err) if err.is_refusal() && batch.writes.len() == 1 => Ok(vec![Err(err)]),
+            Err(err) if err.is_refusal() => Ok(batch
+                    .writes
+                    .iter()
+                    .map(|write| {
+                        self.commit(&WriteBatch {
+                            writes: vec![write.clone()],
+                        })
+                    })
+                    .collect()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Makes every commit so far durable, whatever the durability mode (the
     /// engine calls it at shutdown). A no-op with `immediate` durability.
     fn sync(&self) -> Result<(), StorageError>;
@@ -530,6 +570,12 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         (**self).commit(batch)
+    }
+    fn commit_each(
+        &self,
+        batch: &WriteBatch,
+    ) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+        (**self).commit_each(batch)
     }
     fn sync(&self) -> Result<(), StorageError> {
         (**self).sync()

@@ -45,6 +45,7 @@
 //! `lease.rs` taking, renewing and auditing leases; `watch.rs` how a node
 //! learns of other nodes' commits; `rows.rs` the row codecs.
 
+mod commit;
 mod lease;
 mod rows;
 mod schema;
@@ -58,19 +59,20 @@ use std::thread::JoinHandle;
 
 use postgres::{Client, IsolationLevel, Transaction};
 use seqsync_engine::{
-    check_batch_shape, plan_collection_write, redact_url, snapshot_change, Change, ChangeKind,
+    plan_collection_write, redact_url, snapshot_change, Change, ChangeKind,
     ChangesPage, CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId,
     DocumentInfo, Durability, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError,
     WriteBase, WriteBatch,
 };
 
+use self::commit::{OnRefusal, PeerRows, WriterConn};
 use self::lease::{default_node_id, renew_leases};
 use self::rows::{
     change_row, clamp_limit, from_i64, insert_changes, meta_row, read_meta, seq_param,
 };
 pub use self::schema::POSTGRES_SCHEMA_VERSION;
 use self::schema::{connect, connect_writer, migrate_schema};
-use self::watch::{watch, NOTIFY_CHANNEL};
+use self::watch::watch;
 
 const BACKEND: &str = "postgres";
 
@@ -84,7 +86,7 @@ pub struct PostgresStorage {
     node: String,
     lease_ttl_ms: u64,
     /// `None` once dropped (see `Drop`).
-    writer: Mutex<Option<Client>>,
+    writer: Mutex<Option<WriterConn>>,
     readers: Mutex<Vec<Client>>,
     max_idle_readers: usize,
     leases: Leases,
@@ -106,6 +108,7 @@ impl PostgresStorage {
         let url = config.url.clone();
         let mut writer = connect_writer(&url, config.durability, config.lease_ttl_ms)?;
         migrate_schema(&mut writer, &url)?;
+        let writer = WriterConn::new(writer)?;
         let node = if config.node_id.is_empty() {
             default_node_id()
         } else {
@@ -192,16 +195,16 @@ impl PostgresStorage {
     }
 
     /// The writer's connection, connected again if it was lost.
-    fn writer_client<'a>(
+    fn writer_conn<'a>(
         &self,
-        slot: &'a mut Option<Client>,
-    ) -> Result<&'a mut Client, StorageError> {
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(connect_writer(
+        slot: &'a mut Option<WriterConn>,
+    ) -> Result<&'a mut WriterConn, StorageError> {
+        if slot.as_ref().is_none_or(|conn| conn.client.is_closed()) {
+            *slot = Some(WriterConn::new(connect_writer(
                 &self.url,
                 self.durability,
                 self.lease_ttl_ms,
-            )?);
+            )?)?);
         }
         slot.as_mut()
             .ok_or_else(|| StorageError::backend(BACKEND, "connecting", "no writer connection"))
@@ -273,7 +276,7 @@ impl Drop for PostgresStorage {
         std::thread::scope(|scope| {
             let _ = scope.spawn(move || {
                 if let (Some(mut writer), false) = (writer, held.is_empty()) {
-                    let _ = writer.execute(
+                    let _ = writer.client.execute(
                         "UPDATE seqsync_collections SET lease_owner = NULL, lease_expires = NULL \
                          WHERE lease_owner = $1 AND name = ANY($2)",
                         &[node, &held],
@@ -431,49 +434,16 @@ impl Storage for PostgresStorage {
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
-        check_batch_shape(batch)?;
         blocking_only("committing")?;
-        let mut writer = lock(&self.writer)?;
-        let writer = self.writer_client(&mut writer)?;
-        let mut tx = writer
-            .transaction()
-            .map_err(|e| pg_error("beginning a commit", e))?;
-        let mut taken = Vec::new();
-        let mut heads = Vec::with_capacity(batch.writes.len());
-        for write in &batch.writes {
-            // An error returns early; dropping `tx` rolls everything back.
-            let (token, head) = self.apply_write(&mut tx, write)?;
-            if let Some(token) = token {
-                taken.push((write.collection.to_string(), token));
-            }
-            heads.push((write.collection.as_str(), head));
-        }
-        // One wake-up per collection, delivered to listeners when (and only
-        // if) the transaction commits: `node head name committed_ms`, far
-        // below the 8,000-byte payload limit (names are at most a few
-        // hundred bytes). The time is this node's clock, for the readers'
-        // lag metric.
-        let committed_ms = seqsync_engine::now_ms();
-        for (name, head) in heads {
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[
-                    &NOTIFY_CHANNEL,
-                    &format!("{} {} {} {}", self.node, head, name, committed_ms),
-                ],
-            )
-            .map_err(|e| pg_error("notifying", e))?;
-        }
-        tx.commit().map_err(|e| pg_error("committing", e))?;
-        if !taken.is_empty() {
-            let mut leases = lock(&self.leases)?;
-            for (name, token) in taken {
-                metrics::counter!("seqsync_leases_acquired_total").increment(1);
-                leases.insert(name, token);
-            }
-            metrics::gauge!("seqsync_leases_held").set(leases.len() as f64);
-        }
-        Ok(())
+        self.commit_group(batch, OnRefusal::Abort).map(|_| ())
+    }
+
+    fn commit_each(
+        &self,
+        batch: &WriteBatch,
+    ) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+        blocking_only("committing")?;
+        self.commit_group(batch, OnRefusal::LeaveOut)
     }
 
     fn sync(&self) -> Result<(), StorageError> {
@@ -504,7 +474,8 @@ impl Storage for PostgresStorage {
             return Ok(());
         };
         let mut writer = lock(&self.writer)?;
-        self.writer_client(&mut writer)?
+        self.writer_conn(&mut writer)?
+            .client
             .execute(
                 "UPDATE seqsync_collections SET lease_owner = NULL, lease_expires = NULL \
                  WHERE name = $1 AND lease_owner = $2 AND lease_token = $3",
@@ -661,20 +632,10 @@ impl PostgresStorage {
             }
         }
         if !write.peers.is_empty() {
-            let peers: Vec<&str> = write.peers.iter().map(|p| p.peer.as_str()).collect();
-            let acked: Vec<i64> = write.peers.iter().map(|p| seq_param(p.acked)).collect();
-            let seen: Vec<i64> = write
-                .peers
-                .iter()
-                .map(|p| i64::try_from(p.last_seen_ms).unwrap_or(i64::MAX))
-                .collect();
+            let rows = PeerRows::merged(write.peers.iter().map(|p| (cid, p)));
             tx.execute(
-                "INSERT INTO seqsync_peers (cid, peer, acked, last_seen_ms) \
-                 SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT (cid, peer) DO UPDATE SET \
-                 acked = GREATEST(seqsync_peers.acked, excluded.acked), \
-                 last_seen_ms = GREATEST(seqsync_peers.last_seen_ms, excluded.last_seen_ms)",
-                &[&cid, &peers, &acked, &seen],
+                commit::UPSERT_PEERS,
+                &[&rows.cids, &rows.peers, &rows.acked, &rows.seen],
             )
             .map_err(|e| pg_error("updating peers", e))?;
         }
