@@ -288,3 +288,126 @@ fn the_password_is_never_in_an_error() {
     assert!(!message.contains("hunter2"), "{message}");
     assert!(message.contains("seqsync:***@127.0.0.1:1"), "{message}");
 }
+
+fn named_write(
+    name: &str,
+    base: WriteBase,
+    append: Vec<Change>,
+    peers: Vec<PeerRecord>,
+) -> CollectionWrite {
+    CollectionWrite {
+        collection: CollectionName::new(name).unwrap(),
+        ..write(base, append, peers).writes.remove(0)
+    }
+}
+
+fn head_of(storage: &dyn Storage, name: &str) -> (WriteBase, Seq) {
+    let meta = storage
+        .collection(&CollectionName::new(name).unwrap())
+        .unwrap()
+        .unwrap();
+    let base = WriteBase::Existing {
+        epoch: meta.epoch,
+        head: meta.head,
+    };
+    (base, meta.head)
+}
+
+/// The engine's writer commits many collections' pushes in one group, and
+/// one collection's trouble must fail only that collection's pushes: here a
+/// group mixes collections on the batched path (lease held), one whose
+/// lease another node holds (the savepoint path, refused `NotOwner`) and
+/// one whose base is stale (`Conflict`). `commit_each` commits the others
+/// in the same transaction; `commit` (all or nothing) stores none of them.
+/// The group also acks one peer twice in one collection, as merged requests
+/// do, which PostgreSQL would refuse if the rows were not merged.
+#[test]
+fn a_refused_collection_leaves_the_rest_of_its_group_committed() {
+    let Some(url) = database() else { return };
+    let a = PostgresStorage::open(&config(&url, "node-a", 60_000)).unwrap();
+    let b = PostgresStorage::open(&config(&url, "node-b", 60_000)).unwrap();
+    let create = |name| {
+        named_write(
+            name,
+            WriteBase::Create {
+                epoch: Epoch::random().unwrap(),
+                schema_version: 1,
+            },
+            vec![change(1)],
+            Vec::new(),
+        )
+    };
+    a.commit(&WriteBatch {
+        writes: vec![create("notes"), create("todos"), create("stale")],
+    })
+    .unwrap();
+    b.commit(&WriteBatch {
+        writes: vec![create("theirs")],
+    })
+    .unwrap();
+
+    let group = |stale_head| {
+        let (notes, _) = head_of(&a, "notes");
+        let (todos, _) = head_of(&a, "todos");
+        let (theirs, _) = head_of(&a, "theirs");
+        let (stale, _) = head_of(&a, "stale");
+        let stale = match stale {
+            WriteBase::Existing { epoch, .. } => WriteBase::Existing {
+                epoch,
+                head: stale_head,
+            },
+            other => other,
+        };
+        let mut twice = ack("peer-1", 1);
+        twice.extend(ack("peer-1", 2));
+        WriteBatch {
+            writes: vec![
+                named_write("notes", notes, vec![change(2), change(3)], ack("peer-1", 1)),
+                named_write("theirs", theirs, vec![change(2)], Vec::new()),
+                named_write("todos", todos, vec![change(2)], twice),
+                named_write("stale", stale, vec![change(7)], Vec::new()),
+            ],
+        }
+    };
+
+    // All or nothing: the first refusal ends the transaction.
+    let err = a.commit(&group(6)).unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    for (name, head) in [("notes", 1), ("todos", 1), ("theirs", 1), ("stale", 1)] {
+        assert_eq!(head_of(&a, name).1, head, "{name} after a refused commit");
+    }
+
+    // Each alone: the refused two are left out, the others commit.
+    let results = a.commit_each(&group(6)).unwrap();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(&results[1], Err(StorageError::NotOwner { owner, .. }) if owner == "node-b"),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert!(
+        matches!(&results[3], Err(StorageError::Conflict { .. })),
+        "{:?}",
+        results[3]
+    );
+    for (name, head) in [("notes", 3), ("todos", 2), ("theirs", 1), ("stale", 1)] {
+        assert_eq!(head_of(&a, name).1, head, "{name} after commit_each");
+    }
+    let todos = CollectionName::new("todos").unwrap();
+    let peers = a.peers(&todos).unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].acked, 2, "the larger of the two acks is kept");
+    let notes = a
+        .read_changes(&CollectionName::new("notes").unwrap(), 0, 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        notes.changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    // The batched path stores each change's running log checksum, and the
+    // head's is the last change's.
+    assert!(notes.changes.iter().all(|c| c.log_checksum != 0));
+    assert_eq!(notes.meta.log_checksum, notes.changes[2].log_checksum);
+}
