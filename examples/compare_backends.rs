@@ -58,6 +58,26 @@ struct Args {
         value_delimiter = ','
     )]
     workloads: Vec<String>,
+    /// The durability of the acked workloads (replay and ingest):
+    /// `immediate` (an ack means flushed; PostgreSQL's `synchronous_commit
+    /// = on`) or `eventual` (`off`), to measure what the flush costs.
+    #[arg(long, default_value = "immediate", value_parser = parse_durability)]
+    durability: Durability,
+}
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "immediate" => Ok(Durability::Immediate),
+        "eventual" => Ok(Durability::Eventual),
+        other => Err(format!("{other:?}: use immediate or eventual")),
+    }
+}
+
+/// `--durability`, for the acked workloads.
+static ACKED_DURABILITY: std::sync::OnceLock<Durability> = std::sync::OnceLock::new();
+
+fn acked_durability() -> Durability {
+    *ACKED_DURABILITY.get().unwrap_or(&Durability::Immediate)
 }
 
 /// One measured cell of the table.
@@ -229,7 +249,7 @@ async fn replay(
 ) -> Cell {
     let dir = tempfile::tempdir().expect("tempdir");
     let written_before = written_bytes();
-    let engine = open_engine(kind, dir.path(), Durability::Immediate);
+    let engine = open_engine(kind, dir.path(), acked_durability());
     reset_peak_rss();
     let started = Instant::now();
     let latencies: Vec<f64> = futures::stream::iter(trace.updates.iter().cloned())
@@ -282,7 +302,7 @@ async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> 
     // Baseline: one writer, same backend, same number of pushes per writer.
     let solo_updates = traces::typing(1, per_writer * 4);
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = open_engine(kind, dir.path(), Durability::Immediate);
+    let engine = open_engine(kind, dir.path(), acked_durability());
     let started = Instant::now();
     for update in solo_updates.iter().cloned() {
         engine
@@ -298,7 +318,7 @@ async fn ingest(kind: BackendKind, backend: &'static str, per_writer: usize) -> 
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let written_before = written_bytes();
-    let engine = open_engine(kind, dir.path(), Durability::Immediate);
+    let engine = open_engine(kind, dir.path(), acked_durability());
     reset_peak_rss();
     let started = Instant::now();
     let tasks: Vec<_> = work
@@ -622,6 +642,7 @@ async fn load_and_compact(kind: BackendKind, backend: &'static str, n: usize) ->
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let _ = ACKED_DURABILITY.set(args.durability);
     let backends: Vec<(BackendKind, &'static str)> =
         args.backends.iter().map(|b| kind_of(b)).collect();
     let (trace_names, acked_limit, per_writer, stream_n, load_n) = if args.quick {
@@ -711,8 +732,9 @@ async fn main() {
     progress.finish_and_clear();
 
     println!(
-        "seqsync compare_backends{} — 2 cores; ratio = engine time / baseline time for the same work (ingest: gain over 1 writer)",
-        if args.quick { " --quick" } else { "" }
+        "seqsync compare_backends{}{} — 2 cores; ratio = engine time / baseline time for the same work (ingest: gain over 1 writer)",
+        if args.quick { " --quick" } else { "" },
+        if args.durability == Durability::Eventual { " --durability eventual" } else { "" }
     );
     println!(
         "{:<34} {:<7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}  baseline",
