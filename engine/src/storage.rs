@@ -306,14 +306,14 @@ pub trait Storage: Send + Sync + 'static {
             Ok(()) => Ok(vec![Ok(()); batch.writes.len()]),
             Err(err) if err.is_refusal() && batch.writes.len() == 1 => Ok(vec![Err(err)]),
             Err(err) if err.is_refusal() => Ok(batch
-                    .writes
-                    .iter()
-                    .map(|write| {
-                        self.commit(&WriteBatch {
-                            writes: vec![write.clone()],
-                        })
+                .writes
+                .iter()
+                .map(|write| {
+                    self.commit(&WriteBatch {
+                        writes: vec![write.clone()],
                     })
-                    .collect()),
+                })
+                .collect()),
             Err(err) => Err(err),
         }
     }

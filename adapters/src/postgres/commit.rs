@@ -37,8 +37,8 @@ use std::collections::HashMap;
 
 use postgres::{Client, Statement, Transaction};
 use seqsync_engine::{
-    check_batch_shape, plan_collection_write, CollectionWrite, PeerId, PeerRecord, Seq, StorageError,
-    WriteBase, WriteBatch,
+    check_batch_shape, plan_collection_write, CollectionWrite, PeerId, PeerRecord, Seq,
+    StorageError, WriteBase, WriteBatch,
 };
 
 use super::rows::{meta_row, seq_param, StoredRow};
@@ -306,8 +306,7 @@ impl PostgresStorage {
             .query(
                 &statements.move_heads,
                 &[
-                    &ttl, &ids, &epochs, &bases, &heads, &checksums, &schemas, &tokens,
-                    &self.node,
+                    &ttl, &ids, &epochs, &bases, &heads, &checksums, &schemas, &tokens, &self.node,
                 ],
             )
             .map_err(|e| pg_error("moving the heads", e))?;

@@ -59,10 +59,10 @@ use std::thread::JoinHandle;
 
 use postgres::{Client, IsolationLevel, Transaction};
 use seqsync_engine::{
-    plan_collection_write, redact_url, snapshot_change, Change, ChangeKind,
-    ChangesPage, CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId,
-    DocumentInfo, Durability, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError,
-    WriteBase, WriteBatch,
+    plan_collection_write, redact_url, snapshot_change, Change, ChangeKind, ChangesPage,
+    CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId, DocumentInfo,
+    Durability, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError, WriteBase,
+    WriteBatch,
 };
 
 use self::commit::{OnRefusal, PeerRows, WriterConn};
