@@ -238,7 +238,7 @@ fn epoch_of(epoch: Option<EpochHex>) -> Option<Epoch> {
 fn retryable(code: &str) -> bool {
     matches!(
         code,
-        "overloaded" | "storage" | "shutting_down" | "internal" | "not_owner"
+        "overloaded" | "commit_timeout" | "storage" | "shutting_down" | "internal" | "not_owner"
     )
 }
 

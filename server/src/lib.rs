@@ -83,15 +83,7 @@ impl AppState {
         &self,
         write: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, ApiError> {
-        let limit = limits::millis(self.limits.commit_timeout_ms);
-        match tokio::time::timeout(limit, write).await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => {
-                metrics::counter!("seqsync_refused_total", "reason" => "commit_timeout")
-                    .increment(1);
-                Err(ApiError::commit_timeout(self.limits.commit_timeout_ms))
-            }
-        }
+        bounded_write(self.limits.commit_timeout_ms, write).await
     }
 
     /// A batch body holds base64 updates: twice the update limit, within
@@ -102,6 +94,22 @@ impl AppState {
             .saturating_mul(2)
             .max(1 << 20)
             .min(self.limits.max_body_bytes)
+    }
+}
+
+/// [`AppState::bounded`] for a task that holds no `AppState` (the sync
+/// socket's answers): the write's answer, or `commit_timeout` after
+/// `commit_timeout_ms`.
+pub(crate) async fn bounded_write<T, E: Into<ApiError>>(
+    commit_timeout_ms: u64,
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(limits::millis(commit_timeout_ms), write).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            metrics::counter!("seqsync_refused_total", "reason" => "commit_timeout").increment(1);
+            Err(ApiError::commit_timeout(commit_timeout_ms))
+        }
     }
 }
 

@@ -490,21 +490,23 @@ impl SyncConnection {
             origin: self.peer.clone(),
             schema_version: self.schema_version,
         };
+        // Bounded like an HTTP push: a database that stalls answers
+        // `commit_timeout` (retryable) instead of leaving the client
+        // waiting on a socket that looks alive.
+        let commit_timeout_ms = self.state.limits.commit_timeout_ms;
         answers.push(Box::pin(async move {
-            match engine.push_batch(&collection, updates, options).await {
+            let pushed = engine.push_batch(&collection, updates, options);
+            match crate::bounded_write(commit_timeout_ms, pushed).await {
                 Ok(outcome) => ServerFrame::Pushed {
                     id,
                     head: outcome.head,
                     seqs: outcome.seqs,
                 },
-                Err(err) => {
-                    let api = ApiError::from(err);
-                    ServerFrame::PushError {
-                        id,
-                        code: api.code().to_owned(),
-                        message: api.to_string(),
-                    }
-                }
+                Err(api) => ServerFrame::PushError {
+                    id,
+                    code: api.code().to_owned(),
+                    message: api.to_string(),
+                },
             }
         }));
     }
@@ -533,13 +535,12 @@ impl SyncConnection {
         }
         let engine = self.state.engine.clone();
         let collection = self.collection.clone();
+        let commit_timeout_ms = self.state.limits.commit_timeout_ms;
         answers.push(Box::pin(async move {
-            match engine.ack(&collection, &peer, seq).await {
+            let acked = engine.ack(&collection, &peer, seq);
+            match crate::bounded_write(commit_timeout_ms, acked).await {
                 Ok(acked) => ServerFrame::Acked { seq: acked },
-                Err(err) => {
-                    let api = ApiError::from(err);
-                    refusal(api.code(), api.to_string())
-                }
+                Err(api) => refusal(api.code(), api.to_string()),
             }
         }));
     }

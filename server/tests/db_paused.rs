@@ -1,7 +1,8 @@
 //! The database paused under a running server (SIGSTOP of every PostgreSQL
 //! process, as when its host stalls): HTTP writes get a typed 503
 //! `commit_timeout` with `Retry-After` within `limits.commit_timeout_ms`
-//! instead of hanging, a `/yws` connection stays open and its update lands
+//! instead of hanging, so does a push on the sync socket (which stays
+//! open), a `/yws` connection stays open and its update lands
 //! once the database resumes, and every write acknowledged before, during
 //! or after is in the document. A test process of its own: pausing the
 //! cluster would stall every other test sharing it.
@@ -9,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use seqsync_engine::BackendKind;
+use seqsync_protocol::sync::{ClientFrame, Hello, ServerFrame};
 use seqsync_server::{HostConfig, ServerThread};
 use seqsync_testkit::http::{call, json_of};
 use seqsync_testkit::postgres::PgCluster;
@@ -17,6 +19,47 @@ use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{GetString, ReadTxn, Text, Transact};
+
+/// A sync socket (the protocol of `@seqsync/client` and the replica), with
+/// its hello answered.
+fn sync_socket(
+    addr: std::net::SocketAddr,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+    let (mut socket, _) =
+        tungstenite::connect(format!("ws://{addr}/v1/collections/notes/sync")).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = socket.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let hello = ClientFrame::Hello(Hello {
+        peer: "phone".into(),
+        ..Hello::default()
+    });
+    socket.send(Ws::binary(hello.encode())).unwrap();
+    socket
+}
+
+/// The answer to push `id` on a sync socket, skipping stream frames.
+fn push_answer(
+    socket: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    id: u64,
+) -> ServerFrame {
+    loop {
+        match socket.read() {
+            Ok(Ws::Binary(bytes)) => match ServerFrame::decode(&bytes).unwrap() {
+                frame @ (ServerFrame::Pushed { id: at, .. }
+                | ServerFrame::PushError { id: at, .. })
+                    if at == id =>
+                {
+                    return frame
+                }
+                _ => {}
+            },
+            Ok(Ws::Close(frame)) => panic!("the sync socket closed: {frame:?}"),
+            Ok(_) => {}
+            Err(e) => panic!("no answer to push {id} on the sync socket: {e}"),
+        }
+    }
+}
 
 fn text_of(update: &[u8]) -> String {
     let doc = yrs::Doc::new();
@@ -94,7 +137,39 @@ fn a_paused_database_gets_typed_503s_in_bounded_time_and_loses_nothing_acked() {
         }
     }
 
+    // A sync socket client too, on another document.
+    let mut socket = sync_socket(server.addr);
+    let phone = yrs::Doc::with_client_id(3 << 20);
+    let from_phone = {
+        let text = phone.get_or_insert_text("content");
+        let mut txn = phone.transact_mut();
+        text.insert(&mut txn, 0, "from the phone");
+        txn.encode_update_v1()
+    };
+
     let paused = Paused::start(cluster);
+    // A sync socket push: a typed, retryable `commit_timeout` in bounded
+    // time, and the socket stays open.
+    let started = Instant::now();
+    socket
+        .send(Ws::binary(
+            ClientFrame::Push {
+                id: 9,
+                doc: "s".into(),
+                update: from_phone.clone(),
+            }
+            .encode(),
+        ))
+        .unwrap();
+    match push_answer(&mut socket, 9) {
+        ServerFrame::PushError { code, .. } => assert_eq!(code, "commit_timeout"),
+        other => panic!("expected commit_timeout, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the sync socket's refusal took {waited:?} (limits.commit_timeout_ms = 1000)"
+    );
     // An HTTP push: a typed 503 with Retry-After, in bounded time.
     let pending = typed("during ");
     let started = Instant::now();
@@ -150,6 +225,28 @@ fn a_paused_database_gets_typed_503s_in_bounded_time_and_loses_nothing_acked() {
         Err(e) => panic!("the /yws socket failed while the database paused: {e}"),
     }
     drop(paused);
+
+    // The sync socket's push, retried on the same socket, is answered.
+    socket
+        .send(Ws::binary(
+            ClientFrame::Push {
+                id: 10,
+                doc: "s".into(),
+                update: from_phone,
+            }
+            .encode(),
+        ))
+        .unwrap();
+    assert!(
+        matches!(push_answer(&mut socket, 10), ServerFrame::Pushed { .. }),
+        "the retried push is answered once the database is back"
+    );
+    let phone_doc = format!("http://{}/v1/collections/notes/documents/s", server.addr);
+    let (status, bytes, _) = call(ureq::get(&phone_doc), None);
+    assert_eq!(
+        (status, text_of(&bytes)),
+        (200, "from the phone".to_owned())
+    );
 
     // The refused push, retried, lands (a no-op if it had landed already);
     // then one more.

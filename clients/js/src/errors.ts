@@ -75,6 +75,9 @@ export const PERMANENT_PUSH_CODES: ReadonlySet<string> = new Set([
 /** `push_error` codes that say "nothing was written, retry later". */
 export const RETRYABLE_PUSH_CODES: ReadonlySet<string> = new Set([
   'overloaded',
+  // Not confirmed within the server's bound; it may still land, and a
+  // retry of a landed update is a no-op.
+  'commit_timeout',
   'storage',
   'shutting_down',
   'internal',
