@@ -27,10 +27,10 @@ mod subscription;
 mod types;
 mod writer;
 
-pub use crate::engine::{Engine, EngineBuilder, StorageOpener};
+pub use crate::engine::{Engine, EngineBuilder, StorageOpener, MAX_LISTING_PAGE};
 pub use crate::subscription::Subscription;
 pub use crate::types::{
-    BatchOutcome, ChangesPage, CollectionRecovery, CompactionSummary, DeleteOutcome, DocumentState,
-    DocumentStateVector, PeerInfo, PushOptions, PushOutcome, Recovery, SharedDocumentState,
-    StreamEvent,
+    BatchOutcome, ChangesPage, CollectionInfo, CollectionRecovery, CollectionsPage,
+    CompactionSummary, DeleteOutcome, DocumentState, DocumentStateVector, DocumentsPage, PeerInfo,
+    PushOptions, PushOutcome, Recovery, SharedDocumentState, StreamEvent,
 };

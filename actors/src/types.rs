@@ -1,6 +1,6 @@
 //! What the `Engine`'s operations return.
 
-use seqsync_engine::{Change, DocId, Epoch, PeerId, Seq};
+use seqsync_engine::{Change, CollectionName, DocId, DocumentInfo, Epoch, PeerId, Seq};
 
 /// Optional facts a client states with a push.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,6 +139,38 @@ pub struct CollectionRecovery {
     /// is the engine's (every stored collection is migrated when the engine
     /// opens, and older clients' pushes are upgraded on ingest).
     pub schema_version: u32,
+}
+
+/// A collection as `collections` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionInfo {
+    /// Its name.
+    pub name: CollectionName,
+    /// Its head: the seq of its latest change.
+    pub head: Seq,
+    /// When it was created, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Its schema version.
+    pub schema_version: u32,
+}
+
+/// One page of `collections`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionsPage {
+    /// The collections, in name order.
+    pub collections: Vec<CollectionInfo>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<CollectionName>,
+}
+
+/// One page of `documents`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentsPage {
+    /// The documents, in id order, each with its last seq, tombstone and
+    /// stored size.
+    pub documents: Vec<DocumentInfo>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<DocId>,
 }
 
 /// A peer as reported by `peers`.

@@ -163,6 +163,11 @@ impl Storage for MemoryStorage {
                     doc: doc.clone(),
                     last_seq: *seqs.keys().next_back()?,
                     deleted: seqs.values().any(|kind| *kind == ChangeKind::Delete),
+                    stored_bytes: seqs
+                        .keys()
+                        .filter_map(|seq| collection.changes.get(seq))
+                        .map(|change| change.payload.len() as u64)
+                        .sum(),
                 })
             })
             .collect())

@@ -402,6 +402,8 @@ impl Storage for RedbStorage {
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
         let tx = self.read_txn()?;
         let index = tx.open_table(DOC_INDEX).map_err(table_error)?;
+        // Sizes come from the changes themselves: the index holds kinds only.
+        let changes = tx.open_table(CHANGES).map_err(table_error)?;
         let mut out: Vec<DocumentInfo> = Vec::new();
         let range = index
             .range((name.as_str(), "", 0)..)
@@ -413,15 +415,23 @@ impl Storage for RedbStorage {
                 break;
             }
             let deleted = kind.value() == ChangeKind::Delete.code();
+            let bytes = match changes.get((name.as_str(), seq)).map_err(storage_error)? {
+                Some(value) => codec::decode_change(BACKEND, seq, value.value())?
+                    .payload
+                    .len() as u64,
+                None => 0,
+            };
             match out.last_mut() {
                 Some(info) if info.doc.as_str() == doc => {
                     info.last_seq = info.last_seq.max(seq);
                     info.deleted |= deleted;
+                    info.stored_bytes += bytes;
                 }
                 _ => out.push(DocumentInfo {
                     doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
                     last_seq: seq,
                     deleted,
+                    stored_bytes: bytes,
                 }),
             }
         }

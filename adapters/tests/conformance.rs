@@ -410,6 +410,12 @@ mod cases {
             ("a", 3, false)
         );
         assert_eq!((docs[1].doc.as_str(), docs[1].last_seq), ("b", 2));
+        // A document's size is the payload bytes of its stored changes.
+        assert_eq!(
+            docs[0].stored_bytes,
+            (changes[0].payload.len() + changes[2].payload.len()) as u64
+        );
+        assert_eq!(docs[1].stored_bytes, changes[1].payload.len() as u64);
         // Another collection with the same doc ids is independent.
         let other = Epoch::random().unwrap();
         commit(

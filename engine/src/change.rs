@@ -183,6 +183,9 @@ pub struct DocumentInfo {
     pub last_seq: Seq,
     /// Whether the document has a tombstone.
     pub deleted: bool,
+    /// Total payload bytes of its stored changes: its size in the log
+    /// (after compaction, about its snapshot's size).
+    pub stored_bytes: u64,
 }
 
 /// Milliseconds since the Unix epoch by the system clock (0 if the clock is

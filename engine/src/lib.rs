@@ -18,6 +18,7 @@ mod compaction;
 mod config;
 mod digest;
 mod error;
+mod json;
 mod load;
 mod migrate;
 pub mod migration;
@@ -44,6 +45,7 @@ pub use error::{
     AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError,
     VerifyLogError, WriteError,
 };
+pub use json::{document_json, DocumentJson, DocumentJsonError, RootKind};
 pub use load::{load_document, load_document_through, LoadedDocument};
 pub use migrate::{migrate_collection, CollectionMigration, MigrationProgress};
 pub use migration::{

@@ -319,6 +319,207 @@ pub(crate) fn add_range(ranges: &mut Vec<Range<u32>>, range: Range<u32>) {
     *ranges = merged;
 }
 
+/// What a root's items say about its type (see `json`): whether any has a
+/// key (a map entry), or sits in its list holding text (chunks, embeds,
+/// formatting marks), XML nodes, or other values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RootEvidence {
+    pub keys: bool,
+    pub text: bool,
+    pub xml: bool,
+    pub values: bool,
+}
+
+/// Where an item sits, as its header says.
+#[derive(Clone, Debug)]
+enum Placement {
+    /// In a root type, by name, with or without a key.
+    Root { name: String, keyed: bool },
+    /// Inside another item's type (a nested type): not a root's.
+    Nested,
+    /// Where the item with this id sits (the header names an origin
+    /// instead of a parent, as Yjs writes every item but the first of a
+    /// run).
+    Like(yrs::ID),
+}
+
+/// What an item's content says about its parent's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ContentEvidence {
+    Nothing,
+    Text,
+    Xml,
+    Value,
+}
+
+/// Per root name, what the items of a Yjs v1 update (a document's full
+/// state) say about its type. Items that name an origin instead of their
+/// parent sit where that origin sits; those are resolved through the
+/// update's own items (a bounded number of passes: an origin of another
+/// client may come later in the update).
+///
+/// Errors: a message when the bytes are not an update. Never panics (as
+/// [`scan_update`]).
+pub(crate) fn scan_root_evidence(bytes: &[u8]) -> Result<HashMap<String, RootEvidence>, String> {
+    std::panic::catch_unwind(|| root_evidence(bytes)).unwrap_or_else(|_| {
+        Err("the update's blocks do not read: the decoder rejected the bytes".to_owned())
+    })
+}
+
+fn root_evidence(bytes: &[u8]) -> Result<HashMap<String, RootEvidence>, String> {
+    /// Passes over items whose origin was not placed yet.
+    const MAX_PASSES: usize = 16;
+    let mut decoder = DecoderV1::new(Cursor::new(bytes));
+    let error = |e: yrs::encoding::read::Error| format!("the update's blocks do not read: {e}");
+    // (client, clocks, placement, content evidence), in update order.
+    let mut items: Vec<(ClientID, Range<u32>, Placement, ContentEvidence)> = Vec::new();
+    let clients: u32 = decoder.read_var().map_err(error)?;
+    for _ in 0..clients {
+        let blocks: u32 = decoder.read_var().map_err(error)?;
+        let client = decoder.read_client().map_err(error)?;
+        let mut clock: u32 = decoder.read_var().map_err(error)?;
+        for _ in 0..blocks {
+            let info = decoder.read_info().map_err(error)?;
+            let len = match info {
+                BLOCK_SKIP_REF_NUMBER => decoder.read_var().map_err(error)?,
+                BLOCK_GC_REF_NUMBER => decoder.read_len().map_err(error)?,
+                info => {
+                    let (len, placement, content) =
+                        read_placed_item(&mut decoder, info).map_err(error)?;
+                    if len > 0 {
+                        let end = clock.checked_add(len).ok_or("clocks overflow")?;
+                        items.push((client, clock..end, placement, content));
+                    }
+                    len
+                }
+            };
+            clock = clock.checked_add(len).ok_or("clocks overflow")?;
+        }
+    }
+    // Where each item sits: `None` until known.
+    let mut placed: Vec<Option<Option<(String, bool)>>> = items
+        .iter()
+        .map(|(_, _, placement, _)| match placement {
+            Placement::Root { name, keyed } => Some(Some((name.clone(), *keyed))),
+            Placement::Nested => Some(None),
+            Placement::Like(_) => None,
+        })
+        .collect();
+    let mut by_client: HashMap<ClientID, Vec<usize>> = HashMap::new();
+    for (index, (client, _, _, _)) in items.iter().enumerate() {
+        by_client.entry(*client).or_default().push(index);
+    }
+    let find = |id: &yrs::ID| -> Option<usize> {
+        let indexes = by_client.get(&id.client)?;
+        let at = indexes.partition_point(|&i| items[i].1.end <= id.clock);
+        indexes
+            .get(at)
+            .copied()
+            .filter(|&i| items[i].1.contains(&id.clock))
+    };
+    for _ in 0..MAX_PASSES {
+        let mut progress = false;
+        for index in 0..items.len() {
+            if placed[index].is_some() {
+                continue;
+            }
+            if let Placement::Like(id) = &items[index].2 {
+                // An origin this update does not hold (or not placed after
+                // every pass) leaves the item unplaced: it is no evidence.
+                if let Some(known) = find(id).and_then(|i| placed[i].clone()) {
+                    placed[index] = Some(known);
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    let mut evidence: HashMap<String, RootEvidence> = HashMap::new();
+    for (index, (_, _, _, content)) in items.iter().enumerate() {
+        let Some(Some((name, keyed))) = &placed[index] else {
+            continue;
+        };
+        let root = evidence.entry(name.clone()).or_default();
+        if *keyed {
+            root.keys = true;
+            continue;
+        }
+        match content {
+            ContentEvidence::Nothing => {}
+            ContentEvidence::Text => root.text = true,
+            ContentEvidence::Xml => root.xml = true,
+            ContentEvidence::Value => root.values = true,
+        }
+    }
+    Ok(evidence)
+}
+
+/// Reads one item as [`read_item`] does, keeping where it sits and what
+/// its content says about its parent's type.
+fn read_placed_item(
+    decoder: &mut DecoderV1<'_>,
+    info: u8,
+) -> Result<(u32, Placement, ContentEvidence), yrs::encoding::read::Error> {
+    let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
+    let origin = if info & HAS_ORIGIN != 0 {
+        Some(decoder.read_left_id()?)
+    } else {
+        None
+    };
+    let right_origin = if info & HAS_RIGHT_ORIGIN != 0 {
+        Some(decoder.read_right_id()?)
+    } else {
+        None
+    };
+    let placement = if cant_copy_parent_info {
+        let root = if decoder.read_parent_info()? {
+            Some(decoder.read_string()?.to_owned())
+        } else {
+            decoder.read_left_id()?;
+            None
+        };
+        let keyed = if info & HAS_PARENT_SUB != 0 {
+            decoder.read_string()?;
+            true
+        } else {
+            false
+        };
+        match root {
+            Some(name) => Placement::Root { name, keyed },
+            None => Placement::Nested,
+        }
+    } else {
+        // Yjs gives an item with an origin its origin's parent (and key).
+        match origin.or(right_origin) {
+            Some(id) => Placement::Like(id),
+            None => Placement::Nested,
+        }
+    };
+    if info & 0b1111 == BLOCK_ITEM_DOC_REF_NUMBER {
+        decoder.read_string()?;
+        decoder.read_any()?;
+        return Ok((1, placement, ContentEvidence::Value));
+    }
+    let content = ItemContent::decode(decoder, info)?;
+    let evidence = match &content {
+        ItemContent::Deleted(_) => ContentEvidence::Nothing,
+        ItemContent::String(_) | ItemContent::Embed(_) | ItemContent::Format(_, _) => {
+            ContentEvidence::Text
+        }
+        ItemContent::Type(branch) => match branch.type_ref() {
+            yrs::types::TypeRef::XmlElement(_)
+            | yrs::types::TypeRef::XmlText
+            | yrs::types::TypeRef::XmlHook
+            | yrs::types::TypeRef::XmlFragment => ContentEvidence::Xml,
+            _ => ContentEvidence::Value,
+        },
+        _ => ContentEvidence::Value,
+    };
+    Ok((content.len_utf16(), placement, evidence))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -408,9 +408,11 @@ fn check_reads(storage: &MemoryStorage, name: &CollectionName, seen: &Observed, 
                 doc: change.doc.clone(),
                 last_seq: change.seq,
                 deleted: false,
+                stored_bytes: 0,
             });
         info.last_seq = change.seq;
         info.deleted |= change.kind == ChangeKind::Delete;
+        info.stored_bytes += change.payload.len() as u64;
     }
     let expected_docs: Vec<DocumentInfo> = expected_docs.into_values().collect();
     assert_eq!(seen.documents, expected_docs, "{name}: documents()");

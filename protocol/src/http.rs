@@ -216,6 +216,68 @@ pub struct ChangesAnswer {
     pub cursor_checksum: Hex64,
 }
 
+/// One entry of `GET /v1/collections`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionJson {
+    /// The collection's name.
+    pub name: String,
+    /// Its head: the seq of its latest change.
+    pub head: u64,
+    /// When it was created (milliseconds since the Unix epoch).
+    pub created_ms: u64,
+    /// Its schema version.
+    pub schema_version: u32,
+}
+
+/// `GET /v1/collections?after=NAME&limit=N` → 200: the collections the
+/// request may read, in name order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionsAnswer {
+    /// This page.
+    pub collections: Vec<CollectionJson>,
+    /// Pass as `after` for the next page; `null` when this page is the last.
+    pub next: Option<String>,
+}
+
+/// One entry of `GET …/documents`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentJson {
+    /// The document's id.
+    pub id: String,
+    /// The seq of its latest change.
+    pub last_seq: u64,
+    /// Payload bytes of its stored changes (after compaction, about its
+    /// snapshot's size).
+    pub size_bytes: u64,
+    /// Whether it is deleted (a tombstone is its latest change).
+    pub deleted: bool,
+}
+
+/// `GET …/documents?after=ID&limit=N` → 200: the collection's documents in
+/// id order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentsAnswer {
+    /// This page.
+    pub documents: Vec<DocumentJson>,
+    /// Pass as `after` for the next page; `null` when this page is the last.
+    pub next: Option<String>,
+}
+
+/// `GET …/documents/{d}?format=json` → 200: the document's root types as
+/// JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocumentContentAnswer {
+    /// Root name → its value: a text as its string, a map as an object, an
+    /// array as an array, an XML fragment as its XML string; `null` for a
+    /// root whose every item was deleted (its type is unknown).
+    pub content: serde_json::Map<String, serde_json::Value>,
+    /// Root name → the type it was read as: `text`, `map`, `array`,
+    /// `xml_fragment` or `unknown`.
+    pub types: std::collections::BTreeMap<String, String>,
+    /// The cursor the content reflects (stream changes from it).
+    pub cursor: u64,
+}
+
 /// A message of the subscribe socket (JSON text, one per WebSocket
 /// message): a change, an up-to-date marker, or an error before the
 /// server closes.

@@ -163,6 +163,67 @@ pub fn decode_cursor_query(query: &str) -> Result<CursorQuery, ApiError> {
     })
 }
 
+/// `after` and `limit` of a listing's query string (`GET /v1/collections`,
+/// `GET …/documents`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListingQuery {
+    /// List the names after this one; from the first when absent.
+    pub after: Option<String>,
+    /// Page size asked for, if any (the engine clamps it).
+    pub limit: Option<u64>,
+}
+
+/// Decodes a listing's query string (without the leading `?`).
+///
+/// Errors: `invalid_query` (status 400) when the string does not decode or
+/// `limit` is not a non-negative integer.
+pub fn decode_listing_query(query: &str) -> Result<ListingQuery, ApiError> {
+    let pairs = web::Query::<HashMap<String, String>>::from_query(query)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    let limit = pairs
+        .get("limit")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit={v:?} is not a non-negative integer"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(ListingQuery {
+        after: pairs.get("after").cloned(),
+        limit,
+    })
+}
+
+/// How `GET …/documents/{d}` answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocumentFormat {
+    /// The state as a Yjs v1 update (the default).
+    Yjs,
+    /// The root types as JSON (`?format=json`).
+    Json,
+}
+
+/// The `format` key of a document read's query string.
+///
+/// Errors: `invalid_query` for a format other than `yjs` or `json`.
+pub fn decode_document_format(query: &str) -> Result<DocumentFormat, ApiError> {
+    let pairs = web::Query::<HashMap<String, String>>::from_query(query)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
+        .into_inner();
+    match pairs.get("format").map(String::as_str) {
+        None | Some("yjs") => Ok(DocumentFormat::Yjs),
+        Some("json") => Ok(DocumentFormat::Json),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("format={other:?}: use yjs (the default) or json"),
+        )),
+    }
+}
+
 /// The `schema` key of a `/yws` query string: the client's schema version,
 /// if it says.
 ///

@@ -23,6 +23,7 @@ pub mod decode;
 pub mod error;
 mod forward;
 mod limits;
+mod listings;
 mod presence;
 mod rooms;
 mod routes;

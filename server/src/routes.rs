@@ -7,10 +7,11 @@ use actix_web::http::header::{ContentType, HeaderMap};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use seqsync_actors::PushOptions;
-use seqsync_engine::{Change, Epoch};
+use seqsync_engine::{Change, Epoch, ReadError};
 use seqsync_protocol::http::{
     AckAnswer, BatchAnswer, ChangeJson, ChangeKind, ChangesAnswer, CompactAnswer, DeleteAnswer,
-    DigestAnswer, HealthAnswer, PeerJson, PushAnswer, RecoverCollectionAnswer, RecoveredDocument,
+    DigestAnswer, DocumentContentAnswer, HealthAnswer, PeerJson, PushAnswer,
+    RecoverCollectionAnswer, RecoveredDocument,
 };
 use seqsync_protocol::{Base64Bytes, EpochHex, Hex64};
 
@@ -31,6 +32,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 web::get().to(document_state_vector),
             )
             .route("/recover", web::post().to(recover_collection))
+            .route("/documents", web::get().to(crate::listings::documents))
             .route("/documents/{doc}", web::get().to(document))
             .route("/documents/{doc}", web::delete().to(delete_document))
             .route("/batch", web::post().to(push_batch))
@@ -41,6 +43,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route("/peers/{peer}/ack", web::post().to(ack))
             .route("/peers", web::get().to(peers))
             .route("/compact", web::post().to(compact)),
+    )
+    .route(
+        "/v1/collections",
+        web::get().to(crate::listings::collections),
     )
     .route(
         "/yws/{collection}/{doc}",
@@ -325,12 +331,56 @@ async fn document(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Read),
     )?;
+    let format = decode::decode_document_format(req.query_string())?;
     let document = state.engine.document(&collection, &doc).await?;
-    Ok(state_response(
-        document.update,
-        document.cursor,
-        document.schema_version,
-    ))
+    match format {
+        decode::DocumentFormat::Yjs => Ok(state_response(
+            document.update,
+            document.cursor,
+            document.schema_version,
+        )),
+        decode::DocumentFormat::Json => {
+            // Loading a document into yrs is CPU work in proportion to its
+            // size: off the server's threads.
+            let update = document.update;
+            let json = web::block(move || seqsync_engine::document_json(&update))
+                .await
+                .map_err(|e| {
+                    ApiError::from(ReadError::Internal(format!("the JSON task failed: {e}")))
+                })?
+                .map_err(|e| {
+                    ApiError::from(ReadError::DocumentUnreadable {
+                        doc,
+                        reason: e.to_string(),
+                    })
+                })?;
+            let mut response = HttpResponse::Ok();
+            response
+                .insert_header((CURSOR_HEADER, document.cursor.to_string()))
+                .insert_header((SCHEMA_VERSION_HEADER, document.schema_version.to_string()));
+            Ok(response.json(DocumentContentAnswer {
+                content: json.roots,
+                types: json
+                    .kinds
+                    .into_iter()
+                    .map(|(name, kind)| (name, root_kind_name(kind).to_owned()))
+                    .collect(),
+                cursor: document.cursor,
+            }))
+        }
+    }
+}
+
+/// How `?format=json` names a root's type.
+fn root_kind_name(kind: seqsync_engine::RootKind) -> &'static str {
+    use seqsync_engine::RootKind;
+    match kind {
+        RootKind::Text => "text",
+        RootKind::Map => "map",
+        RootKind::Array => "array",
+        RootKind::XmlFragment => "xml_fragment",
+        _ => "unknown",
+    }
 }
 
 /// A Yjs update as an octet-stream answer, with the cursor it reflects and

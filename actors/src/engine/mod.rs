@@ -16,13 +16,16 @@
 //!
 //! Files: this one (the handle, what it holds, sending to actors), `open.rs`
 //! (builder, open-time migration, start and shutdown), `writes.rs`,
-//! `reads.rs` and `export.rs` (digests, export, backup, recovery).
+//! `reads.rs`, `listings.rs` (collections and documents, paged) and
+//! `export.rs` (digests, export, backup, recovery).
 
 mod export;
+mod listings;
 mod open;
 mod reads;
 mod writes;
 
+pub use listings::MAX_LISTING_PAGE;
 pub use open::{EngineBuilder, StorageOpener};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -390,8 +390,8 @@ impl Storage for PostgresStorage {
             };
             let rows = tx
                 .query(
-                    "SELECT doc, max(seq), bool_or(kind = $2) FROM seqsync_changes \
-                     WHERE cid = $1 GROUP BY doc ORDER BY doc COLLATE \"C\"",
+                    "SELECT doc, max(seq), bool_or(kind = $2), sum(octet_length(payload))::bigint \
+                     FROM seqsync_changes WHERE cid = $1 GROUP BY doc ORDER BY doc COLLATE \"C\"",
                     &[&stored.cid, &i16::from(ChangeKind::Delete.code())],
                 )
                 .map_err(|e| pg_error("listing documents", e))?;
@@ -402,6 +402,7 @@ impl Storage for PostgresStorage {
                         doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
                         last_seq: from_i64(row.get(1))?,
                         deleted: row.get(2),
+                        stored_bytes: from_i64(row.get(3))?,
                     })
                 })
                 .collect()

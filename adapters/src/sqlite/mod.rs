@@ -355,8 +355,8 @@ impl Storage for SqliteStorage {
             };
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT doc, max(seq), max(kind = ?2) FROM changes WHERE cid = ?1 \
-                     GROUP BY doc ORDER BY doc",
+                    "SELECT doc, max(seq), max(kind = ?2), sum(length(payload)) FROM changes \
+                     WHERE cid = ?1 GROUP BY doc ORDER BY doc",
                 )
                 .map_err(|e| sql_error("listing documents", e))?;
             let rows = stmt
@@ -365,17 +365,19 @@ impl Storage for SqliteStorage {
                         row.get::<_, String>(0)?,
                         row.get::<_, i64>(1)?,
                         row.get::<_, bool>(2)?,
+                        row.get::<_, i64>(3)?,
                     ))
                 })
                 .map_err(|e| sql_error("listing documents", e))?;
             let mut out = Vec::new();
             for row in rows {
-                let (doc, last_seq, deleted) =
+                let (doc, last_seq, deleted, stored_bytes) =
                     row.map_err(|e| sql_error("listing documents", e))?;
                 out.push(DocumentInfo {
                     doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
                     last_seq: last_seq as u64,
                     deleted,
+                    stored_bytes: stored_bytes as u64,
                 });
             }
             Ok(out)
