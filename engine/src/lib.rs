@@ -23,6 +23,7 @@ mod load;
 mod migrate;
 pub mod migration;
 mod name;
+mod restore;
 mod storage;
 mod structure;
 mod yjs;
@@ -55,6 +56,7 @@ pub use migration::{
 pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };
+pub use restore::restore_update;
 pub use storage::{
     check_batch_shape, declared_blocking_thread, is_covered, on_blocking_thread,
     plan_collection_write, snapshot_change, AppendMode, ChangesPage, CollectionWrite,
