@@ -31,6 +31,7 @@ pub use crate::engine::{Engine, EngineBuilder, StorageOpener, MAX_LISTING_PAGE};
 pub use crate::subscription::Subscription;
 pub use crate::types::{
     BatchOutcome, ChangesPage, CollectionInfo, CollectionRecovery, CollectionsPage,
-    CompactionSummary, DeleteOutcome, DocumentState, DocumentStateVector, DocumentsPage, PeerInfo,
-    PushOptions, PushOutcome, Recovery, SharedDocumentState, StreamEvent,
+    CompactionSummary, DeleteOutcome, DocumentAt, DocumentState, DocumentStateVector,
+    DocumentsPage, HistoryEntry, HistoryPage, PeerInfo, PushOptions, PushOutcome, Recovery,
+    RestoreOutcome, SharedDocumentState, StreamEvent,
 };

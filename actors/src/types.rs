@@ -1,6 +1,6 @@
 //! What the `Engine`'s operations return.
 
-use seqsync_engine::{Change, CollectionName, DocId, DocumentInfo, Epoch, PeerId, Seq};
+use seqsync_engine::{Change, ChangeKind, CollectionName, DocId, DocumentInfo, Epoch, PeerId, Seq};
 
 /// Optional facts a client states with a push.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -171,6 +171,54 @@ pub struct DocumentsPage {
     pub documents: Vec<DocumentInfo>,
     /// Pass as `after` for the next page; `None` when this page is the last.
     pub next: Option<DocId>,
+}
+
+/// A document as it was at an earlier seq (`document_at`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentAt {
+    /// Its state then, as one Yjs v1 update.
+    pub update: Vec<u8>,
+    /// The seq of its latest change at or before the seq asked for: the
+    /// version served.
+    pub seq: Seq,
+    /// The schema version of the data served.
+    pub schema_version: u32,
+}
+
+/// One change of a document's history, without its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Its seq in the collection.
+    pub seq: Seq,
+    /// Update, snapshot (compacted history) or delete.
+    pub kind: ChangeKind,
+    /// Its payload's size.
+    pub size_bytes: u64,
+    /// The peer that pushed it, when it said (`x-peer-id`, the sync
+    /// socket's hello).
+    pub origin: Option<PeerId>,
+    /// The schema version it was written under.
+    pub schema_version: u32,
+}
+
+/// One page of `history`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub entries: Vec<HistoryEntry>,
+    /// Whether changes follow the last one (ask again after its seq).
+    pub has_more: bool,
+}
+
+/// What `restore` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreOutcome {
+    /// The seq of the restoring edit; `None` when the content was equal to
+    /// the version already.
+    pub seq: Option<Seq>,
+    /// The version restored: the seq of the document's latest change at or
+    /// before the seq asked for.
+    pub restored_from: Seq,
 }
 
 /// A peer as reported by `peers`.

@@ -253,6 +253,19 @@ impl StorageError {
     }
 }
 
+/// Errors of restoring a document's earlier version (`Engine::restore`).
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// Reading the version or the current document failed (not found,
+    /// deleted, compacted past the version, storage).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Writing the restoring edit failed, as a push fails.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
 /// Errors of the write operations: push, push_batch, delete.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -416,6 +429,16 @@ pub enum ReadError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The document as of the seq asked for is no longer stored:
+    /// compaction folded its history up to `earliest_seq` into a snapshot.
+    /// Ask for a seq at or after it (pin a version to keep one readable).
+    #[error("document {doc}: its history before seq {earliest_seq} was compacted; ask for a seq at or after {earliest_seq}")]
+    HistoryCompacted {
+        /// The document.
+        doc: String,
+        /// The earliest seq it can be read at.
+        earliest_seq: u64,
+    },
 }
 
 /// Errors of `ack`.
@@ -589,6 +612,7 @@ impl ReadError {
             ReadError::DocumentUnreadable { .. } => "document_unreadable",
             ReadError::Internal(_) => "internal",
             ReadError::ShuttingDown => "shutting_down",
+            ReadError::HistoryCompacted { .. } => "history_compacted",
         }
     }
 }

@@ -43,7 +43,7 @@ pub use digest::{
     DocumentDigestAt, LogChain, LogVerified,
 };
 pub use error::{
-    AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, StorageError,
+    AckError, ConfigError, InvalidName, NameKind, OpenError, ReadError, RestoreError, StorageError,
     VerifyLogError, WriteError,
 };
 pub use json::{document_json, DocumentJson, DocumentJsonError, RootKind};
@@ -56,7 +56,7 @@ pub use migration::{
 pub use name::{
     CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
 };
-pub use restore::restore_update;
+pub use restore::{random_client_id, restore_update};
 pub use storage::{
     check_batch_shape, declared_blocking_thread, is_covered, on_blocking_thread,
     plan_collection_write, snapshot_change, AppendMode, ChangesPage, CollectionWrite,

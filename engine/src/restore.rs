@@ -117,6 +117,15 @@ pub fn restore_update(
     Ok(Some(update))
 }
 
+/// A client id for a restore's edit: random, 53 bits (what Yjs clients
+/// read), never below 2^20 (the ids the engine's own writers use). Errors:
+/// the OS random generator failed.
+pub fn random_client_id() -> Result<u64, getrandom::Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)?;
+    Ok((u64::from_le_bytes(bytes) & ((1 << 53) - 1)).max(1 << 20))
+}
+
 /// The document `state` loaded into `doc`, with the root types the
 /// version reader inferred made concrete (so `get_*` finds them typed).
 fn loaded(state: &[u8], doc: yrs::Doc) -> Result<yrs::Doc, DocumentJsonError> {

@@ -46,6 +46,10 @@ pub struct ErrorAnswer {
     /// `commit_timeout`: when to retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// On `history_compacted`: the earliest seq the document can be read
+    /// at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_seq: Option<u64>,
 }
 
 impl ErrorAnswer {
@@ -63,6 +67,7 @@ impl ErrorAnswer {
             min_supported: None,
             owner: None,
             retry_after_ms: None,
+            earliest_seq: None,
         }
     }
 }
@@ -276,6 +281,50 @@ pub struct DocumentContentAnswer {
     pub types: std::collections::BTreeMap<String, String>,
     /// The cursor the content reflects (stream changes from it).
     pub cursor: u64,
+}
+
+/// One entry of `GET …/documents/{d}/history`: a change without its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntryJson {
+    /// Its seq in the collection.
+    pub seq: u64,
+    /// `update`, `snapshot` (compacted history) or `delete`.
+    pub kind: ChangeKind,
+    /// Its payload's size.
+    pub size_bytes: u64,
+    /// The peer that pushed it, when it said.
+    pub origin: Option<String>,
+    /// The schema version it was written under.
+    pub schema_version: u32,
+}
+
+/// `GET …/documents/{d}/history?after=SEQ&limit=N` → 200.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryAnswer {
+    /// The document's changes with seq > `after`, oldest first.
+    pub changes: Vec<HistoryEntryJson>,
+    /// Whether more follow (ask again with `after` = the last seq).
+    pub has_more: bool,
+}
+
+/// `POST …/documents/{d}/restore` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// Restore the document as it was at this collection seq.
+    pub seq: u64,
+}
+
+/// `POST …/documents/{d}/restore` → 200, once the restoring edit is
+/// committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreAnswer {
+    /// The restoring edit's seq; `null` when the content was equal to the
+    /// version already.
+    pub seq: Option<u64>,
+    /// The version restored: the seq of the document's latest change at or
+    /// before the seq asked for.
+    pub restored_from: u64,
 }
 
 /// A message of the subscribe socket (JSON text, one per WebSocket

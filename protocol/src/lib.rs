@@ -75,5 +75,6 @@ pub const ERROR_CODES: &[&str] = &[
     "shutting_down",
     "migration_failed",
     "document_unreadable",
+    "history_compacted",
     "internal",
 ];

@@ -207,21 +207,45 @@ pub enum DocumentFormat {
     Json,
 }
 
-/// The `format` key of a document read's query string.
+/// What a document read's query string asks (`GET …/documents/{d}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DocumentQuery {
+    /// How to answer.
+    pub format: DocumentFormat,
+    /// The document as of this collection seq (`?at=SEQ`); now when absent.
+    pub at: Option<u64>,
+}
+
+/// Decodes a document read's query string: `format` and `at`.
 ///
-/// Errors: `invalid_query` for a format other than `yjs` or `json`.
-pub fn decode_document_format(query: &str) -> Result<DocumentFormat, ApiError> {
+/// Errors: `invalid_query` for a format other than `yjs` or `json`, or an
+/// `at` that is not a non-negative integer.
+pub fn decode_document_query(query: &str) -> Result<DocumentQuery, ApiError> {
     let pairs = web::Query::<HashMap<String, String>>::from_query(query)
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
         .into_inner();
-    match pairs.get("format").map(String::as_str) {
-        None | Some("yjs") => Ok(DocumentFormat::Yjs),
-        Some("json") => Ok(DocumentFormat::Json),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("format={other:?}: use yjs (the default) or json"),
-        )),
-    }
+    let format = match pairs.get("format").map(String::as_str) {
+        None | Some("yjs") => DocumentFormat::Yjs,
+        Some("json") => DocumentFormat::Json,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("format={other:?}: use yjs (the default) or json"),
+            ))
+        }
+    };
+    let at = pairs
+        .get("at")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("at={v:?} is not a non-negative integer (a collection seq)"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(DocumentQuery { format, at })
 }
 
 /// The `schema` key of a `/yws` query string: the client's schema version,

@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use seqsync_engine::{AckError, ReadError, StorageError, WriteError};
+use seqsync_engine::{AckError, ReadError, RestoreError, StorageError, WriteError};
 use seqsync_protocol::http::ErrorAnswer;
 
 /// An error answer.
@@ -181,7 +181,25 @@ impl From<ReadError> for ApiError {
             api.answer.head = Some(*head);
             api.answer.epoch = Some(crate::routes::epoch_hex(*epoch));
         }
+        if let ReadError::HistoryCompacted { earliest_seq, .. } = &err {
+            api.status = StatusCode::GONE;
+            api.answer.earliest_seq = Some(*earliest_seq);
+        }
         api
+    }
+}
+
+impl From<RestoreError> for ApiError {
+    fn from(err: RestoreError) -> Self {
+        match err {
+            RestoreError::Read(err) => err.into(),
+            RestoreError::Write(err) => err.into(),
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
     }
 }
 

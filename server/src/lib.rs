@@ -22,6 +22,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 mod forward;
+mod history;
 mod limits;
 mod listings;
 mod presence;

@@ -22,11 +22,23 @@ use crate::AppState;
 
 pub use seqsync_protocol::{CURSOR_HEADER, DIGEST_HEADER, SCHEMA_VERSION_HEADER};
 
+/// On a read `?at=SEQ`: the seq of the version served (the document's
+/// latest change at or before SEQ).
+pub const VERSION_SEQ_HEADER: &str = "x-seqsync-version-seq";
+
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/collections/{collection}")
             .route("/documents/{doc}/updates", web::post().to(push_update))
             .route("/documents/{doc}/recover", web::post().to(recover))
+            .route(
+                "/documents/{doc}/history",
+                web::get().to(crate::history::history),
+            )
+            .route(
+                "/documents/{doc}/restore",
+                web::post().to(crate::history::restore),
+            )
             .route(
                 "/documents/{doc}/state-vector",
                 web::get().to(document_state_vector),
@@ -331,18 +343,28 @@ async fn document(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Read),
     )?;
-    let format = decode::decode_document_format(req.query_string())?;
-    let document = state.engine.document(&collection, &doc).await?;
-    match format {
-        decode::DocumentFormat::Yjs => Ok(state_response(
-            document.update,
-            document.cursor,
-            document.schema_version,
-        )),
+    let query = decode::decode_document_query(req.query_string())?;
+    // As of a seq: that version, named in a header; else the document now.
+    let (update, cursor, schema_version, version) = match query.at {
+        Some(at) => {
+            let version = state.engine.document_at(&collection, &doc, at).await?;
+            (
+                version.update,
+                at,
+                version.schema_version,
+                Some(version.seq),
+            )
+        }
+        None => {
+            let now = state.engine.document(&collection, &doc).await?;
+            (now.update, now.cursor, now.schema_version, None)
+        }
+    };
+    let mut response = match query.format {
+        decode::DocumentFormat::Yjs => state_response(update, cursor, schema_version),
         decode::DocumentFormat::Json => {
             // Loading a document into yrs is CPU work in proportion to its
             // size: off the server's threads.
-            let update = document.update;
             let json = web::block(move || seqsync_engine::document_json(&update))
                 .await
                 .map_err(|e| {
@@ -356,19 +378,26 @@ async fn document(
                 })?;
             let mut response = HttpResponse::Ok();
             response
-                .insert_header((CURSOR_HEADER, document.cursor.to_string()))
-                .insert_header((SCHEMA_VERSION_HEADER, document.schema_version.to_string()));
-            Ok(response.json(DocumentContentAnswer {
+                .insert_header((CURSOR_HEADER, cursor.to_string()))
+                .insert_header((SCHEMA_VERSION_HEADER, schema_version.to_string()));
+            response.json(DocumentContentAnswer {
                 content: json.roots,
                 types: json
                     .kinds
                     .into_iter()
                     .map(|(name, kind)| (name, root_kind_name(kind).to_owned()))
                     .collect(),
-                cursor: document.cursor,
-            }))
+                cursor,
+            })
         }
+    };
+    if let Some(seq) = version {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(VERSION_SEQ_HEADER),
+            actix_web::http::header::HeaderValue::from(seq),
+        );
     }
+    Ok(response)
 }
 
 /// How `?format=json` names a root's type.

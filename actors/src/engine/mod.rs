@@ -16,10 +16,12 @@
 //!
 //! Files: this one (the handle, what it holds, sending to actors), `open.rs`
 //! (builder, open-time migration, start and shutdown), `writes.rs`,
-//! `reads.rs`, `listings.rs` (collections and documents, paged) and
+//! `reads.rs`, `listings.rs` (collections and documents, paged),
+//! `history.rs` (a document at a seq, its changes, restore) and
 //! `export.rs` (digests, export, backup, recovery).
 
 mod export;
+mod history;
 mod listings;
 mod open;
 mod reads;
