@@ -321,3 +321,44 @@ test('(h) a provider syncing with a document that does not exist does not create
   p.doc.getText('content').insert(0, 'now it exists')
   await waitFor(async () => (await serverText('noop-h', 'ghost')).text === 'now it exists', 'the first edit to create it')
 })
+
+test('(i) a restored version reaches WebsocketProviders as an ordinary edit', async () => {
+  // Why: restoring Monday's version must not need any client to reload:
+  // every open provider (the writer's and an observer's) receives the
+  // restore like a keystroke, and the history keeps what it replaced.
+  const writer = new Y.Doc()
+  const observer = new Y.Doc()
+  const pw = provider('history-i', 'notes', writer)
+  const po = provider('history-i', 'notes', observer)
+  await Promise.all([synced(pw), synced(po)])
+  const text = writer.getText('content')
+  text.insert(0, 'Monday: milk')
+  await waitFor(async () => (await serverText('history-i', 'notes')).text === 'Monday: milk', 'Monday stored')
+  const monday = (await serverText('history-i', 'notes')).cursor
+  text.delete(0, 6)
+  text.insert(0, 'Tuesday')
+  text.insert(text.length, ', bread')
+  await waitFor(async () => (await serverText('history-i', 'notes')).text === 'Tuesday: milk, bread', 'Tuesday stored')
+  await waitFor(() => observer.getText('content').toString() === 'Tuesday: milk, bread', 'the observer at Tuesday')
+
+  const then = await fetch(`${server.http}/v1/collections/history-i/documents/notes?at=${monday}&format=json`)
+  assert.equal(then.status, 200)
+  assert.deepEqual((await then.json()).content, { content: 'Monday: milk' })
+
+  const res = await fetch(`${server.http}/v1/collections/history-i/documents/notes/restore`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ seq: monday })
+  })
+  assert.equal(res.status, 200, await res.clone().text())
+  const restored = await res.json()
+  assert.equal(restored.restored_from, monday)
+  assert.ok(restored.seq > monday)
+  await waitFor(() => observer.getText('content').toString() === 'Monday: milk', 'the observer to see the restore')
+  await waitFor(() => writer.getText('content').toString() === 'Monday: milk', 'the writer to see the restore')
+  // The writer types on: its edit lands after the restore.
+  text.insert(text.length, ', eggs')
+  await waitFor(() => observer.getText('content').toString() === 'Monday: milk, eggs', 'an edit after the restore')
+  const history = await (await fetch(`${server.http}/v1/collections/history-i/documents/notes/history`)).json()
+  assert.ok(history.changes.some(c => c.seq === restored.seq), 'the restore is in the history')
+})
