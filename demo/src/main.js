@@ -232,9 +232,54 @@ function renderHistory () {
       if (cls) td.className = cls
       tr.append(td)
     }
+    const actions = document.createElement('td')
+    if (row.kind !== 'delete') {
+      const open = document.createElement('button')
+      open.type = 'button'
+      open.className = 'open-version'
+      open.textContent = 'open'
+      open.addEventListener('click', () => openVersion(row.seq))
+      actions.append(open)
+    }
+    tr.append(actions)
     return tr
   }))
 }
+// A version: the document as of a seq (GET …?at=SEQ&format=json), and
+// restoring it (POST …/restore), which reaches this page like any edit.
+let versionSeq = null
+async function openVersion (seq) {
+  versionSeq = seq
+  $('version').hidden = false
+  $('version-seq').textContent = seq
+  $('version-status').textContent = ''
+  $('version-text').textContent = 'loading…'
+  const res = await api(`${base}/documents/${encodeURIComponent(docId)}?at=${seq}&format=json`)
+  const body = await res.json()
+  if (!res.ok) {
+    $('version-text').textContent = ''
+    $('version-status').textContent = body.error.code === 'history_compacted'
+      ? `compacted: readable from seq ${body.earliest_seq}`
+      : `${body.error.code}: ${body.error.message}`
+    return
+  }
+  $('version-text').textContent = body.content.content ?? ''
+}
+$('version-close').addEventListener('click', () => { $('version').hidden = true; versionSeq = null })
+$('version-restore').addEventListener('click', async () => {
+  if (versionSeq === null) return
+  $('version-status').textContent = 'restoring…'
+  const res = await api(`${base}/documents/${encodeURIComponent(docId)}/restore`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ seq: versionSeq })
+  })
+  const body = await res.json()
+  $('version-status').textContent = res.ok
+    ? (body.seq === null ? 'already this version' : `restored as seq ${body.seq}`)
+    : `${body.error.code}: ${body.error.message}`
+  $('version-status').dataset.restored = res.ok ? String(body.seq) : ''
+})
 const formatBytes = n => n < 1024 ? `${n} B` : `${(n / 1024).toFixed(1)} KB`
 
 async function loadHistory (through) {

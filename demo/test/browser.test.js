@@ -289,6 +289,34 @@ test('the history panel lists the document\'s changes with consecutive seqs; com
   for (const w of [a, fresh]) await w.context.close()
 })
 
+test('the history panel opens an earlier version and restores it; every window shows it', async () => {
+  const collection = unique('restore')
+  const a = await open('Alice', collection, 'doc')
+  const b = await open('Bob', collection, 'doc')
+  await a.page.click('.cm-content')
+  await a.page.keyboard.type('Monday: milk', { delay: 5 })
+  const monday = await waitSaved(a.page, 'milk')
+  await a.page.keyboard.type(', eggs', { delay: 5 })
+  await waitSaved(a.page, 'eggs')
+  await a.page.waitForFunction(seq => [...document.querySelectorAll('#history tbody td.seq')].some(td => td.textContent === String(seq)), monday.seq)
+  await a.page.evaluate(seq => [...document.querySelectorAll('#history tbody tr')]
+    .find(tr => tr.children[0].textContent === String(seq)).querySelector('.open-version').click(), monday.seq)
+  await a.page.waitForFunction(text => document.getElementById('version-text').textContent === text, monday.text, { timeout: 5000 })
+    .catch(async e => {
+      const [text, status] = await a.page.evaluate(() => [document.getElementById('version-text').textContent, document.getElementById('version-status').textContent])
+      assert.fail(`the version shows ${JSON.stringify(text)} (${status}), not ${JSON.stringify(monday.text)}: ${e.message}`)
+    })
+  log(`the history panel opens seq ${monday.seq} and shows "${monday.text}"`)
+  await a.page.click('#version-restore')
+  const restored = await (await a.page.waitForSelector('#version-status[data-restored]:not([data-restored=""])')).getAttribute('data-restored')
+  assert.ok(Number(restored) > monday.seq, restored)
+  await waitText(a.page, text => text === monday.text, 'the restore in the window that asked for it')
+  await waitText(b.page, text => text === monday.text, 'the restore in the other window')
+  assert.equal(await storedText(collection, 'doc'), monday.text)
+  log(`restore answered "${await a.page.locator('#version-status').textContent()}"; both windows and the server show "${monday.text}"`)
+  for (const w of [a, b]) await w.context.close()
+})
+
 test('the document picker opens a new document and then an existing one by its id', async () => {
   const collection = unique('picker')
   const a = await open('Alice', collection, 'first')
