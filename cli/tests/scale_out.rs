@@ -256,17 +256,12 @@ fn real_editors_through_a_failover(cluster: &pg::PgCluster) -> Duration {
         "y-websocket is not installed: run `npm ci` in {}",
         interop.display()
     );
-    let db = cluster.fresh_database();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Arc<Mutex<Node>>> = dirs
-        .iter()
-        .map(|d| Arc::new(Mutex::new(Node::start(&db, d.path()))))
-        .collect();
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().url.clone())
-        .collect();
-    let mut sql = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+    let Cluster {
+        nodes,
+        urls,
+        mut sql,
+        _dirs,
+    } = Cluster::start(cluster);
 
     let mut editors = Command::new("node")
         .arg(interop.join("support/editors.js"))
@@ -357,17 +352,12 @@ fn real_editors_through_a_failover(cluster: &pg::PgCluster) -> Duration {
 /// Returns the time from the owner's SIGKILL to the first edit another
 /// node accepted.
 fn kill_and_pause_the_owner(cluster: &pg::PgCluster) -> Duration {
-    let db = cluster.fresh_database();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Arc<Mutex<Node>>> = dirs
-        .iter()
-        .map(|d| Arc::new(Mutex::new(Node::start(&db, d.path()))))
-        .collect();
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().url.clone())
-        .collect();
-    let mut sql = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+    let Cluster {
+        nodes,
+        urls,
+        mut sql,
+        _dirs,
+    } = Cluster::start(cluster);
 
     // Create the collection through node 0, then subscribe on every node.
     assert!(push(&urls[0], "seed", &typed(1 << 20, 0)).is_some());
@@ -477,6 +467,39 @@ fn kill_and_pause_the_owner(cluster: &pg::PgCluster) -> Duration {
     );
     drop(nodes);
     failover
+}
+
+/// Three `seqsync serve` nodes on a fresh database of the throwaway
+/// cluster, and a plain client of that database (to read the lease and
+/// the log as an operator would).
+struct Cluster {
+    nodes: Vec<Arc<Mutex<Node>>>,
+    urls: Vec<String>,
+    sql: postgres::Client,
+    /// The nodes' directories, removed when the test ends.
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start(cluster: &pg::PgCluster) -> Self {
+        let db = cluster.fresh_database();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes: Vec<Arc<Mutex<Node>>> = dirs
+            .iter()
+            .map(|d| Arc::new(Mutex::new(Node::start(&db, d.path()))))
+            .collect();
+        let urls = nodes
+            .iter()
+            .map(|n| n.lock().unwrap().url.clone())
+            .collect();
+        let sql = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+        Self {
+            nodes,
+            urls,
+            sql,
+            _dirs: dirs,
+        }
+    }
 }
 
 /// The choreography both failover tests share, while writers type: SIGKILL

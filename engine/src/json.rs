@@ -96,22 +96,8 @@ pub fn document_json(state: &[u8]) -> Result<DocumentJson, DocumentJsonError> {
             kinds.insert(name.clone(), RootKind::of(evidence));
         }
     }
-    let update = match state {
-        // An empty document: `Y.encodeStateAsUpdate` of nothing.
-        [] | [0, 0] => None,
-        bytes => Some(decode_update(bytes)?),
-    };
     let doc = new_doc();
-    if let Some(update) = update {
-        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            doc.transact_mut().apply_update(update)
-        }));
-        match applied {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(DocumentJsonError::Unloadable(e.to_string())),
-            Err(_) => return Err(DocumentJsonError::Unloadable("yrs panicked".to_owned())),
-        }
-    }
+    load_state_into(state, &doc)?;
     // Roots yrs knows but no item placed (their items all name an origin
     // this state does not hold): nothing says their type.
     {
@@ -150,6 +136,24 @@ pub fn document_json(state: &[u8]) -> Result<DocumentJson, DocumentJsonError> {
         roots.insert(name.clone(), value);
     }
     Ok(DocumentJson { roots, kinds })
+}
+
+/// Applies a document's full state to `doc` (nothing for an empty state:
+/// `Y.encodeStateAsUpdate` of nothing). Never panics: a state yrs cannot
+/// integrate is an error.
+pub(crate) fn load_state_into(state: &[u8], doc: &yrs::Doc) -> Result<(), DocumentJsonError> {
+    if matches!(state, [] | [0, 0]) {
+        return Ok(());
+    }
+    let update = decode_update(state)?;
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        doc.transact_mut().apply_update(update)
+    }));
+    match applied {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DocumentJsonError::Unloadable(e.to_string())),
+        Err(_) => Err(DocumentJsonError::Unloadable("yrs panicked".to_owned())),
+    }
 }
 
 /// yrs's `Any` as a JSON value: `undefined` and non-finite numbers as

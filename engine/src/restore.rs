@@ -21,7 +21,7 @@
 //! state and committing the restore merge with it like any concurrent edit,
 //! so the result then differs from the version by those edits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use yrs::types::text::YChange;
 use yrs::types::xml::{XmlIn, XmlOut};
@@ -30,8 +30,8 @@ use yrs::{
     Array, GetString, Map, Out, ReadTxn, Text, Transact, TransactionMut, WriteTxn, XmlFragment,
 };
 
-use crate::json::{document_json, DocumentJsonError, RootKind};
-use crate::yjs::{decode_update, new_doc};
+use crate::json::{document_json, load_state_into, DocumentJsonError, RootKind};
+use crate::yjs::new_doc;
 
 /// The forward update that makes the content of the document whose full
 /// state is `current` equal to that of `version` (both Yjs v1 updates, as
@@ -51,7 +51,7 @@ pub fn restore_update(
     if now.roots == then.roots {
         return Ok(None);
     }
-    let target = loaded(version, new_doc())?;
+    let target = loaded(version, new_doc(), &then.kinds)?;
     // Yjs client ids have 53 bits; ids below 2^20 stay free for the
     // engine's own writers (migrations).
     let client_id = (client_id & ((1 << 53) - 1)).max(1 << 20);
@@ -62,6 +62,7 @@ pub fn restore_update(
             offset_kind: yrs::OffsetKind::Utf16,
             ..yrs::Options::default()
         }),
+        &now.kinds,
     )?;
     let names: BTreeSet<&String> = now.kinds.keys().chain(then.kinds.keys()).collect();
     let target_txn = target.transact();
@@ -126,22 +127,16 @@ pub fn random_client_id() -> Result<u64, getrandom::Error> {
     Ok((u64::from_le_bytes(bytes) & ((1 << 53) - 1)).max(1 << 20))
 }
 
-/// The document `state` loaded into `doc`, with the root types the
-/// version reader inferred made concrete (so `get_*` finds them typed).
-fn loaded(state: &[u8], doc: yrs::Doc) -> Result<yrs::Doc, DocumentJsonError> {
-    let json = document_json(state)?;
-    if !matches!(state, [] | [0, 0]) {
-        let update = decode_update(state)?;
-        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            doc.transact_mut().apply_update(update)
-        }));
-        match applied {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(DocumentJsonError::Unloadable(e.to_string())),
-            Err(_) => return Err(DocumentJsonError::Unloadable("yrs panicked".to_owned())),
-        }
-    }
-    for (name, kind) in &json.kinds {
+/// The document `state` loaded into `doc`, with the root types `kinds`
+/// (as `document_json` read them) made concrete, so `get_*` finds them
+/// typed.
+fn loaded(
+    state: &[u8],
+    doc: yrs::Doc,
+    kinds: &BTreeMap<String, RootKind>,
+) -> Result<yrs::Doc, DocumentJsonError> {
+    load_state_into(state, &doc)?;
+    for (name, kind) in kinds {
         match kind {
             RootKind::Text => {
                 doc.get_or_insert_text(name.as_str());

@@ -21,7 +21,9 @@ use yrs::updates::encoder::Encode;
 use yrs::{GetString, ReadTxn, Text, Transact};
 
 /// A sync socket (the protocol of `@seqsync/client` and the replica), with
-/// its hello answered.
+/// its hello answered and its stream caught up. (A hello reads storage: one
+/// still unanswered when the database pauses would hold the socket's later
+/// frames behind it.)
 fn sync_socket(
     addr: std::net::SocketAddr,
 ) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
@@ -35,7 +37,17 @@ fn sync_socket(
         ..Hello::default()
     });
     socket.send(Ws::binary(hello.encode())).unwrap();
-    socket
+    loop {
+        match socket.read().unwrap() {
+            Ws::Binary(bytes) => {
+                if let ServerFrame::UpToDate { .. } = ServerFrame::decode(&bytes).unwrap() {
+                    return socket;
+                }
+            }
+            Ws::Close(frame) => panic!("the sync socket closed after its hello: {frame:?}"),
+            _ => {}
+        }
+    }
 }
 
 /// The answer to push `id` on a sync socket, skipping stream frames.

@@ -16,7 +16,8 @@
 //! 2. one fenced `UPDATE … FROM unnest(…)` that moves every head, each only
 //!    where its epoch, head and lease token still match (`RETURNING` says
 //!    which moved);
-//! 3. one `INSERT … SELECT FROM unnest(…)` of every change of the group;
+//! 3. one `INSERT … SELECT FROM unnest(…)` of every change of the group
+//!    (`rows::APPEND_CHANGES`);
 //! 4. one upsert of every peer record;
 //! 5. one `pg_notify` per collection, in one statement;
 //!
@@ -37,11 +38,11 @@ use std::collections::HashMap;
 
 use postgres::{Client, Statement, Transaction};
 use seqsync_engine::{
-    check_batch_shape, plan_collection_write, CollectionWrite, PeerId, PeerRecord, Seq,
-    StorageError, WriteBase, WriteBatch,
+    check_batch_shape, plan_collection_write, CollectionWrite, PeerRecord, Seq, StorageError,
+    WriteBase, WriteBatch,
 };
 
-use super::rows::{meta_row, seq_param, StoredRow};
+use super::rows::{meta_row, seq_param, ChangeRows, StoredRow, APPEND_CHANGES};
 use super::watch::NOTIFY_CHANNEL;
 use super::{lock, pg_error, PostgresStorage};
 
@@ -73,7 +74,7 @@ impl WriterConn {
         let statements = Statements {
             lock_rows: prepare(LOCK_ROWS)?,
             move_heads: prepare(MOVE_HEADS)?,
-            append: prepare(APPEND)?,
+            append: prepare(APPEND_CHANGES)?,
             upsert_peers: prepare(UPSERT_PEERS)?,
             notify: prepare(NOTIFY)?,
         };
@@ -98,13 +99,6 @@ const MOVE_HEADS: &str = "UPDATE seqsync_collections c SET head = v.head, \
      WHERE c.id = v.id AND c.epoch = v.epoch AND c.head = v.base_head \
      AND c.lease_owner = $9 AND c.lease_token = v.token \
      RETURNING c.id";
-
-/// Appends every change of the group, each with the lease token its commit
-/// was fenced by (see `rows::insert_changes`).
-const APPEND: &str = "INSERT INTO seqsync_changes \
-     (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-     $5::smallint[], $6::integer[], $7::text[], $8::bytea[], $9::bigint[])";
 
 /// Upserts peer records; stored values never move backwards. The rows must
 /// be unique by (cid, peer): PostgreSQL refuses to update one row twice in
@@ -320,40 +314,18 @@ fn append_all(
     tx: &mut Transaction<'_>,
     writes: &[Simple<'_>],
 ) -> Result<(), StorageError> {
-    let count: usize = writes.iter().map(|w| w.write.append.len()).sum();
-    if count == 0 {
-        return Ok(());
-    }
-    let mut cids = Vec::with_capacity(count);
-    let mut tokens = Vec::with_capacity(count);
-    let mut seqs = Vec::with_capacity(count);
-    let mut docs = Vec::with_capacity(count);
-    let mut kinds = Vec::with_capacity(count);
-    let mut schemas = Vec::with_capacity(count);
-    let mut origins = Vec::with_capacity(count);
-    let mut payloads = Vec::with_capacity(count);
-    let mut checksums = Vec::with_capacity(count);
+    let mut rows = ChangeRows::default();
     for write in writes {
         assert_eq!(write.write.append.len(), write.append_checksums.len());
         for (change, checksum) in write.write.append.iter().zip(&write.append_checksums) {
-            cids.push(write.cid);
-            tokens.push(write.token);
-            seqs.push(seq_param(change.seq));
-            docs.push(change.doc.as_str());
-            kinds.push(i16::from(change.kind.code()));
-            schemas.push(change.schema_version as i32);
-            origins.push(change.origin.as_ref().map(PeerId::as_str));
-            payloads.push(change.payload.as_slice());
-            checksums.push(*checksum as i64);
+            rows.push(write.cid, write.token, change, *checksum);
         }
     }
-    tx.execute(
-        &statements.append,
-        &[
-            &cids, &tokens, &seqs, &docs, &kinds, &schemas, &origins, &payloads, &checksums,
-        ],
-    )
-    .map_err(|e| pg_error("appending", e))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.execute(&statements.append, &rows.params())
+        .map_err(|e| pg_error("appending", e))?;
     Ok(())
 }
 

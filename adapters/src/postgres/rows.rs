@@ -17,46 +17,83 @@ pub(super) struct StoredRow {
     pub(super) lease_left_ms: i64,
 }
 
-/// Appends changes with one `INSERT … SELECT FROM unnest(…)` (one round trip
-/// for the whole group), each with the lease token its commit was fenced
-/// by: along the log the tokens never decrease, which is what an audit
-/// checks (a commit from a deposed owner would show an older token after a
-/// newer one).
+/// Appends changes of any collections with one `INSERT … SELECT FROM
+/// unnest(…)` (one round trip for a whole group), each with the lease token
+/// its commit was fenced by: along the log the tokens never decrease, which
+/// is what an audit checks (a commit from a deposed owner would show an
+/// older token after a newer one). Its parameters are [`ChangeRows`].
+pub(super) const APPEND_CHANGES: &str = "INSERT INTO seqsync_changes \
+     (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
+     $5::smallint[], $6::integer[], $7::text[], $8::bytea[], $9::bigint[])";
+
+/// Changes as the columns of [`APPEND_CHANGES`].
+#[derive(Default)]
+pub(super) struct ChangeRows<'a> {
+    cids: Vec<i64>,
+    tokens: Vec<i64>,
+    seqs: Vec<i64>,
+    docs: Vec<&'a str>,
+    kinds: Vec<i16>,
+    schemas: Vec<i32>,
+    origins: Vec<Option<&'a str>>,
+    payloads: Vec<&'a [u8]>,
+    checksums: Vec<i64>,
+}
+
+impl<'a> ChangeRows<'a> {
+    /// Adds `change` of collection `cid`, fenced by `token`, with its
+    /// running log checksum.
+    pub(super) fn push(&mut self, cid: i64, token: i64, change: &'a Change, checksum: u64) {
+        self.cids.push(cid);
+        self.tokens.push(token);
+        self.seqs.push(seq_param(change.seq));
+        self.docs.push(change.doc.as_str());
+        self.kinds.push(i16::from(change.kind.code()));
+        self.schemas.push(change.schema_version as i32);
+        self.origins
+            .push(change.origin.as_ref().map(PeerId::as_str));
+        self.payloads.push(change.payload.as_slice());
+        self.checksums.push(checksum as i64);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.cids.is_empty()
+    }
+
+    /// The parameters of [`APPEND_CHANGES`], in order.
+    pub(super) fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 9] {
+        [
+            &self.cids,
+            &self.tokens,
+            &self.seqs,
+            &self.docs,
+            &self.kinds,
+            &self.schemas,
+            &self.origins,
+            &self.payloads,
+            &self.checksums,
+        ]
+    }
+}
+
+/// Appends one collection's changes ([`APPEND_CHANGES`], sent as text: the
+/// rarer writes' path; a group's uses the prepared statement).
 pub(super) fn insert_changes<'a>(
     tx: &mut Transaction<'_>,
     cid: i64,
     token: i64,
     changes: impl Iterator<Item = (&'a Change, u64)>,
 ) -> Result<(), StorageError> {
-    let mut seqs = Vec::new();
-    let mut docs = Vec::new();
-    let mut kinds = Vec::new();
-    let mut schemas = Vec::new();
-    let mut origins = Vec::new();
-    let mut payloads = Vec::new();
-    let mut checksums = Vec::new();
+    let mut rows = ChangeRows::default();
     for (change, checksum) in changes {
-        seqs.push(seq_param(change.seq));
-        docs.push(change.doc.as_str());
-        kinds.push(i16::from(change.kind.code()));
-        schemas.push(change.schema_version as i32);
-        origins.push(change.origin.as_ref().map(PeerId::as_str));
-        payloads.push(change.payload.as_slice());
-        checksums.push(checksum as i64);
+        rows.push(cid, token, change, checksum);
     }
-    if seqs.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
-    tx.execute(
-        "INSERT INTO seqsync_changes \
-         (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum) \
-         SELECT $1, $2, * FROM unnest($3::bigint[], $4::text[], $5::smallint[], $6::integer[], \
-         $7::text[], $8::bytea[], $9::bigint[])",
-        &[
-            &cid, &token, &seqs, &docs, &kinds, &schemas, &origins, &payloads, &checksums,
-        ],
-    )
-    .map_err(|e| pg_error("appending", e))?;
+    tx.execute(APPEND_CHANGES, &rows.params())
+        .map_err(|e| pg_error("appending", e))?;
     Ok(())
 }
 
