@@ -41,12 +41,14 @@
 //! `seqsync_lease_log`.
 //!
 //! Files: this one holds the `Storage` implementation and the fenced
-//! commit; `schema.rs` the layout, its migrations and the connections;
+//! commit; `commit.rs` the group commit; `reads.rs` the readers' prepared
+//! statements; `schema.rs` the layout, its migrations and the connections;
 //! `lease.rs` taking, renewing and auditing leases; `watch.rs` how a node
 //! learns of other nodes' commits; `rows.rs` the row codecs.
 
 mod commit;
 mod lease;
+mod reads;
 mod rows;
 mod schema;
 mod watch;
@@ -57,7 +59,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use postgres::{Client, IsolationLevel, Transaction};
+use postgres::{IsolationLevel, Transaction};
 use seqsync_engine::{
     plan_collection_write, redact_url, snapshot_change, Change, ChangeKind, ChangesPage,
     CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId, DocumentInfo,
@@ -67,6 +69,7 @@ use seqsync_engine::{
 
 use self::commit::{OnRefusal, PeerRows, WriterConn};
 use self::lease::{default_node_id, renew_leases};
+use self::reads::{ReaderConn, ReaderStatements};
 use self::rows::{
     change_row, clamp_limit, from_i64, insert_changes, meta_row, read_meta, seq_param,
 };
@@ -87,7 +90,7 @@ pub struct PostgresStorage {
     lease_ttl_ms: u64,
     /// `None` once dropped (see `Drop`).
     writer: Mutex<Option<WriterConn>>,
-    readers: Mutex<Vec<Client>>,
+    readers: Mutex<Vec<ReaderConn>>,
     max_idle_readers: usize,
     leases: Leases,
     renewer: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
@@ -132,7 +135,7 @@ impl PostgresStorage {
         };
         // One reader connection up front: the first read after open does not
         // pay for a connection (a backend process forked by the server).
-        let readers = vec![connect(&url, config.durability)?];
+        let readers = vec![ReaderConn::new(connect(&url, config.durability)?)?];
         tracing::info!(url = %redact_url(&url), node = %node, "postgres storage opened");
         Ok(Self {
             url,
@@ -162,17 +165,18 @@ impl PostgresStorage {
     }
 
     /// Runs `f` in a read-only, repeatable-read transaction (one snapshot)
-    /// on a pooled connection.
+    /// on a pooled connection, with the statements prepared on it.
     fn with_reader<T>(
         &self,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StorageError>,
+        f: impl FnOnce(&mut Transaction<'_>, &ReaderStatements) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         blocking_only("reading")?;
         let pooled = lock(&self.readers)?.pop();
-        let mut client = match pooled {
-            Some(client) => client,
-            None => connect(&self.url, self.durability)?,
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => ReaderConn::new(connect(&self.url, self.durability)?)?,
         };
+        let ReaderConn { client, statements } = &mut conn;
         let result = (|| {
             let mut tx = client
                 .build_transaction()
@@ -180,15 +184,15 @@ impl PostgresStorage {
                 .read_only(true)
                 .start()
                 .map_err(|e| pg_error("beginning a read", e))?;
-            let result = f(&mut tx);
+            let result = f(&mut tx, statements);
             tx.commit().map_err(|e| pg_error("ending a read", e))?;
             result
         })();
         // A connection that failed is dropped, not pooled.
-        if !client.is_closed() && result.is_ok() {
+        if !conn.client.is_closed() && result.is_ok() {
             let mut idle = lock(&self.readers)?;
             if idle.len() < self.max_idle_readers {
-                idle.push(client);
+                idle.push(conn);
             }
         }
         result
@@ -219,21 +223,15 @@ impl PostgresStorage {
         after: Seq,
         limit: usize,
     ) -> Result<Option<ChangesPage>, StorageError> {
-        self.with_reader(|tx| {
-            let Some(stored) = read_meta(tx, name, false)? else {
+        self.with_reader(|tx, reads| {
+            let Some(stored) = reads.meta(tx, name)? else {
                 return Ok(None);
             };
             let (after, limit) = (seq_param(after), clamp_limit(limit));
             let rows = match doc {
-                None => tx.query(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
-                     FROM seqsync_changes WHERE cid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                    &[&stored.cid, &after, &limit],
-                ),
+                None => tx.query(&reads.changes, &[&stored.cid, &after, &limit]),
                 Some(doc) => tx.query(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
-                     FROM seqsync_changes WHERE cid = $1 AND doc = $2 AND seq > $3 \
-                     ORDER BY seq LIMIT $4",
+                    &reads.document_changes,
                     &[&stored.cid, &doc.as_str(), &after, &limit],
                 ),
             }
@@ -298,7 +296,7 @@ impl Storage for PostgresStorage {
     }
 
     fn collection(&self, name: &CollectionName) -> Result<Option<CollectionMeta>, StorageError> {
-        self.with_reader(|tx| Ok(read_meta(tx, name, false)?.map(|row| row.meta)))
+        self.with_reader(|tx, reads| Ok(reads.meta(tx, name)?.map(|row| row.meta)))
     }
 
     fn list_collections(
@@ -306,7 +304,7 @@ impl Storage for PostgresStorage {
         after: Option<&CollectionName>,
         limit: usize,
     ) -> Result<Vec<(CollectionName, CollectionMeta)>, StorageError> {
-        self.with_reader(|tx| {
+        self.with_reader(|tx, _| {
             let rows = tx
                 .query(
                     "SELECT name, id, epoch, head, log_checksum, schema_version, created_ms, \
@@ -353,8 +351,8 @@ impl Storage for PostgresStorage {
         doc: &DocId,
         visit: &mut dyn FnMut(Change) -> ControlFlow<()>,
     ) -> Result<(), StorageError> {
-        self.with_reader(|tx| {
-            let Some(stored) = read_meta(tx, name, false)? else {
+        self.with_reader(|tx, reads| {
+            let Some(stored) = reads.meta(tx, name)? else {
                 return Ok(());
             };
             let rows = tx
@@ -384,8 +382,8 @@ impl Storage for PostgresStorage {
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
-        self.with_reader(|tx| {
-            let Some(stored) = read_meta(tx, name, false)? else {
+        self.with_reader(|tx, reads| {
+            let Some(stored) = reads.meta(tx, name)? else {
                 return Ok(Vec::new());
             };
             let rows = tx
@@ -410,8 +408,8 @@ impl Storage for PostgresStorage {
     }
 
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
-        self.with_reader(|tx| {
-            let Some(stored) = read_meta(tx, name, false)? else {
+        self.with_reader(|tx, reads| {
+            let Some(stored) = reads.meta(tx, name)? else {
                 return Ok(Vec::new());
             };
             let rows = tx

@@ -97,6 +97,11 @@ pub(super) fn insert_changes<'a>(
     Ok(())
 }
 
+/// A collection's row without locking it (what readers ask; its lease time
+/// left is not read: 0).
+pub(super) const READ_META: &str = "SELECT id, epoch, head, log_checksum, schema_version, \
+     created_ms, lease_owner, lease_token, 0::bigint FROM seqsync_collections WHERE name = $1";
+
 /// The collection's row; `for_update` locks it until the transaction ends
 /// (commits of one collection from two nodes then queue on the row instead
 /// of both planning against the same head).
@@ -110,8 +115,7 @@ pub(super) fn read_meta(
          lease_token, greatest(0, (extract(epoch FROM lease_expires - now()) * 1000)::bigint) \
          FROM seqsync_collections WHERE name = $1 FOR UPDATE"
     } else {
-        "SELECT id, epoch, head, log_checksum, schema_version, created_ms, lease_owner, \
-         lease_token, 0::bigint FROM seqsync_collections WHERE name = $1"
+        READ_META
     };
     let row = tx
         .query_opt(sql, &[&name.as_str()])
