@@ -83,10 +83,7 @@ pub fn restore_update(
                 let array = txn.get_or_insert_array(name.as_str());
                 let len = array.len(&txn);
                 array.remove_range(&mut txn, 0, len);
-                if let Some(Out::YArray(old)) = target_txn
-                    .get(name.as_str())
-                    .or_else(|| Some(Out::YArray(target_txn.get_array(name.as_str())?)))
-                {
+                if let Some(old) = target_txn.get_array(name.as_str()) {
                     for (i, value) in old.iter(&target_txn).enumerate() {
                         array.insert(&mut txn, i as u32, value.as_prelim(&target_txn));
                     }
