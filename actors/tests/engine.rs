@@ -729,6 +729,84 @@ mod cases {
             .collect();
         assert_eq!(seqs, (1..=3).collect());
     }
+
+    /// The history a support tool reads must be the same on every backend:
+    /// each seq reads back as the document was then, the history lists its
+    /// changes, a restore is one more change whose content is the version's,
+    /// listings show the collection and the document's stored size, and
+    /// once compaction folds the history an early seq is a typed
+    /// `HistoryCompacted` naming the earliest readable seq.
+    pub async fn versions_history_and_listings(kind: BackendKind) {
+        let t = open(kind);
+        let e = &t.engine;
+        let writer = Client::new(1);
+        let first = e
+            .push("c", "d", writer.insert(0, "Monday"), opts())
+            .await
+            .unwrap()
+            .seq
+            .unwrap();
+        let monday = writer.text();
+        let second = e
+            .push("c", "d", writer.insert(6, " and Tuesday"), opts())
+            .await
+            .unwrap()
+            .seq
+            .unwrap();
+        assert_eq!(
+            text_of(&e.document_at("c", "d", first).await.unwrap().update),
+            monday
+        );
+        let version = e.document_at("c", "d", second + 10).await.unwrap();
+        assert_eq!(
+            (text_of(&version.update), version.seq),
+            (writer.text(), second)
+        );
+        assert!(matches!(
+            e.document_at("c", "nothing", second).await,
+            Err(ReadError::DocumentNotFound { .. })
+        ));
+
+        let history = e.history("c", "d", 0, 10).await.unwrap();
+        assert_eq!(
+            history.entries.iter().map(|h| h.seq).collect::<Vec<_>>(),
+            [first, second]
+        );
+        assert!(!history.has_more);
+
+        let restored = e.restore("c", "d", first).await.unwrap();
+        assert_eq!(restored.restored_from, first);
+        let third = restored.seq.expect("the restore is a change");
+        assert!(third > second);
+        assert_eq!(text_of(&e.document("c", "d").await.unwrap().update), monday);
+        assert_eq!(
+            e.restore("c", "d", first).await.unwrap().seq,
+            None,
+            "equal already"
+        );
+
+        let collections = e.collections(None, 10).await.unwrap();
+        assert!(collections
+            .collections
+            .iter()
+            .any(|c| c.name.as_str() == "c" && c.head == third));
+        let documents = e.documents("c", None, 10).await.unwrap();
+        assert_eq!(documents.documents.len(), 1);
+        assert!(documents.documents[0].stored_bytes > 0);
+        assert!(!documents.documents[0].deleted);
+
+        e.compact("c").await.unwrap();
+        match e.document_at("c", "d", first).await {
+            Err(ReadError::HistoryCompacted { earliest_seq, .. }) => {
+                assert_eq!(earliest_seq, third)
+            }
+            other => panic!("expected HistoryCompacted, got {other:?}"),
+        }
+        assert_eq!(
+            text_of(&e.document_at("c", "d", third).await.unwrap().update),
+            monday
+        );
+    }
 }
 
 macro_rules! engine_suite {
@@ -763,6 +841,8 @@ macro_rules! engine_suite {
             async fn restart_keeps_every_acked_change() { if common::skip($kind) { return; } cases::restart_keeps_every_acked_change($kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn injected_commit_failure_is_contained() { if common::skip($kind) { return; } cases::injected_commit_failure_is_contained($kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn versions_history_and_listings() { if common::skip($kind) { return; } cases::versions_history_and_listings($kind).await }
         }
     )*};
 }
