@@ -202,6 +202,16 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.documents(name)
     }
 
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        self.read_fault("documents")?;
+        self.inner.documents_page(name, after, limit)
+    }
+
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
         self.read_fault("peers")?;
         self.inner.peers(name)

@@ -151,13 +151,26 @@ impl Storage for MemoryStorage {
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
+        self.documents_page(name, None, usize::MAX)
+    }
+
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
         let guard = self.read()?;
         let Some(collection) = guard.get(name) else {
             return Ok(Vec::new());
         };
+        let from = match after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
         Ok(collection
             .by_doc
-            .iter()
+            .range((from, std::ops::Bound::Unbounded))
             .filter_map(|(doc, seqs)| {
                 Some(DocumentInfo {
                     doc: doc.clone(),
@@ -170,6 +183,7 @@ impl Storage for MemoryStorage {
                         .sum(),
                 })
             })
+            .take(limit)
             .collect())
     }
 

@@ -400,19 +400,33 @@ impl Storage for RedbStorage {
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
+        self.documents_page(name, None, usize::MAX)
+    }
+
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
         let tx = self.read_txn()?;
         let index = tx.open_table(DOC_INDEX).map_err(table_error)?;
         // Sizes come from the changes themselves: the index holds kinds only.
         let changes = tx.open_table(CHANGES).map_err(table_error)?;
         let mut out: Vec<DocumentInfo> = Vec::new();
+        // Seek to `after`'s entries (skipped below) or the collection's first.
+        let after = after.map_or("", DocId::as_str);
         let range = index
-            .range((name.as_str(), "", 0)..)
+            .range((name.as_str(), after, 0)..)
             .map_err(storage_error)?;
         for entry in range {
             let (key, kind) = entry.map_err(storage_error)?;
             let (collection, doc, seq) = key.value();
             if collection != name.as_str() {
                 break;
+            }
+            if doc == after {
+                continue;
             }
             let deleted = kind.value() == ChangeKind::Delete.code();
             let bytes = match changes.get((name.as_str(), seq)).map_err(storage_error)? {
@@ -421,12 +435,15 @@ impl Storage for RedbStorage {
                     .len() as u64,
                 None => 0,
             };
+            let full = out.len() == limit;
             match out.last_mut() {
                 Some(info) if info.doc.as_str() == doc => {
                     info.last_seq = info.last_seq.max(seq);
                     info.deleted |= deleted;
                     info.stored_bytes += bytes;
                 }
+                // A new document past the page: the page is complete.
+                _ if full => break,
                 _ => out.push(DocumentInfo {
                     doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
                     last_seq: seq,

@@ -416,6 +416,27 @@ mod cases {
             (changes[0].payload.len() + changes[2].payload.len()) as u64
         );
         assert_eq!(docs[1].stored_bytes, changes[1].payload.len() as u64);
+        // Pages of the same listing, seeking past `after`.
+        assert_eq!(
+            storage.documents_page(&coll("c"), None, 1).unwrap(),
+            docs[..1]
+        );
+        assert_eq!(
+            storage
+                .documents_page(&coll("c"), Some(&doc("a")), 10)
+                .unwrap(),
+            docs[1..]
+        );
+        assert!(storage
+            .documents_page(&coll("c"), Some(&doc("b")), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            storage
+                .documents_page(&coll("c"), Some(&doc("0")), 10)
+                .unwrap(),
+            docs
+        );
         // Another collection with the same doc ids is independent.
         let other = Epoch::random().unwrap();
         commit(

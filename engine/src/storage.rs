@@ -267,6 +267,26 @@ pub trait Storage: Send + Sync + 'static {
     /// in id order.
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError>;
 
+    /// Up to `limit` documents of [`Storage::documents`] with an id after
+    /// `after`, in id order: one page of a listing, without holding every
+    /// document of a large collection in memory.
+    ///
+    /// The default filters `documents`; backends with an index by document
+    /// override it to seek to `after` and stop after `limit`.
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        Ok(self
+            .documents(name)?
+            .into_iter()
+            .filter(|info| after.is_none_or(|a| info.doc.as_str() > a.as_str()))
+            .take(limit)
+            .collect())
+    }
+
     /// The collection's peers in id order.
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError>;
 
@@ -564,6 +584,14 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
         (**self).documents(name)
+    }
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        (**self).documents_page(name, after, limit)
     }
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
         (**self).peers(name)

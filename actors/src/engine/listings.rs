@@ -56,8 +56,8 @@ impl Engine {
     /// with its last seq, whether it is deleted and its stored size, and
     /// the id to continue after when more may follow.
     ///
-    /// Async; the read runs on the read pool (it reads the collection's
-    /// whole document index: O(documents) per page). Errors:
+    /// Async; the read runs on the read pool and seeks to `after` in the
+    /// document index (`Storage::documents_page`). Errors:
     /// `CollectionNotFound`, `InvalidName`, `Storage`.
     pub async fn documents(
         &self,
@@ -69,6 +69,7 @@ impl Engine {
         let name = CollectionName::new(collection)?;
         let after = after.map(DocId::new).transpose()?;
         let limit = limit.clamp(1, MAX_LISTING_PAGE);
+        // One more than asked: whether another page follows.
         let found = self
             .inner
             .shared
@@ -76,23 +77,18 @@ impl Engine {
                 if storage.collection(&name)?.is_none() {
                     return Ok(None);
                 }
-                Ok(Some(storage.documents(&name)?))
+                Ok(Some(storage.documents_page(
+                    &name,
+                    after.as_ref(),
+                    limit + 1,
+                )?))
             })
             .await?;
-        let Some(all) = found else {
+        let Some(mut documents) = found else {
             return Err(ReadError::CollectionNotFound {
                 collection: collection.to_owned(),
             });
         };
-        let mut documents: Vec<_> = all
-            .into_iter()
-            .filter(|info| {
-                after
-                    .as_ref()
-                    .is_none_or(|a| info.doc.as_str() > a.as_str())
-            })
-            .take(limit + 1)
-            .collect();
         let more = documents.len() > limit;
         documents.truncate(limit);
         let next = more

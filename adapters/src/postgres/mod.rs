@@ -244,6 +244,49 @@ impl PostgresStorage {
         })
     }
 
+    /// The documents of `name` with an id after `after`, in id order, at
+    /// most `limit` (all when `None`): one aggregate over the (cid, doc,
+    /// seq) index, seeking to `after`. Ids compare bytewise (`COLLATE "C"`)
+    /// in the seek and the order alike, as every other backend orders them.
+    fn documents_after(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: Option<usize>,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        let after = after.map_or("", DocId::as_str);
+        let limit: Option<i64> = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.with_reader(|tx, reads| {
+            let Some(stored) = reads.meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let rows = tx
+                .query(
+                    "SELECT doc, max(seq), bool_or(kind = $2), sum(octet_length(payload))::bigint \
+                     FROM seqsync_changes WHERE cid = $1 AND doc COLLATE \"C\" > $3 \
+                     GROUP BY doc ORDER BY doc COLLATE \"C\" LIMIT $4",
+                    &[
+                        &stored.cid,
+                        &i16::from(ChangeKind::Delete.code()),
+                        &after,
+                        &limit,
+                    ],
+                )
+                .map_err(|e| pg_error("listing documents", e))?;
+            rows.iter()
+                .map(|row| {
+                    let doc: String = row.get(0);
+                    Ok(DocumentInfo {
+                        doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+                        last_seq: from_i64(row.get(1))?,
+                        deleted: row.get(2),
+                        stored_bytes: from_i64(row.get(3))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn lease_ttl_ms(&self) -> i64 {
         i64::try_from(self.lease_ttl_ms).unwrap_or(i64::MAX)
     }
@@ -382,29 +425,16 @@ impl Storage for PostgresStorage {
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
-        self.with_reader(|tx, reads| {
-            let Some(stored) = reads.meta(tx, name)? else {
-                return Ok(Vec::new());
-            };
-            let rows = tx
-                .query(
-                    "SELECT doc, max(seq), bool_or(kind = $2), sum(octet_length(payload))::bigint \
-                     FROM seqsync_changes WHERE cid = $1 GROUP BY doc ORDER BY doc COLLATE \"C\"",
-                    &[&stored.cid, &i16::from(ChangeKind::Delete.code())],
-                )
-                .map_err(|e| pg_error("listing documents", e))?;
-            rows.iter()
-                .map(|row| {
-                    let doc: String = row.get(0);
-                    Ok(DocumentInfo {
-                        doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
-                        last_seq: from_i64(row.get(1))?,
-                        deleted: row.get(2),
-                        stored_bytes: from_i64(row.get(3))?,
-                    })
-                })
-                .collect()
-        })
+        self.documents_after(name, None, None)
+    }
+
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        self.documents_after(name, after, Some(limit))
     }
 
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {

@@ -79,6 +79,56 @@ pub struct SqliteStorage {
 }
 
 impl SqliteStorage {
+    /// The documents of `name` with an id after `after`, in id order, at
+    /// most `limit` (all when `None`): one aggregate over the changes'
+    /// (cid, doc) index, seeking to `after`.
+    fn documents_after(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: Option<usize>,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        // Ids are never empty, so "" is before every id; LIMIT -1 is none.
+        let after = after.map_or("", DocId::as_str);
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.with_reader(|tx| {
+            let Some((cid, _)) = read_meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT doc, max(seq), max(kind = ?2), sum(length(payload)) FROM changes \
+                     WHERE cid = ?1 AND doc > ?3 GROUP BY doc ORDER BY doc LIMIT ?4",
+                )
+                .map_err(|e| sql_error("listing documents", e))?;
+            let rows = stmt
+                .query_map(
+                    params![cid, ChangeKind::Delete.code(), after, limit],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, bool>(2)?,
+                            row.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .map_err(|e| sql_error("listing documents", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (doc, last_seq, deleted, stored_bytes) =
+                    row.map_err(|e| sql_error("listing documents", e))?;
+                out.push(DocumentInfo {
+                    doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+                    last_seq: last_seq as u64,
+                    deleted,
+                    stored_bytes: stored_bytes as u64,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// Opens or creates the store in directory `dir`.
     ///
     /// Blocking. Errors: [`StorageError::AlreadyOpen`] if another engine has
@@ -349,39 +399,16 @@ impl Storage for SqliteStorage {
     }
 
     fn documents(&self, name: &CollectionName) -> Result<Vec<DocumentInfo>, StorageError> {
-        self.with_reader(|tx| {
-            let Some((cid, _)) = read_meta(tx, name)? else {
-                return Ok(Vec::new());
-            };
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT doc, max(seq), max(kind = ?2), sum(length(payload)) FROM changes \
-                     WHERE cid = ?1 GROUP BY doc ORDER BY doc",
-                )
-                .map_err(|e| sql_error("listing documents", e))?;
-            let rows = stmt
-                .query_map(params![cid, ChangeKind::Delete.code()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, bool>(2)?,
-                        row.get::<_, i64>(3)?,
-                    ))
-                })
-                .map_err(|e| sql_error("listing documents", e))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (doc, last_seq, deleted, stored_bytes) =
-                    row.map_err(|e| sql_error("listing documents", e))?;
-                out.push(DocumentInfo {
-                    doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
-                    last_seq: last_seq as u64,
-                    deleted,
-                    stored_bytes: stored_bytes as u64,
-                });
-            }
-            Ok(out)
-        })
+        self.documents_after(name, None, None)
+    }
+
+    fn documents_page(
+        &self,
+        name: &CollectionName,
+        after: Option<&DocId>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>, StorageError> {
+        self.documents_after(name, after, Some(limit))
     }
 
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
