@@ -280,12 +280,15 @@ pub struct ServerLimits {
     /// stopped reading) is closed (1008, reason `slow_reader`), so it holds
     /// at most a bounded queue meanwhile; default 10,000.
     pub ws_send_timeout_ms: u64,
-    /// The longest an HTTP write (push, batch, delete, ack) waits to be
-    /// confirmed durable: past it the client gets 503 `commit_timeout`
-    /// with `Retry-After`, so a slow or unreachable database never holds
-    /// requests without bound; default 10,000. The write stays queued and
-    /// may still land, so a retry is safe. WebSocket pushes (`/yws`, the
-    /// sync socket) wait instead: their connections stay open and resume
+    /// The longest a write waits to be confirmed durable: past it an HTTP
+    /// write (push, batch, delete, ack, restore) gets 503 `commit_timeout`
+    /// with `Retry-After`, and a sync socket's push or ack `push_error` /
+    /// `ack_error` `commit_timeout` on a socket that stays open, so a slow
+    /// or unreachable database never holds clients without bound; default
+    /// 10,000. The write stays queued and may still land, so a retry is
+    /// safe. It also bounds a sync socket's hello (which reads storage):
+    /// past it, `error` `storage` and a close, and the client reconnects.
+    /// `/yws` updates wait instead: those connections stay open and resume
     /// when the database does.
     pub commit_timeout_ms: u64,
 }

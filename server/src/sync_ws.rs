@@ -227,7 +227,24 @@ impl SyncConnection {
                 }
             }
         };
-        self.accept(hello).await
+        // The hello reads storage (the cursor checked against the log). A
+        // database that stalls must not hold the socket, and every frame
+        // behind the hello, without an answer: past the commit bound it is
+        // `storage`, which clients take as "reconnect later".
+        let bound_ms = self.state.limits.commit_timeout_ms;
+        match tokio::time::timeout(crate::limits::millis(bound_ms), self.accept(hello)).await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                crate::limits::refused("hello_timeout");
+                Err(Ending::error(
+                    "storage",
+                    format!(
+                        "the store did not answer the hello within {bound_ms} ms \
+                         (limits.commit_timeout_ms); reconnect later"
+                    ),
+                ))
+            }
+        }
     }
 
     async fn accept(&mut self, mut hello: Hello) -> Result<Subscription, Ending> {

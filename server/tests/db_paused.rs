@@ -182,6 +182,31 @@ fn a_paused_database_gets_typed_503s_in_bounded_time_and_loses_nothing_acked() {
         waited < Duration::from_secs(5),
         "the sync socket's refusal took {waited:?} (limits.commit_timeout_ms = 1000)"
     );
+    // A socket opened during the pause: its hello reads storage, and gets
+    // `error` `storage` (reconnect later) in bounded time, not silence.
+    let started = Instant::now();
+    let (mut late, _) =
+        tungstenite::connect(format!("ws://{}/v1/collections/notes/sync", server.addr)).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = late.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let hello = ClientFrame::Hello(Hello {
+        peer: "tablet".into(),
+        ..Hello::default()
+    });
+    late.send(Ws::binary(hello.encode())).unwrap();
+    match late.read().unwrap() {
+        Ws::Binary(bytes) => match ServerFrame::decode(&bytes).unwrap() {
+            ServerFrame::Error { code, .. } => assert_eq!(code, "storage"),
+            other => panic!("expected error storage, got {other:?}"),
+        },
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the hello's answer took {waited:?} (limits.commit_timeout_ms = 1000)"
+    );
     // An HTTP push: a typed 503 with Retry-After, in bounded time.
     let pending = typed("during ");
     let started = Instant::now();
