@@ -299,19 +299,6 @@ async fn run(args: Args) {
 /// Per layout and room count: each server's median p50, p99, CPU per edit
 /// and disk per edit over its rounds, and seqsync's ratio to each peer.
 fn summary(rows: &[RunResult], servers: &[ServerKind]) -> String {
-    fn median(mut values: Vec<f64>) -> f64 {
-        values.retain(|v| v.is_finite());
-        if values.is_empty() {
-            return f64::NAN;
-        }
-        values.sort_by(f64::total_cmp);
-        let mid = values.len() / 2;
-        if values.len() % 2 == 1 {
-            values[mid]
-        } else {
-            (values[mid - 1] + values[mid]) / 2.0
-        }
-    }
     let mut out = String::from(
         "| layout | rooms | server | runs | p50 | p99 | server CPU / edit | disk / edit | peak RSS | p50 ratio | CPU ratio |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -391,6 +378,7 @@ async fn run_nodes(args: &Args, trace: &Arc<TypedTrace>) {
     println!("\n{}", nodes_summary(&rows, &args.placements));
 }
 
+/// The median of the finite values (NaN when there is none).
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     if values.is_empty() {

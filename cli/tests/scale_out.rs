@@ -187,6 +187,15 @@ fn three_nodes_survive_a_killed_and_a_paused_owner() {
     println!("failover: {failover:?} from the SIGKILL to the first edit the next owner accepted (lease TTL {LEASE_TTL_MS} ms)");
 }
 
+/// How many times to run a failover scenario: `FAILOVER_RUNS`, else
+/// `default`.
+fn failover_runs(default: usize) -> usize {
+    std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The scenario several times (`FAILOVER_RUNS`, default 5), each on a
 /// fresh database, with the time from the SIGKILL to the next owner's
 /// first accepted edit per run: what an operator's failover costs.
@@ -197,10 +206,7 @@ fn failover_time_over_several_runs() {
     let Some(cluster) = pg::PgCluster::shared() else {
         return;
     };
-    let runs: usize = std::env::var("FAILOVER_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let runs = failover_runs(5);
     let mut times = Vec::new();
     for run in 1..=runs {
         let failover = kill_and_pause_the_owner(cluster);
@@ -234,10 +240,7 @@ fn real_editors_survive_a_killed_and_a_paused_owner() {
     let Some(cluster) = pg::PgCluster::shared() else {
         return;
     };
-    let runs: usize = std::env::var("FAILOVER_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let runs = failover_runs(1);
     for run in 1..=runs {
         let failover = real_editors_through_a_failover(cluster);
         println!(

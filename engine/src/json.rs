@@ -88,6 +88,15 @@ pub struct DocumentJson {
 /// Pure and blocking (CPU only; a large document takes as long as loading
 /// it). Errors: [`DocumentJsonError`].
 pub fn document_json(state: &[u8]) -> Result<DocumentJson, DocumentJsonError> {
+    read_document(state, &new_doc())
+}
+
+/// [`document_json`] into a document the caller chose (`restore` edits
+/// it): `doc`, empty, ends holding `state`, each root typed as read.
+pub(crate) fn read_document(
+    state: &[u8],
+    doc: &yrs::Doc,
+) -> Result<DocumentJson, DocumentJsonError> {
     let mut kinds: BTreeMap<String, RootKind> = BTreeMap::new();
     if state.len() > 2 {
         let evidence = scan_root_evidence(state)
@@ -96,8 +105,7 @@ pub fn document_json(state: &[u8]) -> Result<DocumentJson, DocumentJsonError> {
             kinds.insert(name.clone(), RootKind::of(evidence));
         }
     }
-    let doc = new_doc();
-    load_state_into(state, &doc)?;
+    load_state_into(state, doc)?;
     // Roots yrs knows but no item placed (their items all name an origin
     // this state does not hold): nothing says their type.
     {
@@ -141,7 +149,7 @@ pub fn document_json(state: &[u8]) -> Result<DocumentJson, DocumentJsonError> {
 /// Applies a document's full state to `doc` (nothing for an empty state:
 /// `Y.encodeStateAsUpdate` of nothing). Never panics: a state yrs cannot
 /// integrate is an error.
-pub(crate) fn load_state_into(state: &[u8], doc: &yrs::Doc) -> Result<(), DocumentJsonError> {
+fn load_state_into(state: &[u8], doc: &yrs::Doc) -> Result<(), DocumentJsonError> {
     if matches!(state, [] | [0, 0]) {
         return Ok(());
     }

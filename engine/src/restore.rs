@@ -21,7 +21,7 @@
 //! state and committing the restore merge with it like any concurrent edit,
 //! so the result then differs from the version by those edits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use yrs::types::text::YChange;
 use yrs::types::xml::{XmlIn, XmlOut};
@@ -30,7 +30,7 @@ use yrs::{
     Array, GetString, Map, Out, ReadTxn, Text, Transact, TransactionMut, WriteTxn, XmlFragment,
 };
 
-use crate::json::{document_json, load_state_into, DocumentJsonError, RootKind};
+use crate::json::{read_document, DocumentJsonError, RootKind};
 use crate::yjs::new_doc;
 
 /// The forward update that makes the content of the document whose full
@@ -46,24 +46,22 @@ pub fn restore_update(
     version: &[u8],
     client_id: u64,
 ) -> Result<Option<Vec<u8>>, DocumentJsonError> {
-    let now = document_json(current)?;
-    let then = document_json(version)?;
-    if now.roots == then.roots {
-        return Ok(None);
-    }
-    let target = loaded(version, new_doc(), &then.kinds)?;
+    // Each state loaded once: reading it as JSON leaves each root typed,
+    // which the edits below need.
+    let target = new_doc();
+    let then = read_document(version, &target)?;
     // Yjs client ids have 53 bits; ids below 2^20 stay free for the
     // engine's own writers (migrations).
     let client_id = (client_id & ((1 << 53) - 1)).max(1 << 20);
-    let doc = loaded(
-        current,
-        yrs::Doc::with_options(yrs::Options {
-            client_id: yrs::block::ClientID::new(client_id),
-            offset_kind: yrs::OffsetKind::Utf16,
-            ..yrs::Options::default()
-        }),
-        &now.kinds,
-    )?;
+    let doc = yrs::Doc::with_options(yrs::Options {
+        client_id: yrs::block::ClientID::new(client_id),
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..yrs::Options::default()
+    });
+    let now = read_document(current, &doc)?;
+    if now.roots == then.roots {
+        return Ok(None);
+    }
     let names: BTreeSet<&String> = now.kinds.keys().chain(then.kinds.keys()).collect();
     let target_txn = target.transact();
     let mut txn = doc.transact_mut();
@@ -122,35 +120,6 @@ pub fn random_client_id() -> Result<u64, getrandom::Error> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes)?;
     Ok((u64::from_le_bytes(bytes) & ((1 << 53) - 1)).max(1 << 20))
-}
-
-/// The document `state` loaded into `doc`, with the root types `kinds`
-/// (as `document_json` read them) made concrete, so `get_*` finds them
-/// typed.
-fn loaded(
-    state: &[u8],
-    doc: yrs::Doc,
-    kinds: &BTreeMap<String, RootKind>,
-) -> Result<yrs::Doc, DocumentJsonError> {
-    load_state_into(state, &doc)?;
-    for (name, kind) in kinds {
-        match kind {
-            RootKind::Text => {
-                doc.get_or_insert_text(name.as_str());
-            }
-            RootKind::Map => {
-                doc.get_or_insert_map(name.as_str());
-            }
-            RootKind::Array => {
-                doc.get_or_insert_array(name.as_str());
-            }
-            RootKind::XmlFragment => {
-                doc.get_or_insert_xml_fragment(name.as_str());
-            }
-            _ => {}
-        }
-    }
-    Ok(doc)
 }
 
 /// Whether a text holds plain characters only (no formatting, no embeds).
@@ -237,6 +206,7 @@ fn is_low_surrogate(unit: Option<u16>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::document_json;
     use serde_json::json;
     use yrs::updates::decoder::Decode;
     use yrs::{XmlElementPrelim, XmlTextPrelim};

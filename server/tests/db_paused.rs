@@ -20,12 +20,11 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{GetString, ReadTxn, Text, Transact};
 
-/// A sync socket (the protocol of `@seqsync/client` and the replica), with
-/// its hello answered and its stream caught up. (A hello reads storage: one
-/// still unanswered when the database pauses would hold the socket's later
-/// frames behind it.)
-fn sync_socket(
+/// A sync socket (the protocol of `@seqsync/client` and the replica), its
+/// hello sent as `peer`.
+fn open_sync_socket(
     addr: std::net::SocketAddr,
+    peer: &str,
 ) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
     let (mut socket, _) =
         tungstenite::connect(format!("ws://{addr}/v1/collections/notes/sync")).unwrap();
@@ -33,10 +32,20 @@ fn sync_socket(
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     }
     let hello = ClientFrame::Hello(Hello {
-        peer: "phone".into(),
+        peer: peer.into(),
         ..Hello::default()
     });
     socket.send(Ws::binary(hello.encode())).unwrap();
+    socket
+}
+
+/// [`open_sync_socket`], with its hello answered and its stream caught up.
+/// (A hello reads storage: one still unanswered when the database pauses
+/// would hold the socket's later frames behind it.)
+fn sync_socket(
+    addr: std::net::SocketAddr,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+    let mut socket = open_sync_socket(addr, "phone");
     loop {
         match socket.read().unwrap() {
             Ws::Binary(bytes) => {
@@ -185,16 +194,7 @@ fn a_paused_database_gets_typed_503s_in_bounded_time_and_loses_nothing_acked() {
     // A socket opened during the pause: its hello reads storage, and gets
     // `error` `storage` (reconnect later) in bounded time, not silence.
     let started = Instant::now();
-    let (mut late, _) =
-        tungstenite::connect(format!("ws://{}/v1/collections/notes/sync", server.addr)).unwrap();
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = late.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    }
-    let hello = ClientFrame::Hello(Hello {
-        peer: "tablet".into(),
-        ..Hello::default()
-    });
-    late.send(Ws::binary(hello.encode())).unwrap();
+    let mut late = open_sync_socket(server.addr, "tablet");
     match late.read().unwrap() {
         Ws::Binary(bytes) => match ServerFrame::decode(&bytes).unwrap() {
             ServerFrame::Error { code, .. } => assert_eq!(code, "storage"),
