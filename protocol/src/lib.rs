@@ -17,6 +17,7 @@
 
 pub mod http;
 pub mod sync;
+pub mod webhook;
 pub mod wire;
 
 pub use wire::{Base64Bytes, EpochHex, Hex64};

@@ -35,6 +35,9 @@ pub struct HostConfig {
     /// The server's keys of `[limits]`: connections, messages, bodies and
     /// timeouts.
     pub limits: ServerLimits,
+    /// `[[webhooks]]`: receivers that get every change of their
+    /// collections, from the log by cursor (docs/WEBHOOKS.md).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl HostConfig {
@@ -68,6 +71,29 @@ impl HostConfig {
         self.engine.validate()?;
         self.server.validate()?;
         self.limits.validate()?;
+        if self.webhooks.len() > MAX_WEBHOOKS {
+            return Err(ConfigError::Invalid {
+                key: "webhooks",
+                message: format!(
+                    "{} hooks configured; at most {MAX_WEBHOOKS} (one receiver can \
+                     fan out further)",
+                    self.webhooks.len()
+                ),
+            });
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            hook.validate()?;
+            if self.webhooks[..i].iter().any(|h| h.name == hook.name) {
+                return Err(ConfigError::Invalid {
+                    key: "webhooks.name",
+                    message: format!(
+                        "two hooks are named {:?}; each hook's name is its position's \
+                         identity (a peer of its collections), so names must differ",
+                        hook.name
+                    ),
+                });
+            }
+        }
         let max_update_bytes = self.engine.limits.max_update_bytes;
         if self.limits.max_message_bytes < max_update_bytes {
             return Err(ConfigError::Invalid {
@@ -102,10 +128,33 @@ impl ConfigFile for HostConfig {
         if let toml::Value::Table(limits) = limits {
             limits.extend(config_file::table_of(&self.limits)?);
         }
+        if !self.webhooks.is_empty() {
+            let hooks = self
+                .webhooks
+                .iter()
+                .map(|hook| config_file::table_of(hook).map(toml::Value::Table))
+                .collect::<Result<Vec<_>, String>>()?;
+            table.insert("webhooks".to_owned(), toml::Value::Array(hooks));
+        }
         Ok(table)
     }
 
     fn from_table(mut table: toml::Table) -> Result<Self, String> {
+        let webhooks = match table.remove("webhooks") {
+            None => Vec::new(),
+            Some(toml::Value::Array(hooks)) => hooks
+                .into_iter()
+                .enumerate()
+                .map(|(i, hook)| match hook {
+                    toml::Value::Table(hook) => config_file::table_into(hook)
+                        .map_err(|message| format!("[[webhooks]] #{}: {message}", i + 1)),
+                    _ => Err("`webhooks` must be an array of tables ([[webhooks]])".to_owned()),
+                })
+                .collect::<Result<Vec<WebhookConfig>, String>>()?,
+            Some(_) => {
+                return Err("`webhooks` must be an array of tables ([[webhooks]])".to_owned())
+            }
+        };
         let server = match table.remove("server") {
             None => ServerConfig::default(),
             Some(toml::Value::Table(server)) => {
@@ -131,6 +180,7 @@ impl ConfigFile for HostConfig {
             engine: EngineConfig::from_table(table)?,
             server,
             limits,
+            webhooks,
         })
     }
 
@@ -235,6 +285,151 @@ impl fmt::Debug for ServerConfig {
             .field("static_dir", &self.static_dir)
             .field("tls_cert_path", &self.tls_cert_path)
             .field("tls_key_path", &self.tls_key_path)
+            .finish()
+    }
+}
+
+/// At most this many `[[webhooks]]`.
+pub const MAX_WEBHOOKS: usize = 16;
+/// At most this many collections per hook (each is followed by a task of
+/// its own).
+pub const MAX_WEBHOOK_COLLECTIONS: usize = 64;
+
+/// One `[[webhooks]]` entry: a receiver that gets every change of its
+/// collections, batched, signed, retried until it answers 2xx.
+///
+/// The hook is a peer of each of its collections (`webhook:<name>`): what
+/// it delivered is acked like a client's position, so it survives restarts
+/// and compaction waits for it while it is active. Its `Debug` hides the
+/// secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The hook's identity: 1–64 of `a-z 0-9 - _`; its peer id is
+    /// `webhook:<name>`, so renaming it starts it over from seq 0.
+    /// Required.
+    pub name: String,
+    /// Where changes are POSTed (`http://` or `https://`). Required.
+    pub url: String,
+    /// The collections it follows (1 to 64 names). Required.
+    pub collections: Vec<String>,
+    /// The HMAC-SHA256 key of the `x-seqsync-signature` header; at least
+    /// 16 bytes. Required. Never logged.
+    pub secret: String,
+    /// How long a batch waits for more changes after its first before it
+    /// is sent (0: at once); default 200.
+    pub batch_window_ms: u64,
+    /// Most changes in one request; default 100 (at most 10,000).
+    pub max_batch_changes: u64,
+    /// Most payload bytes in one request (with `include_updates`); a batch
+    /// always holds at least one change; default 1 MiB.
+    pub max_batch_bytes: u64,
+    /// Retries wait 250 ms, then twice as long each time, jittered, never
+    /// more than this; default 60,000. Retries never stop: a change is
+    /// never skipped.
+    pub retry_ceiling_ms: u64,
+    /// One request's whole time (connect, send, answer); default 10,000.
+    pub request_timeout_ms: u64,
+    /// Send each change's Yjs bytes too (base64); default false (the
+    /// receiver fetches what it needs).
+    pub include_updates: bool,
+}
+
+impl WebhookConfig {
+    /// The hook's peer id in each of its collections.
+    pub fn peer_id(&self) -> String {
+        format!("webhook:{}", self.name)
+    }
+
+    /// Checks one hook's keys. Errors name the key and the hook.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            key,
+            message: format!("hook {:?}: {message}", self.name),
+        };
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(invalid(
+                "webhooks.name",
+                "set a name of 1 to 64 characters among a-z, 0-9, - and _".to_owned(),
+            ));
+        }
+        let scheme_ok = self.url.starts_with("http://") || self.url.starts_with("https://");
+        if !scheme_ok || self.url.len() <= "https://".len() {
+            return Err(invalid(
+                "webhooks.url",
+                format!("{:?} is not an http:// or https:// URL", self.url),
+            ));
+        }
+        if self.collections.is_empty() || self.collections.len() > MAX_WEBHOOK_COLLECTIONS {
+            return Err(invalid(
+                "webhooks.collections",
+                format!("list 1 to {MAX_WEBHOOK_COLLECTIONS} collections"),
+            ));
+        }
+        for (i, name) in self.collections.iter().enumerate() {
+            if let Err(e) = seqsync_engine::CollectionName::new(name.as_str()) {
+                return Err(invalid("webhooks.collections", e.to_string()));
+            }
+            if self.collections[..i].contains(name) {
+                return Err(invalid(
+                    "webhooks.collections",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
+        if self.secret.len() < 16 {
+            return Err(invalid(
+                "webhooks.secret",
+                "set a secret of at least 16 bytes (receivers check each request's \
+                 signature with it)"
+                    .to_owned(),
+            ));
+        }
+        check_range(config_key!("webhooks", self.batch_window_ms), 0, 60_000)?;
+        check_range(config_key!("webhooks", self.max_batch_changes), 1, 10_000)?;
+        check_range(config_key!("webhooks", self.max_batch_bytes), 1, 64 << 20)?;
+        check_range(config_key!("webhooks", self.retry_ceiling_ms), 250, 3_600_000)?;
+        check_range(config_key!("webhooks", self.request_timeout_ms), 100, 600_000)?;
+        Ok(())
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            collections: Vec::new(),
+            secret: String::new(),
+            batch_window_ms: 200,
+            max_batch_changes: 100,
+            max_batch_bytes: 1 << 20,
+            retry_ceiling_ms: 60_000,
+            request_timeout_ms: 10_000,
+            include_updates: false,
+        }
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("collections", &self.collections)
+            .field("secret", &"***")
+            .field("batch_window_ms", &self.batch_window_ms)
+            .field("max_batch_changes", &self.max_batch_changes)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("retry_ceiling_ms", &self.retry_ceiling_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("include_updates", &self.include_updates)
             .finish()
     }
 }

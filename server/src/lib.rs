@@ -32,6 +32,7 @@ mod static_files;
 mod subscribe_ws;
 mod sync_ws;
 pub mod tls;
+pub mod webhooks;
 mod yws;
 
 use std::io::Write as _;
@@ -47,7 +48,8 @@ use seqsync_engine::{ConfigError, LimitsConfig, OpenError};
 pub use crate::auth::{
     constant_time_eq, AccessRequest, Authorizer, BearerTokens, Operation, TokenClaims, Tokens,
 };
-pub use crate::config::{HostConfig, ServerConfig, ServerLimits};
+pub use crate::config::{HostConfig, ServerConfig, ServerLimits, WebhookConfig};
+pub use crate::webhooks::Webhooks;
 pub use crate::error::ApiError;
 pub use crate::routes::CURSOR_HEADER;
 
@@ -264,6 +266,8 @@ pub struct ServerThread {
     engine: Engine,
     handle: actix_web::dev::ServerHandle,
     thread: Option<JoinHandle<()>>,
+    /// `[[webhooks]]`, stopped before the engine.
+    webhooks: Option<Webhooks>,
 }
 
 impl ServerThread {
@@ -291,6 +295,7 @@ impl ServerThread {
             .migrations(migrations)
             .open()?;
         let server = server(engine.clone(), &config, auth, listener, false)?;
+        let webhooks = Webhooks::start(&engine, &config.webhooks)?;
         let handle = server.handle();
         let thread = std::thread::Builder::new()
             .name("seqsync-http".to_owned())
@@ -302,6 +307,7 @@ impl ServerThread {
             engine,
             handle,
             thread: Some(thread),
+            webhooks: Some(webhooks),
         })
     }
 
@@ -317,6 +323,9 @@ impl ServerThread {
     }
 
     fn stop_inner(&mut self) {
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.stop();
+        }
         let handle = self.handle.clone();
         let engine = self.engine.clone();
         actix_web::rt::System::new().block_on(async move {
@@ -415,6 +424,7 @@ pub fn serve(config: HostConfig) -> Result<(), ServeError> {
         auth = !(config.server.read_token.is_empty() && config.server.write_token.is_empty()),
         "storage opened"
     );
+    let hooks = Webhooks::start(&engine, &config.webhooks).map_err(ServeError::Serve)?;
     actix_web::rt::System::new()
         .block_on(async move {
             let server = server(engine.clone(), &config, auth, listener, true)?;
@@ -425,6 +435,8 @@ pub fn serve(config: HostConfig) -> Result<(), ServeError> {
             }
             let served = server.await;
             tracing::info!("stopping: flushing everything acknowledged");
+            // Hooks first: their last acks go through the engine.
+            hooks.stop();
             engine.shutdown().await;
             served
         })
