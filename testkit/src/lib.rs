@@ -15,6 +15,8 @@
 //!   migration test migrates the same shapes;
 //! - [`process`]: a server as a real process, and its address;
 //! - [`http`]: plain HTTP calls whose every status is an answer;
+//! - [`receiver`]: a webhook receiver on loopback that fails a seeded share
+//!   of its requests, goes down and holds answers on request;
 //! - [`harness`] (feature `harness`): engines on every backend, simulated
 //!   Yjs clients and a seeded random generator whose seed every test
 //!   prints.
@@ -26,6 +28,7 @@ pub mod http;
 pub mod notes_schema;
 pub mod postgres;
 pub mod process;
+pub mod receiver;
 pub mod traces;
 
 #[cfg(feature = "harness")]
