@@ -394,8 +394,16 @@ impl WebhookConfig {
         check_range(config_key!("webhooks", self.batch_window_ms), 0, 60_000)?;
         check_range(config_key!("webhooks", self.max_batch_changes), 1, 10_000)?;
         check_range(config_key!("webhooks", self.max_batch_bytes), 1, 64 << 20)?;
-        check_range(config_key!("webhooks", self.retry_ceiling_ms), 250, 3_600_000)?;
-        check_range(config_key!("webhooks", self.request_timeout_ms), 100, 600_000)?;
+        check_range(
+            config_key!("webhooks", self.retry_ceiling_ms),
+            250,
+            3_600_000,
+        )?;
+        check_range(
+            config_key!("webhooks", self.request_timeout_ms),
+            100,
+            600_000,
+        )?;
         Ok(())
     }
 }
@@ -681,5 +689,58 @@ mod tests {
             }
         }
         assert!(checked >= 15, "only {checked} checks fired");
+    }
+
+    /// `[[webhooks]]` entries are read as written, and a hook an operator
+    /// got wrong is refused at start with the key and the hook named,
+    /// never started half-configured.
+    #[test]
+    fn webhooks_are_read_and_bad_ones_refused_by_key() {
+        let hook = |extra: &str| {
+            format!(
+                "[[webhooks]]\nname = \"search\"\nurl = \"https://index.example/hook\"\n\
+                 collections = [\"notes\"]\nsecret = \"0123456789abcdef\"\n{extra}"
+            )
+        };
+        let config = HostConfig::from_toml_str(&hook("batch_window_ms = 50"), "test").unwrap();
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.webhooks[0].batch_window_ms, 50);
+        assert_eq!(config.webhooks[0].peer_id(), "webhook:search");
+        assert!(
+            !format!("{config:?}").contains("0123456789abcdef"),
+            "the secret is never logged"
+        );
+        let round_trip = config.to_table().unwrap();
+        assert_eq!(HostConfig::from_table(round_trip).unwrap(), config);
+
+        let refused = |text: &str| match HostConfig::from_toml_str(text, "test") {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{text}: {other:?}"),
+        };
+        let with = |from: &str, to: &str| hook("").replace(from, to);
+        assert_eq!(refused(&with("\"search\"", "\"Search!\"")), "webhooks.name");
+        assert_eq!(
+            refused(&with("https://index.example/hook", "ftp://x")),
+            "webhooks.url"
+        );
+        assert_eq!(refused(&with("[\"notes\"]", "[]")), "webhooks.collections");
+        assert_eq!(
+            refused(&with("[\"notes\"]", "[\"notes\", \"notes\"]")),
+            "webhooks.collections"
+        );
+        assert_eq!(
+            refused(&with("0123456789abcdef", "short")),
+            "webhooks.secret"
+        );
+        assert_eq!(
+            refused(&hook("max_batch_changes = 0")),
+            "webhooks.max_batch_changes"
+        );
+        assert_eq!(
+            refused(&format!("{}{}", hook(""), hook(""))),
+            "webhooks.name"
+        );
+        let unknown = HostConfig::from_toml_str(&hook("retries = 3"), "test").unwrap_err();
+        assert!(unknown.to_string().contains("retries"), "{unknown}");
     }
 }

@@ -49,9 +49,9 @@ pub use crate::auth::{
     constant_time_eq, AccessRequest, Authorizer, BearerTokens, Operation, TokenClaims, Tokens,
 };
 pub use crate::config::{HostConfig, ServerConfig, ServerLimits, WebhookConfig};
-pub use crate::webhooks::Webhooks;
 pub use crate::error::ApiError;
 pub use crate::routes::CURSOR_HEADER;
+pub use crate::webhooks::Webhooks;
 
 /// Threads serving HTTP (the engine has its own).
 const HTTP_WORKERS: usize = 2;

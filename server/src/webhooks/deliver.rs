@@ -373,7 +373,10 @@ impl Follower {
             agent
                 .post(&url)
                 .set("content-type", "application/json")
-                .set("user-agent", concat!("seqsync-webhooks/", env!("CARGO_PKG_VERSION")))
+                .set(
+                    "user-agent",
+                    concat!("seqsync-webhooks/", env!("CARGO_PKG_VERSION")),
+                )
                 .set(SIGNATURE_HEADER, &signature)
                 .set(DELIVERY_HEADER, &id)
                 .set(ATTEMPT_HEADER, &attempt.to_string())
