@@ -67,6 +67,7 @@ fn parses_as(type_name: &str, body: &str) -> Result<(), String> {
         "RestoreAnswer" => check::<RestoreAnswer>(body),
         "ErrorAnswer" => check::<ErrorAnswer>(body),
         "SubscribeMessage" => check::<SubscribeMessage>(body),
+        "WebhookDelivery" => check::<seqsync_protocol::webhook::WebhookDelivery>(body),
         other => Err(format!("no protocol type is named {other}")),
     }
 }
