@@ -442,6 +442,8 @@ async fn stream(kind: BackendKind, backend: &'static str, changes: usize) -> Cel
                             payload: u.clone(),
                             schema_version: 1,
                             origin: None,
+                            author: None,
+                            committed_ms: 0,
                             log_checksum: 0,
                         })
                         .collect();

@@ -162,6 +162,7 @@ async fn main() {
             PushOptions {
                 origin: Some("bob".to_owned()),
                 schema_version: Some(1),
+                author: None,
             },
         )
         .await

@@ -278,6 +278,8 @@ fn damaged_or_foreign_bundles_are_refused() {
         payload: Client::new(77).insert(0, "mine"),
         schema_version: 1,
         origin: None,
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     };
     dst.commit(&seqsync::WriteBatch {

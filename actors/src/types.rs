@@ -11,6 +11,11 @@ pub struct PushOptions {
     /// The client's schema version (`x-schema-version`); a push at another
     /// version than the collection's is refused.
     pub schema_version: Option<u32>,
+    /// Who is pushing, as the host vouches for it (the host server passes
+    /// the subject of the signed token the request came with): recorded
+    /// with each change as its author. 1–256 bytes without control
+    /// characters (`InvalidName` otherwise).
+    pub author: Option<String>,
 }
 
 /// Answer to a push.
@@ -197,6 +202,13 @@ pub struct HistoryEntry {
     /// The peer that pushed it, when it said (`x-peer-id`, the sync
     /// socket's hello).
     pub origin: Option<PeerId>,
+    /// Who pushed it, as the host vouched (a signed token's subject);
+    /// `None` when unknown.
+    pub author: Option<String>,
+    /// When it was accepted, ms since the Unix epoch; `None` for changes
+    /// stored before stores recorded it. A snapshot has the time of the
+    /// last change it covers.
+    pub committed_ms: Option<u64>,
     /// The schema version it was written under.
     pub schema_version: u32,
 }

@@ -351,6 +351,7 @@ mod cases {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let with_origin = |o: &str| PushOptions {
             origin: Some(o.to_owned()),
+            author: None,
             schema_version: None,
         };
         t.engine
@@ -552,6 +553,7 @@ mod cases {
         assert!(matches!(err, WriteError::TooLarge { .. }), "{err}");
         let schema = PushOptions {
             origin: None,
+            author: None,
             schema_version: Some(9),
         };
         let err = e.push("c", "d", valid.clone(), schema).await.unwrap_err();

@@ -72,6 +72,7 @@ async fn close(engine: Engine) {
 fn at(version: u32) -> PushOptions {
     PushOptions {
         origin: None,
+        author: None,
         schema_version: Some(version),
     }
 }
@@ -593,6 +594,7 @@ impl Replica {
                     diff,
                     PushOptions {
                         origin: Some(self.peer.clone()),
+                        author: None,
                         schema_version: Some(self.version),
                     },
                 )

@@ -38,6 +38,8 @@ fn write_old_log(kind: BackendKind, dir: &std::path::Path) {
         payload,
         schema_version: 1,
         origin: None,
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     };
     storage

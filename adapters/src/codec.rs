@@ -47,30 +47,54 @@ pub fn decode_meta_format(
     Ok(meta)
 }
 
-/// Format 2: `kind u8 | log_checksum u64 | schema_version u32 | origin_len
-/// u16 (0xFFFF = none) | origin | doc_len u16 | doc | payload` (the seq is the
-/// key, not part of the value). Format 1 had no `log_checksum`.
+/// Format 3: `kind u8 | log_checksum u64 | schema_version u32 | origin_len
+/// u16 (0xFFFF = none) | origin | committed_ms u64 | author_len u16 (0xFFFF
+/// = none) | author | doc_len u16 | doc | payload` (the seq is the key, not
+/// part of the value). Format 2 had no `committed_ms` and `author`; format 1
+/// no `log_checksum` either.
 pub fn encode_change(change: &Change) -> Vec<u8> {
     let origin = change.origin.as_ref().map(|p| p.as_str().as_bytes());
+    // An author longer than 0xFFFE bytes cannot be stored; the engine
+    // bounds it far below that (as a peer id).
+    let author = change
+        .author
+        .as_deref()
+        .map(str::as_bytes)
+        .filter(|a| a.len() < usize::from(u16::MAX));
     let doc = change.doc.as_str().as_bytes();
     let mut out = Vec::with_capacity(
-        1 + 8 + 4 + 2 + origin.map_or(0, <[u8]>::len) + 2 + doc.len() + change.payload.len(),
+        1 + 8
+            + 4
+            + 2
+            + origin.map_or(0, <[u8]>::len)
+            + 8
+            + 2
+            + author.map_or(0, <[u8]>::len)
+            + 2
+            + doc.len()
+            + change.payload.len(),
     );
     out.push(change.kind.code());
     out.extend_from_slice(&change.log_checksum.to_le_bytes());
     out.extend_from_slice(&change.schema_version.to_le_bytes());
-    match origin {
-        // Peer ids are at most 256 bytes, so they always fit below 0xFFFF.
-        Some(origin) => {
-            out.extend_from_slice(&(origin.len() as u16).to_le_bytes());
-            out.extend_from_slice(origin);
-        }
-        None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
-    }
+    // Peer ids are at most 256 bytes, so they always fit below 0xFFFF.
+    put_optional_str(&mut out, origin);
+    out.extend_from_slice(&change.committed_ms.to_le_bytes());
+    put_optional_str(&mut out, author);
     out.extend_from_slice(&(doc.len() as u16).to_le_bytes());
     out.extend_from_slice(doc);
     out.extend_from_slice(&change.payload);
     out
+}
+
+fn put_optional_str(out: &mut Vec<u8>, text: Option<&[u8]>) {
+    match text {
+        Some(text) => {
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            out.extend_from_slice(text);
+        }
+        None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+    }
 }
 
 /// Inverse of [`encode_change`].
@@ -79,11 +103,12 @@ pub fn decode_change(
     seq: Seq,
     bytes: &[u8],
 ) -> Result<Change, StorageError> {
-    decode_change_format(backend, seq, bytes, 2)
+    decode_change_format(backend, seq, bytes, 3)
 }
 
-/// [`decode_change`] of a store at `format` (1 or 2); format 1 decodes with
-/// a log checksum of 0.
+/// [`decode_change`] of a store at `format` (1, 2 or 3); format 1 decodes
+/// with a log checksum of 0, formats 1 and 2 with no author and a
+/// `committed_ms` of 0 (never recorded).
 pub fn decode_change_format(
     backend: &'static str,
     seq: Seq,
@@ -103,6 +128,18 @@ pub fn decode_change_format(
         let text = reader.str(usize::from(origin_len))?;
         Some(PeerId::new(text).map_err(|e| corrupt(backend, format!("change {seq}: {e}")))?)
     };
+    let (committed_ms, author) = if format >= 3 {
+        let committed_ms = reader.u64()?;
+        let author_len = reader.u16()?;
+        let author = if author_len == u16::MAX {
+            None
+        } else {
+            Some(reader.str(usize::from(author_len))?.to_owned())
+        };
+        (committed_ms, author)
+    } else {
+        (0, None)
+    };
     let doc_len = reader.u16()?;
     let doc = DocId::new(reader.str(usize::from(doc_len))?)
         .map_err(|e| corrupt(backend, format!("change {seq}: {e}")))?;
@@ -113,6 +150,8 @@ pub fn decode_change_format(
         payload: reader.rest().to_vec(),
         schema_version,
         origin,
+        author,
+        committed_ms,
         log_checksum,
     })
 }
@@ -204,6 +243,8 @@ mod tests {
             payload: vec![1, 2, 3],
             schema_version: 4,
             origin: Some(PeerId::new("p1").unwrap()),
+            author: None,
+            committed_ms: 0,
             log_checksum: 0xdead_beef_0123,
         };
         let bytes = encode_change(&change);

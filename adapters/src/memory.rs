@@ -237,10 +237,10 @@ impl Storage for MemoryStorage {
             for compaction in &write.compact {
                 // Checked in pass 1: with a snapshot, a change at `through`
                 // exists; the snapshot keeps its log checksum.
-                let target_checksum = collection
+                let (target_checksum, target_committed_ms) = collection
                     .changes
                     .get(&compaction.through)
-                    .map_or(0, |c| c.log_checksum);
+                    .map_or((0, 0), |c| (c.log_checksum, c.committed_ms));
                 let seqs = collection.by_doc.entry(compaction.doc.clone()).or_default();
                 let covered: Vec<Seq> = seqs
                     .range(..=compaction.through)
@@ -254,7 +254,9 @@ impl Storage for MemoryStorage {
                 if seqs.is_empty() {
                     collection.by_doc.remove(&compaction.doc);
                 }
-                if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
+                if let Some(snapshot) =
+                    snapshot_change(compaction, target_checksum, target_committed_ms)
+                {
                     collection.insert(snapshot);
                 }
             }

@@ -41,9 +41,10 @@ use crate::dir_lock::DirLock;
 const BACKEND: &str = "redb";
 /// File name of the database inside the storage directory.
 pub const REDB_FILE_NAME: &str = "seqsync.redb";
-/// Format 2 adds the log checksum to every change and collection (format 1
-/// stores are migrated when opened, see `migrate_format_1_to_2`).
-const FORMAT_VERSION: u64 = 2;
+/// Format 2 adds the log checksum to every change and collection; format 3
+/// who pushed each change and when (`author`, `committed_ms`). Older stores
+/// are migrated when opened (`migrate_format_1_to_2`, `migrate_format_2_to_3`).
+const FORMAT_VERSION: u64 = 3;
 /// With `eventual` durability, at most this many commits stay non-durable.
 const EVENTUAL_MAX_PENDING_COMMITS: u64 = 64;
 /// With `eventual` durability, at most this long passes without a durable commit
@@ -177,9 +178,13 @@ fn check_or_create_schema(db: &Database, path: &Path) -> Result<(), StorageError
                 .map(|v| v.value());
             match found {
                 Some(FORMAT_VERSION) => {}
-                Some(1) => {
+                Some(old @ (1 | 2)) => {
                     drop(format);
-                    migrate_format_1_to_2(&tx)?;
+                    if old == 1 {
+                        migrate_format_1_to_2(&tx)?;
+                    } else {
+                        migrate_format_2_to_3(&tx)?;
+                    }
                     let mut format = tx.open_table(FORMAT).map_err(table_error)?;
                     format
                         .insert("format", FORMAT_VERSION)
@@ -215,8 +220,10 @@ fn check_or_create_schema(db: &Database, path: &Path) -> Result<(), StorageError
 /// Rewrites a format-1 store in the open transaction: every change gains
 /// its running log checksum, every collection its checksum through the
 /// head. Snapshots written before count as ordinary changes (what they
-/// replaced is gone), so a migrated store's checksums start here. One
-/// transaction: a crash leaves the store at format 1.
+/// replaced is gone), so a migrated store's checksums start here. Changes
+/// are written in the current encoding (no author, `committed_ms` 0), so
+/// the store ends at the current format. One transaction: a crash leaves
+/// the store at format 1.
 fn migrate_format_1_to_2(tx: &redb::WriteTransaction) -> Result<(), StorageError> {
     let mut collections = tx.open_table(COLLECTIONS).map_err(table_error)?;
     let mut changes = tx.open_table(CHANGES).map_err(table_error)?;
@@ -253,6 +260,30 @@ fn migrate_format_1_to_2(tx: &redb::WriteTransaction) -> Result<(), StorageError
         meta.log_checksum = running;
         collections
             .insert(name.as_str(), &codec::encode_meta(&meta)[..])
+            .map_err(storage_error)?;
+    }
+    Ok(())
+}
+
+/// Rewrites every change of a format-2 store in the current encoding, in
+/// the open transaction: no author and a `committed_ms` of 0 (who pushed
+/// them and when was never recorded). One transaction: a crash leaves the
+/// store at format 2.
+fn migrate_format_2_to_3(tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+    let mut changes = tx.open_table(CHANGES).map_err(table_error)?;
+    let mut rewritten = Vec::new();
+    for entry in changes.iter().map_err(storage_error)? {
+        let (key, value) = entry.map_err(storage_error)?;
+        let (name, seq) = key.value();
+        let change = codec::decode_change_format(BACKEND, seq, value.value(), 2)?;
+        rewritten.push((name.to_owned(), change));
+    }
+    for (name, change) in &rewritten {
+        changes
+            .insert(
+                (name.as_str(), change.seq),
+                codec::encode_change(change).as_slice(),
+            )
             .map_err(storage_error)?;
     }
     Ok(())
@@ -557,6 +588,7 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
     }
     for compaction in &write.compact {
         let mut target_checksum = 0;
+        let mut target_committed_ms = 0;
         if compaction.snapshot.is_some() {
             let target = changes
                 .get((name, compaction.through))
@@ -572,7 +604,8 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
                     compaction.doc, compaction.through
                 )));
             }
-            target_checksum = target.map_or(0, |c| c.log_checksum);
+            target_checksum = target.as_ref().map_or(0, |c| c.log_checksum);
+            target_committed_ms = target.map_or(0, |c| c.committed_ms);
         }
         let doc = compaction.doc.as_str();
         let mut covered = Vec::new();
@@ -592,7 +625,7 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
             changes.remove((name, seq)).map_err(storage_error)?;
             index.remove((name, doc, seq)).map_err(storage_error)?;
         }
-        if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
+        if let Some(snapshot) = snapshot_change(compaction, target_checksum, target_committed_ms) {
             insert_change(changes, index, name, &snapshot)?;
         }
     }

@@ -88,6 +88,8 @@ fn update(seq: Seq, id: &str, payload: &[u8]) -> Change {
         payload: payload.to_vec(),
         schema_version: 1,
         origin: Some(PeerId::new(format!("peer-{id}")).unwrap()),
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     }
 }
@@ -100,6 +102,8 @@ fn tombstone(seq: Seq, id: &str) -> Change {
         payload: Vec::new(),
         schema_version: 1,
         origin: None,
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     }
 }
@@ -258,6 +262,82 @@ mod cases {
                 ),
             }
         }
+    }
+
+    /// Who pushed each change and when are stored with it on every backend,
+    /// read back by every read (pages, a document's pages, a document's
+    /// whole history) and after a reopen; a snapshot keeps the time of the
+    /// change whose seq it takes (the version it holds is as of then), and
+    /// has no author. The history route and the webhooks show these.
+    pub fn authors_and_commit_times_are_kept(fx: &Fixture) {
+        let epoch = Epoch([4; 16]);
+        let authored = |seq: Seq, id: &str, author: Option<&str>, at_ms: u64| Change {
+            author: author.map(str::to_owned),
+            committed_ms: at_ms,
+            ..update(seq, id, &[seq as u8])
+        };
+        let changes = vec![
+            authored(1, "a", Some("user-1"), 1_700_000_000_001),
+            authored(2, "a", Some("ünïcode user ✓"), 1_700_000_000_002),
+            authored(3, "b", None, 1_700_000_000_003),
+            authored(4, "a", Some("user-1"), 1_700_000_000_004),
+        ];
+        let storage = fx.open();
+        {
+            commit(&*storage, vec![write("w", create(epoch), changes.clone())]).unwrap();
+            let who_when = |cs: &[Change]| {
+                cs.iter()
+                    .map(|c| (c.seq, c.author.clone(), c.committed_ms))
+                    .collect::<Vec<_>>()
+            };
+            let expected = who_when(&changes);
+            assert_eq!(who_when(&all_changes(&*storage, "w")), expected);
+            let a_page = storage
+                .read_document_changes(&coll("w"), &doc("a"), 0, 10)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                who_when(&a_page.changes),
+                vec![
+                    expected[0].clone(),
+                    expected[1].clone(),
+                    expected[3].clone()
+                ]
+            );
+            assert_eq!(
+                who_when(&storage.document_changes(&coll("w"), &doc("a")).unwrap()),
+                who_when(&a_page.changes)
+            );
+            // Compact "a" through 2: the snapshot at seq 2 keeps seq 2's time.
+            let mut w = write("w", at(epoch, 4), vec![]);
+            w.compact.push(Compaction {
+                doc: doc("a"),
+                through: 2,
+                snapshot: Some(b"merged".to_vec()),
+                schema_version: 1,
+            });
+            commit(&*storage, vec![w]).unwrap();
+        }
+        // Reopened where the backend keeps files or a database.
+        let storage = if fx.persistent() {
+            drop(storage);
+            fx.open()
+        } else {
+            storage
+        };
+        let after = all_changes(&*storage, "w");
+        let snapshot = after.iter().find(|c| c.seq == 2).unwrap();
+        assert_eq!(snapshot.kind, ChangeKind::Snapshot);
+        assert_eq!(
+            (snapshot.author.as_deref(), snapshot.committed_ms),
+            (None, 1_700_000_000_002)
+        );
+        let later = after.iter().find(|c| c.seq == 4).unwrap();
+        assert_eq!(
+            (later.author.as_deref(), later.committed_ms),
+            (Some("user-1"), 1_700_000_000_004),
+            "kept (across a reopen)"
+        );
     }
 
     /// The changes with their stored log checksums zeroed, to compare with
@@ -1084,6 +1164,7 @@ macro_rules! conformance {
             #[test] fn injected_commit_faults_behave_as_documented() { cases::injected_commit_faults_behave_as_documented(&fixture()) }
             #[test] fn compaction_replaces_covered_changes_atomically() { cases::compaction_replaces_covered_changes_atomically(&fixture()) }
             #[test] fn log_checksums_run_through_every_seq_and_survive_compaction() { cases::log_checksums_run_through_every_seq_and_survive_compaction(&fixture()) }
+            #[test] fn authors_and_commit_times_are_kept() { cases::authors_and_commit_times_are_kept(&fixture()) }
             #[test] fn tombstones_are_kept_through_compaction() { cases::tombstones_are_kept_through_compaction(&fixture()) }
             #[test] fn peers_upsert_keeps_the_max() { cases::peers_upsert_keeps_the_max(&fixture()) }
             #[test] fn collections_are_listed_in_pages() { cases::collections_are_listed_in_pages(&fixture()) }

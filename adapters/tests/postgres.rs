@@ -40,6 +40,8 @@ fn change(seq: Seq) -> Change {
         payload: vec![seq as u8; 4],
         schema_version: 1,
         origin: None,
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     }
 }

@@ -6,7 +6,8 @@
 //! change, peer and head exactly as before; a format-1 store whose stored
 //! head disagrees with its log must be refused before anything is changed.
 //! Format 3 added each change's log checksum, format 4 moved it before the
-//! payload; a format-1 store goes through every step.
+//! payload, format 5 added who pushed each change and when (before the
+//! payload too); a format-1 store goes through every step.
 
 use rusqlite::{params, Connection};
 use seqsync_adapters::{SqliteStorage, SQLITE_FILE_NAME};
@@ -120,6 +121,12 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             ]
         );
         assert_eq!(page.changes[0].origin, Some(PeerId::new("peer-x").unwrap()));
+        // Format 5: who and when were never recorded for these changes, and
+        // the migration does not guess.
+        assert!(page
+            .changes
+            .iter()
+            .all(|c| c.author.is_none() && c.committed_ms == 0));
         // Format 3 gave every change its running log checksum.
         let mut running = 0u64;
         for change in &page.changes {
@@ -159,6 +166,8 @@ fn format_1_store_is_migrated_with_everything_in_it() {
         );
         let mut next = page.changes[1].clone();
         next.seq = 4;
+        next.author = Some("user-42".to_owned());
+        next.committed_ms = 1_700_000_000_123;
         storage
             .commit(&WriteBatch {
                 writes: vec![CollectionWrite {
@@ -174,10 +183,10 @@ fn format_1_store_is_migrated_with_everything_in_it() {
             .unwrap();
         assert_eq!(storage.collection(&name("a")).unwrap().unwrap().head, 4);
     }
-    assert_eq!(format_of(dir.path()), 4);
-    // Format 4 keeps `checksum` before `payload`: reading a change's
-    // checksum (the head's, on every page read) must not walk a large
-    // payload's overflow pages.
+    assert_eq!(format_of(dir.path()), 5);
+    // Formats 4 and 5 keep `checksum`, `author` and `committed_ms` before
+    // `payload`: reading them (the head's checksum, on every page read)
+    // must not walk a large payload's overflow pages.
     let conn = Connection::open(dir.path().join(SQLITE_FILE_NAME)).unwrap();
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('changes') ORDER BY cid")
@@ -188,10 +197,21 @@ fn format_1_store_is_migrated_with_everything_in_it() {
         .unwrap();
     let at = |name: &str| columns.iter().position(|c| c == name).unwrap();
     assert!(at("checksum") < at("payload"), "{columns:?}");
+    assert!(at("author") < at("payload"), "{columns:?}");
+    assert!(at("committed_ms") < at("payload"), "{columns:?}");
     drop(conn);
-    // Reopening a format-4 store changes nothing.
+    // Reopening a format-5 store changes nothing, and a change written
+    // after the migration keeps who and when.
     let storage = SqliteStorage::open(dir.path(), Durability::Immediate).unwrap();
     assert_eq!(storage.collection(&name("a")).unwrap().unwrap().head, 4);
+    let written = storage.read_changes(&name("a"), 3, 1).unwrap().unwrap();
+    assert_eq!(
+        (
+            written.changes[0].author.as_deref(),
+            written.changes[0].committed_ms
+        ),
+        (Some("user-42"), 1_700_000_000_123)
+    );
     assert_eq!(
         storage
             .read_document_changes(

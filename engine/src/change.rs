@@ -78,6 +78,18 @@ pub struct Change {
     pub schema_version: u32,
     /// The peer that pushed it, when the client said who it is.
     pub origin: Option<PeerId>,
+    /// Who pushed it, when the host knows: the subject (`sub`) of the
+    /// signed token the push came with. Unlike `origin` (which a client
+    /// names itself) this is vouched for by the host. `None` for pushes
+    /// without one, for snapshots, and for changes stored before store
+    /// formats recorded it.
+    pub author: Option<String>,
+    /// When the change was accepted (its seq assigned, just before its
+    /// commit), ms since the Unix epoch; a snapshot keeps the time of the
+    /// last change it covers. 0 for changes stored before store formats
+    /// recorded it. Like `origin` and `author`, it is not covered by the
+    /// checksums: it describes the change, it is not its content.
+    pub committed_ms: u64,
     /// The log checksum through this change: the sum (mod 2^64) of
     /// [`crate::change_checksum`] of every change up to and including it,
     /// in the log as written (a snapshot carries the value of the change it

@@ -138,6 +138,8 @@ mod tests {
             payload,
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         }
     }

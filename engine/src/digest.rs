@@ -454,6 +454,8 @@ mod tests {
             payload: payload.to_vec(),
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         };
         // A log of 1..=5 as appended, then compacted: 2..=3 folded into a
@@ -503,6 +505,8 @@ mod tests {
             payload: vec![1, 2, 3],
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         };
         let base = change_checksum(&epoch, &change);

@@ -19,6 +19,8 @@ pub enum NameKind {
     Document,
     /// A peer id.
     Peer,
+    /// A change's author (a signed token's subject).
+    Author,
 }
 
 impl fmt::Display for NameKind {
@@ -27,6 +29,7 @@ impl fmt::Display for NameKind {
             NameKind::Collection => "collection name",
             NameKind::Document => "document id",
             NameKind::Peer => "peer id",
+            NameKind::Author => "author",
         })
     }
 }

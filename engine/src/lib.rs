@@ -54,7 +54,8 @@ pub use migration::{
     MIGRATION_CLIENT_IDS, MIGRATION_ORIGIN,
 };
 pub use name::{
-    CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES,
+    check_author, CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES,
+    MAX_PEER_ID_BYTES,
 };
 pub use restore::{random_client_id, restore_update};
 pub use storage::{

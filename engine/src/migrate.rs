@@ -229,6 +229,8 @@ fn migrate_pass(
                 payload: output.update,
                 schema_version: target,
                 origin: Some(origin.clone()),
+                author: None,
+                committed_ms: crate::now_ms(),
                 log_checksum: 0,
             });
         }

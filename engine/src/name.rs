@@ -94,6 +94,13 @@ impl PeerId {
     }
 }
 
+/// Checks a change's author (the subject of the signed token a push came
+/// with): 1–256 bytes of UTF-8 without control characters, like a peer id.
+/// Errors: [`InvalidName`] of kind `Author`.
+pub fn check_author(author: &str) -> Result<(), InvalidName> {
+    check_free_form(NameKind::Author, author, MAX_PEER_ID_BYTES)
+}
+
 fn check_length(kind: NameKind, value: &str, max_bytes: usize) -> Result<(), InvalidName> {
     if value.is_empty() {
         return Err(InvalidName::Empty { kind });

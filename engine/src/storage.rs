@@ -516,10 +516,16 @@ pub fn is_covered(compaction: &Compaction, change_seq: Seq, kind: ChangeKind) ->
     change_seq <= compaction.through && matches!(kind, ChangeKind::Update | ChangeKind::Snapshot)
 }
 
-/// The `Snapshot` change a compaction stores, if any. `log_checksum` is the
-/// stored value of the change it replaces at seq `through`: a snapshot keeps
-/// the log checksum of the seq it takes.
-pub fn snapshot_change(compaction: &Compaction, log_checksum: u64) -> Option<Change> {
+/// The `Snapshot` change a compaction stores, if any. `log_checksum` and
+/// `committed_ms` are the stored values of the change it replaces at seq
+/// `through`: a snapshot keeps the log checksum of the seq it takes, and
+/// the time of the last change it covers (the version it holds is as of
+/// then).
+pub fn snapshot_change(
+    compaction: &Compaction,
+    log_checksum: u64,
+    committed_ms: u64,
+) -> Option<Change> {
     compaction.snapshot.as_ref().map(|payload| Change {
         seq: compaction.through,
         doc: compaction.doc.clone(),
@@ -527,6 +533,8 @@ pub fn snapshot_change(compaction: &Compaction, log_checksum: u64) -> Option<Cha
         payload: payload.clone(),
         schema_version: compaction.schema_version,
         origin: None,
+        author: None,
+        committed_ms,
         log_checksum,
     })
 }

@@ -662,6 +662,8 @@ mod tests {
             payload: payload.to_vec(),
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         };
         let state = DocState::load(&[
@@ -759,6 +761,8 @@ mod tests {
             payload: payload.clone(),
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         };
         let loaded = DocState::load(&[change(1, &a), change(2, &after_gap)]).unwrap();

@@ -27,6 +27,8 @@ fn main() {
             payload: data,
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
         });
     }
     let encoded = state.encode_state();
@@ -47,6 +49,8 @@ fn main() {
                 payload: snapshot,
                 schema_version: 1,
                 origin: None,
+                author: None,
+                committed_ms: 0,
             }];
             println!(
                 "load after compaction: {:?}",

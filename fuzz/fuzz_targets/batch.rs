@@ -321,6 +321,8 @@ fn model_commit(model: &Model, batch: &WriteBatch) -> Result<Model, String> {
                         payload: snapshot.clone(),
                         schema_version: compaction.schema_version,
                         origin: None,
+                        author: None,
+                        committed_ms: 0,
                     },
                 );
             }
@@ -545,6 +547,8 @@ fn build_write(
             payload: payload(&a.payload, kind),
             schema_version,
             origin: a.origin.map(peer_id),
+            author: None,
+            committed_ms: 0,
         });
     }
     let mut compact = Vec::new();

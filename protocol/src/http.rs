@@ -294,6 +294,14 @@ pub struct HistoryEntryJson {
     pub size_bytes: u64,
     /// The peer that pushed it, when it said.
     pub origin: Option<String>,
+    /// Who pushed it: the subject (`sub`) of the signed token the push came
+    /// with; `null` without one, and for changes stored before servers
+    /// recorded it.
+    pub author: Option<String>,
+    /// When it was accepted, ms since the Unix epoch; `null` for changes
+    /// stored before servers recorded it. A snapshot has the time of the
+    /// last change it covers.
+    pub committed_ms: Option<u64>,
     /// The schema version it was written under.
     pub schema_version: u32,
 }

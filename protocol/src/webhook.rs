@@ -66,6 +66,14 @@ pub struct WebhookChange {
     /// The peer that pushed it, when it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// Who pushed it: the subject (`sub`) of the signed token the push
+    /// came with (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// When it was accepted, ms since the Unix epoch (absent when unknown:
+    /// stored before servers recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_ms: Option<u64>,
     /// The Yjs v1 bytes, base64; only when the hook sets `include_updates`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<Base64Bytes>,

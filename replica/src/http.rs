@@ -320,6 +320,8 @@ fn change_of_frame(change: SyncChange) -> Result<Change, TransportError> {
             .map(PeerId::new)
             .transpose()
             .map_err(|e| bad(&e.to_string()))?,
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     })
 }

@@ -104,6 +104,7 @@ impl Transport for EngineTransport {
         let options = PushOptions {
             origin: Some(origin.to_owned()),
             schema_version,
+            author: None,
         };
         let outcome = self
             .engine

@@ -48,6 +48,8 @@ pub(crate) fn change_of(seq: Seq, item: Item) -> Change {
         payload: item.payload,
         schema_version: item.version,
         origin: PeerId::new(item.origin).ok(),
+        author: None,
+        committed_ms: 0,
         log_checksum: 0,
     }
 }

@@ -112,6 +112,8 @@ impl Merger {
                 payload: item.update.clone(),
                 schema_version: item.version,
                 origin: None,
+                author: None,
+                committed_ms: 0,
                 log_checksum: 0,
             };
             if state.load_change(&change).is_err() {

@@ -108,6 +108,8 @@ pub(crate) fn state_collection_write(
             payload: update,
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         }],
         compact: Vec::new(),

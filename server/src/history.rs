@@ -41,6 +41,8 @@ pub(crate) async fn history(
                 kind: change_kind(entry.kind),
                 size_bytes: entry.size_bytes,
                 origin: entry.origin.map(|p| p.as_str().to_owned()),
+                author: entry.author,
+                committed_ms: entry.committed_ms,
                 schema_version: entry.schema_version,
             })
             .collect(),
@@ -64,9 +66,15 @@ pub(crate) async fn restore(
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request("invalid_body", format!("expected {{\"seq\": N}}: {e}"))
         })?;
-    // A restore ends in a commit: bounded like a push.
+    // A restore ends in a commit: bounded like a push, and recorded like
+    // one (origin, author).
+    let options = crate::routes::push_options(&req)?;
     let outcome = state
-        .bounded(state.engine.restore(&collection, &doc, request.seq))
+        .bounded(
+            state
+                .engine
+                .restore_with(&collection, &doc, request.seq, options),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(RestoreAnswer {
         seq: outcome.seq,

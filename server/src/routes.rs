@@ -125,7 +125,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
         .transpose()
 }
 
-fn push_options(req: &HttpRequest) -> Result<PushOptions, ApiError> {
+pub(crate) fn push_options(req: &HttpRequest) -> Result<PushOptions, ApiError> {
     let origin = header_str(req.headers(), "x-peer-id")?.map(str::to_owned);
     let schema_version = header_str(req.headers(), "x-schema-version")?
         .map(|v| {
@@ -140,6 +140,8 @@ fn push_options(req: &HttpRequest) -> Result<PushOptions, ApiError> {
     Ok(PushOptions {
         origin,
         schema_version,
+        // Call after authorizing: the authorizer records the subject.
+        author: crate::auth::subject_of(req),
     })
 }
 
@@ -207,7 +209,6 @@ async fn push_batch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let collection = path.into_inner();
-    let options = push_options(&req)?;
     let body = read_body(payload, state.batch_body_limit_bytes(), &state.limits).await?;
     let updates = decode::decode_batch_body(&body)?;
     // Each document of the batch is authorized (a token for one document
@@ -227,6 +228,7 @@ async fn push_batch(
             )?;
         }
     }
+    let options = push_options(&req)?;
     let outcome = state
         .bounded(state.engine.push_batch(&collection, updates, options))
         .await?;
@@ -246,8 +248,9 @@ async fn delete_document(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Delete),
     )?;
+    let options = push_options(&req)?;
     let outcome = state
-        .bounded(state.engine.delete(&collection, &doc))
+        .bounded(state.engine.delete_with(&collection, &doc, options))
         .await?;
     Ok(HttpResponse::Ok().json(DeleteAnswer {
         seq: outcome.seq,

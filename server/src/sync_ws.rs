@@ -506,6 +506,8 @@ impl SyncConnection {
         let options = PushOptions {
             origin: self.peer.clone(),
             schema_version: self.schema_version,
+            // The upgrade request's token, authorized at connect.
+            author: crate::auth::subject_of(&self.req),
         };
         // Bounded like an HTTP push: a database that stalls answers
         // `commit_timeout` (retryable) instead of leaving the client

@@ -240,3 +240,98 @@ fn a_restore_is_a_forward_edit_that_brings_the_version_back() {
     );
     server.stop();
 }
+
+#[test]
+fn the_history_names_who_pushed_each_change_and_when() {
+    // Why: "who changed it?" needs an answer a client cannot forge: the
+    // subject of the signed token a push, a restore or a delete came with
+    // is recorded with the change (a static token and an unsigned client
+    // leave it empty), and every change has the time it was accepted.
+    const SECRET: &str = "a-token-secret-for-the-history-test";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::default();
+    config.engine.storage.backend = BackendKind::Sqlite;
+    config.engine.storage.path = dir.path().join("data");
+    config.server.listen = "127.0.0.1:0".to_owned();
+    config.server.token_secret = SECRET.to_owned();
+    config.server.write_token = "static-write-token".to_owned();
+    let server = ServerThread::start(config).unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token_of = |sub: &str| {
+        let bearer = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"col": "notes", "rights": ["write", "read", "delete"], "exp": exp, "sub": sub}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        format!("Bearer {bearer}")
+    };
+    let started_ms = seqsync_engine::now_ms();
+    let url = |path: &str| format!("http://{}/v1/collections/notes{path}", server.addr);
+    let client = yrs::Doc::with_client_id(7 << 20);
+    let text = client.get_or_insert_text("content");
+    let edit = |s: &str| {
+        let mut txn = client.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, s);
+        txn.encode_update_v1()
+    };
+    let push = |auth: &str, update: Vec<u8>| {
+        let (status, body, _) = call(
+            ureq::post(&url("/documents/d/updates")).set("authorization", auth),
+            Some(&update),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        json_of(&body)["seq"].as_u64().unwrap()
+    };
+    let by_ann = push(&token_of("user-ann"), edit("hello"));
+    let by_static = push("Bearer static-write-token", edit(" world"));
+    let (status, body, _) = call(
+        ureq::post(&url("/documents/d/restore")).set("authorization", &token_of("user-bob")),
+        Some(json!({ "seq": by_ann }).to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let restored = json_of(&body)["seq"].as_u64().unwrap();
+    let (status, body, _) = call(
+        ureq::delete(&url("/documents/d")).set("authorization", &token_of("user-cy")),
+        None,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let deleted = json_of(&body)["seq"].as_u64().unwrap();
+    let finished_ms = seqsync_engine::now_ms();
+
+    let (status, body, _) = call(
+        ureq::get(&url("/documents/d/history")).set("authorization", &token_of("auditor")),
+        None,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let history = json_of(&body);
+    let entries = history["changes"].as_array().unwrap();
+    let who: Vec<(u64, serde_json::Value)> = entries
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["author"].clone()))
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            (by_ann, json!("user-ann")),
+            (by_static, json!(null)),
+            (restored, json!("user-bob")),
+            (deleted, json!("user-cy")),
+        ]
+    );
+    let mut last_ms = 0;
+    for entry in entries {
+        let at_ms = entry["committed_ms"]
+            .as_u64()
+            .expect("a time for every change");
+        assert!((started_ms..=finished_ms).contains(&at_ms), "{entry}");
+        assert!(at_ms >= last_ms, "times follow the log: {entry}");
+        last_ms = at_ms;
+    }
+    server.stop();
+}

@@ -126,6 +126,8 @@ pub fn update_changes(
             payload: payload.clone(),
             schema_version: 1,
             origin: None,
+            author: None,
+            committed_ms: 0,
             log_checksum: 0,
         })
         .collect()

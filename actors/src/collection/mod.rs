@@ -87,6 +87,8 @@ pub(crate) type WriteReply = oneshot::Receiver<Result<WriteDone, WriteError>>;
 pub(crate) struct Write {
     pub(crate) op: WriteOp,
     pub(crate) origin: Option<PeerId>,
+    /// Recorded with each change (checked by the engine's API).
+    pub(crate) author: Option<String>,
     pub(crate) schema_version: Option<u32>,
 }
 

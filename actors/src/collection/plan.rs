@@ -114,6 +114,7 @@ pub(super) fn plan_write(
     let (base, epoch) = base_for(state)?;
     let schema_version = state.schema_version;
     let origin = msg.origin;
+    let author = msg.author;
     let mut appended: Vec<Change> = Vec::new();
     let mut seqs = Vec::new();
     let mut upgraded = 0u64;
@@ -179,6 +180,8 @@ pub(super) fn plan_write(
                             payload: bytes,
                             schema_version: upgrade_from.unwrap_or(schema_version),
                             origin: origin.clone(),
+                            author: author.clone(),
+                            committed_ms: now_ms,
                             log_checksum: 0,
                         });
                         next_seq += 1;
@@ -200,6 +203,8 @@ pub(super) fn plan_write(
                                         payload: output.update,
                                         schema_version: current,
                                         origin: Some(PeerId::migration()),
+                                        author: None,
+                                        committed_ms: now_ms,
                                         log_checksum: 0,
                                     });
                                     next_seq += 1;
@@ -245,6 +250,8 @@ pub(super) fn plan_write(
                     payload: Vec::new(),
                     schema_version,
                     origin: origin.clone(),
+                    author: author.clone(),
+                    committed_ms: now_ms,
                     log_checksum: 0,
                 });
             }
@@ -363,6 +370,7 @@ mod tests {
         Write {
             op: WriteOp::Updates(items.iter().map(|(d, u)| (doc(d), u.clone())).collect()),
             origin: None,
+            author: None,
             schema_version: None,
         }
     }
@@ -464,6 +472,7 @@ mod tests {
         let delete = || Write {
             op: WriteOp::Delete(doc("a")),
             origin: None,
+            author: None,
             schema_version: None,
         };
         let planned = f.plan(None, delete()).unwrap();

@@ -142,6 +142,8 @@ impl Engine {
                     kind: change.kind,
                     size_bytes: change.payload.len() as u64,
                     origin: change.origin,
+                    author: change.author,
+                    committed_ms: (change.committed_ms > 0).then_some(change.committed_ms),
                     schema_version: change.schema_version,
                 })
                 .collect(),
@@ -164,6 +166,20 @@ impl Engine {
         collection: &str,
         doc: &str,
         at: Seq,
+    ) -> Result<RestoreOutcome, RestoreError> {
+        self.restore_with(collection, doc, at, PushOptions::default())
+            .await
+    }
+
+    /// [`Engine::restore`] with the push's options: its `origin` and
+    /// `author` are recorded with the restoring edit (the history then says
+    /// who restored). Errors: as `restore`.
+    pub async fn restore_with(
+        &self,
+        collection: &str,
+        doc: &str,
+        at: Seq,
+        options: PushOptions,
     ) -> Result<RestoreOutcome, RestoreError> {
         let version = self.document_at(collection, doc, at).await?;
         let current = self.document(collection, doc).await?;
@@ -188,9 +204,7 @@ impl Engine {
                 restored_from: version.seq,
             });
         };
-        let pushed = self
-            .push(collection, doc, update, PushOptions::default())
-            .await?;
+        let pushed = self.push(collection, doc, update, options).await?;
         Ok(RestoreOutcome {
             seq: pushed.seq,
             restored_from: version.seq,

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use seqsync_engine::{AckError, CollectionName, DocId, PeerId, Seq, WriteError};
+use seqsync_engine::{check_author, AckError, CollectionName, DocId, PeerId, Seq, WriteError};
 
 use crate::collection::{Ack, CompactNow, Write, WriteDone, WriteOp};
 use crate::metrics as m;
@@ -72,6 +72,9 @@ impl Engine {
         let limits = &self.inner.shared.config.limits;
         let name = CollectionName::new(collection)?;
         let origin = options.origin.map(PeerId::new).transpose()?;
+        if let Some(author) = &options.author {
+            check_author(author)?;
+        }
         if updates.is_empty() {
             return Err(WriteError::EmptyBatch);
         }
@@ -98,6 +101,7 @@ impl Engine {
                 Write {
                     op: WriteOp::Updates(items),
                     origin,
+                    author: options.author,
                     schema_version: options.schema_version,
                 },
             )
@@ -113,14 +117,33 @@ impl Engine {
     ///
     /// Returns once the tombstone is durable. Errors: [`WriteError`].
     pub async fn delete(&self, collection: &str, doc: &str) -> Result<DeleteOutcome, WriteError> {
+        self.delete_with(collection, doc, PushOptions::default())
+            .await
+    }
+
+    /// [`Engine::delete`] recording who deletes: `options.origin` and
+    /// `options.author` are stored with the tombstone (its schema version
+    /// is ignored). Errors: as `delete`, plus `InvalidName` for a bad
+    /// origin or author.
+    pub async fn delete_with(
+        &self,
+        collection: &str,
+        doc: &str,
+        options: PushOptions,
+    ) -> Result<DeleteOutcome, WriteError> {
         let name = CollectionName::new(collection)?;
         let doc = DocId::new(doc)?;
+        let origin = options.origin.map(PeerId::new).transpose()?;
+        if let Some(author) = &options.author {
+            check_author(author)?;
+        }
         let done = self
             .write(
                 &name,
                 Write {
                     op: WriteOp::Delete(doc),
-                    origin: None,
+                    origin,
+                    author: options.author,
                     schema_version: None,
                 },
             )

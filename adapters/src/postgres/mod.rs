@@ -400,7 +400,7 @@ impl Storage for PostgresStorage {
             };
             let rows = tx
                 .query(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum, author, committed_ms \
                      FROM seqsync_changes WHERE cid = $1 AND doc = $2 ORDER BY seq",
                     &[&stored.cid, &doc.as_str()],
                 )
@@ -615,10 +615,12 @@ impl PostgresStorage {
         )?;
         for compaction in &write.compact {
             let mut target_checksum = 0u64;
+            let mut target_committed_ms = 0u64;
             if compaction.snapshot.is_some() {
                 let target = tx
                     .query_opt(
-                        "SELECT doc, kind, checksum FROM seqsync_changes WHERE cid = $1 AND seq = $2",
+                        "SELECT doc, kind, checksum, committed_ms FROM seqsync_changes \
+                         WHERE cid = $1 AND seq = $2",
                         &[&cid, &seq_param(compaction.through)],
                     )
                     .map_err(|e| pg_error("compacting", e))?;
@@ -637,7 +639,9 @@ impl PostgresStorage {
                         compaction.doc, compaction.through
                     )));
                 }
-                target_checksum = target.map_or(0, |row| row.get::<_, i64>(2) as u64);
+                target_checksum = target.as_ref().map_or(0, |row| row.get::<_, i64>(2) as u64);
+                target_committed_ms =
+                    target.map_or(0, |row| u64::try_from(row.get::<_, i64>(3)).unwrap_or(0));
             }
             tx.execute(
                 "DELETE FROM seqsync_changes WHERE cid = $1 AND doc = $2 AND seq <= $3 \
@@ -651,7 +655,9 @@ impl PostgresStorage {
                 ],
             )
             .map_err(|e| pg_error("compacting", e))?;
-            if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
+            if let Some(snapshot) =
+                snapshot_change(compaction, target_checksum, target_committed_ms)
+            {
                 insert_changes(
                     tx,
                     cid,

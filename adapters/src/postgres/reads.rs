@@ -44,11 +44,11 @@ impl ReaderConn {
         let statements = ReaderStatements {
             meta: prepare(READ_META)?,
             changes: prepare(
-                "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
+                "SELECT seq, doc, kind, schema_version, origin, payload, checksum, author, committed_ms \
                  FROM seqsync_changes WHERE cid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )?,
             document_changes: prepare(
-                "SELECT seq, doc, kind, schema_version, origin, payload, checksum \
+                "SELECT seq, doc, kind, schema_version, origin, payload, checksum, author, committed_ms \
                  FROM seqsync_changes WHERE cid = $1 AND doc = $2 AND seq > $3 \
                  ORDER BY seq LIMIT $4",
             )?,

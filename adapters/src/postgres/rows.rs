@@ -23,9 +23,11 @@ pub(super) struct StoredRow {
 /// is what an audit checks (a commit from a deposed owner would show an
 /// older token after a newer one). Its parameters are [`ChangeRows`].
 pub(super) const APPEND_CHANGES: &str = "INSERT INTO seqsync_changes \
-     (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum) \
+     (cid, lease_token, seq, doc, kind, schema_version, origin, payload, checksum, author, \
+     committed_ms) \
      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-     $5::smallint[], $6::integer[], $7::text[], $8::bytea[], $9::bigint[])";
+     $5::smallint[], $6::integer[], $7::text[], $8::bytea[], $9::bigint[], $10::text[], \
+     $11::bigint[])";
 
 /// Changes as the columns of [`APPEND_CHANGES`].
 #[derive(Default)]
@@ -39,6 +41,8 @@ pub(super) struct ChangeRows<'a> {
     origins: Vec<Option<&'a str>>,
     payloads: Vec<&'a [u8]>,
     checksums: Vec<i64>,
+    authors: Vec<Option<&'a str>>,
+    committed: Vec<i64>,
 }
 
 impl<'a> ChangeRows<'a> {
@@ -55,6 +59,8 @@ impl<'a> ChangeRows<'a> {
             .push(change.origin.as_ref().map(PeerId::as_str));
         self.payloads.push(change.payload.as_slice());
         self.checksums.push(checksum as i64);
+        self.authors.push(change.author.as_deref());
+        self.committed.push(seq_param(change.committed_ms));
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -62,7 +68,7 @@ impl<'a> ChangeRows<'a> {
     }
 
     /// The parameters of [`APPEND_CHANGES`], in order.
-    pub(super) fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 9] {
+    pub(super) fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 11] {
         [
             &self.cids,
             &self.tokens,
@@ -73,6 +79,8 @@ impl<'a> ChangeRows<'a> {
             &self.origins,
             &self.payloads,
             &self.checksums,
+            &self.authors,
+            &self.committed,
         ]
     }
 }
@@ -170,6 +178,8 @@ pub(super) fn change_row(row: &Row) -> Result<Change, StorageError> {
             .transpose()
             .map_err(|e| corrupt(e.to_string()))?,
         log_checksum: row.get::<_, i64>(6) as u64,
+        author: row.get(7),
+        committed_ms: u64::try_from(row.get::<_, i64>(8)).unwrap_or(0),
     })
 }
 

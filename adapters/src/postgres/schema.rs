@@ -10,14 +10,15 @@ use seqsync_engine::{redact_url, Durability, StorageError};
 use super::{pg_error, BACKEND};
 
 /// The newest version of the table layout, the last entry of `MIGRATIONS`.
-pub const POSTGRES_SCHEMA_VERSION: i32 = 1;
+pub const POSTGRES_SCHEMA_VERSION: i32 = 2;
 
 /// The layout, one entry per version: (version, what it does, SQL). Applied
 /// in order, each in the transaction that records it.
-pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "collections with leases, the log, peers, the lease log",
-    "CREATE TABLE seqsync_collections (
+pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "collections with leases, the log, peers, the lease log",
+        "CREATE TABLE seqsync_collections (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         epoch BYTEA NOT NULL,
@@ -59,7 +60,16 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[(
         token BIGINT NOT NULL,
         taken_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );",
-)];
+    ),
+    (
+        2,
+        "who pushed each change (the signed token's subject) and when it was accepted",
+        // Existing changes get NULL and 0: never recorded, never guessed.
+        // ADD COLUMN with a constant default rewrites no row.
+        "ALTER TABLE seqsync_changes ADD COLUMN author TEXT;
+        ALTER TABLE seqsync_changes ADD COLUMN committed_ms BIGINT NOT NULL DEFAULT 0;",
+    ),
+];
 
 /// The advisory lock key that serialises schema migrations across nodes
 /// ("seqsync" in ASCII).

@@ -289,7 +289,8 @@ impl Storage for SqliteStorage {
             };
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum FROM changes \
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum, author, \
+                     committed_ms FROM changes \
                      WHERE cid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(|e| sql_error("reading changes", e))?;
@@ -319,7 +320,8 @@ impl Storage for SqliteStorage {
             // Seeks `changes_by_doc` (cid, doc, seq) straight to `after`.
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum FROM changes \
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum, author, \
+                     committed_ms FROM changes \
                      INDEXED BY changes_by_doc \
                      WHERE cid = ?1 AND doc = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
                 )
@@ -365,7 +367,8 @@ impl Storage for SqliteStorage {
             // a large document).
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT seq, kind, schema_version, origin, payload, checksum FROM changes \
+                    "SELECT seq, kind, schema_version, origin, payload, checksum, author, \
+                     committed_ms FROM changes \
                      INDEXED BY changes_by_doc WHERE cid = ?1 AND doc = ?2 ORDER BY seq",
                 )
                 .map_err(|e| sql_error("reading a document", e))?;
@@ -389,6 +392,8 @@ impl Storage for SqliteStorage {
                         .map_err(|e| corrupt(e.to_string()))?,
                     payload: row.get(4).map_err(read)?,
                     log_checksum: row.get::<_, i64>(5).map_err(read)? as u64,
+                    author: row.get(6).map_err(read)?,
+                    committed_ms: u64::try_from(row.get::<_, i64>(7).map_err(read)?).unwrap_or(0),
                 };
                 if visit(change).is_break() {
                     break;

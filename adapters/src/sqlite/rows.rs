@@ -72,6 +72,8 @@ pub(super) fn collect_changes(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Change
         let origin: Option<String> = row.get(4).map_err(read)?;
         let payload: Vec<u8> = row.get(5).map_err(read)?;
         let checksum: i64 = row.get(6).map_err(read)?;
+        let author: Option<String> = row.get(7).map_err(read)?;
+        let committed_ms: i64 = row.get(8).map_err(read)?;
         out.push(Change {
             seq: u64::try_from(seq).map_err(|_| corrupt(format!("negative seq {seq}")))?,
             doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
@@ -83,6 +85,8 @@ pub(super) fn collect_changes(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Change
                 .map(PeerId::new)
                 .transpose()
                 .map_err(|e| corrupt(e.to_string()))?,
+            author,
+            committed_ms: u64::try_from(committed_ms).unwrap_or(0),
             log_checksum: checksum as u64,
         });
     }

@@ -33,7 +33,11 @@ use super::{corrupt, sql_error, BACKEND};
 ///   reading the head's checksum (every `read_changes`, so every reader that
 ///   asks for the head) read all of a 20 MB head change, 20,000 pages, and
 ///   150 clients joining such a document cost 3× the server CPU of format 2.
-const FORMAT_VERSION: u64 = 4;
+/// - 5: every change records who pushed it (`author`, the signed token's
+///   subject) and when it was accepted (`committed_ms`), both before
+///   `payload` for the reason of format 4. Changes stored before have
+///   `author` NULL and `committed_ms` 0: unknown, never guessed.
+const FORMAT_VERSION: u64 = 5;
 
 /// Page size of a new database. A commit of a few small updates dirties a
 /// handful of pages and the WAL writes each whole; small pages keep that
@@ -65,6 +69,8 @@ CREATE TABLE changes (
     kind INTEGER NOT NULL,
     schema_version INTEGER NOT NULL,
     origin TEXT,
+    author TEXT,
+    committed_ms INTEGER NOT NULL DEFAULT 0,
     checksum INTEGER NOT NULL DEFAULT 0,
     payload BLOB NOT NULL,
     PRIMARY KEY (cid, seq)
@@ -102,17 +108,19 @@ pub(super) fn check_or_create_schema(conn: &Connection, path: &Path) -> Result<(
             path: path.to_owned(),
             detail: "seqsync_format table without a format version".to_owned(),
         })?;
+        // Each step is one transaction; a crash between two leaves a store
+        // of one format, which the next open continues from.
         if found == 1 {
             migrate_v1_to_v2(conn, path)?;
-            migrate_v2_to_v3(conn)?;
-            return migrate_v3_to_v4(conn);
         }
-        if found == 2 {
+        if (1..=2).contains(&found) {
             migrate_v2_to_v3(conn)?;
-            return migrate_v3_to_v4(conn);
         }
-        if found == 3 {
-            return migrate_v3_to_v4(conn);
+        if (1..=3).contains(&found) {
+            migrate_v3_to_v4(conn)?;
+        }
+        if (1..=4).contains(&found) {
+            return migrate_v4_to_v5(conn);
         }
         if found != FORMAT_VERSION as i64 {
             return Err(StorageError::UnsupportedFormat {
@@ -218,7 +226,8 @@ fn migrate_v2_to_v3(conn: &Connection) -> Result<(), StorageError> {
         let changes = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum                      FROM changes WHERE cid = ?1 ORDER BY seq",
+                    "SELECT seq, doc, kind, schema_version, origin, payload, checksum, NULL, 0 \
+                     FROM changes WHERE cid = ?1 ORDER BY seq",
                 )
                 .map_err(failed)?;
             let rows = stmt.query(params![cid]).map_err(failed)?;
@@ -267,6 +276,41 @@ fn migrate_v3_to_v4(conn: &Connection) -> Result<(), StorageError> {
         ALTER TABLE changes_v4 RENAME TO changes;
         CREATE INDEX changes_by_doc ON changes (cid, doc, seq);
         UPDATE seqsync_format SET value = 4 WHERE key = 'format';",
+    )
+    .map_err(failed)?;
+    tx.commit().map_err(failed)
+}
+
+/// Rewrites a format-4 store as format 5, in one transaction: `changes`
+/// gains `author` and `committed_ms` before `payload` (added at the end,
+/// reading them would walk every large payload's overflow pages, the cost
+/// format 4 removed). Existing changes get NULL and 0: who pushed them and
+/// when was never recorded. A crash leaves format 4, which the next open
+/// migrates again. Costs one copy of the log, once.
+fn migrate_v4_to_v5(conn: &Connection) -> Result<(), StorageError> {
+    let failed = |e| sql_error("migrating to format 5", e);
+    let tx = conn.unchecked_transaction().map_err(failed)?;
+    tx.execute_batch(
+        "CREATE TABLE changes_v5 (
+            cid INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            doc TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            schema_version INTEGER NOT NULL,
+            origin TEXT,
+            author TEXT,
+            committed_ms INTEGER NOT NULL DEFAULT 0,
+            checksum INTEGER NOT NULL DEFAULT 0,
+            payload BLOB NOT NULL,
+            PRIMARY KEY (cid, seq)
+        ) WITHOUT ROWID;
+        INSERT INTO changes_v5 (cid, seq, doc, kind, schema_version, origin, checksum, payload)
+            SELECT cid, seq, doc, kind, schema_version, origin, checksum, payload
+            FROM changes ORDER BY cid, seq;
+        DROP TABLE changes;
+        ALTER TABLE changes_v5 RENAME TO changes;
+        CREATE INDEX changes_by_doc ON changes (cid, doc, seq);
+        UPDATE seqsync_format SET value = 5 WHERE key = 'format';",
     )
     .map_err(failed)?;
     tx.commit().map_err(failed)

@@ -57,8 +57,9 @@ pub(super) fn apply_write(
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO changes \
-                 (cid, seq, doc, kind, schema_version, origin, payload, checksum) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (cid, seq, doc, kind, schema_version, origin, payload, checksum, author, \
+                 committed_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(|e| sql_error("appending", e))?;
         let mut insert_change = |change: &Change, log_checksum: u64| -> Result<(), StorageError> {
@@ -71,7 +72,9 @@ pub(super) fn apply_write(
                     change.schema_version,
                     change.origin.as_ref().map(|p| p.as_str()),
                     &change.payload,
-                    log_checksum as i64
+                    log_checksum as i64,
+                    change.author.as_deref(),
+                    to_i64(change.committed_ms).unwrap_or(i64::MAX)
                 ])
                 .map_err(|e| sql_error("appending", e))?;
             Ok(())
@@ -81,21 +84,26 @@ pub(super) fn apply_write(
         }
         for compaction in &write.compact {
             let mut target_checksum = 0u64;
+            let mut target_committed_ms = 0u64;
             if compaction.snapshot.is_some() {
-                let target: Option<(String, u8, i64)> = tx
+                let target: Option<(String, u8, i64, i64)> = tx
                     .prepare_cached(
-                        "SELECT doc, kind, checksum FROM changes WHERE cid = ?1 AND seq = ?2",
+                        "SELECT doc, kind, checksum, committed_ms FROM changes \
+                         WHERE cid = ?1 AND seq = ?2",
                     )
                     .and_then(|mut s| {
                         s.query_row(
                             params![cid, to_i64(compaction.through).unwrap_or(-1)],
-                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                         )
                         .optional()
                     })
                     .map_err(|e| sql_error("compacting", e))?;
                 target_checksum = target.as_ref().map_or(0, |t| t.2 as u64);
-                let replaceable = target.is_some_and(|(doc, kind, _)| {
+                target_committed_ms = target
+                    .as_ref()
+                    .map_or(0, |t| u64::try_from(t.3).unwrap_or(0));
+                let replaceable = target.is_some_and(|(doc, kind, _, _)| {
                     doc == compaction.doc.as_str()
                         && matches!(
                             ChangeKind::from_code(kind),
@@ -124,7 +132,9 @@ pub(super) fn apply_write(
                 ])
             })
             .map_err(|e| sql_error("compacting", e))?;
-            if let Some(snapshot) = snapshot_change(compaction, target_checksum) {
+            if let Some(snapshot) =
+                snapshot_change(compaction, target_checksum, target_committed_ms)
+            {
                 insert_change(&snapshot, target_checksum)?;
             }
         }

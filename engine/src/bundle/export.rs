@@ -413,6 +413,8 @@ fn write_state_batch(
                 payload: Vec::new(),
                 schema_version,
                 origin: None,
+                author: None,
+                committed_ms: 0,
                 log_checksum,
             }
         } else {
@@ -423,6 +425,8 @@ fn write_state_batch(
                 payload: loaded.state.encode_state(),
                 schema_version,
                 origin: None,
+                author: None,
+                committed_ms: 0,
                 log_checksum,
             }
         });

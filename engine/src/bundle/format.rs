@@ -463,6 +463,9 @@ pub(super) fn decode_records(path: &Path, mut body: &[u8]) -> Result<Vec<Change>
             payload,
             schema_version,
             origin,
+            // Bundles carry a change's content, not who or when (format 1).
+            author: None,
+            committed_ms: 0,
             log_checksum,
         });
     }
@@ -485,6 +488,8 @@ mod tests {
             payload: payload.to_vec(),
             schema_version: 3,
             origin: origin.map(|o| PeerId::new(o).unwrap()),
+            author: None,
+            committed_ms: 0,
             log_checksum: 0x0123_4567_89ab_cdef ^ seq,
         }
     }

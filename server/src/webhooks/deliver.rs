@@ -349,6 +349,8 @@ impl Follower {
                     kind: change_kind(change.kind),
                     size_bytes: change.payload.len() as u64,
                     origin: change.origin.as_ref().map(|p| p.as_str().to_owned()),
+                    author: change.author.clone(),
+                    committed_ms: (change.committed_ms > 0).then_some(change.committed_ms),
                     update: config
                         .include_updates
                         .then(|| Base64Bytes(change.payload.clone())),

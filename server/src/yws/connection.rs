@@ -57,6 +57,9 @@ pub(super) struct Connection {
     /// Whether the client's token may write the document; a read-only
     /// connection's updates are dropped with a warning.
     pub(super) may_write: bool,
+    /// Its token's subject, recorded as the author of every update it
+    /// pushes.
+    pub(super) author: Option<String>,
 }
 
 pub(super) enum Step {
@@ -257,6 +260,7 @@ impl Connection {
                 let options = PushOptions {
                     origin: None,
                     schema_version: self.schema_version,
+                    author: self.author.clone(),
                 };
                 let token = self.state.server.write_token.clone();
                 pushes.push(Box::pin(async move {

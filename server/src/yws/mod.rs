@@ -136,6 +136,7 @@ pub(crate) async fn connect(
         own_updates: HashMap::new(),
         schema_version,
         may_write,
+        author: crate::auth::subject_of(&req),
     };
     actix_web::rt::spawn(connection.run(incoming, changes, state_vector));
     Ok(response)
