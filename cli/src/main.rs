@@ -22,6 +22,9 @@ use serde_json::json;
 
 use crate::report::Report;
 
+use seqsync_cli::remote::{self, RemoteError};
+use seqsync_cli::s3::{S3Client, S3Url};
+
 use seqsync_engine::bundle::{
     self, BundleError, BundleProgress, ExportOptions, ImportEpoch, ImportOptions,
 };
@@ -60,7 +63,8 @@ enum Command {
         /// The collection.
         #[arg(long)]
         collection: String,
-        /// Where to write the bundle (an empty or new directory).
+        /// Where to write the bundle: an empty or new directory, or
+        /// `s3://BUCKET/PREFIX` (see docs/CLI.md for the AWS_* variables).
         #[arg(long)]
         out: PathBuf,
         /// Export changes after this seq (0: everything).
@@ -85,7 +89,7 @@ enum Command {
         /// The store: `sqlite:DIR` or `redb:DIR` (created if missing).
         #[arg(long)]
         store: String,
-        /// The bundle directory.
+        /// The bundle: a directory, or `s3://BUCKET/PREFIX`.
         #[arg(long)]
         bundle: PathBuf,
         /// Write under a new epoch (clients then get Reset).
@@ -97,13 +101,15 @@ enum Command {
         /// The store.
         #[arg(long)]
         store: String,
-        /// Where to write the backup (an empty or new directory).
+        /// Where to write the backup: an empty or new directory, or
+        /// `s3://BUCKET/PREFIX` (resumable: run it again after a stop).
         #[arg(long)]
         out: PathBuf,
     },
     /// Restore a backup into a store.
     Restore {
-        /// The backup directory (with backup.json).
+        /// The backup: a directory (with backup.json), or
+        /// `s3://BUCKET/PREFIX`.
         #[arg(long)]
         backup: PathBuf,
         /// The store to restore into: `sqlite:DIR` or `redb:DIR`.
@@ -187,6 +193,30 @@ impl From<BundleError> for Failure {
             message: err.to_string(),
         }
     }
+}
+
+impl From<RemoteError> for Failure {
+    fn from(err: RemoteError) -> Self {
+        match err {
+            RemoteError::Bundle(err) => err.into(),
+            RemoteError::S3(seqsync_cli::s3::S3Error::BadUrl { .. }) => Failure::usage(err.to_string()),
+            other => Self {
+                code: 1,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `s3://…` as a location on object storage, with its client (configured
+/// from the environment), or `None` for a directory.
+fn s3_location(path: &Path) -> Result<Option<(S3Url, S3Client)>, Failure> {
+    let Some(text) = path.to_str().filter(|t| S3Url::is_s3(t)) else {
+        return Ok(None);
+    };
+    let url = S3Url::parse(text).map_err(|e| Failure::usage(e.to_string()))?;
+    let client = S3Client::from_env(&url).map_err(RemoteError::from)?;
+    Ok(Some((url, client)))
 }
 
 impl From<StorageError> for Failure {
@@ -344,6 +374,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             batch_bytes,
             no_state,
         } => {
+            let remote = s3_location(&out)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "export");
             let options = ExportOptions {
@@ -352,6 +383,32 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 with_state: !no_state,
             };
             let started = std::time::Instant::now();
+            if let Some((url, client)) = remote {
+                let (report, transfer) = remote::export_to_s3(
+                    &*storage,
+                    &store,
+                    &collection(&name)?,
+                    after,
+                    until,
+                    options,
+                    &client,
+                    &url,
+                    &mut |p| bar.update(p),
+                )?;
+                bar.finish();
+                return Ok(Box::new(report::Exported {
+                    command: "export",
+                    collection: name,
+                    changes: report.changes,
+                    batches: report.manifest.batches.len(),
+                    state_batch: report.manifest.state.is_some(),
+                    bytes: report.bytes,
+                    until: report.manifest.until,
+                    seconds: started.elapsed().as_secs_f64(),
+                    out,
+                    transfer: Some(transfer),
+                }));
+            }
             let report = bundle::export_collection(
                 &*storage,
                 &collection(&name)?,
@@ -372,6 +429,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 until: report.manifest.until,
                 seconds: started.elapsed().as_secs_f64(),
                 out,
+                transfer: None,
             }))
         }
         Command::Import {
@@ -379,6 +437,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             bundle: dir,
             new_epoch,
         } => {
+            let remote = s3_location(&dir)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "import");
             let options = ImportOptions {
@@ -388,7 +447,23 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     ImportEpoch::Keep
                 },
             };
-            let report = bundle::import_bundle(&*storage, &dir, options, &mut |p| bar.update(p))?;
+            let (report, transfer) = match remote {
+                Some((url, client)) => {
+                    let (report, transfer) = remote::import_from_s3(
+                        &*storage,
+                        &store,
+                        &client,
+                        &url,
+                        options,
+                        &mut |p| bar.update(p),
+                    )?;
+                    (report, Some(transfer))
+                }
+                None => (
+                    bundle::import_bundle(&*storage, &dir, options, &mut |p| bar.update(p))?,
+                    None,
+                ),
+            };
             bar.finish();
             Ok(Box::new(report::Imported {
                 command: "import",
@@ -401,11 +476,33 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 head: report.head,
                 epoch: report.epoch.to_string(),
                 state_digest_checked: report.state_digest_checked,
+                transfer,
             }))
         }
         Command::Backup { store, out } => {
+            let remote = s3_location(&out)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "backup");
+            if let Some((url, client)) = remote {
+                let (done, transfer) =
+                    remote::backup_to_s3(&*storage, &store, &client, &url, &mut |p| {
+                        bar.update(p)
+                    })?;
+                bar.finish();
+                return Ok(Box::new(report::Backup {
+                    command: "backup",
+                    collections: done
+                        .into_iter()
+                        .map(|c| report::BackedUp {
+                            collection: c.collection,
+                            head: c.head,
+                            changes: c.changes,
+                        })
+                        .collect(),
+                    out,
+                    transfer: Some(transfer),
+                }));
+            }
             let reports =
                 bundle::backup_store(&*storage, &out, ExportOptions::default(), &mut |p| {
                     bar.update(p)
@@ -423,6 +520,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 command: "backup",
                 collections,
                 out,
+                transfer: None,
             }))
         }
         Command::Restore {
@@ -477,7 +575,28 @@ fn restore(
             ImportEpoch::New
         },
     };
+    let remote = s3_location(backup)?;
     let bar = Bar::new(json, "restore");
+    let mut transfer = None;
+    let mut restore_into = |storage: &dyn Storage| -> Result<(), RemoteError> {
+        match &remote {
+            Some((url, client)) => {
+                let (_, moved) = remote::restore_from_s3(
+                    storage,
+                    store,
+                    client,
+                    url,
+                    options,
+                    &mut |p| bar.update(p),
+                )?;
+                transfer = Some(moved);
+            }
+            None => {
+                bundle::restore_backup(storage, backup, options, &mut |p| bar.update(p))?;
+            }
+        }
+        Ok(())
+    };
     let target = if replace {
         // Restore beside the store, then swap the directories.
         let fresh = config.path.with_extension("restoring");
@@ -487,7 +606,7 @@ fn restore(
         };
         {
             let storage = seqsync_adapters::open_storage(&fresh_config)?;
-            bundle::restore_backup(&*storage, backup, options, &mut |p| bar.update(p))?;
+            restore_into(&*storage)?;
         }
         let kept = config
             .path
@@ -510,9 +629,14 @@ fn restore(
         let storage = seqsync_adapters::open_storage(&config)?;
         // A resumed restore finds its own collections and continues; a
         // collection that is someone else's data is refused.
-        match bundle::restore_backup(&*storage, backup, options, &mut |p| bar.update(p)) {
-            Ok(_) => {}
-            Err(BundleError::Inconsistent { detail, .. } | BundleError::EpochMismatch { collection: detail, .. }) => {
+        match restore_into(&*storage) {
+            Ok(()) => {}
+            Err(RemoteError::Bundle(
+                BundleError::Inconsistent { detail, .. }
+                | BundleError::EpochMismatch {
+                    collection: detail, ..
+                },
+            )) => {
                 return Err(Failure::usage(format!(
                     "{store} holds data already ({detail}); restore with --replace (the store is moved aside), or into an empty store"
                 )))
@@ -527,6 +651,7 @@ fn restore(
         backup: backup.to_owned(),
         store: store.to_owned(),
         replaced: target,
+        transfer,
     }))
 }
 

@@ -1,0 +1,509 @@
+//! Backups and bundles on object storage: what `seqsync backup`, `restore`,
+//! `export` and `import` do when given `s3://bucket/prefix` instead of a
+//! directory.
+//!
+//! Why through a local staging directory: every check a bundle gets today
+//! (`verify_bundle`, `import_bundle`'s per-batch checks and end-state
+//! digest, the durable temp-and-rename writes) works on files, and reusing
+//! it unchanged is what "verified as today" means. So a collection is
+//! exported into a staging directory and its files uploaded one by one, or
+//! downloaded one by one, verified, and imported from there. Staging holds
+//! one collection's bundle at a time (it is removed once that collection is
+//! uploaded or imported), and every transfer streams between disk and the
+//! service in bounded pieces ([`crate::s3::PART_SIZE_BYTES`]), so memory
+//! never holds a bundle.
+//!
+//! Why it resumes: on the service, every object carries its BLAKE3, so a
+//! rerun skips the objects already there whole; the bundle's
+//! `manifest.json` goes up after its batches and `backup.json` after every
+//! bundle, so a prefix without them is unfinished and is refused. Locally,
+//! the staging directory is named after the operation, the store and the
+//! URL (under `SEQSYNC_STAGING_DIR`, else the system's temp directory), so
+//! a rerun finds the files it downloaded (each renamed into place only
+//! whole and checked) and the collections it finished, and `import` goes
+//! on from the receiver's head as it always does.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use seqsync_engine::bundle::{
+    self, backup_dir_name, BackupEntry, BackupIndex, BundleError, BundleProgress, ExportOptions,
+    ImportOptions, ImportReport, Manifest, BACKUP_FILE, BUNDLE_FORMAT_VERSION, MANIFEST_FILE,
+};
+use seqsync_engine::{CollectionName, Seq, Storage};
+
+use crate::s3::{S3Client, S3Error, S3Url};
+
+/// Largest `manifest.json` or `backup.json` read from the service (a
+/// manifest lists one line per batch: this is millions of batches).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// Collections listed per page while backing up.
+const COLLECTIONS_PAGE: usize = 1000;
+
+/// Errors of a backup, restore, export or import on object storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The service, the URL, the credentials or an object.
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    /// Exporting from or importing into the store (the staged bundle is
+    /// checked as a local one is).
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The prefix holds a finished backup or bundle already.
+    #[error("{object} exists: the prefix holds a finished {what} already; write to a new prefix (or delete the old one)")]
+    Exists {
+        /// The object found.
+        object: String,
+        /// "backup" or "bundle".
+        what: &'static str,
+    },
+}
+
+impl From<seqsync_engine::StorageError> for RemoteError {
+    fn from(err: seqsync_engine::StorageError) -> Self {
+        Self::Bundle(err.into())
+    }
+}
+
+/// Objects moved by one command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Transfer {
+    /// Objects uploaded or downloaded by this run.
+    pub objects_transferred: u64,
+    /// Objects an earlier run had moved already (skipped).
+    pub objects_skipped: u64,
+    /// Bytes uploaded or downloaded by this run.
+    pub bytes_transferred: u64,
+}
+
+/// One collection of a backup made to object storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteBackedUp {
+    /// The collection.
+    pub collection: String,
+    /// The head it was exported at.
+    pub head: Seq,
+    /// Changes in its changes batches.
+    pub changes: u64,
+}
+
+/// The staging directory of one operation: named after `what` and the
+/// BLAKE3 of `identity` (store, URL, options), so a rerun of the same
+/// command finds it and another command does not. Under
+/// `SEQSYNC_STAGING_DIR`, else the system's temp directory.
+pub fn staging_dir(what: &str, identity: &str) -> PathBuf {
+    let base = std::env::var_os("SEQSYNC_STAGING_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("seqsync-staging"));
+    let hash = blake3::hash(identity.as_bytes()).to_hex();
+    base.join(format!("{what}-{}", &hash.as_str()[..16]))
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteError + '_ {
+    move |source| {
+        RemoteError::S3(S3Error::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), RemoteError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary name (whole or not at all).
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), RemoteError> {
+    let temp = path.with_extension("partial");
+    fs::write(&temp, bytes).map_err(io_error(&temp))?;
+    fs::rename(&temp, path).map_err(io_error(path))
+}
+
+/// A bundle file name as listed in a manifest or index must be a plain
+/// name: one that could climb out of the staging directory is damage.
+fn plain_name(url: &S3Url, index: &str, name: &str) -> Result<(), RemoteError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control);
+    if plain {
+        Ok(())
+    } else {
+        Err(S3Error::Damaged {
+            object: url.display_key(index),
+            detail: format!("it lists {name:?}, which is not a plain file name"),
+        }
+        .into())
+    }
+}
+
+/// A bundle error about a staged file, renamed after the object it came
+/// from (an operator looks for the object, not for the staging copy).
+fn name_object(err: BundleError, dir: &Path, url: &S3Url) -> RemoteError {
+    let file = match &err {
+        BundleError::Malformed { file, .. }
+        | BundleError::FormatVersion { file, .. }
+        | BundleError::BodyHash { file, .. }
+        | BundleError::Checksum { file, .. }
+        | BundleError::Inconsistent { file, .. } => file.clone(),
+        _ => return err.into(),
+    };
+    let Ok(relative) = file.strip_prefix(dir) else {
+        return err.into();
+    };
+    let relative = relative.to_string_lossy().into_owned();
+    let text = err.to_string();
+    let detail = text
+        .strip_prefix(&format!("{}: ", file.display()))
+        .unwrap_or(&text)
+        .to_owned();
+    S3Error::Damaged {
+        object: url.display_key(&relative),
+        detail,
+    }
+    .into()
+}
+
+/// Uploads a finished local bundle: every batch the manifest lists, then
+/// the manifest, each skipped when the service holds it whole already.
+fn upload_bundle(
+    client: &S3Client,
+    url: &S3Url,
+    dir: &Path,
+    transfer: &mut Transfer,
+) -> Result<Manifest, RemoteError> {
+    let manifest = bundle::read_manifest(dir)?;
+    let files = manifest
+        .batches
+        .iter()
+        .chain(manifest.state.iter())
+        .map(|b| b.file.as_str())
+        .chain(std::iter::once(MANIFEST_FILE));
+    for file in files {
+        let path = dir.join(file);
+        if client.put_file(&url.key(file), &path)? {
+            transfer.objects_transferred += 1;
+            transfer.bytes_transferred += fs::metadata(&path).map_err(io_error(&path))?.len();
+        } else {
+            transfer.objects_skipped += 1;
+        }
+    }
+    Ok(manifest)
+}
+
+/// Downloads a bundle into `dir` (manifest first, then each batch it
+/// lists, skipping those a previous run downloaded whole), then verifies
+/// it with `verify_bundle`, errors naming the object. `unfinished` says
+/// what a missing manifest means here.
+fn download_bundle(
+    client: &S3Client,
+    url: &S3Url,
+    dir: &Path,
+    transfer: &mut Transfer,
+    unfinished: &str,
+) -> Result<Manifest, RemoteError> {
+    let bytes = client
+        .get_bytes(&url.key(MANIFEST_FILE), MAX_INDEX_BYTES)?
+        .ok_or_else(|| S3Error::Missing {
+            object: url.display_key(MANIFEST_FILE),
+            hint: unfinished.to_owned(),
+        })?;
+    let staged = dir.join(MANIFEST_FILE);
+    if fs::read(&staged).ok().as_deref() != Some(bytes.as_slice()) {
+        // Staged files of another bundle (or none): start afresh.
+        remove_dir(dir)?;
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    write_whole(&staged, &bytes)?;
+    transfer.objects_transferred += 1;
+    transfer.bytes_transferred += bytes.len() as u64;
+    let manifest = bundle::read_manifest(dir).map_err(|e| name_object(e, dir, url))?;
+    for entry in manifest.batches.iter().chain(manifest.state.iter()) {
+        plain_name(url, MANIFEST_FILE, &entry.file)?;
+        let path = dir.join(&entry.file);
+        if fs::metadata(&path).is_ok_and(|m| m.len() == entry.bytes) {
+            // Renamed into place only whole and checked by an earlier run.
+            transfer.objects_skipped += 1;
+            continue;
+        }
+        client.get_file(
+            &url.key(&entry.file),
+            &path,
+            entry.bytes,
+            "the bundle's manifest lists it: the bundle is incomplete (export or back up again)",
+        )?;
+        transfer.objects_transferred += 1;
+        transfer.bytes_transferred += entry.bytes;
+    }
+    bundle::verify_bundle(dir, &mut |_| {}).map_err(|e| name_object(e, dir, url))?;
+    Ok(manifest)
+}
+
+fn changes_of(manifest: &Manifest) -> u64 {
+    manifest.batches.iter().map(|b| b.changes).sum()
+}
+
+/// `seqsync backup --out s3://…`: every collection of `storage` exported
+/// (one at a time, into staging) and uploaded as `<prefix>/<dir>/…`, then
+/// `<prefix>/backup.json` last.
+///
+/// Blocking. Resumable: a rerun after a stop (even SIGKILL) exports again
+/// and skips every object already uploaded whole, so only what is missing
+/// or changed is sent. Errors: [`RemoteError::Exists`] when the prefix
+/// holds a finished backup; the bucket's, the service's and the export's.
+pub fn backup_to_s3(
+    storage: &dyn Storage,
+    store: &str,
+    client: &S3Client,
+    url: &S3Url,
+    progress: &mut dyn FnMut(BundleProgress),
+) -> Result<(Vec<RemoteBackedUp>, Transfer), RemoteError> {
+    client.check_bucket()?;
+    if client.head(&url.key(BACKUP_FILE))?.is_some() {
+        return Err(RemoteError::Exists {
+            object: url.display_key(BACKUP_FILE),
+            what: "backup",
+        });
+    }
+    let staging = staging_dir("backup", &format!("{store}\n{url}"));
+    let mut transfer = Transfer::default();
+    let mut index = BackupIndex {
+        format: "seqsync-backup".to_owned(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        started_ms: seqsync_engine::now_ms(),
+        collections: Vec::new(),
+    };
+    let mut done = Vec::new();
+    let mut after: Option<CollectionName> = None;
+    loop {
+        let page = storage.list_collections(after.as_ref(), COLLECTIONS_PAGE)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        let next = last.clone();
+        for (name, _) in &page {
+            let sub = backup_dir_name(name);
+            let dir = staging.join(&sub);
+            if dir.exists() && bundle::read_manifest(&dir).is_err() {
+                // An export a stop interrupted: write it again.
+                remove_dir(&dir)?;
+            }
+            if !dir.exists() {
+                bundle::export_collection(
+                    storage,
+                    name,
+                    0,
+                    None,
+                    &dir,
+                    ExportOptions::default(),
+                    progress,
+                )?;
+            }
+            let manifest = upload_bundle(client, &url.join(&sub), &dir, &mut transfer)?;
+            index.collections.push(BackupEntry {
+                collection: name.to_string(),
+                dir: sub,
+                head: manifest.until,
+            });
+            done.push(RemoteBackedUp {
+                collection: name.to_string(),
+                head: manifest.until,
+                changes: changes_of(&manifest),
+            });
+            remove_dir(&dir)?;
+        }
+        if page.len() < COLLECTIONS_PAGE {
+            break;
+        }
+        after = Some(next);
+    }
+    let json = serde_json::to_vec_pretty(&index).map_err(|e| BundleError::Malformed {
+        file: PathBuf::from(url.display_key(BACKUP_FILE)),
+        detail: e.to_string(),
+    })?;
+    client.put_bytes(&url.key(BACKUP_FILE), &json)?;
+    transfer.objects_transferred += 1;
+    transfer.bytes_transferred += json.len() as u64;
+    remove_dir(&staging)?;
+    Ok((done, transfer))
+}
+
+/// `seqsync restore --backup s3://…`: reads `<prefix>/backup.json`, then
+/// per collection downloads its bundle into staging, verifies it and
+/// imports it (see `import_bundle`), and removes the staged copy.
+///
+/// Blocking. Resumable: a rerun skips the collections it finished (the
+/// receiver at the backup's head), keeps the files it downloaded whole, and
+/// the import goes on from the receiver's head. Nothing is imported from a
+/// bundle that does not verify. Errors: [`S3Error::Missing`] for a prefix
+/// without `backup.json` (not a backup, or unfinished), or a bundle it lists
+/// that is incomplete; [`S3Error::Damaged`] naming the object; the import's.
+pub fn restore_from_s3(
+    storage: &dyn Storage,
+    store: &str,
+    client: &S3Client,
+    url: &S3Url,
+    options: ImportOptions,
+    progress: &mut dyn FnMut(BundleProgress),
+) -> Result<(Vec<ImportReport>, Transfer), RemoteError> {
+    client.check_bucket()?;
+    let mut transfer = Transfer::default();
+    let bytes = client
+        .get_bytes(&url.key(BACKUP_FILE), MAX_INDEX_BYTES)?
+        .ok_or_else(|| S3Error::Missing {
+            object: url.display_key(BACKUP_FILE),
+            hint: "this prefix is not a backup, or its backup did not finish (run it again)"
+                .to_owned(),
+        })?;
+    transfer.objects_transferred += 1;
+    transfer.bytes_transferred += bytes.len() as u64;
+    let staging = staging_dir("restore", &format!("{store}\n{url}"));
+    let staged_index = staging.join(BACKUP_FILE);
+    if fs::read(&staged_index).ok().as_deref() != Some(bytes.as_slice()) {
+        // Staged files of another backup (or none): start afresh.
+        remove_dir(&staging)?;
+    }
+    fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+    write_whole(&staged_index, &bytes)?;
+    let index = bundle::read_backup_index(&staging).map_err(|e| name_object(e, &staging, url))?;
+    let mut reports = Vec::new();
+    for entry in &index.collections {
+        plain_name(url, BACKUP_FILE, &entry.dir)?;
+        let marker = staging.join(format!("{}.done", entry.dir));
+        let name = CollectionName::new(entry.collection.clone()).map_err(BundleError::from)?;
+        let finished = marker.exists()
+            && storage
+                .collection(&name)?
+                .is_some_and(|meta| meta.head == entry.head);
+        if finished {
+            // Restored by an earlier run, which checked its end state.
+            transfer.objects_skipped += 1;
+            continue;
+        }
+        let dir = staging.join(&entry.dir);
+        download_bundle(
+            client,
+            &url.join(&entry.dir),
+            &dir,
+            &mut transfer,
+            "backup.json lists this collection: the backup is incomplete (back up again)",
+        )?;
+        reports.push(bundle::import_bundle(storage, &dir, options, progress)?);
+        write_whole(&marker, b"")?;
+        remove_dir(&dir)?;
+    }
+    remove_dir(&staging)?;
+    Ok((reports, transfer))
+}
+
+/// What [`export_to_s3`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteExport {
+    /// The manifest uploaded.
+    pub manifest: Manifest,
+    /// Changes in its changes batches.
+    pub changes: u64,
+    /// Bytes of every file of the bundle.
+    pub bytes: u64,
+}
+
+/// `seqsync export --out s3://…`: the collection exported into staging
+/// (see `export_collection`), then uploaded, manifest last.
+///
+/// Blocking. Resumable: a rerun with the same arguments reuses the staged
+/// bundle if its export had finished, and skips the objects uploaded whole.
+/// Errors: [`RemoteError::Exists`] when the prefix holds a bundle already;
+/// the service's and the export's.
+#[allow(clippy::too_many_arguments)]
+pub fn export_to_s3(
+    storage: &dyn Storage,
+    store: &str,
+    name: &CollectionName,
+    after: Seq,
+    until: Option<Seq>,
+    options: ExportOptions,
+    client: &S3Client,
+    url: &S3Url,
+    progress: &mut dyn FnMut(BundleProgress),
+) -> Result<(RemoteExport, Transfer), RemoteError> {
+    client.check_bucket()?;
+    if client.head(&url.key(MANIFEST_FILE))?.is_some() {
+        return Err(RemoteError::Exists {
+            object: url.display_key(MANIFEST_FILE),
+            what: "bundle",
+        });
+    }
+    let staging = staging_dir(
+        "export",
+        &format!("{store}\n{url}\n{name}\n{after}\n{until:?}\n{options:?}"),
+    );
+    let dir = staging.join("bundle");
+    if dir.exists() && bundle::read_manifest(&dir).is_err() {
+        remove_dir(&dir)?;
+    }
+    if !dir.exists() {
+        bundle::export_collection(storage, name, after, until, &dir, options, progress)?;
+    }
+    let mut transfer = Transfer::default();
+    let manifest = upload_bundle(client, url, &dir, &mut transfer)?;
+    let manifest_bytes = fs::metadata(dir.join(MANIFEST_FILE))
+        .map_err(io_error(&dir))?
+        .len();
+    let bytes = manifest
+        .batches
+        .iter()
+        .chain(manifest.state.iter())
+        .map(|b| b.bytes)
+        .sum::<u64>()
+        + manifest_bytes;
+    remove_dir(&staging)?;
+    Ok((
+        RemoteExport {
+            changes: changes_of(&manifest),
+            manifest,
+            bytes,
+        },
+        transfer,
+    ))
+}
+
+/// `seqsync import --bundle s3://…`: the bundle downloaded into staging,
+/// verified, and imported (see `import_bundle`).
+///
+/// Blocking. Resumable: a rerun keeps the files downloaded whole, and the
+/// import goes on from the receiver's head. Nothing is imported from a
+/// bundle that does not verify. Errors: [`S3Error::Missing`] for a prefix
+/// without `manifest.json` (not a bundle, or unfinished) or a batch it
+/// lists; [`S3Error::Damaged`] naming the object; the import's.
+pub fn import_from_s3(
+    storage: &dyn Storage,
+    store: &str,
+    client: &S3Client,
+    url: &S3Url,
+    options: ImportOptions,
+    progress: &mut dyn FnMut(BundleProgress),
+) -> Result<(ImportReport, Transfer), RemoteError> {
+    client.check_bucket()?;
+    let staging = staging_dir("import", &format!("{store}\n{url}"));
+    let dir = staging.join("bundle");
+    let mut transfer = Transfer::default();
+    download_bundle(
+        client,
+        url,
+        &dir,
+        &mut transfer,
+        "this prefix is not a bundle, or its export did not finish (export again)",
+    )?;
+    let report = bundle::import_bundle(storage, &dir, options, progress)?;
+    remove_dir(&staging)?;
+    Ok((report, transfer))
+}
