@@ -209,13 +209,16 @@ impl From<RemoteError> for Failure {
 }
 
 /// `s3://…` as a location on object storage, with its client (configured
-/// from the environment), or `None` for a directory.
+/// from the environment, its bucket checked), or `None` for a directory.
+/// Called before the store is opened, so a bad URL, missing credentials or
+/// a missing bucket leave no store behind.
 fn s3_location(path: &Path) -> Result<Option<(S3Url, S3Client)>, Failure> {
     let Some(text) = path.to_str().filter(|t| S3Url::is_s3(t)) else {
         return Ok(None);
     };
     let url = S3Url::parse(text).map_err(|e| Failure::usage(e.to_string()))?;
     let client = S3Client::from_env(&url).map_err(RemoteError::from)?;
+    client.check_bucket().map_err(RemoteError::from)?;
     Ok(Some((url, client)))
 }
 

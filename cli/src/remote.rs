@@ -113,7 +113,27 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteError + '_ {
     }
 }
 
+/// Whether a staged bundle is whole: its manifest reads and every file it
+/// lists is there with the listed size (a stop can land mid-export, or
+/// mid-removal).
+fn staged_whole(dir: &Path) -> bool {
+    bundle::read_manifest(dir).is_ok_and(|manifest| {
+        manifest
+            .batches
+            .iter()
+            .chain(manifest.state.iter())
+            .all(|b| fs::metadata(dir.join(&b.file)).is_ok_and(|m| m.len() == b.bytes))
+    })
+}
+
+/// Removes a directory and what it holds; a bundle's manifest goes first,
+/// so a stop mid-removal leaves no manifest over missing files.
 fn remove_dir(dir: &Path) -> Result<(), RemoteError> {
+    let manifest = dir.join(MANIFEST_FILE);
+    match fs::remove_file(&manifest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&manifest)(e)),
+        _ => {}
+    }
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(dir)(e)),
         _ => Ok(()),
@@ -146,16 +166,23 @@ fn plain_name(url: &S3Url, index: &str, name: &str) -> Result<(), RemoteError> {
     }
 }
 
-/// A bundle error about a staged file, renamed after the object it came
-/// from (an operator looks for the object, not for the staging copy).
-fn name_object(err: BundleError, dir: &Path, url: &S3Url) -> RemoteError {
-    let file = match &err {
+/// The file a bundle error is about, if it is about one.
+fn bundle_error_file(err: &BundleError) -> Option<&Path> {
+    match err {
         BundleError::Malformed { file, .. }
         | BundleError::FormatVersion { file, .. }
         | BundleError::BodyHash { file, .. }
         | BundleError::Checksum { file, .. }
-        | BundleError::Inconsistent { file, .. } => file.clone(),
-        _ => return err.into(),
+        | BundleError::Inconsistent { file, .. } => Some(file),
+        _ => None,
+    }
+}
+
+/// A bundle error about a staged file, renamed after the object it came
+/// from (an operator looks for the object, not for the staging copy).
+fn name_object(err: BundleError, dir: &Path, url: &S3Url) -> RemoteError {
+    let Some(file) = bundle_error_file(&err).map(Path::to_owned) else {
+        return err.into();
     };
     let Ok(relative) = file.strip_prefix(dir) else {
         return err.into();
@@ -244,7 +271,13 @@ fn download_bundle(
         transfer.objects_transferred += 1;
         transfer.bytes_transferred += entry.bytes;
     }
-    bundle::verify_bundle(dir, &mut |_| {}).map_err(|e| name_object(e, dir, url))?;
+    if let Err(err) = bundle::verify_bundle(dir, &mut |_| {}) {
+        // The damaged copy is of no use: a rerun downloads it again.
+        if let Some(file) = bundle_error_file(&err).filter(|f| f.starts_with(dir)) {
+            let _ = fs::remove_file(file);
+        }
+        return Err(name_object(err, dir, url));
+    }
     Ok(manifest)
 }
 
@@ -293,8 +326,8 @@ pub fn backup_to_s3(
         for (name, _) in &page {
             let sub = backup_dir_name(name);
             let dir = staging.join(&sub);
-            if dir.exists() && bundle::read_manifest(&dir).is_err() {
-                // An export a stop interrupted: write it again.
+            if dir.exists() && !staged_whole(&dir) {
+                // An export (or a removal) a stop interrupted: write it again.
                 remove_dir(&dir)?;
             }
             if !dir.exists() {
@@ -447,7 +480,7 @@ pub fn export_to_s3(
         &format!("{store}\n{url}\n{name}\n{after}\n{until:?}\n{options:?}"),
     );
     let dir = staging.join("bundle");
-    if dir.exists() && bundle::read_manifest(&dir).is_err() {
+    if dir.exists() && !staged_whole(&dir) {
         remove_dir(&dir)?;
     }
     if !dir.exists() {

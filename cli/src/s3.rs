@@ -53,6 +53,9 @@ const MAX_LIST_BODY_BYTES: u64 = 4 << 20;
 /// How long each signed request URL stays valid.
 const SIGNATURE_VALID_MS: u64 = 3_600_000;
 
+/// What to do about a damaged object.
+const REWRITE: &str = "back up (or export) again, or restore from another copy";
+
 /// The metadata header carrying an object's BLAKE3 (64 hex digits).
 const BLAKE3_HEADER: &str = "x-amz-meta-blake3";
 
@@ -135,7 +138,7 @@ pub enum S3Error {
     },
     /// An object's bytes are not what was written (size or BLAKE3), or not
     /// what the bundle's manifest vouches for.
-    #[error("{object}: damaged: {detail}; back up (or export) again, or restore from another copy")]
+    #[error("{object}: damaged: {detail}")]
     Damaged {
         /// The object.
         object: String,
@@ -475,7 +478,7 @@ impl S3Client {
     /// Creates the bucket (for tests and first-time setup).
     pub fn create_bucket(&self) -> Result<(), S3Error> {
         let url = Self::sign(self.bucket.create_bucket(&self.credentials));
-        self.send("", &mut || self.agent.put(&url).call())
+        self.send("", &mut || self.agent.put(&url).send_bytes(&[]))
             .map(drop)
             .map_err(|f| self.answered("", f))
     }
@@ -591,7 +594,7 @@ impl S3Client {
         let url = Self::sign(create);
         let response = self
             .send(key, &mut || {
-                self.agent.post(&url).set(BLAKE3_HEADER, hash).call()
+                self.agent.post(&url).set(BLAKE3_HEADER, hash).send_bytes(&[])
             })
             .map_err(|f| self.answered(key, f))?;
         let mut body = String::new();
@@ -697,14 +700,16 @@ impl S3Client {
         if bytes.len() as u64 > max_bytes {
             return Err(S3Error::Damaged {
                 object: self.object_name(key),
-                detail: format!("larger than the {max_bytes} bytes such a file may have"),
+                detail: format!(
+                    "larger than the {max_bytes} bytes such a file may have; {REWRITE}"
+                ),
             });
         }
         let found = blake3::hash(&bytes).to_hex().to_string();
         if let Some(recorded) = recorded.filter(|r| *r != found) {
             return Err(S3Error::Damaged {
                 object: self.object_name(key),
-                detail: format!("its BLAKE3 is {found}, it was written as {recorded}"),
+                detail: format!("its BLAKE3 is {found}, it was written as {recorded}; {REWRITE}"),
             });
         }
         Ok(Some(bytes))
@@ -763,7 +768,7 @@ impl S3Client {
         if got != expected_bytes {
             let _ = fs::remove_file(&temp);
             return Err(damaged(format!(
-                "{} bytes, the manifest lists {expected_bytes}",
+                "{} bytes, the manifest lists {expected_bytes}; {REWRITE}",
                 if got > expected_bytes {
                     format!("more than {expected_bytes}")
                 } else {
@@ -775,7 +780,7 @@ impl S3Client {
         if let Some(recorded) = recorded.filter(|r| *r != found) {
             let _ = fs::remove_file(&temp);
             return Err(damaged(format!(
-                "its BLAKE3 is {found}, it was written as {recorded}"
+                "its BLAKE3 is {found}, it was written as {recorded}; {REWRITE}"
             )));
         }
         out.sync_all().map_err(io_error(&temp))?;
