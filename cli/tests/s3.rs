@@ -482,3 +482,42 @@ fn bad_urls_missing_credentials_and_missing_buckets_are_refused() {
     let inspected = fx.ok_json(&["inspect", "--store", &target]);
     assert_eq!(inspected["collections"], Value::Array(Vec::new()));
 }
+
+#[test]
+fn a_file_larger_than_a_part_goes_up_in_parts_and_comes_back_whole() {
+    // Objects over PART_SIZE_BYTES (a big state batch) take the multipart
+    // path, which no small bundle exercises: it must round-trip, record
+    // the BLAKE3, and be skipped when sent again.
+    let Some(fx) = Fixture::new() else { return };
+    let client = fx.client("");
+    let big = fx.dir.path().join("big.batch");
+    let size = 2 * seqsync_cli::s3::PART_SIZE_BYTES + 12_345;
+    let mut bytes = Vec::with_capacity(size);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while bytes.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::write(&big, &bytes).unwrap();
+    let (_, hash) = seqsync_cli::s3::hash_file(&big).unwrap();
+
+    assert!(client.put_file("big/one.batch", &big).unwrap(), "sent");
+    let info = client.head("big/one.batch").unwrap().unwrap();
+    assert_eq!(info.size_bytes, size as u64);
+    assert_eq!(info.blake3.as_deref(), Some(hash.as_str()));
+    assert!(!client.put_file("big/one.batch", &big).unwrap(), "skipped");
+
+    let back = fx.dir.path().join("back.batch");
+    client
+        .get_file("big/one.batch", &back, size as u64, "missing")
+        .unwrap();
+    assert_eq!(seqsync_cli::s3::hash_file(&back).unwrap().1, hash);
+    let short = client.get_file("big/one.batch", &back, size as u64 - 1, "missing");
+    assert!(
+        matches!(short, Err(seqsync_cli::s3::S3Error::Damaged { .. })),
+        "{short:?}"
+    );
+}
