@@ -521,3 +521,53 @@ fn a_file_larger_than_a_part_goes_up_in_parts_and_comes_back_whole() {
         "{short:?}"
     );
 }
+
+/// Changes per collection in the measurement (`S3_MEASURE_PUSHES`).
+const MEASURE_PUSHES: usize = 20_000;
+
+#[test]
+#[ignore = "a measurement: cargo test -p seqsync-cli --test s3 -- --ignored measure --nocapture"]
+fn measure_backup_and_restore_local_vs_s3() {
+    // What object storage costs over a local directory for the same
+    // store, both ways, printed as a table (docs/BUNDLES.md quotes it).
+    let Some(fx) = Fixture::new() else { return };
+    let pushes = std::env::var("S3_MEASURE_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MEASURE_PUSHES);
+    let source = fx.store("a", 2, pushes);
+    let timed = |args: &[&str]| {
+        let started = Instant::now();
+        let out = fx.ok_json(args);
+        (started.elapsed().as_secs_f64(), out)
+    };
+    let local = fx.dir.path().join("local-backup");
+    let local = local.to_str().unwrap();
+    let url = fx.url("measure");
+    let (local_backup, _) = timed(&["backup", "--store", &source, "--out", local]);
+    let (s3_backup, report) = timed(&["backup", "--store", &source, "--out", &url]);
+    let (local_restore, _) = timed(&[
+        "restore",
+        "--backup",
+        local,
+        "--store",
+        &fx.empty_store("r1"),
+    ]);
+    let (s3_restore, _) = timed(&[
+        "restore",
+        "--backup",
+        &url,
+        "--store",
+        &fx.empty_store("r2"),
+    ]);
+    let objects = report["transfer"]["objects_transferred"].as_u64().unwrap();
+    let mb = report["transfer"]["bytes_transferred"].as_u64().unwrap() as f64 / 1e6;
+    println!(
+        "\n{} changes in 2 collections, {objects} objects, {mb:.1} MB",
+        2 * pushes
+    );
+    println!("| target | backup | restore |");
+    println!("|---|---|---|");
+    println!("| local directory | {local_backup:.2} s | {local_restore:.2} s |");
+    println!("| s3:// (moto on loopback) | {s3_backup:.2} s | {s3_restore:.2} s |");
+}
