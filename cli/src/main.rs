@@ -199,7 +199,9 @@ impl From<RemoteError> for Failure {
     fn from(err: RemoteError) -> Self {
         match err {
             RemoteError::Bundle(err) => err.into(),
-            RemoteError::S3(seqsync_cli::s3::S3Error::BadUrl { .. }) => Failure::usage(err.to_string()),
+            RemoteError::S3(seqsync_cli::s3::S3Error::BadUrl { .. }) => {
+                Failure::usage(err.to_string())
+            }
             other => Self {
                 code: 1,
                 message: other.to_string(),
@@ -488,9 +490,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             let bar = Bar::new(json, "backup");
             if let Some((url, client)) = remote {
                 let (done, transfer) =
-                    remote::backup_to_s3(&*storage, &store, &client, &url, &mut |p| {
-                        bar.update(p)
-                    })?;
+                    remote::backup_to_s3(&*storage, &store, &client, &url, &mut |p| bar.update(p))?;
                 bar.finish();
                 return Ok(Box::new(report::Backup {
                     command: "backup",
@@ -584,14 +584,10 @@ fn restore(
     let mut restore_into = |storage: &dyn Storage| -> Result<(), RemoteError> {
         match &remote {
             Some((url, client)) => {
-                let (_, moved) = remote::restore_from_s3(
-                    storage,
-                    store,
-                    client,
-                    url,
-                    options,
-                    &mut |p| bar.update(p),
-                )?;
+                let (_, moved) =
+                    remote::restore_from_s3(storage, store, client, url, options, &mut |p| {
+                        bar.update(p)
+                    })?;
                 transfer = Some(moved);
             }
             None => {

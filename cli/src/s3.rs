@@ -212,7 +212,9 @@ impl S3Url {
                 .split('/')
                 .any(|s| s.is_empty() || s == "." || s == ".." || s.chars().any(char::is_control))
         {
-            return Err(bad("the prefix has an empty, '.', '..' or control-character segment"));
+            return Err(bad(
+                "the prefix has an empty, '.', '..' or control-character segment",
+            ));
         }
         Ok(Self {
             bucket: bucket.to_owned(),
@@ -388,18 +390,21 @@ impl S3Client {
             .to_string()
     }
 
-    /// Sends a request built by `make` (called again for each attempt),
-    /// retrying transport failures and 5xx answers. A 4xx answer is
+    /// Sends `request` (again for each attempt), retrying transport failures and 5xx answers. A 4xx answer is
     /// returned as `Err(Status)` for the caller to name.
-    fn send(
-        &self,
-        key: &str,
-        make: &mut dyn FnMut() -> Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, Failed> {
+    fn send(&self, key: &str, request: Request<'_>) -> Result<ureq::Response, Failed> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match make() {
+            let mut call = self.agent.request(request.method, request.url);
+            if let Some(hash) = request.blake3 {
+                call = call.set(BLAKE3_HEADER, hash);
+            }
+            let result = match request.body {
+                None => call.call(),
+                Some(body) => call.send_bytes(body),
+            };
+            match result {
                 Ok(response) => return Ok(response),
                 Err(ureq::Error::Status(status, response))
                     if status < 500 || attempt >= MAX_ATTEMPTS =>
@@ -464,7 +469,7 @@ impl S3Client {
     /// [`S3Error::NoSuchBucket`], [`S3Error::AccessDenied`], transport.
     pub fn check_bucket(&self) -> Result<(), S3Error> {
         let url = Self::sign(self.bucket.head_bucket(Some(&self.credentials)));
-        match self.send("", &mut || self.agent.head(&url).call()) {
+        match self.send("", Request::new("HEAD", &url)) {
             Ok(_) => Ok(()),
             // A HEAD answer has no body: a 404 is the bucket.
             Err(Failed::Status(404, _)) => Err(S3Error::NoSuchBucket {
@@ -478,7 +483,7 @@ impl S3Client {
     /// Creates the bucket (for tests and first-time setup).
     pub fn create_bucket(&self) -> Result<(), S3Error> {
         let url = Self::sign(self.bucket.create_bucket(&self.credentials));
-        self.send("", &mut || self.agent.put(&url).send_bytes(&[]))
+        self.send("", Request::new("PUT", &url).body(&[]))
             .map(drop)
             .map_err(|f| self.answered("", f))
     }
@@ -487,7 +492,7 @@ impl S3Client {
     /// exist.
     pub fn head(&self, key: &str) -> Result<Option<ObjectInfo>, S3Error> {
         let url = Self::sign(self.bucket.head_object(Some(&self.credentials), key));
-        match self.send(key, &mut || self.agent.head(&url).call()) {
+        match self.send(key, Request::new("HEAD", &url)) {
             Ok(response) => Ok(Some(info(&response))),
             Err(Failed::Status(404, _)) => Ok(None),
             Err(failed) => Err(self.answered(key, failed)),
@@ -506,7 +511,7 @@ impl S3Client {
             }
             let url = Self::sign(action);
             let response = self
-                .send(prefix, &mut || self.agent.get(&url).call())
+                .send(prefix, Request::new("GET", &url))
                 .map_err(|f| self.answered(prefix, f))?;
             let parsed = rusty_s3::actions::ListObjectsV2::parse_response_from_reader(
                 response.into_reader().take(MAX_LIST_BODY_BYTES),
@@ -534,14 +539,9 @@ impl S3Client {
         let mut action = self.bucket.put_object(Some(&self.credentials), key);
         action.headers_mut().insert(BLAKE3_HEADER, hash.clone());
         let url = Self::sign(action);
-        self.send(key, &mut || {
-            self.agent
-                .put(&url)
-                .set(BLAKE3_HEADER, &hash)
-                .send_bytes(bytes)
-        })
-        .map(drop)
-        .map_err(|f| self.answered(key, f))
+        self.send(key, Request::new("PUT", &url).blake3(&hash).body(bytes))
+            .map(drop)
+            .map_err(|f| self.answered(key, f))
     }
 
     /// Uploads the local file `path` as `key`, unless `key` holds it already
@@ -567,13 +567,8 @@ impl S3Client {
             let mut action = self.bucket.put_object(Some(&self.credentials), key);
             action.headers_mut().insert(BLAKE3_HEADER, hash.clone());
             let url = Self::sign(action);
-            self.send(key, &mut || {
-                self.agent
-                    .put(&url)
-                    .set(BLAKE3_HEADER, &hash)
-                    .send_bytes(&bytes)
-            })
-            .map_err(|f| self.answered(key, f))?;
+            self.send(key, Request::new("PUT", &url).blake3(&hash).body(&bytes))
+                .map_err(|f| self.answered(key, f))?;
             return Ok(true);
         }
         self.put_multipart(key, path, &mut file, &hash)?;
@@ -593,9 +588,7 @@ impl S3Client {
         create.headers_mut().insert(BLAKE3_HEADER, hash.to_owned());
         let url = Self::sign(create);
         let response = self
-            .send(key, &mut || {
-                self.agent.post(&url).set(BLAKE3_HEADER, hash).send_bytes(&[])
-            })
+            .send(key, Request::new("POST", &url).blake3(hash).body(&[]))
             .map_err(|f| self.answered(key, f))?;
         let mut body = String::new();
         response
@@ -607,12 +600,14 @@ impl S3Client {
                 detail: e.to_string(),
                 attempts: 1,
             })?;
-        let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body)
-            .map_err(|e| S3Error::Service {
-                object: self.object_name(key),
-                status: 200,
-                code: "unreadable CreateMultipartUpload answer".to_owned(),
-                message: e.to_string(),
+        let created =
+            rusty_s3::actions::CreateMultipartUpload::parse_response(&body).map_err(|e| {
+                S3Error::Service {
+                    object: self.object_name(key),
+                    status: 200,
+                    code: "unreadable CreateMultipartUpload answer".to_owned(),
+                    message: e.to_string(),
+                }
             })?;
         let upload_id = created.upload_id().to_owned();
         let mut etags: Vec<String> = Vec::new();
@@ -636,7 +631,7 @@ impl S3Client {
             ));
             let chunk = &part[..filled];
             let response = self
-                .send(key, &mut || self.agent.put(&url).send_bytes(chunk))
+                .send(key, Request::new("PUT", &url).body(chunk))
                 .map_err(|f| self.answered(key, f))?;
             etags.push(response.header("etag").unwrap_or_default().to_owned());
             if filled < PART_SIZE_BYTES {
@@ -652,7 +647,7 @@ impl S3Client {
         let url = Self::sign(complete.clone());
         let body = complete.body();
         let response = self
-            .send(key, &mut || self.agent.post(&url).send_string(&body))
+            .send(key, Request::new("POST", &url).body(body.as_bytes()))
             .map_err(|f| self.answered(key, f))?;
         // S3 may answer 200 with an error in the body.
         let mut answer = String::new();
@@ -675,7 +670,7 @@ impl S3Client {
     /// does not exist. Checks its recorded BLAKE3 when it has one.
     pub fn get_bytes(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, S3Error> {
         let url = Self::sign(self.bucket.get_object(Some(&self.credentials), key));
-        let response = match self.send(key, &mut || self.agent.get(&url).call()) {
+        let response = match self.send(key, Request::new("GET", &url)) {
             Ok(response) => response,
             Err(Failed::Status(404, response)) => {
                 // Name a missing bucket as such, a missing key as `None`.
@@ -729,7 +724,7 @@ impl S3Client {
     ) -> Result<(), S3Error> {
         self.pause();
         let url = Self::sign(self.bucket.get_object(Some(&self.credentials), key));
-        let response = match self.send(key, &mut || self.agent.get(&url).call()) {
+        let response = match self.send(key, Request::new("GET", &url)) {
             Ok(response) => response,
             Err(failed) => {
                 return Err(match self.answered(key, failed) {
@@ -787,6 +782,42 @@ impl S3Client {
         drop(out);
         fs::rename(&temp, path).map_err(io_error(path))?;
         Ok(())
+    }
+}
+
+/// One request, sent again as is for each attempt.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    method: &'a str,
+    url: &'a str,
+    /// The BLAKE3 to record as metadata (signed as a header).
+    blake3: Option<&'a str>,
+    /// `None`: no body (no Content-Length); `Some(&[])`: an empty one.
+    body: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    fn new(method: &'a str, url: &'a str) -> Self {
+        Self {
+            method,
+            url,
+            blake3: None,
+            body: None,
+        }
+    }
+
+    fn blake3(self, hash: &'a str) -> Self {
+        Self {
+            blake3: Some(hash),
+            ..self
+        }
+    }
+
+    fn body(self, body: &'a [u8]) -> Self {
+        Self {
+            body: Some(body),
+            ..self
+        }
     }
 }
 
@@ -855,7 +886,10 @@ mod tests {
         assert_eq!(url.to_string(), "s3://my-bucket/backups/nightly");
         let bare = S3Url::parse("s3://my-bucket").unwrap();
         assert_eq!(bare.key("backup.json"), "backup.json");
-        assert_eq!(bare.join("notes").key("manifest.json"), "notes/manifest.json");
+        assert_eq!(
+            bare.join("notes").key("manifest.json"),
+            "notes/manifest.json"
+        );
     }
 
     #[test]

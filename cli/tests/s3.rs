@@ -223,10 +223,19 @@ fn a_backup_to_s3_restores_into_a_fresh_store() {
     assert_eq!(backup["collections"].as_array().unwrap().len(), 2);
     assert_eq!(backup["transfer"]["objects_skipped"], Value::from(0));
     let keys: Vec<String> = fx.list("nightly/1/").into_iter().map(|k| k.0).collect();
-    assert!(keys.contains(&"nightly/1/backup.json".to_owned()), "{keys:?}");
-    assert!(keys.contains(&"nightly/1/coll0/manifest.json".to_owned()), "{keys:?}");
     assert!(
-        std::fs::read_dir(fx.staging.path()).unwrap().next().is_none(),
+        keys.contains(&"nightly/1/backup.json".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"nightly/1/coll0/manifest.json".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        std::fs::read_dir(fx.staging.path())
+            .unwrap()
+            .next()
+            .is_none(),
         "staging is removed once the backup is up"
     );
 
@@ -243,7 +252,11 @@ fn a_backup_to_s3_restores_into_a_fresh_store() {
 
     let again = fx.run(&["backup", "--store", &source, "--out", &url]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("holds a finished backup"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("holds a finished backup"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -296,7 +309,13 @@ fn a_backup_killed_mid_upload_resumes_and_skips_what_was_sent() {
     let keys: Vec<String> = fx.list("killed/").into_iter().map(|k| k.0).collect();
     assert!(!keys.contains(&"killed/backup.json".to_owned()), "{keys:?}");
 
-    let early = fx.run(&["restore", "--backup", &url, "--store", &fx.empty_store("early")]);
+    let early = fx.run(&[
+        "restore",
+        "--backup",
+        &url,
+        "--store",
+        &fx.empty_store("early"),
+    ]);
     assert_eq!(early.status.code(), Some(1));
     assert!(
         stderr(&early).contains("backup.json: no such object")
@@ -358,7 +377,8 @@ fn a_restore_killed_mid_download_resumes() {
                             count(&path)
                         } else {
                             usize::from(
-                                path.extension().is_some_and(|x| x == "batch" || x == "done"),
+                                path.extension()
+                                    .is_some_and(|x| x == "batch" || x == "done"),
                             )
                         }
                     })
@@ -414,7 +434,10 @@ fn a_damaged_object_is_refused_by_name_and_nothing_is_imported() {
     let out = fx.run(&["import", "--store", &target, "--bundle", &url]);
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);
-    assert!(text.contains(&format!("s3://{}/{key}: damaged", fx.bucket)), "{text}");
+    assert!(
+        text.contains(&format!("s3://{}/{key}: damaged", fx.bucket)),
+        "{text}"
+    );
     assert!(text.contains("BLAKE3"), "{text}");
     let inspected = fx.ok_json(&["inspect", "--store", &target]);
     assert_eq!(inspected["collections"], Value::Array(Vec::new()));
@@ -423,7 +446,10 @@ fn a_damaged_object_is_refused_by_name_and_nothing_is_imported() {
     let out = fx.run(&["import", "--store", &target, "--bundle", &url]);
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);
-    assert!(text.contains(&format!("s3://{}/{key}: damaged", fx.bucket)), "{text}");
+    assert!(
+        text.contains(&format!("s3://{}/{key}: damaged", fx.bucket)),
+        "{text}"
+    );
     assert!(text.contains("the manifest lists"), "{text}");
 
     client.put_bytes(&key, &good).unwrap();
@@ -442,7 +468,11 @@ fn bad_urls_missing_credentials_and_missing_buckets_are_refused() {
 
     let bad = fx.run(&["backup", "--store", &source, "--out", "s3://Not_A_Bucket/x"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
-    assert!(stderr(&bad).contains("s3://BUCKET/PREFIX"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("s3://BUCKET/PREFIX"),
+        "{}",
+        stderr(&bad)
+    );
 
     let no_secret = fx
         .command(&["restore", "--backup", &fx.url("x"), "--store", &target])

@@ -6,11 +6,13 @@
 //! keys and buckets; a fake would test the fake. moto is the one the
 //! project's CI installs (`.ci/run`, pinned). The program comes from
 //! `SEQSYNC_MOTO_SERVER`, else `moto_server` on the `PATH`; without it the
-//! suites say so loudly and skip.
+//! suites say so loudly (past the harness's output capture) and skip. With
+//! `SEQSYNC_MOTO_SERVER` set, a server that does not start fails the tests.
 //!
 //! The server lives as long as the test process: a watchdog shell stops it
 //! once the process is gone, however it ends.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -55,9 +57,11 @@ fn program() -> Option<String> {
 
 fn start() -> Option<S3Server> {
     let Some(program) = program() else {
-        eprintln!(
-            "\n*** moto_server not found (pip install 'moto[server]', or set \
-             SEQSYNC_MOTO_SERVER): the object-storage tests are SKIPPED ***\n"
+        // Straight to the process's stderr, past the test harness's
+        // capture, so the skip shows in a plain `cargo test` run.
+        let _ = std::io::stderr().write_all(
+            b"\n*** moto_server not found (pip install 'moto[server]', or set \
+              SEQSYNC_MOTO_SERVER): the object-storage tests are SKIPPED ***\n\n",
         );
         return None;
     };
