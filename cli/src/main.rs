@@ -130,7 +130,7 @@ enum Command {
         /// A store to verify.
         #[arg(long, conflicts_with = "bundle")]
         store: Option<String>,
-        /// A bundle directory to verify.
+        /// A bundle to verify: a directory, or `s3://BUCKET/PREFIX`.
         #[arg(long)]
         bundle: Option<PathBuf>,
     },
@@ -535,6 +535,30 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
         Command::Verify { store, bundle: dir } => match (store, dir) {
             (Some(store), None) => verify_store(json, &store),
             (None, Some(dir)) => {
+                if let Some((url, client)) = s3_location(&dir)? {
+                    let (report, transfer) =
+                        remote::verify_s3_bundle(&client, &url).map_err(|e| Failure {
+                            // A damaged object is a mismatch found.
+                            code: if matches!(
+                                e,
+                                RemoteError::S3(seqsync_cli::s3::S3Error::Damaged { .. })
+                            ) {
+                                3
+                            } else {
+                                1
+                            },
+                            message: e.to_string(),
+                        })?;
+                    return Ok(Box::new(report::VerifiedBundle {
+                        command: "verify",
+                        bundle: dir,
+                        batches: report.batches,
+                        changes: report.changes,
+                        ok: true,
+                        bytes: report.bytes,
+                        transfer: Some(transfer),
+                    }));
+                }
                 let bar = Bar::new(json, "verify");
                 let report =
                     bundle::verify_bundle(&dir, &mut |p| bar.update(p)).map_err(|e| Failure {
@@ -549,6 +573,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     changes: report.changes,
                     ok: true,
                     bytes: report.bytes,
+                    transfer: None,
                 }))
             }
             _ => Err(Failure::usage("verify: give --store or --bundle")),

@@ -30,7 +30,8 @@ use serde::Serialize;
 
 use seqsync_engine::bundle::{
     self, backup_dir_name, BackupEntry, BackupIndex, BundleError, BundleProgress, ExportOptions,
-    ImportOptions, ImportReport, Manifest, BACKUP_FILE, BUNDLE_FORMAT_VERSION, MANIFEST_FILE,
+    ImportOptions, ImportReport, Manifest, VerifyReport, BACKUP_FILE, BUNDLE_FORMAT_VERSION,
+    MANIFEST_FILE,
 };
 use seqsync_engine::{CollectionName, Seq, Storage};
 
@@ -237,7 +238,7 @@ fn download_bundle(
     dir: &Path,
     transfer: &mut Transfer,
     unfinished: &str,
-) -> Result<Manifest, RemoteError> {
+) -> Result<VerifyReport, RemoteError> {
     let bytes = client
         .get_bytes(&url.key(MANIFEST_FILE), MAX_INDEX_BYTES)?
         .ok_or_else(|| S3Error::Missing {
@@ -271,14 +272,13 @@ fn download_bundle(
         transfer.objects_transferred += 1;
         transfer.bytes_transferred += entry.bytes;
     }
-    if let Err(err) = bundle::verify_bundle(dir, &mut |_| {}) {
+    bundle::verify_bundle(dir, &mut |_| {}).map_err(|err| {
         // The damaged copy is of no use: a rerun downloads it again.
         if let Some(file) = bundle_error_file(&err).filter(|f| f.starts_with(dir)) {
             let _ = fs::remove_file(file);
         }
-        return Err(name_object(err, dir, url));
-    }
-    Ok(manifest)
+        name_object(err, dir, url)
+    })
 }
 
 fn changes_of(manifest: &Manifest) -> u64 {
@@ -537,6 +537,31 @@ pub fn import_from_s3(
         "this prefix is not a bundle, or its export did not finish (export again)",
     )?;
     let report = bundle::import_bundle(storage, &dir, options, progress)?;
+    remove_dir(&staging)?;
+    Ok((report, transfer))
+}
+
+/// `seqsync verify --bundle s3://…`: the bundle downloaded into staging
+/// and checked as `verify_bundle` checks a directory, then the staged copy
+/// removed.
+///
+/// Blocking. Errors: [`S3Error::Missing`] for a prefix without
+/// `manifest.json` or a batch it lists; [`S3Error::Damaged`] naming the
+/// first object that does not verify.
+pub fn verify_s3_bundle(
+    client: &S3Client,
+    url: &S3Url,
+) -> Result<(VerifyReport, Transfer), RemoteError> {
+    client.check_bucket()?;
+    let staging = staging_dir("verify", &url.to_string());
+    let mut transfer = Transfer::default();
+    let report = download_bundle(
+        client,
+        url,
+        &staging.join("bundle"),
+        &mut transfer,
+        "this prefix is not a bundle, or its export did not finish (export again)",
+    )?;
     remove_dir(&staging)?;
     Ok((report, transfer))
 }

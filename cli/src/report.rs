@@ -213,6 +213,9 @@ pub(crate) struct VerifiedBundle {
     pub(crate) ok: bool,
     #[serde(skip)]
     pub(crate) bytes: u64,
+    /// Objects downloaded to verify them (`s3://` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Text for VerifiedBundle {

@@ -1,4 +1,5 @@
-//! `s3://bucket/prefix` for `backup`, `restore`, `export` and `import`, the
+//! `s3://bucket/prefix` for `backup`, `restore`, `export`, `import` (and
+//! `verify --bundle`), the
 //! binary against a real S3-compatible server on loopback (moto, started by
 //! `seqsync_testkit::s3server`; the suite says so loudly and skips when it
 //! is not installed, and `.ci/run` installs it): round trips, a backup
@@ -282,6 +283,9 @@ fn an_export_to_s3_imports_into_another_store() {
     // Four batches, the state batch and the manifest.
     assert_eq!(exported["transfer"]["objects_transferred"], Value::from(6));
     assert_eq!(fx.list("bundles/coll0/").len(), 6);
+    let verified = fx.ok_json(&["verify", "--bundle", &url]);
+    assert_eq!(verified["batches"], Value::from(5));
+    assert_eq!(verified["changes"], Value::from(100));
 
     let target = fx.empty_store("b");
     let imported = fx.ok_json(&["import", "--store", &target, "--bundle", &url]);
@@ -441,6 +445,9 @@ fn a_damaged_object_is_refused_by_name_and_nothing_is_imported() {
     assert!(text.contains("BLAKE3"), "{text}");
     let inspected = fx.ok_json(&["inspect", "--store", &target]);
     assert_eq!(inspected["collections"], Value::Array(Vec::new()));
+    let verified = fx.run(&["verify", "--bundle", &url]);
+    assert_eq!(verified.status.code(), Some(3), "a mismatch found");
+    assert!(stderr(&verified).contains(&format!("s3://{}/{key}: damaged", fx.bucket)));
 
     client.put_bytes(&key, &good[..good.len() - 7]).unwrap();
     let out = fx.run(&["import", "--store", &target, "--bundle", &url]);
