@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::report::Report;
 
-use seqsync_cli::remote::{self, RemoteError};
+use seqsync_cli::remote::{self, Remote, RemoteError};
 use seqsync_cli::s3::{S3Client, S3Url};
 
 use seqsync_engine::bundle::{
@@ -43,6 +43,10 @@ struct Cli {
     /// Print one JSON object on stdout instead of text (no progress bars).
     #[arg(long, global = true)]
     json: bool,
+    /// Where `s3://` commands stage one collection's bundle at a time
+    /// (default: seqsync-staging in the system's temp directory).
+    #[arg(long, global = true)]
+    staging_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -367,6 +371,8 @@ fn collection(name: &str) -> Result<CollectionName, Failure> {
 
 fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
     let json = cli.json;
+    let staging = cli.staging_dir.unwrap_or_else(remote::default_staging_base);
+    let staging = staging.as_path();
     match cli.command {
         Command::Serve { .. } => Ok(Box::new(report::Nothing)),
         Command::Export {
@@ -396,8 +402,11 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     after,
                     until,
                     options,
-                    &client,
-                    &url,
+                    Remote {
+                        client: &client,
+                        url: &url,
+                        staging,
+                    },
                     &mut |p| bar.update(p),
                 )?;
                 bar.finish();
@@ -457,8 +466,11 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     let (report, transfer) = remote::import_from_s3(
                         &*storage,
                         &store,
-                        &client,
-                        &url,
+                        Remote {
+                            client: &client,
+                            url: &url,
+                            staging,
+                        },
                         options,
                         &mut |p| bar.update(p),
                     )?;
@@ -489,8 +501,16 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             let storage = open(&store)?;
             let bar = Bar::new(json, "backup");
             if let Some((url, client)) = remote {
-                let (done, transfer) =
-                    remote::backup_to_s3(&*storage, &store, &client, &url, &mut |p| bar.update(p))?;
+                let (done, transfer) = remote::backup_to_s3(
+                    &*storage,
+                    &store,
+                    Remote {
+                        client: &client,
+                        url: &url,
+                        staging,
+                    },
+                    &mut |p| bar.update(p),
+                )?;
                 bar.finish();
                 return Ok(Box::new(report::Backup {
                     command: "backup",
@@ -531,24 +551,28 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             store,
             keep_epoch,
             replace,
-        } => restore(json, &backup, &store, keep_epoch, replace),
+        } => restore(json, &backup, &store, keep_epoch, replace, staging),
         Command::Verify { store, bundle: dir } => match (store, dir) {
             (Some(store), None) => verify_store(json, &store),
             (None, Some(dir)) => {
                 if let Some((url, client)) = s3_location(&dir)? {
-                    let (report, transfer) =
-                        remote::verify_s3_bundle(&client, &url).map_err(|e| Failure {
-                            // A damaged object is a mismatch found.
-                            code: if matches!(
-                                e,
-                                RemoteError::S3(seqsync_cli::s3::S3Error::Damaged { .. })
-                            ) {
-                                3
-                            } else {
-                                1
-                            },
-                            message: e.to_string(),
-                        })?;
+                    let (report, transfer) = remote::verify_s3_bundle(Remote {
+                        client: &client,
+                        url: &url,
+                        staging,
+                    })
+                    .map_err(|e| Failure {
+                        // A damaged object is a mismatch found.
+                        code: if matches!(
+                            e,
+                            RemoteError::S3(seqsync_cli::s3::S3Error::Damaged { .. })
+                        ) {
+                            3
+                        } else {
+                            1
+                        },
+                        message: e.to_string(),
+                    })?;
                     return Ok(Box::new(report::VerifiedBundle {
                         command: "verify",
                         bundle: dir,
@@ -594,6 +618,7 @@ fn restore(
     store: &str,
     keep_epoch: bool,
     replace: bool,
+    staging: &Path,
 ) -> Result<Box<dyn Report>, Failure> {
     let config = parse_store(store)?;
     let options = ImportOptions {
@@ -609,10 +634,17 @@ fn restore(
     let mut restore_into = |storage: &dyn Storage| -> Result<(), RemoteError> {
         match &remote {
             Some((url, client)) => {
-                let (_, moved) =
-                    remote::restore_from_s3(storage, store, client, url, options, &mut |p| {
-                        bar.update(p)
-                    })?;
+                let (_, moved) = remote::restore_from_s3(
+                    storage,
+                    store,
+                    Remote {
+                        client,
+                        url,
+                        staging,
+                    },
+                    options,
+                    &mut |p| bar.update(p),
+                )?;
                 transfer = Some(moved);
             }
             None => {

@@ -18,7 +18,7 @@
 //! `manifest.json` goes up after its batches and `backup.json` after every
 //! bundle, so a prefix without them is unfinished and is refused. Locally,
 //! the staging directory is named after the operation, the store and the
-//! URL (under `SEQSYNC_STAGING_DIR`, else the system's temp directory), so
+//! URL (under `seqsync --staging-dir`, else the system's temp directory), so
 //! a rerun finds the files it downloaded (each renamed into place only
 //! whole and checked) and the collections it finished, and `import` goes
 //! on from the receiver's head as it always does.
@@ -93,14 +93,27 @@ pub struct RemoteBackedUp {
     pub changes: u64,
 }
 
-/// The staging directory of one operation: named after `what` and the
-/// BLAKE3 of `identity` (store, URL, options), so a rerun of the same
-/// command finds it and another command does not. Under
-/// `SEQSYNC_STAGING_DIR`, else the system's temp directory.
-pub fn staging_dir(what: &str, identity: &str) -> PathBuf {
-    let base = std::env::var_os("SEQSYNC_STAGING_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("seqsync-staging"));
+/// Where a command's objects go or come from, and where it stages them.
+#[derive(Clone, Copy)]
+pub struct Remote<'a> {
+    /// The bucket's client.
+    pub client: &'a S3Client,
+    /// `s3://bucket/prefix`.
+    pub url: &'a S3Url,
+    /// The directory under which each operation stages its files (`seqsync
+    /// --staging-dir`, default [`default_staging_base`]).
+    pub staging: &'a Path,
+}
+
+/// `seqsync-staging` in the system's temp directory.
+pub fn default_staging_base() -> PathBuf {
+    std::env::temp_dir().join("seqsync-staging")
+}
+
+/// The staging directory of one operation under `base`: named after
+/// `what` and the BLAKE3 of `identity` (store, URL, options), so a rerun of
+/// the same command finds it and another command does not.
+pub fn staging_dir(base: &Path, what: &str, identity: &str) -> PathBuf {
     let hash = blake3::hash(identity.as_bytes()).to_hex();
     base.join(format!("{what}-{}", &hash.as_str()[..16]))
 }
@@ -296,10 +309,10 @@ fn changes_of(manifest: &Manifest) -> u64 {
 pub fn backup_to_s3(
     storage: &dyn Storage,
     store: &str,
-    client: &S3Client,
-    url: &S3Url,
+    remote: Remote<'_>,
     progress: &mut dyn FnMut(BundleProgress),
 ) -> Result<(Vec<RemoteBackedUp>, Transfer), RemoteError> {
+    let Remote { client, url, .. } = remote;
     client.check_bucket()?;
     if client.head(&url.key(BACKUP_FILE))?.is_some() {
         return Err(RemoteError::Exists {
@@ -307,7 +320,7 @@ pub fn backup_to_s3(
             what: "backup",
         });
     }
-    let staging = staging_dir("backup", &format!("{store}\n{url}"));
+    let staging = staging_dir(remote.staging, "backup", &format!("{store}\n{url}"));
     let mut transfer = Transfer::default();
     let mut index = BackupIndex {
         format: "seqsync-backup".to_owned(),
@@ -383,11 +396,11 @@ pub fn backup_to_s3(
 pub fn restore_from_s3(
     storage: &dyn Storage,
     store: &str,
-    client: &S3Client,
-    url: &S3Url,
+    remote: Remote<'_>,
     options: ImportOptions,
     progress: &mut dyn FnMut(BundleProgress),
 ) -> Result<(Vec<ImportReport>, Transfer), RemoteError> {
+    let Remote { client, url, .. } = remote;
     client.check_bucket()?;
     let mut transfer = Transfer::default();
     let bytes = client
@@ -399,7 +412,7 @@ pub fn restore_from_s3(
         })?;
     transfer.objects_transferred += 1;
     transfer.bytes_transferred += bytes.len() as u64;
-    let staging = staging_dir("restore", &format!("{store}\n{url}"));
+    let staging = staging_dir(remote.staging, "restore", &format!("{store}\n{url}"));
     let staged_index = staging.join(BACKUP_FILE);
     if fs::read(&staged_index).ok().as_deref() != Some(bytes.as_slice()) {
         // Staged files of another backup (or none): start afresh.
@@ -464,10 +477,10 @@ pub fn export_to_s3(
     after: Seq,
     until: Option<Seq>,
     options: ExportOptions,
-    client: &S3Client,
-    url: &S3Url,
+    remote: Remote<'_>,
     progress: &mut dyn FnMut(BundleProgress),
 ) -> Result<(RemoteExport, Transfer), RemoteError> {
+    let Remote { client, url, .. } = remote;
     client.check_bucket()?;
     if client.head(&url.key(MANIFEST_FILE))?.is_some() {
         return Err(RemoteError::Exists {
@@ -476,6 +489,7 @@ pub fn export_to_s3(
         });
     }
     let staging = staging_dir(
+        remote.staging,
         "export",
         &format!("{store}\n{url}\n{name}\n{after}\n{until:?}\n{options:?}"),
     );
@@ -520,13 +534,13 @@ pub fn export_to_s3(
 pub fn import_from_s3(
     storage: &dyn Storage,
     store: &str,
-    client: &S3Client,
-    url: &S3Url,
+    remote: Remote<'_>,
     options: ImportOptions,
     progress: &mut dyn FnMut(BundleProgress),
 ) -> Result<(ImportReport, Transfer), RemoteError> {
+    let Remote { client, url, .. } = remote;
     client.check_bucket()?;
-    let staging = staging_dir("import", &format!("{store}\n{url}"));
+    let staging = staging_dir(remote.staging, "import", &format!("{store}\n{url}"));
     let dir = staging.join("bundle");
     let mut transfer = Transfer::default();
     download_bundle(
@@ -548,12 +562,10 @@ pub fn import_from_s3(
 /// Blocking. Errors: [`S3Error::Missing`] for a prefix without
 /// `manifest.json` or a batch it lists; [`S3Error::Damaged`] naming the
 /// first object that does not verify.
-pub fn verify_s3_bundle(
-    client: &S3Client,
-    url: &S3Url,
-) -> Result<(VerifyReport, Transfer), RemoteError> {
+pub fn verify_s3_bundle(remote: Remote<'_>) -> Result<(VerifyReport, Transfer), RemoteError> {
+    let Remote { client, url, .. } = remote;
     client.check_bucket()?;
-    let staging = staging_dir("verify", &url.to_string());
+    let staging = staging_dir(remote.staging, "verify", &url.to_string());
     let mut transfer = Transfer::default();
     let report = download_bundle(
         client,

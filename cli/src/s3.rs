@@ -312,7 +312,7 @@ pub struct S3Client {
     credentials: Credentials,
     agent: ureq::Agent,
     endpoint: String,
-    /// Test knob (`SEQSYNC_S3_PAUSE_PER_OBJECT_MS`): a pause before each
+    /// Test knob (`S3_TEST_PAUSE_PER_OBJECT_MS`): a pause before each
     /// object transferred, so a test's SIGKILL lands mid-transfer.
     pause_per_object_ms: u64,
 }
@@ -354,7 +354,7 @@ impl S3Client {
             .timeout_read(Duration::from_millis(IO_TIMEOUT_MS))
             .timeout_write(Duration::from_millis(IO_TIMEOUT_MS))
             .build();
-        let pause_per_object_ms = std::env::var("SEQSYNC_S3_PAUSE_PER_OBJECT_MS")
+        let pause_per_object_ms = std::env::var("S3_TEST_PAUSE_PER_OBJECT_MS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)

@@ -5,9 +5,9 @@
 //! service does with signed requests, metadata, multipart uploads, missing
 //! keys and buckets; a fake would test the fake. moto is the one the
 //! project's CI installs (`.ci/run`, pinned). The program comes from
-//! `SEQSYNC_MOTO_SERVER`, else `moto_server` on the `PATH`; without it the
+//! `S3_TEST_SERVER_BIN`, else `moto_server` on the `PATH`; without it the
 //! suites say so loudly (past the harness's output capture) and skip. With
-//! `SEQSYNC_MOTO_SERVER` set, a server that does not start fails the tests.
+//! `S3_TEST_SERVER_BIN` set, a server that does not start fails the tests.
 //!
 //! The server lives as long as the test process: a watchdog shell stops it
 //! once the process is gone, however it ends.
@@ -42,7 +42,7 @@ impl S3Server {
 }
 
 fn program() -> Option<String> {
-    if let Ok(program) = std::env::var("SEQSYNC_MOTO_SERVER") {
+    if let Ok(program) = std::env::var("S3_TEST_SERVER_BIN") {
         return Some(program);
     }
     Command::new("moto_server")
@@ -61,7 +61,7 @@ fn start() -> Option<S3Server> {
         // capture, so the skip shows in a plain `cargo test` run.
         let _ = std::io::stderr().write_all(
             b"\n*** moto_server not found (pip install 'moto[server]', or set \
-              SEQSYNC_MOTO_SERVER): the object-storage tests are SKIPPED ***\n\n",
+              S3_TEST_SERVER_BIN): the object-storage tests are SKIPPED ***\n\n",
         );
         return None;
     };
