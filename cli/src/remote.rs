@@ -577,3 +577,88 @@ pub fn verify_s3_bundle(remote: Remote<'_>) -> Result<(VerifyReport, Transfer), 
     remove_dir(&staging)?;
     Ok((report, transfer))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The local half of the transfers, with no service: what counts as a
+    //! whole staged bundle, which names a manifest may list, and how an
+    //! error about a staged file is renamed after its object.
+
+    use super::*;
+
+    /// A staged bundle of one 10-byte batch, as `read_manifest` accepts it.
+    fn staged(dir: &Path) -> String {
+        let file = "00000000000000000001-00000000000000000002.batch".to_owned();
+        let manifest = serde_json::json!({
+            "format": "seqsync-bundle", "format_version": BUNDLE_FORMAT_VERSION,
+            "collection": "notes", "epoch": "00112233445566778899aabbccddeeff",
+            "schema_version": 1, "after": 0, "until": 2,
+            "batches": [{"file": file, "kind": "changes", "start": 1, "end": 2,
+                         "changes": 2, "bytes": 10, "header_blake3": ""}],
+            "state": null,
+        });
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join(MANIFEST_FILE), manifest.to_string()).unwrap();
+        fs::write(dir.join(&file), [0u8; 10]).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_staged_bundle_is_whole_only_with_every_listed_file_at_its_size() {
+        // A stop mid-export or mid-removal leaves a manifest over missing
+        // or short files; uploading from it would fail or send a bad copy.
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("b");
+        let file = staged(&bundle);
+        assert!(staged_whole(&bundle));
+        fs::write(bundle.join(&file), [0u8; 9]).unwrap();
+        assert!(!staged_whole(&bundle), "short");
+        fs::remove_file(bundle.join(&file)).unwrap();
+        assert!(!staged_whole(&bundle), "missing");
+        remove_dir(&bundle).unwrap();
+        assert!(!bundle.exists());
+        remove_dir(&bundle).unwrap();
+    }
+
+    #[test]
+    fn a_listed_name_that_leaves_the_staging_directory_is_damage() {
+        // A manifest or index from the service is untrusted input: a name
+        // with a separator or `..` must not become a path outside staging.
+        let url = S3Url::parse("s3://bucket/p").unwrap();
+        plain_name(&url, MANIFEST_FILE, "00000000000000000001-x.batch").unwrap();
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "x\n"] {
+            match plain_name(&url, MANIFEST_FILE, bad) {
+                Err(RemoteError::S3(S3Error::Damaged { object, .. })) => {
+                    assert_eq!(object, "s3://bucket/p/manifest.json")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_about_a_staged_file_names_the_object() {
+        // The operator looks for the object on the service, not for a
+        // temporary copy that is gone once the command ends.
+        let dir = Path::new("/staging/x");
+        let url = S3Url::parse("s3://bucket/p").unwrap();
+        let err = BundleError::BodyHash {
+            file: dir.join("1-2.batch"),
+            expected: "aa".to_owned(),
+            found: "bb".to_owned(),
+        };
+        match name_object(err, dir, &url) {
+            RemoteError::S3(S3Error::Damaged { object, detail }) => {
+                assert_eq!(object, "s3://bucket/p/1-2.batch");
+                assert!(detail.starts_with("the body's BLAKE3 is bb"), "{detail}");
+                assert!(!detail.contains("/staging"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let elsewhere = BundleError::ShuttingDown;
+        assert!(matches!(
+            name_object(elsewhere, dir, &url),
+            RemoteError::Bundle(BundleError::ShuttingDown)
+        ));
+    }
+}

@@ -31,6 +31,10 @@ use rusty_s3::{actions::S3Action, Bucket, Credentials, UrlStyle};
 /// size (S3's minimum part size is 5 MiB; 8 MiB keeps memory at one part).
 pub const PART_SIZE_BYTES: usize = 8 << 20;
 
+/// Most parts in one multipart upload (S3's limit): objects up to
+/// `MAX_PARTS × PART_SIZE_BYTES` (80 GiB).
+pub const MAX_PARTS: u16 = 10_000;
+
 /// Longest object key accepted (S3's limit is 1024 bytes; the prefix must
 /// leave room for the bundle's own file names).
 pub const MAX_PREFIX_BYTES: usize = 768;
@@ -617,12 +621,18 @@ impl S3Client {
             if filled == 0 {
                 break;
             }
-            let number = u16::try_from(etags.len() + 1).map_err(|_| S3Error::Service {
-                object: self.object_name(key),
-                status: 0,
-                code: "too many parts".to_owned(),
-                message: "more than 65535 parts".to_owned(),
-            })?;
+            let number = u16::try_from(etags.len() + 1)
+                .ok()
+                .filter(|n| *n <= MAX_PARTS)
+                .ok_or_else(|| S3Error::Service {
+                    object: self.object_name(key),
+                    status: 0,
+                    code: "too many parts".to_owned(),
+                    message: format!(
+                        "{} is more than {MAX_PARTS} parts of {PART_SIZE_BYTES} bytes",
+                        path.display()
+                    ),
+                })?;
             let url = Self::sign(self.bucket.upload_part(
                 Some(&self.credentials),
                 key,
