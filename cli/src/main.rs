@@ -9,6 +9,11 @@
 //! on stdout for scripts instead of text. Errors name the file, the
 //! collection and the batch, and say what to do; the exit code is 1 for a
 //! failure, 2 for bad arguments, 3 when `verify` finds a mismatch.
+//!
+//! `backup`, `restore`, `export`, `import` and `verify --bundle` also take
+//! `s3://bucket/prefix`: the library half (`seqsync_cli::remote`,
+//! `seqsync_cli::s3`) stages one collection's bundle at a time and moves
+//! it, so the engine's bundle code and its checks run unchanged.
 
 mod report;
 
@@ -59,7 +64,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Write a collection's changes as a bundle directory.
+    /// Write a collection's changes as a bundle (a directory, or on object
+    /// storage).
     Export {
         /// The store: `sqlite:DIR` or `redb:DIR`.
         #[arg(long)]
@@ -100,7 +106,8 @@ enum Command {
         #[arg(long)]
         new_epoch: bool,
     },
-    /// Back up every collection of a store into a directory.
+    /// Back up every collection of a store into a directory, or to object
+    /// storage (`s3://`).
     Backup {
         /// The store.
         #[arg(long)]
@@ -385,7 +392,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             batch_bytes,
             no_state,
         } => {
-            let remote = s3_location(&out)?;
+            let s3 = s3_location(&out)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "export");
             let options = ExportOptions {
@@ -394,7 +401,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 with_state: !no_state,
             };
             let started = std::time::Instant::now();
-            if let Some((url, client)) = remote {
+            if let Some((url, client)) = s3 {
                 let (report, transfer) = remote::export_to_s3(
                     &*storage,
                     &store,
@@ -451,7 +458,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             bundle: dir,
             new_epoch,
         } => {
-            let remote = s3_location(&dir)?;
+            let s3 = s3_location(&dir)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "import");
             let options = ImportOptions {
@@ -461,7 +468,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     ImportEpoch::Keep
                 },
             };
-            let (report, transfer) = match remote {
+            let (report, transfer) = match s3 {
                 Some((url, client)) => {
                     let (report, transfer) = remote::import_from_s3(
                         &*storage,
@@ -497,10 +504,10 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             }))
         }
         Command::Backup { store, out } => {
-            let remote = s3_location(&out)?;
+            let s3 = s3_location(&out)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "backup");
-            if let Some((url, client)) = remote {
+            if let Some((url, client)) = s3 {
                 let (done, transfer) = remote::backup_to_s3(
                     &*storage,
                     &store,
@@ -628,11 +635,11 @@ fn restore(
             ImportEpoch::New
         },
     };
-    let remote = s3_location(backup)?;
+    let s3 = s3_location(backup)?;
     let bar = Bar::new(json, "restore");
     let mut transfer = None;
     let mut restore_into = |storage: &dyn Storage| -> Result<(), RemoteError> {
-        match &remote {
+        match &s3 {
             Some((url, client)) => {
                 let (_, moved) = remote::restore_from_s3(
                     storage,
