@@ -418,7 +418,7 @@ impl S3Client {
                 Err(ureq::Error::Transport(t)) if attempt >= MAX_ATTEMPTS => {
                     return Err(Failed::Error(S3Error::Transport {
                         object: self.object_name(key),
-                        detail: t.to_string(),
+                        detail: transport_detail(&t),
                         attempts: attempt,
                     }))
                 }
@@ -838,6 +838,22 @@ enum Failed {
     Error(S3Error),
 }
 
+/// What a transport failure was, without its URL: a signed URL carries
+/// the access key id, the signature and any session token, none of which
+/// belongs in a message or a log.
+fn transport_detail(t: &ureq::Transport) -> String {
+    let mut out = t.kind().to_string();
+    if let Some(message) = t.message() {
+        out.push_str(": ");
+        out.push_str(message);
+    }
+    if let Some(source) = std::error::Error::source(t) {
+        out.push_str(": ");
+        out.push_str(&source.to_string());
+    }
+    out
+}
+
 fn info(response: &ureq::Response) -> ObjectInfo {
     ObjectInfo {
         size_bytes: response
@@ -900,6 +916,32 @@ mod tests {
             bare.join("notes").key("manifest.json"),
             "notes/manifest.json"
         );
+    }
+
+    #[test]
+    fn an_unreachable_service_is_named_without_the_signed_url() {
+        // A presigned URL holds the access key id, the signature and the
+        // session token: a connection error must not print it.
+        let url = S3Url::parse("s3://bucket/p").unwrap();
+        let config = S3Config {
+            endpoint: Some("http://127.0.0.1:1".to_owned()),
+            region: "us-east-1".to_owned(),
+            access_key_id: "AKIDSECRETISH".to_owned(),
+            secret_access_key: "secret".to_owned(),
+            session_token: Some("SESSIONTOKEN".to_owned()),
+        };
+        let client = S3Client::new(&url, &config).unwrap();
+        match client.check_bucket() {
+            Err(err @ S3Error::Transport { attempts, .. }) => {
+                assert_eq!(attempts, MAX_ATTEMPTS);
+                let text = err.to_string();
+                for secret in ["AKIDSECRETISH", "SESSIONTOKEN", "Signature", "127.0.0.1:1/"] {
+                    assert!(!text.contains(secret), "{text}");
+                }
+                assert!(text.contains("AWS_ENDPOINT_URL"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
