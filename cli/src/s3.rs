@@ -444,7 +444,11 @@ impl S3Client {
                 .map(|(v, _)| v.to_owned())
                 .unwrap_or_default()
         };
-        let (code, message) = (field("Code"), field("Message"));
+        let (mut code, message) = (field("Code"), field("Message"));
+        if code.is_empty() {
+            // A HEAD answer has no body to name the error.
+            code = format!("HTTP {status}");
+        }
         let object = self.object_name(key);
         match (status, code.as_str()) {
             (404, "NoSuchBucket") => S3Error::NoSuchBucket {
