@@ -9,6 +9,11 @@
 //! on stdout for scripts instead of text. Errors name the file, the
 //! collection and the batch, and say what to do; the exit code is 1 for a
 //! failure, 2 for bad arguments, 3 when `verify` finds a mismatch.
+//!
+//! `backup`, `restore`, `export`, `import` and `verify --bundle` also take
+//! `s3://bucket/prefix`: the library half (`seqsync_cli::remote`,
+//! `seqsync_cli::s3`) stages one collection's bundle at a time and moves
+//! it, so the engine's bundle code and its checks run unchanged.
 
 mod report;
 
@@ -21,6 +26,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::report::Report;
+
+use seqsync_cli::remote::{self, Remote, RemoteError};
+use seqsync_cli::s3::{S3Client, S3Url};
 
 use seqsync_engine::bundle::{
     self, BundleError, BundleProgress, ExportOptions, ImportEpoch, ImportOptions,
@@ -40,6 +48,10 @@ struct Cli {
     /// Print one JSON object on stdout instead of text (no progress bars).
     #[arg(long, global = true)]
     json: bool,
+    /// Where `s3://` commands stage one collection's bundle at a time
+    /// (default: seqsync-staging in the system's temp directory).
+    #[arg(long, global = true)]
+    staging_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +64,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Write a collection's changes as a bundle directory.
+    /// Write a collection's changes as a bundle (a directory, or on object
+    /// storage).
     Export {
         /// The store: `sqlite:DIR` or `redb:DIR`.
         #[arg(long)]
@@ -60,7 +73,8 @@ enum Command {
         /// The collection.
         #[arg(long)]
         collection: String,
-        /// Where to write the bundle (an empty or new directory).
+        /// Where to write the bundle: an empty or new directory, or
+        /// `s3://BUCKET/PREFIX` (see docs/CLI.md for the AWS_* variables).
         #[arg(long)]
         out: PathBuf,
         /// Export changes after this seq (0: everything).
@@ -85,25 +99,28 @@ enum Command {
         /// The store: `sqlite:DIR` or `redb:DIR` (created if missing).
         #[arg(long)]
         store: String,
-        /// The bundle directory.
+        /// The bundle: a directory, or `s3://BUCKET/PREFIX`.
         #[arg(long)]
         bundle: PathBuf,
         /// Write under a new epoch (clients then get Reset).
         #[arg(long)]
         new_epoch: bool,
     },
-    /// Back up every collection of a store into a directory.
+    /// Back up every collection of a store into a directory, or to object
+    /// storage (`s3://`).
     Backup {
         /// The store.
         #[arg(long)]
         store: String,
-        /// Where to write the backup (an empty or new directory).
+        /// Where to write the backup: an empty or new directory, or
+        /// `s3://BUCKET/PREFIX` (resumable: run it again after a stop).
         #[arg(long)]
         out: PathBuf,
     },
     /// Restore a backup into a store.
     Restore {
-        /// The backup directory (with backup.json).
+        /// The backup: a directory (with backup.json), or
+        /// `s3://BUCKET/PREFIX`.
         #[arg(long)]
         backup: PathBuf,
         /// The store to restore into: `sqlite:DIR` or `redb:DIR`.
@@ -124,7 +141,7 @@ enum Command {
         /// A store to verify.
         #[arg(long, conflicts_with = "bundle")]
         store: Option<String>,
-        /// A bundle directory to verify.
+        /// A bundle to verify: a directory, or `s3://BUCKET/PREFIX`.
         #[arg(long)]
         bundle: Option<PathBuf>,
     },
@@ -187,6 +204,35 @@ impl From<BundleError> for Failure {
             message: err.to_string(),
         }
     }
+}
+
+impl From<RemoteError> for Failure {
+    fn from(err: RemoteError) -> Self {
+        match err {
+            RemoteError::Bundle(err) => err.into(),
+            RemoteError::S3(seqsync_cli::s3::S3Error::BadUrl { .. }) => {
+                Failure::usage(err.to_string())
+            }
+            other => Self {
+                code: 1,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `s3://…` as a location on object storage, with its client (configured
+/// from the environment, its bucket checked), or `None` for a directory.
+/// Called before the store is opened, so a bad URL, missing credentials or
+/// a missing bucket leave no store behind.
+fn s3_location(path: &Path) -> Result<Option<(S3Url, S3Client)>, Failure> {
+    let Some(text) = path.to_str().filter(|t| S3Url::is_s3(t)) else {
+        return Ok(None);
+    };
+    let url = S3Url::parse(text).map_err(|e| Failure::usage(e.to_string()))?;
+    let client = S3Client::from_env(&url).map_err(RemoteError::from)?;
+    client.check_bucket().map_err(RemoteError::from)?;
+    Ok(Some((url, client)))
 }
 
 impl From<StorageError> for Failure {
@@ -332,6 +378,8 @@ fn collection(name: &str) -> Result<CollectionName, Failure> {
 
 fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
     let json = cli.json;
+    let staging = cli.staging_dir.unwrap_or_else(remote::default_staging_base);
+    let staging = staging.as_path();
     match cli.command {
         Command::Serve { .. } => Ok(Box::new(report::Nothing)),
         Command::Export {
@@ -344,6 +392,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             batch_bytes,
             no_state,
         } => {
+            let s3 = s3_location(&out)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "export");
             let options = ExportOptions {
@@ -352,6 +401,35 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 with_state: !no_state,
             };
             let started = std::time::Instant::now();
+            if let Some((url, client)) = s3 {
+                let (report, transfer) = remote::export_to_s3(
+                    &*storage,
+                    &store,
+                    &collection(&name)?,
+                    after,
+                    until,
+                    options,
+                    Remote {
+                        client: &client,
+                        url: &url,
+                        staging,
+                    },
+                    &mut |p| bar.update(p),
+                )?;
+                bar.finish();
+                return Ok(Box::new(report::Exported {
+                    command: "export",
+                    collection: name,
+                    changes: report.changes,
+                    batches: report.manifest.batches.len(),
+                    state_batch: report.manifest.state.is_some(),
+                    bytes: report.bytes,
+                    until: report.manifest.until,
+                    seconds: started.elapsed().as_secs_f64(),
+                    out,
+                    transfer: Some(transfer),
+                }));
+            }
             let report = bundle::export_collection(
                 &*storage,
                 &collection(&name)?,
@@ -372,6 +450,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 until: report.manifest.until,
                 seconds: started.elapsed().as_secs_f64(),
                 out,
+                transfer: None,
             }))
         }
         Command::Import {
@@ -379,6 +458,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             bundle: dir,
             new_epoch,
         } => {
+            let s3 = s3_location(&dir)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "import");
             let options = ImportOptions {
@@ -388,7 +468,26 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     ImportEpoch::Keep
                 },
             };
-            let report = bundle::import_bundle(&*storage, &dir, options, &mut |p| bar.update(p))?;
+            let (report, transfer) = match s3 {
+                Some((url, client)) => {
+                    let (report, transfer) = remote::import_from_s3(
+                        &*storage,
+                        &store,
+                        Remote {
+                            client: &client,
+                            url: &url,
+                            staging,
+                        },
+                        options,
+                        &mut |p| bar.update(p),
+                    )?;
+                    (report, Some(transfer))
+                }
+                None => (
+                    bundle::import_bundle(&*storage, &dir, options, &mut |p| bar.update(p))?,
+                    None,
+                ),
+            };
             bar.finish();
             Ok(Box::new(report::Imported {
                 command: "import",
@@ -401,11 +500,39 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 head: report.head,
                 epoch: report.epoch.to_string(),
                 state_digest_checked: report.state_digest_checked,
+                transfer,
             }))
         }
         Command::Backup { store, out } => {
+            let s3 = s3_location(&out)?;
             let storage = open(&store)?;
             let bar = Bar::new(json, "backup");
+            if let Some((url, client)) = s3 {
+                let (done, transfer) = remote::backup_to_s3(
+                    &*storage,
+                    &store,
+                    Remote {
+                        client: &client,
+                        url: &url,
+                        staging,
+                    },
+                    &mut |p| bar.update(p),
+                )?;
+                bar.finish();
+                return Ok(Box::new(report::Backup {
+                    command: "backup",
+                    collections: done
+                        .into_iter()
+                        .map(|c| report::BackedUp {
+                            collection: c.collection,
+                            head: c.head,
+                            changes: c.changes,
+                        })
+                        .collect(),
+                    out,
+                    transfer: Some(transfer),
+                }));
+            }
             let reports =
                 bundle::backup_store(&*storage, &out, ExportOptions::default(), &mut |p| {
                     bar.update(p)
@@ -423,6 +550,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                 command: "backup",
                 collections,
                 out,
+                transfer: None,
             }))
         }
         Command::Restore {
@@ -430,10 +558,38 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
             store,
             keep_epoch,
             replace,
-        } => restore(json, &backup, &store, keep_epoch, replace),
+        } => restore(json, &backup, &store, keep_epoch, replace, staging),
         Command::Verify { store, bundle: dir } => match (store, dir) {
             (Some(store), None) => verify_store(json, &store),
             (None, Some(dir)) => {
+                if let Some((url, client)) = s3_location(&dir)? {
+                    let (report, transfer) = remote::verify_s3_bundle(Remote {
+                        client: &client,
+                        url: &url,
+                        staging,
+                    })
+                    .map_err(|e| Failure {
+                        // A damaged object is a mismatch found.
+                        code: if matches!(
+                            e,
+                            RemoteError::S3(seqsync_cli::s3::S3Error::Damaged { .. })
+                        ) {
+                            3
+                        } else {
+                            1
+                        },
+                        message: e.to_string(),
+                    })?;
+                    return Ok(Box::new(report::VerifiedBundle {
+                        command: "verify",
+                        bundle: dir,
+                        batches: report.batches,
+                        changes: report.changes,
+                        ok: true,
+                        bytes: report.bytes,
+                        transfer: Some(transfer),
+                    }));
+                }
                 let bar = Bar::new(json, "verify");
                 let report =
                     bundle::verify_bundle(&dir, &mut |p| bar.update(p)).map_err(|e| Failure {
@@ -448,6 +604,7 @@ fn run(cli: Cli) -> Result<Box<dyn Report>, Failure> {
                     changes: report.changes,
                     ok: true,
                     bytes: report.bytes,
+                    transfer: None,
                 }))
             }
             _ => Err(Failure::usage("verify: give --store or --bundle")),
@@ -468,6 +625,7 @@ fn restore(
     store: &str,
     keep_epoch: bool,
     replace: bool,
+    staging: &Path,
 ) -> Result<Box<dyn Report>, Failure> {
     let config = parse_store(store)?;
     let options = ImportOptions {
@@ -477,7 +635,31 @@ fn restore(
             ImportEpoch::New
         },
     };
+    let s3 = s3_location(backup)?;
     let bar = Bar::new(json, "restore");
+    let mut transfer = None;
+    let mut restore_into = |storage: &dyn Storage| -> Result<(), RemoteError> {
+        match &s3 {
+            Some((url, client)) => {
+                let (_, moved) = remote::restore_from_s3(
+                    storage,
+                    store,
+                    Remote {
+                        client,
+                        url,
+                        staging,
+                    },
+                    options,
+                    &mut |p| bar.update(p),
+                )?;
+                transfer = Some(moved);
+            }
+            None => {
+                bundle::restore_backup(storage, backup, options, &mut |p| bar.update(p))?;
+            }
+        }
+        Ok(())
+    };
     let target = if replace {
         // Restore beside the store, then swap the directories.
         let fresh = config.path.with_extension("restoring");
@@ -487,7 +669,7 @@ fn restore(
         };
         {
             let storage = seqsync_adapters::open_storage(&fresh_config)?;
-            bundle::restore_backup(&*storage, backup, options, &mut |p| bar.update(p))?;
+            restore_into(&*storage)?;
         }
         let kept = config
             .path
@@ -510,9 +692,14 @@ fn restore(
         let storage = seqsync_adapters::open_storage(&config)?;
         // A resumed restore finds its own collections and continues; a
         // collection that is someone else's data is refused.
-        match bundle::restore_backup(&*storage, backup, options, &mut |p| bar.update(p)) {
-            Ok(_) => {}
-            Err(BundleError::Inconsistent { detail, .. } | BundleError::EpochMismatch { collection: detail, .. }) => {
+        match restore_into(&*storage) {
+            Ok(()) => {}
+            Err(RemoteError::Bundle(
+                BundleError::Inconsistent { detail, .. }
+                | BundleError::EpochMismatch {
+                    collection: detail, ..
+                },
+            )) => {
                 return Err(Failure::usage(format!(
                     "{store} holds data already ({detail}); restore with --replace (the store is moved aside), or into an empty store"
                 )))
@@ -527,6 +714,7 @@ fn restore(
         backup: backup.to_owned(),
         store: store.to_owned(),
         replaced: target,
+        transfer,
     }))
 }
 

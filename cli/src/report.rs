@@ -11,6 +11,22 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
+use seqsync_cli::remote::Transfer;
+
+/// The line a command adds after moving objects: what it sent and what an
+/// earlier, stopped run had moved already.
+fn transfer_line(transfer: Option<&Transfer>) -> String {
+    match transfer {
+        Some(t) => format!(
+            "{} object(s) transferred ({:.1} MB), {} already there (skipped)\n",
+            t.objects_transferred,
+            t.bytes_transferred as f64 / 1e6,
+            t.objects_skipped
+        ),
+        None => String::new(),
+    }
+}
+
 /// A command's outcome, printable both ways.
 pub(crate) trait Report {
     /// The JSON object `--json` prints.
@@ -72,6 +88,9 @@ pub(crate) struct Exported {
     pub(crate) seconds: f64,
     #[serde(skip)]
     pub(crate) out: PathBuf,
+    /// Objects moved to or from object storage (`s3://` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Text for Exported {
@@ -85,7 +104,7 @@ impl Text for Exported {
             self.out.display(),
             self.bytes as f64 / 1e6,
             self.seconds
-        )
+        ) + &transfer_line(self.transfer.as_ref())
     }
 }
 
@@ -102,6 +121,9 @@ pub(crate) struct Imported {
     pub(crate) head: u64,
     pub(crate) epoch: String,
     pub(crate) state_digest_checked: bool,
+    /// Objects moved to or from object storage (`s3://` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Text for Imported {
@@ -119,7 +141,7 @@ impl Text for Imported {
             } else {
                 ""
             }
-        )
+        ) + &transfer_line(self.transfer.as_ref())
     }
 }
 
@@ -138,6 +160,9 @@ pub(crate) struct Backup {
     pub(crate) collections: Vec<BackedUp>,
     #[serde(skip)]
     pub(crate) out: PathBuf,
+    /// Objects moved to or from object storage (`s3://` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Text for Backup {
@@ -146,7 +171,7 @@ impl Text for Backup {
             "backed up {} collection(s) to {}\n",
             self.collections.len(),
             self.out.display()
-        )
+        ) + &transfer_line(self.transfer.as_ref())
     }
 }
 
@@ -158,11 +183,14 @@ pub(crate) struct Restored {
     pub(crate) store: String,
     /// Where the previous store was moved (`--replace`).
     pub(crate) replaced: Option<PathBuf>,
+    /// Objects moved to or from object storage (`s3://` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Text for Restored {
     fn text(&self) -> String {
-        match &self.replaced {
+        let done = match &self.replaced {
             Some(kept) => format!(
                 "restored {} into {} (the previous store is kept at {})\n",
                 self.backup.display(),
@@ -170,7 +198,8 @@ impl Text for Restored {
                 kept.display()
             ),
             None => format!("restored {} into {}\n", self.backup.display(), self.store),
-        }
+        };
+        done + &transfer_line(self.transfer.as_ref())
     }
 }
 
@@ -184,6 +213,9 @@ pub(crate) struct VerifiedBundle {
     pub(crate) ok: bool,
     #[serde(skip)]
     pub(crate) bytes: u64,
+    /// Objects downloaded to verify them (`s3://` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Text for VerifiedBundle {

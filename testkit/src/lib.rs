@@ -14,6 +14,8 @@
 //! - [`notes_schema`]: the schema steps of a small notes app, so every
 //!   migration test migrates the same shapes;
 //! - [`process`]: a server as a real process, and its address;
+//! - [`s3server`]: a throwaway S3-compatible server (moto) per test
+//!   process, for the `s3://` suites;
 //! - [`http`]: plain HTTP calls whose every status is an answer;
 //! - [`receiver`]: a webhook receiver on loopback that fails a seeded share
 //!   of its requests, goes down and holds answers on request;
@@ -29,6 +31,7 @@ pub mod notes_schema;
 pub mod postgres;
 pub mod process;
 pub mod receiver;
+pub mod s3server;
 pub mod traces;
 
 #[cfg(feature = "harness")]
