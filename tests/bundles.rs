@@ -240,21 +240,21 @@ fn damaged_or_foreign_bundles_are_refused() {
     // A foreign format version, in a batch and in the manifest.
     let bundle = fresh_bundle("foreign");
     let path = first_batch(&bundle);
-    replace_bytes(&path, b"\"format_version\":1", b"\"format_version\":9");
+    replace_bytes(&path, b"\"format_version\":2", b"\"format_version\":9");
     assert!(matches!(
         read_batch(&path).unwrap_err(),
         BundleError::FormatVersion { found: 9, .. }
     ));
     let manifest_path = bundle.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).unwrap().replacen(
-        "\"format_version\": 1",
         "\"format_version\": 2",
+        "\"format_version\": 3",
         1,
     );
     std::fs::write(&manifest_path, text).unwrap();
     assert!(matches!(
         read_manifest(&bundle).unwrap_err(),
-        BundleError::FormatVersion { found: 2, .. }
+        BundleError::FormatVersion { found: 3, .. }
     ));
 
     // A receiver with another epoch (an unrelated collection of that name).

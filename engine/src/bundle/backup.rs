@@ -15,7 +15,7 @@ use crate::name::CollectionName;
 use crate::storage::Storage;
 
 use super::export::{export_collection, ExportOptions, ExportReport};
-use super::format::{read_json, write_durably, BUNDLE_FORMAT_VERSION};
+use super::format::{read_json, readable_version, write_durably, BUNDLE_FORMAT_VERSION};
 use super::import::{import_bundle, ImportOptions, ImportReport};
 use super::{io_error, BundleError, BundleProgress};
 
@@ -130,7 +130,7 @@ pub fn backup_store(
 /// `Io`, `Malformed`, `FormatVersion`.
 pub fn read_backup_index(dir: &Path) -> Result<BackupIndex, BundleError> {
     let (index, path): (BackupIndex, PathBuf) = read_json(dir, BACKUP_FILE)?;
-    if index.format_version != BUNDLE_FORMAT_VERSION {
+    if !readable_version(index.format_version) {
         return Err(BundleError::FormatVersion {
             file: path,
             found: index.format_version,

@@ -20,8 +20,18 @@ use crate::name::{CollectionName, DocId, PeerId};
 
 use super::{io_error, BundleError};
 
-/// The format version this code writes and reads.
-pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+/// The format version this code writes. It reads this one and
+/// [`OLDEST_BUNDLE_FORMAT_VERSION`] onwards: version 2 added each change's
+/// author and commit time to its record; a version-1 bundle's changes read
+/// with neither (unknown).
+pub const BUNDLE_FORMAT_VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const OLDEST_BUNDLE_FORMAT_VERSION: u32 = 1;
+
+/// Whether this code reads bundles (and backups) of `version`.
+pub(super) fn readable_version(version: u32) -> bool {
+    (OLDEST_BUNDLE_FORMAT_VERSION..=BUNDLE_FORMAT_VERSION).contains(&version)
+}
 
 /// First bytes of every batch file.
 pub const BATCH_MAGIC: &[u8; 8] = b"SSBATCH1";
@@ -169,13 +179,28 @@ pub(super) fn record_len(change: &Change) -> usize {
         + change.doc.as_str().len()
         + 2
         + change.origin.as_ref().map_or(0, |o| o.as_str().len())
+        + 8
+        + 2
+        + author_of(change).map_or(0, str::len)
         + 4
         + change.payload.len()
 }
 
+/// The author as a record holds it: one the engine accepted is at most 256
+/// bytes; a longer one (a store written by other code) is left out rather
+/// than cut.
+fn author_of(change: &Change) -> Option<&str> {
+    change
+        .author
+        .as_deref()
+        .filter(|a| a.len() < usize::from(u16::MAX))
+}
+
 /// `seq u64 | kind u8 | schema_version u32 | log_checksum u64 | doc_len u16 |
-/// doc | origin_len u16 (0xFFFF: none) | origin | payload_len u32 | payload`,
-/// little-endian.
+/// doc | origin_len u16 (0xFFFF: none) | origin | committed_ms u64 |
+/// author_len u16 (0xFFFF: none) | author | payload_len u32 | payload`,
+/// little-endian (version 2; version 1 had neither `committed_ms` nor
+/// `author`).
 pub(super) fn encode_record(change: &Change, out: &mut Vec<u8>) {
     out.extend_from_slice(&change.seq.to_le_bytes());
     out.push(change.kind.code());
@@ -188,6 +213,14 @@ pub(super) fn encode_record(change: &Change, out: &mut Vec<u8>) {
         Some(origin) => {
             out.extend_from_slice(&(origin.as_str().len() as u16).to_le_bytes());
             out.extend_from_slice(origin.as_str().as_bytes());
+        }
+        None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+    }
+    out.extend_from_slice(&change.committed_ms.to_le_bytes());
+    match author_of(change) {
+        Some(author) => {
+            out.extend_from_slice(&(author.len() as u16).to_le_bytes());
+            out.extend_from_slice(author.as_bytes());
         }
         None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
     }
@@ -275,7 +308,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
             detail: format!("format {:?} is not {MANIFEST_FORMAT:?}", manifest.format),
         });
     }
-    if manifest.format_version != BUNDLE_FORMAT_VERSION {
+    if !readable_version(manifest.format_version) {
         return Err(BundleError::FormatVersion {
             file: path,
             found: manifest.format_version,
@@ -328,7 +361,7 @@ pub fn read_batch(path: &Path) -> Result<Batch, BundleError> {
     // The version first, so a newer format is named as such, not as junk.
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(header_bytes) {
         if let Some(found) = value.get("format_version").and_then(|v| v.as_u64()) {
-            if found != u64::from(BUNDLE_FORMAT_VERSION) {
+            if !u32::try_from(found).is_ok_and(readable_version) {
                 return Err(BundleError::FormatVersion {
                     file: path.to_owned(),
                     found: u32::try_from(found).unwrap_or(u32::MAX),
@@ -355,7 +388,7 @@ pub fn read_batch(path: &Path) -> Result<Batch, BundleError> {
             found,
         });
     }
-    let changes = decode_records(path, body)?;
+    let changes = decode_records(path, body, header.format_version)?;
     if changes.len() as u64 != header.changes {
         return Err(malformed(format!(
             "{} records, the header says {}",
@@ -386,7 +419,12 @@ pub fn read_batch(path: &Path) -> Result<Batch, BundleError> {
     })
 }
 
-pub(super) fn decode_records(path: &Path, mut body: &[u8]) -> Result<Vec<Change>, BundleError> {
+/// The records of a batch body written at `format_version` (1 or 2).
+pub(super) fn decode_records(
+    path: &Path,
+    mut body: &[u8],
+    format_version: u32,
+) -> Result<Vec<Change>, BundleError> {
     let malformed = |detail: &str| BundleError::Malformed {
         file: path.to_owned(),
         detail: format!("body: {detail}"),
@@ -447,6 +485,33 @@ pub(super) fn decode_records(path: &Path, mut body: &[u8]) -> Result<Vec<Change>
             .map_err(|_| malformed("an origin is not UTF-8"))?;
             Some(PeerId::new(text).map_err(|e| malformed(&e.to_string()))?)
         };
+        let (committed_ms, author) = if format_version >= 2 {
+            let committed_ms = u64::from_le_bytes(
+                take(&mut body, 8)
+                    .ok_or_else(truncated)?
+                    .try_into()
+                    .map_err(|_| truncated())?,
+            );
+            let author_len = u16::from_le_bytes(
+                take(&mut body, 2)
+                    .ok_or_else(truncated)?
+                    .try_into()
+                    .map_err(|_| truncated())?,
+            );
+            let author = if author_len == u16::MAX {
+                None
+            } else {
+                let text = std::str::from_utf8(
+                    take(&mut body, usize::from(author_len)).ok_or_else(truncated)?,
+                )
+                .map_err(|_| malformed("an author is not UTF-8"))?;
+                crate::name::check_author(text).map_err(|e| malformed(&e.to_string()))?;
+                Some(text.to_owned())
+            };
+            (committed_ms, author)
+        } else {
+            (0, None)
+        };
         let payload_len = u32::from_le_bytes(
             take(&mut body, 4)
                 .ok_or_else(truncated)?
@@ -463,9 +528,8 @@ pub(super) fn decode_records(path: &Path, mut body: &[u8]) -> Result<Vec<Change>
             payload,
             schema_version,
             origin,
-            // Bundles carry a change's content, not who or when (format 1).
-            author: None,
-            committed_ms: 0,
+            author,
+            committed_ms,
             log_checksum,
         });
     }
@@ -495,9 +559,14 @@ mod tests {
     }
 
     fn sample() -> Vec<Change> {
+        let mut authored = change(1, ChangeKind::Update, Some("peer-a"), &[1, 2, 3]);
+        authored.author = Some("user-ann".to_owned());
+        authored.committed_ms = 1_796_633_112_345;
+        let mut deleted = change(2, ChangeKind::Delete, None, &[]);
+        deleted.committed_ms = 1_796_633_118_002;
         vec![
-            change(1, ChangeKind::Update, Some("peer-a"), &[1, 2, 3]),
-            change(2, ChangeKind::Delete, None, &[]),
+            authored,
+            deleted,
             change(4, ChangeKind::Snapshot, Some("peer-b"), &[9; 300]),
         ]
     }
@@ -535,8 +604,39 @@ mod tests {
         let changes = sample();
         let body = encoded(&changes);
         assert_eq!(body.len(), changes.iter().map(record_len).sum::<usize>());
-        let back = decode_records(Path::new("body"), &body).unwrap();
+        let back = decode_records(Path::new("body"), &body, BUNDLE_FORMAT_VERSION).unwrap();
         assert_eq!(back, changes);
+    }
+
+    #[test]
+    fn a_version_1_record_reads_without_author_or_time() {
+        // Bundles written before version 2 stay readable: their records
+        // have no author and no commit time, and read as unknown.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.push(ChangeKind::Update.code());
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        v1.extend_from_slice(&42u64.to_le_bytes());
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(b"d");
+        v1.extend_from_slice(&4u16.to_le_bytes());
+        v1.extend_from_slice(b"tab1");
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.extend_from_slice(&[5, 6]);
+        let back = decode_records(Path::new("body"), &v1, 1).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (
+                back[0].seq,
+                back[0].log_checksum,
+                back[0].payload.as_slice()
+            ),
+            (7, 42, &[5u8, 6][..])
+        );
+        assert_eq!(back[0].origin.as_ref().map(|p| p.as_str()), Some("tab1"));
+        assert_eq!((back[0].author.as_deref(), back[0].committed_ms), (None, 0));
+        // Read as version 2, the same bytes are refused, not misread.
+        assert!(decode_records(Path::new("body"), &v1, 2).is_err());
     }
 
     #[test]
@@ -545,7 +645,7 @@ mod tests {
         // records: every prefix that ends inside a record is refused.
         let body = encoded(&sample()[..1]);
         for cut in 1..body.len() {
-            match decode_records(Path::new("body"), &body[..cut]) {
+            match decode_records(Path::new("body"), &body[..cut], BUNDLE_FORMAT_VERSION) {
                 Err(BundleError::Malformed { detail, .. }) => {
                     assert!(detail.contains("truncated"), "cut {cut}: {detail}")
                 }
@@ -561,7 +661,7 @@ mod tests {
         let mut body = encoded(&sample()[..1]);
         body[8] = 0xee;
         assert!(matches!(
-            decode_records(Path::new("body"), &body),
+            decode_records(Path::new("body"), &body, BUNDLE_FORMAT_VERSION),
             Err(BundleError::Malformed { detail, .. }) if detail.contains("unknown change kind")
         ));
     }
