@@ -214,12 +214,15 @@ pub struct DocumentQuery {
     pub format: DocumentFormat,
     /// The document as of this collection seq (`?at=SEQ`); now when absent.
     pub at: Option<u64>,
+    /// The document as of this moment (`?at_ms=MS`, ms since the Unix
+    /// epoch); never together with `at`.
+    pub at_ms: Option<u64>,
 }
 
-/// Decodes a document read's query string: `format` and `at`.
+/// Decodes a document read's query string: `format`, and `at` or `at_ms`.
 ///
-/// Errors: `invalid_query` for a format other than `yjs` or `json`, or an
-/// `at` that is not a non-negative integer.
+/// Errors: `invalid_query` for a format other than `yjs` or `json`, an
+/// `at` or `at_ms` that is not a non-negative integer, or both given.
 pub fn decode_document_query(query: &str) -> Result<DocumentQuery, ApiError> {
     let pairs = web::Query::<HashMap<String, String>>::from_query(query)
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
@@ -234,18 +237,28 @@ pub fn decode_document_query(query: &str) -> Result<DocumentQuery, ApiError> {
             ))
         }
     };
-    let at = pairs
-        .get("at")
-        .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("at={v:?} is not a non-negative integer (a collection seq)"),
-                )
+    let number = |key: &str, what: &str| {
+        pairs
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{key}={v:?} is not a non-negative integer ({what})"),
+                    )
+                })
             })
-        })
-        .transpose()?;
-    Ok(DocumentQuery { format, at })
+            .transpose()
+    };
+    let at = number("at", "a collection seq")?;
+    let at_ms = number("at_ms", "ms since the Unix epoch")?;
+    if at.is_some() && at_ms.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "give at (a seq) or at_ms (a moment), not both",
+        ));
+    }
+    Ok(DocumentQuery { format, at, at_ms })
 }
 
 /// The `schema` key of a `/yws` query string: the client's schema version,

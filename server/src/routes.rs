@@ -347,8 +347,18 @@ async fn document(
         &AccessRequest::document(&collection, &doc, Operation::Read),
     )?;
     let query = decode::decode_document_query(req.query_string())?;
+    // As of a moment: the version of the document's latest change then.
+    let at = match query.at_ms {
+        Some(at_ms) => Some(
+            state
+                .engine
+                .version_at_time(&collection, &doc, at_ms)
+                .await?,
+        ),
+        None => query.at,
+    };
     // As of a seq: that version, named in a header; else the document now.
-    let (update, cursor, schema_version, version) = match query.at {
+    let (update, cursor, schema_version, version) = match at {
         Some(at) => {
             let version = state.engine.document_at(&collection, &doc, at).await?;
             (

@@ -296,21 +296,18 @@ fn the_history_names_who_pushed_each_change_and_when() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let restored = json_of(&body)["seq"].as_u64().unwrap();
-    let (status, body, _) = call(
-        ureq::delete(&url("/documents/d")).set("authorization", &token_of("user-cy")),
-        None,
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let deleted = json_of(&body)["seq"].as_u64().unwrap();
+    // Read before the delete: a deleted document's history before its
+    // tombstone is compacted away.
+    let read_history = || {
+        let (status, body, _) = call(
+            ureq::get(&url("/documents/d/history")).set("authorization", &token_of("auditor")),
+            None,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        json_of(&body)["changes"].as_array().unwrap().clone()
+    };
+    let entries = read_history();
     let finished_ms = seqsync_engine::now_ms();
-
-    let (status, body, _) = call(
-        ureq::get(&url("/documents/d/history")).set("authorization", &token_of("auditor")),
-        None,
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let history = json_of(&body);
-    let entries = history["changes"].as_array().unwrap();
     let who: Vec<(u64, serde_json::Value)> = entries
         .iter()
         .map(|e| (e["seq"].as_u64().unwrap(), e["author"].clone()))
@@ -321,11 +318,10 @@ fn the_history_names_who_pushed_each_change_and_when() {
             (by_ann, json!("user-ann")),
             (by_static, json!(null)),
             (restored, json!("user-bob")),
-            (deleted, json!("user-cy")),
         ]
     );
     let mut last_ms = 0;
-    for entry in entries {
+    for entry in &entries {
         let at_ms = entry["committed_ms"]
             .as_u64()
             .expect("a time for every change");
@@ -333,5 +329,84 @@ fn the_history_names_who_pushed_each_change_and_when() {
         assert!(at_ms >= last_ms, "times follow the log: {entry}");
         last_ms = at_ms;
     }
+    // A delete names who deleted.
+    let (status, body, _) = call(
+        ureq::delete(&url("/documents/d")).set("authorization", &token_of("user-cy")),
+        None,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let deleted = json_of(&body)["seq"].as_u64().unwrap();
+    let tombstone = read_history()
+        .into_iter()
+        .find(|e| e["seq"] == json!(deleted))
+        .expect("the tombstone is in the history");
+    assert_eq!(tombstone["kind"], json!("delete"));
+    assert_eq!(tombstone["author"], json!("user-cy"));
+    assert!(tombstone["committed_ms"].as_u64().unwrap() >= last_ms);
+    server.stop();
+}
+
+#[test]
+fn a_document_reads_as_it_was_at_a_moment() {
+    // Why: support asks "what did it say on Monday at nine", not "at seq
+    // 4182": `?at_ms=` serves the version of the document's latest change
+    // accepted by then, exactly as `?at=` that seq would.
+    let (server, _dir) = start();
+    let ann = Editor::new(1, "ann");
+    let first = ann.write(&server, "first draft");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let second = ann.write(&server, "second draft");
+    let (status, history, _) = get(&server, "/v1/collections/notes/documents/d/history");
+    assert_eq!(status, 200, "{history}");
+    let times: Vec<u64> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["committed_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times[1] > times[0], "{times:?}");
+    let at_ms = |ms: u64| {
+        get(
+            &server,
+            &format!("/v1/collections/notes/documents/d?format=json&at_ms={ms}"),
+        )
+    };
+    // Between the two edits: the first draft, named by its seq.
+    let (status, body, version) = at_ms(times[0] + (times[1] - times[0]) / 2);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"]["content"], json!("first draft"));
+    assert_eq!(version, Some(first.to_string()));
+    // At the second edit's moment, and later: the second draft.
+    for ms in [times[1], times[1] + 60_000] {
+        let (status, body, version) = at_ms(ms);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["content"]["content"], json!("second draft"));
+        assert_eq!(version, Some(second.to_string()));
+    }
+    // Before the document existed: not found, not an empty document.
+    let (status, body, _) = at_ms(times[0] - 1);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("document_not_found"))
+    );
+    // A seq and a moment together is a question with two answers.
+    let (status, body, _) = get(&server, "/v1/collections/notes/documents/d?at=1&at_ms=1");
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("invalid_query"))
+    );
+    // Once compaction folded the first draft, that moment is a typed 410.
+    let compact = format!("http://{}/v1/collections/notes/compact", server.addr);
+    let (status, _, _) = call(ureq::post(&compact), Some(b""));
+    assert_eq!(status, 200);
+    let (status, body, _) = at_ms(times[0]);
+    assert_eq!(
+        (
+            status,
+            body["error"]["code"].clone(),
+            body["earliest_seq"].clone()
+        ),
+        (410, json!("history_compacted"), json!(second))
+    );
     server.stop();
 }

@@ -97,6 +97,62 @@ impl Engine {
             .await?
     }
 
+    /// The seq of the document's version as of a moment: its latest change
+    /// accepted at or before `at_ms` (ms since the Unix epoch), to read
+    /// with [`Engine::document_at`]. Changes stored before stores recorded
+    /// commit times count as older than any moment. A snapshot carries the
+    /// time of the last change it folded.
+    ///
+    /// Async; the read runs on the read pool (it visits the document's
+    /// changes). Errors: `HistoryCompacted` (the document's first stored
+    /// change is a snapshot newer than `at_ms`: its history then was
+    /// folded; `earliest_seq` names the snapshot), `DocumentNotFound` (no
+    /// change then), `CollectionNotFound`, `InvalidName`, `Storage`.
+    pub async fn version_at_time(
+        &self,
+        collection: &str,
+        doc: &str,
+        at_ms: u64,
+    ) -> Result<Seq, ReadError> {
+        self.check_open()?;
+        let name = CollectionName::new(collection)?;
+        let id = DocId::new(doc)?;
+        self.inner
+            .shared
+            .read(move |storage| {
+                if storage.collection(&name)?.is_none() {
+                    return Ok(Err(ReadError::CollectionNotFound {
+                        collection: name.to_string(),
+                    }));
+                }
+                let mut first: Option<(Seq, ChangeKind, u64)> = None;
+                let mut version = None;
+                storage.visit_document_changes(&name, &id, &mut |change| {
+                    first.get_or_insert((change.seq, change.kind, change.committed_ms));
+                    // Times follow the log (each is taken as its seq is
+                    // assigned), so the first newer change ends the walk.
+                    if change.committed_ms > at_ms {
+                        return ControlFlow::Break(());
+                    }
+                    version = Some(change.seq);
+                    ControlFlow::Continue(())
+                })?;
+                Ok(match (version, first) {
+                    (Some(seq), _) => Ok(seq),
+                    (None, Some((seq, ChangeKind::Snapshot, _))) => {
+                        Err(ReadError::HistoryCompacted {
+                            doc: id.to_string(),
+                            earliest_seq: seq,
+                        })
+                    }
+                    (None, _) => Err(ReadError::DocumentNotFound {
+                        doc: id.to_string(),
+                    }),
+                })
+            })
+            .await?
+    }
+
     /// Up to `limit` changes of one document (clamped to
     /// 1..=`MAX_LISTING_PAGE`) with seq > `after`, oldest first: seq, kind,
     /// size and origin peer, without their bytes. Compacted changes are not
