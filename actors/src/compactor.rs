@@ -54,13 +54,20 @@ impl Handler<PlanCompaction> for Compactor {
         let started = Instant::now();
         let storage = &*self.storage;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // Pins first: one stored after this read is honoured by the
+            // storage, which leaves a compaction across it unapplied.
+            let pins: Vec<_> = storage
+                .pins(&msg.collection, Some(&msg.doc))?
+                .into_iter()
+                .map(|pin| pin.seq)
+                .collect();
             let changes = storage.document_changes(&msg.collection, &msg.doc)?;
-            plan_compaction(&msg.doc, &changes, msg.cutoff, msg.schema_version).map_err(|e| {
-                StorageError::Corrupt {
+            plan_compaction(&msg.doc, &changes, msg.cutoff, msg.schema_version, &pins).map_err(
+                |e| StorageError::Corrupt {
                     backend: storage.backend(),
                     detail: format!("collection {}, document {}: {e}", msg.collection, msg.doc),
-                }
-            })
+                },
+            )
         }));
         metrics::histogram!(m::COMPACTION_SECONDS).record(started.elapsed().as_secs_f64());
         outcome.unwrap_or_else(|_| {

@@ -27,7 +27,9 @@ mod subscription;
 mod types;
 mod writer;
 
-pub use crate::engine::{Engine, EngineBuilder, StorageOpener, MAX_LISTING_PAGE};
+pub use crate::engine::{
+    Engine, EngineBuilder, StorageOpener, MAX_LISTING_PAGE, MAX_VERSIONS_PER_DOCUMENT,
+};
 pub use crate::subscription::Subscription;
 pub use crate::types::{
     BatchOutcome, ChangesPage, CollectionInfo, CollectionRecovery, CollectionsPage,

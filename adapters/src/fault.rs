@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use seqsync_engine::{
     Change, ChangesPage, CollectionMeta, CollectionName, CommitWatcher, DocId, DocumentInfo,
-    Durability, PeerRecord, Seq, Storage, StorageError, WriteBatch,
+    Durability, PeerRecord, Pin, Seq, Storage, StorageError, WriteBatch,
 };
 
 /// Which calls a fault applies to.
@@ -215,6 +215,26 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
         self.read_fault("peers")?;
         self.inner.peers(name)
+    }
+
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError> {
+        self.read_fault("pins")?;
+        self.inner.pins(name, doc)
+    }
+
+    // Pins are not a commit of the log: they pass through (the commit
+    // faults model the log's writes).
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError> {
+        self.inner.put_pin(name, pin)
+    }
+
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError> {
+        self.inner.delete_pin(name, doc, pin_name)
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {

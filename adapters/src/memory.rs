@@ -15,7 +15,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use seqsync_engine::{
     check_batch_shape, is_covered, plan_collection_write, snapshot_change, Change, ChangeKind,
     ChangesPage, CollectionMeta, CollectionName, DocId, DocumentInfo, Durability, PeerId,
-    PeerRecord, Seq, Storage, StorageError, WriteBatch,
+    PeerRecord, Pin, Seq, Storage, StorageError, WriteBatch,
 };
 
 const BACKEND: &str = "memory";
@@ -28,9 +28,19 @@ struct MemCollection {
     /// scan the whole collection.
     by_doc: BTreeMap<DocId, BTreeMap<Seq, ChangeKind>>,
     peers: BTreeMap<PeerId, PeerRecord>,
+    /// Pinned versions by (document, name).
+    pins: BTreeMap<(DocId, String), Pin>,
 }
 
 impl MemCollection {
+    /// Whether a pin of the compacted document lies strictly inside its
+    /// range (the compaction is then not applied; see `Compaction`).
+    fn pinned_inside(&self, compaction: &seqsync_engine::Compaction) -> bool {
+        self.pins.values().any(|p| {
+            p.doc == compaction.doc && p.seq > compaction.after && p.seq < compaction.through
+        })
+    }
+
     fn insert(&mut self, change: Change) {
         self.by_doc
             .entry(change.doc.clone())
@@ -195,6 +205,48 @@ impl Storage for MemoryStorage {
             .unwrap_or_default())
     }
 
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError> {
+        let guard = self.read()?;
+        let mut pins: Vec<Pin> = guard
+            .get(name)
+            .map(|c| {
+                c.pins
+                    .values()
+                    .filter(|p| doc.is_none_or(|d| &p.doc == d))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        pins.sort_by(|a, b| (&a.doc, a.seq, &a.name).cmp(&(&b.doc, b.seq, &b.name)));
+        Ok(pins)
+    }
+
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError> {
+        let mut guard = self.write()?;
+        let Some(collection) = guard.get_mut(name).filter(|c| c.meta.is_some()) else {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {name} does not exist"
+            )));
+        };
+        collection
+            .pins
+            .insert((pin.doc.clone(), pin.name.clone()), pin.clone());
+        Ok(())
+    }
+
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError> {
+        let mut guard = self.write()?;
+        Ok(guard
+            .get_mut(name)
+            .and_then(|c| c.pins.remove(&(doc.clone(), pin_name.to_owned())))
+            .is_some())
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         check_batch_shape(batch)?;
         let mut guard = self.write()?;
@@ -235,6 +287,9 @@ impl Storage for MemoryStorage {
                 });
             }
             for compaction in &write.compact {
+                if collection.pinned_inside(compaction) {
+                    continue;
+                }
                 // Checked in pass 1: with a snapshot, a change at `through`
                 // exists; the snapshot keeps its log checksum.
                 let (target_checksum, target_committed_ms) = collection

@@ -32,7 +32,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use seqsync_engine::{
     check_batch_shape, is_covered, plan_collection_write, snapshot_change, Change, ChangeKind,
     ChangesPage, CollectionMeta, CollectionName, CollectionWrite, DocId, DocumentInfo, Durability,
-    PeerId, PeerRecord, Seq, Storage, StorageError, WriteBatch,
+    PeerId, PeerRecord, Pin, Seq, Storage, StorageError, WriteBatch,
 };
 
 use crate::codec;
@@ -56,6 +56,10 @@ const COLLECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("collecti
 const CHANGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("changes");
 const DOC_INDEX: TableDefinition<(&str, &str, u64), u8> = TableDefinition::new("doc_index");
 const PEERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("peers");
+/// Pinned versions: (collection, doc, name) -> `seq u64 | created_ms u64 |
+/// author_len u16 (0xFFFF = none) | author` (format 3; an older store gets
+/// the table, empty, when opened).
+const PINS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("pins");
 
 struct EventualState {
     pending_commits: u64,
@@ -212,6 +216,7 @@ fn check_or_create_schema(db: &Database, path: &Path) -> Result<(), StorageError
         tx.open_table(CHANGES).map_err(table_error)?;
         tx.open_table(DOC_INDEX).map_err(table_error)?;
         tx.open_table(PEERS).map_err(table_error)?;
+        tx.open_table(PINS).map_err(table_error)?;
     }
     tx.commit()
         .map_err(|e| StorageError::backend(BACKEND, "creating the schema", e))
@@ -506,6 +511,80 @@ impl Storage for RedbStorage {
         Ok(out)
     }
 
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError> {
+        let tx = self.read_txn()?;
+        let table = tx.open_table(PINS).map_err(table_error)?;
+        let start = doc.map_or("", DocId::as_str);
+        let mut out = Vec::new();
+        for entry in table
+            .range((name.as_str(), start, "")..)
+            .map_err(storage_error)?
+        {
+            let (key, value) = entry.map_err(storage_error)?;
+            let (collection, pinned_doc, pin_name) = key.value();
+            if collection != name.as_str() || doc.is_some_and(|d| d.as_str() != pinned_doc) {
+                break;
+            }
+            out.push(decode_pin(pinned_doc, pin_name, value.value())?);
+        }
+        out.sort_by(|a, b| (&a.doc, a.seq, &a.name).cmp(&(&b.doc, b.seq, &b.name)));
+        Ok(out)
+    }
+
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError> {
+        let (durability, durable) = self.next_commit_durability()?;
+        let mut tx = self
+            .db
+            .begin_write()
+            .map_err(|e| StorageError::backend(BACKEND, "pinning a version", e))?;
+        tx.set_durability(durability)
+            .map_err(|e| StorageError::backend(BACKEND, "pinning a version", e))?;
+        {
+            let collections = tx.open_table(COLLECTIONS).map_err(table_error)?;
+            if read_meta(&collections, name)?.is_none() {
+                return Err(StorageError::InvalidWrite(format!(
+                    "collection {name} does not exist"
+                )));
+            }
+            let mut pins = tx.open_table(PINS).map_err(table_error)?;
+            pins.insert(
+                (name.as_str(), pin.doc.as_str(), pin.name.as_str()),
+                encode_pin(pin).as_slice(),
+            )
+            .map_err(storage_error)?;
+        }
+        tx.commit()
+            .map_err(|e| StorageError::backend(BACKEND, "pinning a version", e))?;
+        self.note_commit(durable);
+        Ok(())
+    }
+
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError> {
+        let (durability, durable) = self.next_commit_durability()?;
+        let mut tx = self
+            .db
+            .begin_write()
+            .map_err(|e| StorageError::backend(BACKEND, "deleting a pin", e))?;
+        tx.set_durability(durability)
+            .map_err(|e| StorageError::backend(BACKEND, "deleting a pin", e))?;
+        let removed = {
+            let mut pins = tx.open_table(PINS).map_err(table_error)?;
+            let removed = pins
+                .remove((name.as_str(), doc.as_str(), pin_name))
+                .map_err(storage_error)?;
+            removed.is_some()
+        };
+        tx.commit()
+            .map_err(|e| StorageError::backend(BACKEND, "deleting a pin", e))?;
+        self.note_commit(durable);
+        Ok(removed)
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         check_batch_shape(batch)?;
         let (durability, durable) = self.next_commit_durability()?;
@@ -555,6 +634,7 @@ struct Tables<'txn> {
     changes: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
     index: redb::Table<'txn, (&'static str, &'static str, u64), u8>,
     peers: redb::Table<'txn, (&'static str, &'static str), (u64, u64)>,
+    pins: redb::Table<'txn, (&'static str, &'static str, &'static str), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -564,8 +644,80 @@ impl<'txn> Tables<'txn> {
             changes: tx.open_table(CHANGES).map_err(table_error)?,
             index: tx.open_table(DOC_INDEX).map_err(table_error)?,
             peers: tx.open_table(PEERS).map_err(table_error)?,
+            pins: tx.open_table(PINS).map_err(table_error)?,
         })
     }
+}
+
+fn encode_pin(pin: &Pin) -> Vec<u8> {
+    let author = pin
+        .author
+        .as_deref()
+        .map(str::as_bytes)
+        .filter(|a| a.len() < usize::from(u16::MAX));
+    let mut out = Vec::with_capacity(18 + author.map_or(0, <[u8]>::len));
+    out.extend_from_slice(&pin.seq.to_le_bytes());
+    out.extend_from_slice(&pin.created_ms.to_le_bytes());
+    match author {
+        Some(author) => {
+            out.extend_from_slice(&(author.len() as u16).to_le_bytes());
+            out.extend_from_slice(author);
+        }
+        None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+    }
+    out
+}
+
+fn decode_pin(doc: &str, name: &str, bytes: &[u8]) -> Result<Pin, StorageError> {
+    let damaged = || corrupt(format!("pin {name:?} of {doc} is damaged"));
+    let number = |at: usize| -> Result<u64, StorageError> {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(damaged)
+    };
+    let author_len = bytes
+        .get(16..18)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or_else(damaged)?;
+    let author = if author_len == u16::MAX {
+        None
+    } else {
+        let text = bytes
+            .get(18..18 + usize::from(author_len))
+            .ok_or_else(damaged)?;
+        Some(String::from_utf8(text.to_vec()).map_err(|_| damaged())?)
+    };
+    Ok(Pin {
+        doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+        name: name.to_owned(),
+        seq: number(0)?,
+        created_ms: number(8)?,
+        author,
+    })
+}
+
+/// Whether a pin of the compacted document lies strictly inside its range
+/// (the compaction is then not applied; see `Compaction`).
+fn pinned_inside(
+    pins: &redb::Table<'_, (&'static str, &'static str, &'static str), &'static [u8]>,
+    name: &str,
+    compaction: &seqsync_engine::Compaction,
+) -> Result<bool, StorageError> {
+    let doc = compaction.doc.as_str();
+    for entry in pins.range((name, doc, "")..).map_err(storage_error)? {
+        let (key, value) = entry.map_err(storage_error)?;
+        let (collection, pinned_doc, pin_name) = key.value();
+        if collection != name || pinned_doc != doc {
+            break;
+        }
+        let pin = decode_pin(pinned_doc, pin_name, value.value())?;
+        if pin.seq > compaction.after && pin.seq < compaction.through {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), StorageError> {
@@ -575,6 +727,7 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
         changes,
         index,
         peers,
+        pins,
     } = tables;
     let stored = read_meta(collections, &write.collection)?;
     let plan = plan_collection_write(write, stored.as_ref())?;
@@ -587,6 +740,10 @@ fn apply_write(tables: &mut Tables<'_>, write: &CollectionWrite) -> Result<(), S
         insert_change(changes, index, name, &change)?;
     }
     for compaction in &write.compact {
+        if pinned_inside(pins, name, compaction)? {
+            // Pinned after this compaction was planned: left as it is.
+            continue;
+        }
         let mut target_checksum = 0;
         let mut target_committed_ms = 0;
         if compaction.snapshot.is_some() {

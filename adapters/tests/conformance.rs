@@ -21,7 +21,7 @@ use seqsync_adapters::{
 };
 use seqsync_engine::{
     load_document, BackendKind, Change, ChangeKind, CollectionName, CollectionWrite, Compaction,
-    DocId, DocState, Durability, Epoch, PeerId, PeerRecord, Seq, Storage, StorageConfig,
+    DocId, DocState, Durability, Epoch, PeerId, PeerRecord, Pin, Seq, Storage, StorageConfig,
     StorageError, WriteBase, WriteBatch,
 };
 
@@ -312,6 +312,7 @@ mod cases {
             let mut w = write("w", at(epoch, 4), vec![]);
             w.compact.push(Compaction {
                 doc: doc("a"),
+                after: 0,
                 through: 2,
                 snapshot: Some(b"merged".to_vec()),
                 schema_version: 1,
@@ -337,6 +338,133 @@ mod cases {
             (later.author.as_deref(), later.committed_ms),
             (Some("user-1"), 1_700_000_000_004),
             "kept (across a reopen)"
+        );
+    }
+
+    /// Named versions are stored, listed per document and collection,
+    /// replaced by name, removed, and kept across a reopen; and a
+    /// compaction whose range strictly holds a pinned seq of its document
+    /// (planned before the pin) is not applied, while the rest of its write
+    /// is: the pinned version must stay readable.
+    pub fn pins_are_kept_and_guard_compaction(fx: &Fixture) {
+        let storage = fx.open();
+        let epoch = Epoch([7; 16]);
+        let changes: Vec<Change> = (1..=6)
+            .map(|seq| update(seq, if seq % 2 == 1 { "a" } else { "b" }, &[seq as u8]))
+            .collect();
+        commit(&*storage, vec![write("p", create(epoch), changes)]).unwrap();
+        let pin = |doc_id: &str, name: &str, seq: Seq| Pin {
+            doc: doc(doc_id),
+            name: name.to_owned(),
+            seq,
+            created_ms: 1_796_633_000_000 + seq,
+            author: (seq % 2 == 1).then(|| "user-ann".to_owned()),
+        };
+        storage.put_pin(&coll("p"), &pin("a", "draft", 3)).unwrap();
+        storage.put_pin(&coll("p"), &pin("a", "first", 1)).unwrap();
+        storage.put_pin(&coll("p"), &pin("b", "draft", 4)).unwrap();
+        // Pinning a name again moves it.
+        storage.put_pin(&coll("p"), &pin("b", "draft", 6)).unwrap();
+        let missing = storage.put_pin(&coll("nope"), &pin("a", "x", 1));
+        assert!(
+            matches!(missing, Err(StorageError::InvalidWrite(_))),
+            "{missing:?}"
+        );
+        let names = |pins: Vec<Pin>| {
+            pins.into_iter()
+                .map(|p| (p.doc.as_str().to_owned(), p.name, p.seq, p.author))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(storage.pins(&coll("p"), Some(&doc("a"))).unwrap()),
+            vec![
+                (
+                    "a".to_owned(),
+                    "first".to_owned(),
+                    1,
+                    Some("user-ann".to_owned())
+                ),
+                (
+                    "a".to_owned(),
+                    "draft".to_owned(),
+                    3,
+                    Some("user-ann".to_owned())
+                ),
+            ]
+        );
+        assert_eq!(storage.pins(&coll("p"), None).unwrap().len(), 3);
+        assert!(storage.pins(&coll("nope"), None).unwrap().is_empty());
+        // A compaction of "a" through 5 across its pin at 3 is left alone;
+        // one of "b" from its pin at 6... through 6 is applied (not strictly
+        // inside); both in one write.
+        let mut w = write("p", at(epoch, 6), vec![]);
+        w.compact.push(Compaction {
+            doc: doc("a"),
+            after: 0,
+            through: 5,
+            snapshot: Some(b"merged-a".to_vec()),
+            schema_version: 1,
+        });
+        w.compact.push(Compaction {
+            doc: doc("b"),
+            after: 0,
+            through: 6,
+            snapshot: Some(b"merged-b".to_vec()),
+            schema_version: 1,
+        });
+        commit(&*storage, vec![w]).unwrap();
+        let after = all_changes(&*storage, "p");
+        assert_eq!(
+            after.iter().map(|c| (c.seq, c.kind)).collect::<Vec<_>>(),
+            vec![
+                (1, ChangeKind::Update),
+                (3, ChangeKind::Update),
+                (5, ChangeKind::Update),
+                (6, ChangeKind::Snapshot)
+            ],
+            "a's history is whole; b's is one snapshot"
+        );
+        // Around the pins: (0, 3] and (3, 5] are applied.
+        let mut w = write("p", at(epoch, 6), vec![]);
+        for (after_seq, through) in [(1, 3), (3, 5)] {
+            w.compact.push(Compaction {
+                doc: doc("a"),
+                after: after_seq,
+                through,
+                snapshot: Some(format!("a@{through}").into_bytes()),
+                schema_version: 1,
+            });
+        }
+        commit(&*storage, vec![w]).unwrap();
+        let after = all_changes(&*storage, "p");
+        assert_eq!(
+            after.iter().map(|c| (c.seq, c.kind)).collect::<Vec<_>>(),
+            vec![
+                (1, ChangeKind::Update),
+                (3, ChangeKind::Snapshot),
+                (5, ChangeKind::Snapshot),
+                (6, ChangeKind::Snapshot)
+            ]
+        );
+        assert!(storage.delete_pin(&coll("p"), &doc("a"), "first").unwrap());
+        assert!(!storage.delete_pin(&coll("p"), &doc("a"), "first").unwrap());
+        let storage = if fx.persistent() {
+            drop(storage);
+            fx.open()
+        } else {
+            storage
+        };
+        assert_eq!(
+            names(storage.pins(&coll("p"), None).unwrap()),
+            vec![
+                (
+                    "a".to_owned(),
+                    "draft".to_owned(),
+                    3,
+                    Some("user-ann".to_owned())
+                ),
+                ("b".to_owned(), "draft".to_owned(), 6, None),
+            ]
         );
     }
 
@@ -396,6 +524,7 @@ mod cases {
         let mut w = write("c", at(epoch, 5), vec![]);
         w.compact.push(Compaction {
             doc: doc("a"),
+            after: 0,
             through: 4,
             snapshot: Some(b"merged".to_vec()),
             schema_version: 1,
@@ -813,6 +942,7 @@ mod cases {
         let mut w = write("c", at(epoch, 6), vec![update(7, "a", b"7")]);
         w.compact.push(Compaction {
             doc: doc("a"),
+            after: 0,
             through: 5,
             snapshot: Some(b"A135".to_vec()),
             schema_version: 1,
@@ -835,6 +965,7 @@ mod cases {
         let mut w = write("c", at(epoch, 7), vec![]);
         w.compact.push(Compaction {
             doc: doc("a"),
+            after: 0,
             through: 7,
             snapshot: Some(b"A1357".to_vec()),
             schema_version: 1,
@@ -848,6 +979,7 @@ mod cases {
             let mut w = write("c", at(epoch, 7), vec![update(8, "b", b"8")]);
             w.compact.push(Compaction {
                 doc: doc(target),
+                after: 0,
                 through,
                 snapshot: Some(b"S".to_vec()),
                 schema_version: 1,
@@ -865,6 +997,7 @@ mod cases {
         let mut w = write("c", at(epoch, 7), vec![update(8, "b", b"8")]);
         w.compact.push(Compaction {
             doc: doc("b"),
+            after: 0,
             through: 8,
             snapshot: Some(b"B".to_vec()),
             schema_version: 1,
@@ -890,6 +1023,7 @@ mod cases {
         let mut w = write("c", at(epoch, 5), vec![]);
         w.compact.push(Compaction {
             doc: doc("a"),
+            after: 0,
             through: 5,
             snapshot: None,
             schema_version: 1,
@@ -902,6 +1036,7 @@ mod cases {
         let mut w = write("c", at(epoch, 5), vec![]);
         w.compact.push(Compaction {
             doc: doc("a"),
+            after: 0,
             through: 5,
             snapshot: Some(b"S".to_vec()),
             schema_version: 1,
@@ -1025,6 +1160,7 @@ mod cases {
                 let mut w = write(&name, at(epoch, 6), vec![tombstone(7, "b")]);
                 w.compact.push(Compaction {
                     doc: doc("a"),
+                    after: 0,
                     through: 5,
                     snapshot: Some(b"A".to_vec()),
                     schema_version: 1,
@@ -1165,6 +1301,7 @@ macro_rules! conformance {
             #[test] fn compaction_replaces_covered_changes_atomically() { cases::compaction_replaces_covered_changes_atomically(&fixture()) }
             #[test] fn log_checksums_run_through_every_seq_and_survive_compaction() { cases::log_checksums_run_through_every_seq_and_survive_compaction(&fixture()) }
             #[test] fn authors_and_commit_times_are_kept() { cases::authors_and_commit_times_are_kept(&fixture()) }
+            #[test] fn pins_are_kept_and_guard_compaction() { cases::pins_are_kept_and_guard_compaction(&fixture()) }
             #[test] fn tombstones_are_kept_through_compaction() { cases::tombstones_are_kept_through_compaction(&fixture()) }
             #[test] fn peers_upsert_keeps_the_max() { cases::peers_upsert_keeps_the_max(&fixture()) }
             #[test] fn collections_are_listed_in_pages() { cases::collections_are_listed_in_pages(&fixture()) }

@@ -186,6 +186,24 @@ impl PeerRecord {
     }
 }
 
+/// A named version of a document (`POST …/versions`): its seq when it was
+/// pinned. Compaction keeps the document's history apart at every pinned
+/// seq, so the version stays readable exactly (`?at=seq`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The document.
+    pub doc: DocId,
+    /// Its name, unique per document (1–128 bytes, no control characters;
+    /// [`crate::check_version_name`]).
+    pub name: String,
+    /// The document's latest change when it was pinned.
+    pub seq: Seq,
+    /// When it was pinned, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Who pinned it (a signed token's subject), when known.
+    pub author: Option<String>,
+}
+
 /// A document as listed by [`crate::Storage::documents`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentInfo {

@@ -21,6 +21,8 @@ pub enum NameKind {
     Peer,
     /// A change's author (a signed token's subject).
     Author,
+    /// A pinned version's name.
+    Version,
 }
 
 impl fmt::Display for NameKind {
@@ -30,6 +32,7 @@ impl fmt::Display for NameKind {
             NameKind::Document => "document id",
             NameKind::Peer => "peer id",
             NameKind::Author => "author",
+            NameKind::Version => "version name",
         })
     }
 }
@@ -442,6 +445,15 @@ pub enum ReadError {
         /// The earliest seq it can be read at.
         earliest_seq: u64,
     },
+    /// The document has as many named versions as allowed (each keeps a
+    /// full snapshot through compaction); delete one first.
+    #[error("document {doc} has {max} named versions already; delete one to pin another")]
+    TooManyVersions {
+        /// The document.
+        doc: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Errors of `ack`.
@@ -616,6 +628,7 @@ impl ReadError {
             ReadError::Internal(_) => "internal",
             ReadError::ShuttingDown => "shutting_down",
             ReadError::HistoryCompacted { .. } => "history_compacted",
+            ReadError::TooManyVersions { .. } => "too_many_versions",
         }
     }
 }

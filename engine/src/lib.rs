@@ -29,7 +29,7 @@ mod structure;
 mod yjs;
 
 pub use change::{
-    now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
+    now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Pin, Seq,
 };
 pub use compaction::{plan_compaction, CompactionPlan};
 pub use config::file::{ConfigFile, ENV_PREFIX};
@@ -54,8 +54,8 @@ pub use migration::{
     MIGRATION_CLIENT_IDS, MIGRATION_ORIGIN,
 };
 pub use name::{
-    check_author, CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES, MAX_DOC_ID_BYTES,
-    MAX_PEER_ID_BYTES,
+    check_author, check_version_name, CollectionName, DocId, PeerId, MAX_COLLECTION_NAME_BYTES,
+    MAX_DOC_ID_BYTES, MAX_PEER_ID_BYTES, MAX_VERSION_NAME_BYTES,
 };
 pub use restore::{random_client_id, restore_update};
 pub use storage::{

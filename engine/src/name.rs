@@ -94,6 +94,15 @@ impl PeerId {
     }
 }
 
+/// Longest name of a pinned version, in bytes.
+pub const MAX_VERSION_NAME_BYTES: usize = 128;
+
+/// Checks a pinned version's name: 1–128 bytes of UTF-8 without control
+/// characters. Errors: [`InvalidName`] of kind `Version`.
+pub fn check_version_name(name: &str) -> Result<(), InvalidName> {
+    check_free_form(NameKind::Version, name, MAX_VERSION_NAME_BYTES)
+}
+
 /// Checks a change's author (the subject of the signed token a push came
 /// with): 1–256 bytes of UTF-8 without control characters, like a peer id.
 /// Errors: [`InvalidName`] of kind `Author`.

@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use crate::change::{
-    now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Seq,
+    now_ms, Change, ChangeKind, CollectionMeta, DocumentInfo, Epoch, PeerRecord, Pin, Seq,
 };
 use crate::config::Durability;
 use crate::error::StorageError;
@@ -112,15 +112,25 @@ pub enum WriteBase {
 
 /// Replace a document's covered history by one snapshot (docs/DESIGN.md, "Compaction").
 ///
-/// Every change of `doc` with seq ≤ `through` whose kind is `Update` or
-/// `Snapshot` is removed. If `snapshot` is given, a `Snapshot` change with seq
-/// `through` and that payload takes their place; then a change of `doc` with
-/// seq `through` (kind `Update` or `Snapshot`) must exist, otherwise the
-/// batch is refused. `Delete` changes (tombstones) are never removed.
+/// Every change of `doc` with seq in `(after, through]` whose kind is
+/// `Update` or `Snapshot` is removed. If `snapshot` is given, a `Snapshot`
+/// change with seq `through` and that payload takes their place; then a
+/// change of `doc` with seq `through` (kind `Update` or `Snapshot`) must
+/// exist, otherwise the batch is refused. `Delete` changes (tombstones) are
+/// never removed.
+///
+/// A compaction whose range strictly holds a pinned seq of its document
+/// (`after < pin.seq < through`, see [`Storage::put_pin`]) is not applied
+/// (the rest of the write is): the pinned version must stay readable, and
+/// a pin stored after the compaction was planned is honoured this way. The
+/// next compaction plans around it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compaction {
     /// The document compacted.
     pub doc: DocId,
+    /// Changes at or below this seq are kept (0: from the start). The
+    /// changes below a pinned version stay apart from the ones after it.
+    pub after: Seq,
     /// Highest seq covered.
     pub through: Seq,
     /// The merged state (Yjs v1 update), or `None` to drop the covered
@@ -289,6 +299,33 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The collection's peers in id order.
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError>;
+
+    /// The collection's pinned versions (of one document when `doc` is
+    /// given), ordered by document, then seq, then name. Empty for a
+    /// collection that does not exist.
+    ///
+    /// Blocking. Errors: the backend's failure.
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError>;
+
+    /// Stores a pinned version, replacing the document's pin of the same
+    /// name. From then on no compaction folds the document's history across
+    /// `pin.seq` (see [`Compaction`]). Committed like a write batch, with
+    /// the store's durability.
+    ///
+    /// Blocking. Errors: `InvalidWrite` when the collection does not exist;
+    /// the backend's failure.
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError>;
+
+    /// Removes the document's pin named `pin_name`; `false` when there was
+    /// none. Compaction may then fold the version away.
+    ///
+    /// Blocking. Errors: the backend's failure.
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError>;
 
     /// Commits the whole batch in one transaction, or nothing of it.
     ///
@@ -468,19 +505,31 @@ pub fn plan_collection_write(
         };
         append_checksums.push(meta.log_checksum);
     }
-    let mut compacted = HashSet::new();
+    let mut compacted = std::collections::HashMap::new();
     for compaction in &write.compact {
+        if compaction.after >= compaction.through {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {}: compaction of {} over the empty range ({}, {}]",
+                write.collection, compaction.doc, compaction.after, compaction.through
+            )));
+        }
         if compaction.through == 0 || compaction.through > meta.head {
             return Err(StorageError::InvalidWrite(format!(
                 "collection {}: compaction of {} through seq {} outside 1..={}",
                 write.collection, compaction.doc, compaction.through, meta.head
             )));
         }
-        if !compacted.insert(&compaction.doc) {
-            return Err(StorageError::InvalidWrite(format!(
-                "collection {}: document {} compacted twice in one write",
-                write.collection, compaction.doc
-            )));
+        // A document may be compacted in several ranges (cut at its pinned
+        // versions), in order and without overlap: each range starts at or
+        // after the end of the previous one.
+        if let Some(previous_through) = compacted.insert(&compaction.doc, compaction.through) {
+            if compaction.after < previous_through {
+                return Err(StorageError::InvalidWrite(format!(
+                    "collection {}: document {} compacted over overlapping ranges in one write \
+                     (({}, {}] after a range through {previous_through})",
+                    write.collection, compaction.doc, compaction.after, compaction.through
+                )));
+            }
         }
     }
     for peer in &write.peers {
@@ -513,7 +562,9 @@ pub fn check_batch_shape(batch: &WriteBatch) -> Result<(), StorageError> {
 
 /// Whether a stored change is removed by `compaction` (see [`Compaction`]).
 pub fn is_covered(compaction: &Compaction, change_seq: Seq, kind: ChangeKind) -> bool {
-    change_seq <= compaction.through && matches!(kind, ChangeKind::Update | ChangeKind::Snapshot)
+    change_seq > compaction.after
+        && change_seq <= compaction.through
+        && matches!(kind, ChangeKind::Update | ChangeKind::Snapshot)
 }
 
 /// The `Snapshot` change a compaction stores, if any. `log_checksum` and
@@ -603,6 +654,20 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn peers(&self, name: &CollectionName) -> Result<Vec<PeerRecord>, StorageError> {
         (**self).peers(name)
+    }
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError> {
+        (**self).pins(name, doc)
+    }
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError> {
+        (**self).put_pin(name, pin)
+    }
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError> {
+        (**self).delete_pin(name, doc, pin_name)
     }
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         (**self).commit(batch)

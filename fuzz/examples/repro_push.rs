@@ -40,10 +40,11 @@ fn main() {
         DocState::load(&changes).map(|_| "ok")
     );
     let cutoff = changes.len() as u64;
-    if let Ok(Some(plan)) = plan_compaction(&doc, &changes, cutoff, 1) {
-        if let Some(snapshot) = plan.compaction.snapshot {
+    if let Ok(Some(plan)) = plan_compaction(&doc, &changes, cutoff, 1, &[]) {
+        let compaction = &plan.compactions[0];
+        if let Some(snapshot) = compaction.snapshot.clone() {
             let after = [Change {
-                seq: plan.compaction.through,
+                seq: compaction.through,
                 doc: doc.clone(),
                 kind: ChangeKind::Snapshot,
                 payload: snapshot,

@@ -562,17 +562,17 @@ fn build_write(
                 changes.extend(append.iter().filter(|a| a.doc == doc).cloned());
                 let cutoff = head.saturating_sub(u64::from(*behind));
                 let plan = tolerating_caught_panics(|| {
-                    plan_compaction(&doc, &changes, cutoff, schema_version)
+                    plan_compaction(&doc, &changes, cutoff, schema_version, &[])
                 });
                 if let Ok(Some(plan)) = plan {
-                    if plan.compaction.snapshot.is_some() {
+                    if plan.compactions.iter().any(|c| c.snapshot.is_some()) {
                         planned.push(PlannedCheck {
                             collection: collection.clone(),
                             doc: doc.clone(),
                             before: changes,
                         });
                     }
-                    compact.push(plan.compaction);
+                    compact.extend(plan.compactions);
                 }
             }
             CompactMode::Raw { through, snapshot } => {
@@ -584,6 +584,7 @@ fn build_write(
                 };
                 compact.push(Compaction {
                     doc,
+                    after: 0,
                     through,
                     snapshot: snapshot.as_ref().map(|p| payload(p, ChangeKind::Snapshot)),
                     schema_version,

@@ -315,6 +315,38 @@ pub struct HistoryAnswer {
     pub has_more: bool,
 }
 
+/// `POST …/documents/{d}/versions` body: pin the document's current
+/// version under a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// The version's name (1–128 bytes, no control characters); pinning a
+    /// name again moves it to the current version.
+    pub name: String,
+}
+
+/// A named version: `POST …/versions` and `DELETE …/versions/{name}`
+/// answer one, `GET …/versions` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionJson {
+    /// Its name.
+    pub name: String,
+    /// The document's latest change when it was pinned: read it with
+    /// `?at=SEQ` or `?version=NAME`.
+    pub seq: u64,
+    /// When it was pinned, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Who pinned it (a signed token's subject), when known.
+    pub author: Option<String>,
+}
+
+/// `GET …/documents/{d}/versions` → 200.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionsAnswer {
+    /// The document's named versions, oldest seq first.
+    pub versions: Vec<VersionJson>,
+}
+
 /// `POST …/documents/{d}/restore` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

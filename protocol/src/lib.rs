@@ -77,5 +77,6 @@ pub const ERROR_CODES: &[&str] = &[
     "migration_failed",
     "document_unreadable",
     "history_compacted",
+    "too_many_versions",
     "internal",
 ];

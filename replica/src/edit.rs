@@ -247,14 +247,15 @@ impl Local {
                 continue;
             }
             let cutoff = keep_from.map_or(info.last_seq, |seq| seq.saturating_sub(1));
-            let plan = plan_compaction(&info.doc, &changes, cutoff, state.local_version)
+            // A replica keeps no named versions (they are the server's).
+            let plan = plan_compaction(&info.doc, &changes, cutoff, state.local_version, &[])
                 .map_err(|e| invalid(&info.doc, e))?;
             let Some(plan) = plan else { continue };
             report.documents += 1;
             report.changes_removed += plan.changes_removed;
             report.bytes_before += plan.bytes_before;
             report.bytes_after += plan.bytes_after;
-            plans.push(plan.compaction);
+            plans.extend(plan.compactions);
             if plans.len() >= MIGRATE_BATCH_DOCS {
                 self.commit_compactions(&c, std::mem::take(&mut plans))?;
             }

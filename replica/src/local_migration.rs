@@ -214,6 +214,7 @@ impl Local {
         }
         write.compact.push(Compaction {
             doc: doc.clone(),
+            after: 0,
             through: through.0,
             snapshot: Some(base.encode_state()),
             schema_version: through.1,

@@ -216,6 +216,7 @@ impl Local {
             if let Some(change) = state_write.append.first() {
                 state_write.compact.push(Compaction {
                     doc: change.doc.clone(),
+                    after: 0,
                     through: change.seq,
                     snapshot: Some(
                         doc.transact()

@@ -208,7 +208,7 @@ pub enum DocumentFormat {
 }
 
 /// What a document read's query string asks (`GET …/documents/{d}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentQuery {
     /// How to answer.
     pub format: DocumentFormat,
@@ -217,12 +217,16 @@ pub struct DocumentQuery {
     /// The document as of this moment (`?at_ms=MS`, ms since the Unix
     /// epoch); never together with `at`.
     pub at_ms: Option<u64>,
+    /// The document as of its named version (`?version=NAME`); never
+    /// together with `at` or `at_ms`.
+    pub version: Option<String>,
 }
 
-/// Decodes a document read's query string: `format`, and `at` or `at_ms`.
+/// Decodes a document read's query string: `format`, and one of `at`,
+/// `at_ms` and `version`.
 ///
 /// Errors: `invalid_query` for a format other than `yjs` or `json`, an
-/// `at` or `at_ms` that is not a non-negative integer, or both given.
+/// `at` or `at_ms` that is not a non-negative integer, or two of them.
 pub fn decode_document_query(query: &str) -> Result<DocumentQuery, ApiError> {
     let pairs = web::Query::<HashMap<String, String>>::from_query(query)
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?
@@ -252,13 +256,20 @@ pub fn decode_document_query(query: &str) -> Result<DocumentQuery, ApiError> {
     };
     let at = number("at", "a collection seq")?;
     let at_ms = number("at_ms", "ms since the Unix epoch")?;
-    if at.is_some() && at_ms.is_some() {
+    let version = pairs.get("version").cloned();
+    let asked = [at.is_some(), at_ms.is_some(), version.is_some()];
+    if asked.iter().filter(|a| **a).count() > 1 {
         return Err(ApiError::bad_request(
             "invalid_query",
-            "give at (a seq) or at_ms (a moment), not both",
+            "give one of at (a seq), at_ms (a moment) and version (a name)",
         ));
     }
-    Ok(DocumentQuery { format, at, at_ms })
+    Ok(DocumentQuery {
+        format,
+        at,
+        at_ms,
+        version,
+    })
 }
 
 /// The `schema` key of a `/yws` query string: the client's schema version,

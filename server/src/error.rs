@@ -172,7 +172,9 @@ impl From<ReadError> for ApiError {
             ReadError::DocumentNotFound { .. } | ReadError::CollectionNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
-            ReadError::DocumentDeleted { .. } | ReadError::Reset { .. } => StatusCode::CONFLICT,
+            ReadError::DocumentDeleted { .. }
+            | ReadError::Reset { .. }
+            | ReadError::TooManyVersions { .. } => StatusCode::CONFLICT,
             ReadError::Storage(_) | ReadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

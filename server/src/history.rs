@@ -1,11 +1,16 @@
-//! A document's history over HTTP: its changes one by one, and restoring
-//! an earlier version (`GET …/history`, `POST …/restore`; the document as
-//! of a seq is `GET …/documents/{d}?at=SEQ`, in `routes.rs`). The engine
-//! does the work (`Engine::history`, `Engine::restore`); this file speaks
-//! the protocol (docs/PROTOCOL.md).
+//! A document's history over HTTP: its changes one by one, restoring an
+//! earlier version, and named versions (`GET …/history`, `POST …/restore`,
+//! `POST`/`GET …/versions`, `DELETE …/versions/{name}`; the document as of
+//! a seq, a moment or a version is `GET …/documents/{d}?at=`, `?at_ms=`,
+//! `?version=`, in `routes.rs`). The engine does the work
+//! (`Engine::history`, `Engine::restore`, `Engine::pin_version`); this file
+//! speaks the protocol (docs/PROTOCOL.md).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use seqsync_protocol::http::{HistoryAnswer, HistoryEntryJson, RestoreAnswer};
+use seqsync_engine::Pin;
+use seqsync_protocol::http::{
+    HistoryAnswer, HistoryEntryJson, PinRequest, RestoreAnswer, VersionJson, VersionsAnswer,
+};
 
 use crate::auth::{AccessRequest, Operation};
 use crate::decode;
@@ -80,4 +85,86 @@ pub(crate) async fn restore(
         seq: outcome.seq,
         restored_from: outcome.restored_from,
     }))
+}
+
+fn version_json(pin: Pin) -> VersionJson {
+    VersionJson {
+        name: pin.name,
+        seq: pin.seq,
+        created_ms: pin.created_ms,
+        author: pin.author,
+    }
+}
+
+/// `POST …/documents/{d}/versions {name}`: pins the current version.
+pub(crate) async fn pin_version(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Write),
+    )?;
+    let body = read_body(payload, 4096, &state.limits).await?;
+    let request: PinRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("expected {{\"name\": \"...\"}}: {e}"),
+        )
+    })?;
+    let author = crate::auth::subject_of(&req);
+    let pin = state
+        .bounded(
+            state
+                .engine
+                .pin_version(&collection, &doc, &request.name, author),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(version_json(pin)))
+}
+
+/// `GET …/documents/{d}/versions`.
+pub(crate) async fn versions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc) = path.into_inner();
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Read),
+    )?;
+    let pins = state.engine.versions(&collection, &doc).await?;
+    Ok(HttpResponse::Ok().json(VersionsAnswer {
+        versions: pins.into_iter().map(version_json).collect(),
+    }))
+}
+
+/// `DELETE …/documents/{d}/versions/{name}`: 404 `not_found` when the
+/// document has no version of that name.
+pub(crate) async fn delete_version(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, doc, name) = path.into_inner();
+    state.auth.authorize(
+        &req,
+        &AccessRequest::document(&collection, &doc, Operation::Write),
+    )?;
+    match state
+        .engine
+        .delete_version(&collection, &doc, &name)
+        .await?
+    {
+        Some(pin) => Ok(HttpResponse::Ok().json(version_json(pin))),
+        None => Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!("document {doc} has no version named {name:?}"),
+        )),
+    }
 }

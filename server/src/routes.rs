@@ -40,6 +40,18 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 web::post().to(crate::history::restore),
             )
             .route(
+                "/documents/{doc}/versions",
+                web::post().to(crate::history::pin_version),
+            )
+            .route(
+                "/documents/{doc}/versions",
+                web::get().to(crate::history::versions),
+            )
+            .route(
+                "/documents/{doc}/versions/{name}",
+                web::delete().to(crate::history::delete_version),
+            )
+            .route(
                 "/documents/{doc}/state-vector",
                 web::get().to(document_state_vector),
             )
@@ -347,15 +359,27 @@ async fn document(
         &AccessRequest::document(&collection, &doc, Operation::Read),
     )?;
     let query = decode::decode_document_query(req.query_string())?;
-    // As of a moment: the version of the document's latest change then.
-    let at = match query.at_ms {
-        Some(at_ms) => Some(
+    // As of a moment: the version of the document's latest change then;
+    // as of a named version: its seq.
+    let at = match (query.at_ms, &query.version) {
+        (Some(at_ms), _) => Some(
             state
                 .engine
                 .version_at_time(&collection, &doc, at_ms)
                 .await?,
         ),
-        None => query.at,
+        (None, Some(name)) => {
+            let pins = state.engine.versions(&collection, &doc).await?;
+            let Some(pin) = pins.into_iter().find(|p| &p.name == name) else {
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("document {doc} has no version named {name:?}"),
+                ));
+            };
+            Some(pin.seq)
+        }
+        (None, None) => query.at,
     };
     // As of a seq: that version, named in a header; else the document now.
     let (update, cursor, schema_version, version) = match at {

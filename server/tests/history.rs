@@ -410,3 +410,78 @@ fn a_document_reads_as_it_was_at_a_moment() {
     );
     server.stop();
 }
+
+#[test]
+fn a_named_version_stays_readable_exactly_through_compaction() {
+    // Why: "the contract as signed" must read back exactly after the
+    // document moved on and compacted, while everything else compacts as
+    // usual; once the version is deleted, compaction may fold it.
+    let (server, _dir) = start();
+    let ann = Editor::new(1, "ann");
+    ann.write(&server, "draft one");
+    let signed = ann.write(&server, "as signed");
+    let url = |path: &str| {
+        format!(
+            "http://{}/v1/collections/notes/documents/d{path}",
+            server.addr
+        )
+    };
+    let (status, body, _) = call(
+        ureq::post(&url("/versions")),
+        Some(json!({"name": "as signed"}).to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let version = json_of(&body);
+    assert_eq!(version["seq"], json!(signed));
+    assert_eq!(version["name"], json!("as signed"));
+    let between = ann.write(&server, "amended");
+    ann.write(&server, "amended twice");
+    let compact = format!("http://{}/v1/collections/notes/compact", server.addr);
+    let (status, body, _) = call(ureq::post(&compact), Some(b""));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(json_of(&body)["changes_removed"].as_u64().unwrap() >= 3);
+    // The version reads back exactly, by name and by seq.
+    let (status, body, version_seq) = get(
+        &server,
+        "/v1/collections/notes/documents/d?format=json&version=as%20signed",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"]["content"], json!("as signed"));
+    assert_eq!(version_seq, Some(signed.to_string()));
+    assert_eq!(content_at(&server, Some(signed)), "as signed");
+    assert_eq!(content_at(&server, None), "amended twice");
+    // Between the version and the compacted head: folded, a typed 410.
+    let (status, body, _) = get(
+        &server,
+        &format!("/v1/collections/notes/documents/d?at={between}"),
+    );
+    assert_eq!(status, 410, "{body}");
+    // Listed; a name that is not there is a 404; too many pins is typed.
+    let (status, list, _) = get(&server, "/v1/collections/notes/documents/d/versions");
+    assert_eq!(status, 200);
+    assert_eq!(list["versions"].as_array().unwrap().len(), 1);
+    let (status, body, _) = get(&server, "/v1/collections/notes/documents/d?version=nope");
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let (status, body, _) = call(ureq::post(&url("/versions")), Some(b"{\"nom\": 1}"));
+    assert_eq!(
+        (status, json_of(&body)["error"]["code"].clone()),
+        (400, json!("invalid_body"))
+    );
+    // Deleted, the version may be folded by the next compaction.
+    let (status, body, _) = call(ureq::delete(&url("/versions/as%20signed")), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = call(ureq::delete(&url("/versions/as%20signed")), None);
+    assert_eq!(status, 404);
+    ann.write(&server, "amended three times");
+    let (status, _, _) = call(ureq::post(&compact), Some(b""));
+    assert_eq!(status, 200);
+    let (status, body, _) = get(
+        &server,
+        &format!("/v1/collections/notes/documents/d?at={signed}"),
+    );
+    assert_eq!(status, 410, "{body}");
+    server.stop();
+}

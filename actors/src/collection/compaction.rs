@@ -117,7 +117,7 @@ impl CollectionActor {
             collection: self.name.clone(),
             base,
             append: Vec::new(),
-            compact: vec![plan.compaction.clone()],
+            compact: plan.compactions.clone(),
             peers: Vec::new(),
             raise_schema_version: None,
             append_mode: Default::default(),

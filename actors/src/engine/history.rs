@@ -46,11 +46,33 @@ impl Engine {
                         collection: name.to_string(),
                     }));
                 }
+                // The first change, the last one at or before `at`, and the
+                // first one after it.
                 let mut first = None;
+                let mut last_at_or_before = None;
+                let mut next = None;
                 storage.visit_document_changes(&name, &id, &mut |change| {
-                    first = Some((change.seq, change.kind));
-                    ControlFlow::Break(())
+                    first.get_or_insert((change.seq, change.kind));
+                    if change.seq > at {
+                        next = Some((change.seq, change.kind));
+                        return ControlFlow::Break(());
+                    }
+                    last_at_or_before = Some(change.seq);
+                    ControlFlow::Continue(())
                 })?;
+                // Between two pinned versions: a snapshot after `at` folded
+                // changes after the earlier one, some of which may be at or
+                // before `at`; only the pinned seq itself is exact.
+                if let (Some(last), Some((next_seq, ChangeKind::Snapshot))) =
+                    (last_at_or_before, next)
+                {
+                    if last != at {
+                        return Ok(Err(ReadError::HistoryCompacted {
+                            doc: id.to_string(),
+                            earliest_seq: next_seq,
+                        }));
+                    }
+                }
                 match first {
                     None => {
                         return Ok(Err(ReadError::DocumentNotFound {

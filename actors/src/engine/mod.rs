@@ -25,10 +25,12 @@ mod history;
 mod listings;
 mod open;
 mod reads;
+mod versions;
 mod writes;
 
 pub use listings::MAX_LISTING_PAGE;
 pub use open::{EngineBuilder, StorageOpener};
+pub use versions::MAX_VERSIONS_PER_DOCUMENT;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

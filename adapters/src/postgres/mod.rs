@@ -63,7 +63,7 @@ use postgres::{IsolationLevel, Transaction};
 use seqsync_engine::{
     plan_collection_write, redact_url, snapshot_change, Change, ChangeKind, ChangesPage,
     CollectionMeta, CollectionName, CollectionWrite, CommitWatcher, DocId, DocumentInfo,
-    Durability, PeerId, PeerRecord, Seq, Storage, StorageConfig, StorageError, WriteBase,
+    Durability, PeerId, PeerRecord, Pin, Seq, Storage, StorageConfig, StorageError, WriteBase,
     WriteBatch,
 };
 
@@ -462,6 +462,83 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError> {
+        self.with_reader(|tx, reads| {
+            let Some(stored) = reads.meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let rows = tx
+                .query(
+                    "SELECT doc, name, seq, created_ms, author FROM seqsync_pins \
+                     WHERE cid = $1 AND ($2::text IS NULL OR doc = $2) \
+                     ORDER BY doc COLLATE \"C\", seq, name COLLATE \"C\"",
+                    &[&stored.cid, &doc.map(DocId::as_str)],
+                )
+                .map_err(|e| pg_error("listing pins", e))?;
+            rows.iter()
+                .map(|row| {
+                    let doc: String = row.get(0);
+                    Ok(Pin {
+                        doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+                        name: row.get(1),
+                        seq: from_i64(row.get(2))?,
+                        created_ms: from_i64(row.get(3))?,
+                        author: row.get(4),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError> {
+        blocking_only("pinning a version")?;
+        let mut slot = lock(&self.writer)?;
+        let conn = self.writer_conn(&mut slot)?;
+        let stored = conn
+            .client
+            .execute(
+                "INSERT INTO seqsync_pins (cid, doc, name, seq, created_ms, author) \
+                 SELECT id, $2, $3, $4, $5, $6 FROM seqsync_collections WHERE name = $1 \
+                 ON CONFLICT (cid, doc, name) DO UPDATE SET seq = excluded.seq, \
+                 created_ms = excluded.created_ms, author = excluded.author",
+                &[
+                    &name.as_str(),
+                    &pin.doc.as_str(),
+                    &pin.name,
+                    &seq_param(pin.seq),
+                    &seq_param(pin.created_ms),
+                    &pin.author,
+                ],
+            )
+            .map_err(|e| pg_error("pinning a version", e))?;
+        if stored == 0 {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {name} does not exist"
+            )));
+        }
+        Ok(())
+    }
+
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError> {
+        blocking_only("deleting a pin")?;
+        let mut slot = lock(&self.writer)?;
+        let conn = self.writer_conn(&mut slot)?;
+        let removed = conn
+            .client
+            .execute(
+                "DELETE FROM seqsync_pins WHERE doc = $2 AND name = $3 \
+                 AND cid = (SELECT id FROM seqsync_collections WHERE name = $1)",
+                &[&name.as_str(), &doc.as_str(), &pin_name],
+            )
+            .map_err(|e| pg_error("deleting a pin", e))?;
+        Ok(removed > 0)
+    }
+
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {
         blocking_only("committing")?;
         self.commit_group(batch, OnRefusal::Abort).map(|_| ())
@@ -614,6 +691,24 @@ impl PostgresStorage {
                 .zip(plan.append_checksums.iter().copied()),
         )?;
         for compaction in &write.compact {
+            let pinned_inside: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM seqsync_pins \
+                     WHERE cid = $1 AND doc = $2 AND seq > $3 AND seq < $4",
+                    &[
+                        &cid,
+                        &compaction.doc.as_str(),
+                        &seq_param(compaction.after),
+                        &seq_param(compaction.through),
+                    ],
+                )
+                .map_err(|e| pg_error("checking pins", e))?
+                .get(0);
+            if pinned_inside > 0 {
+                // Pinned after this compaction was planned: the version
+                // must stay readable, so this range is left as it is.
+                continue;
+            }
             let mut target_checksum = 0u64;
             let mut target_committed_ms = 0u64;
             if compaction.snapshot.is_some() {
@@ -645,13 +740,14 @@ impl PostgresStorage {
             }
             tx.execute(
                 "DELETE FROM seqsync_changes WHERE cid = $1 AND doc = $2 AND seq <= $3 \
-                 AND kind IN ($4, $5)",
+                 AND seq > $6 AND kind IN ($4, $5)",
                 &[
                     &cid,
                     &compaction.doc.as_str(),
                     &seq_param(compaction.through),
                     &i16::from(ChangeKind::Update.code()),
                     &i16::from(ChangeKind::Snapshot.code()),
+                    &seq_param(compaction.after),
                 ],
             )
             .map_err(|e| pg_error("compacting", e))?;

@@ -63,11 +63,21 @@ pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         2,
-        "who pushed each change (the signed token's subject) and when it was accepted",
+        "who pushed each change (the signed token's subject) and when it was accepted; \
+         named versions",
         // Existing changes get NULL and 0: never recorded, never guessed.
         // ADD COLUMN with a constant default rewrites no row.
         "ALTER TABLE seqsync_changes ADD COLUMN author TEXT;
-        ALTER TABLE seqsync_changes ADD COLUMN committed_ms BIGINT NOT NULL DEFAULT 0;",
+        ALTER TABLE seqsync_changes ADD COLUMN committed_ms BIGINT NOT NULL DEFAULT 0;
+        CREATE TABLE seqsync_pins (
+            cid BIGINT NOT NULL REFERENCES seqsync_collections (id),
+            doc TEXT NOT NULL,
+            name TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            author TEXT,
+            PRIMARY KEY (cid, doc, name)
+        );",
     ),
 ];
 

@@ -35,7 +35,7 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use schema::{check_or_create_schema, head_of, PAGE_SIZE_BYTES, WAL_AUTOCHECKPOINT_PAGES};
 use seqsync_engine::{
     check_batch_shape, Change, ChangeKind, ChangesPage, CollectionMeta, CollectionName, DocId,
-    DocumentInfo, Durability, PeerId, PeerRecord, Seq, Storage, StorageError, WriteBatch,
+    DocumentInfo, Durability, PeerId, PeerRecord, Pin, Seq, Storage, StorageError, WriteBatch,
 };
 use write::apply_write;
 
@@ -446,6 +446,97 @@ impl Storage for SqliteStorage {
             }
             Ok(out)
         })
+    }
+
+    fn pins(&self, name: &CollectionName, doc: Option<&DocId>) -> Result<Vec<Pin>, StorageError> {
+        self.with_reader(|tx| {
+            let Some((cid, _)) = read_meta(tx, name)? else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT doc, name, seq, created_ms, author FROM pins \
+                     WHERE cid = ?1 AND (?2 IS NULL OR doc = ?2) ORDER BY doc, seq, name",
+                )
+                .map_err(|e| sql_error("listing pins", e))?;
+            let rows = stmt
+                .query_map(params![cid, doc.map(DocId::as_str)], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(|e| sql_error("listing pins", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (doc, pin_name, seq, created, author) =
+                    row.map_err(|e| sql_error("listing pins", e))?;
+                out.push(Pin {
+                    doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
+                    name: pin_name,
+                    seq: u64::try_from(seq).map_err(|_| corrupt(format!("pin at seq {seq}")))?,
+                    created_ms: u64::try_from(created).unwrap_or(0),
+                    author,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_pin(&self, name: &CollectionName, pin: &Pin) -> Result<(), StorageError> {
+        let mut writer = lock(&self.writer)?;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error("pinning a version", e))?;
+        let Some((cid, _)) = read_meta(&tx, name)? else {
+            return Err(StorageError::InvalidWrite(format!(
+                "collection {name} does not exist"
+            )));
+        };
+        tx.execute(
+            "INSERT INTO pins (cid, doc, name, seq, created_ms, author) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (cid, doc, name) DO UPDATE SET seq = excluded.seq, \
+             created_ms = excluded.created_ms, author = excluded.author",
+            params![
+                cid,
+                pin.doc.as_str(),
+                pin.name,
+                to_i64(pin.seq)?,
+                to_i64(pin.created_ms).unwrap_or(i64::MAX),
+                pin.author
+            ],
+        )
+        .map_err(|e| sql_error("pinning a version", e))?;
+        tx.commit().map_err(|e| sql_error("pinning a version", e))
+    }
+
+    fn delete_pin(
+        &self,
+        name: &CollectionName,
+        doc: &DocId,
+        pin_name: &str,
+    ) -> Result<bool, StorageError> {
+        let mut writer = lock(&self.writer)?;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error("deleting a pin", e))?;
+        let Some((cid, _)) = read_meta(&tx, name)? else {
+            return Ok(false);
+        };
+        let removed = tx
+            .execute(
+                "DELETE FROM pins WHERE cid = ?1 AND doc = ?2 AND name = ?3",
+                params![cid, doc.as_str(), pin_name],
+            )
+            .map_err(|e| sql_error("deleting a pin", e))?;
+        tx.commit().map_err(|e| sql_error("deleting a pin", e))?;
+        Ok(removed > 0)
     }
 
     fn commit(&self, batch: &WriteBatch) -> Result<(), StorageError> {

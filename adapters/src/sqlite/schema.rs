@@ -36,7 +36,8 @@ use super::{corrupt, sql_error, BACKEND};
 /// - 5: every change records who pushed it (`author`, the signed token's
 ///   subject) and when it was accepted (`committed_ms`), both before
 ///   `payload` for the reason of format 4. Changes stored before have
-///   `author` NULL and `committed_ms` 0: unknown, never guessed.
+///   `author` NULL and `committed_ms` 0: unknown, never guessed. And
+///   `pins`: named versions, which compaction keeps readable.
 const FORMAT_VERSION: u64 = 5;
 
 /// Page size of a new database. A commit of a few small updates dirties a
@@ -82,6 +83,15 @@ CREATE TABLE peers (
     acked INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (cid, peer)
+) WITHOUT ROWID;
+CREATE TABLE pins (
+    cid INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    author TEXT,
+    PRIMARY KEY (cid, doc, name)
 ) WITHOUT ROWID;
 ";
 
@@ -310,6 +320,15 @@ fn migrate_v4_to_v5(conn: &Connection) -> Result<(), StorageError> {
         DROP TABLE changes;
         ALTER TABLE changes_v5 RENAME TO changes;
         CREATE INDEX changes_by_doc ON changes (cid, doc, seq);
+        CREATE TABLE pins (
+            cid INTEGER NOT NULL,
+            doc TEXT NOT NULL,
+            name TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL,
+            author TEXT,
+            PRIMARY KEY (cid, doc, name)
+        ) WITHOUT ROWID;
         UPDATE seqsync_format SET value = 5 WHERE key = 'format';",
     )
     .map_err(failed)?;

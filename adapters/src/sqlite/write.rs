@@ -83,6 +83,11 @@ pub(super) fn apply_write(
             insert_change(change, *log_checksum)?;
         }
         for compaction in &write.compact {
+            if pinned_inside(tx, cid, compaction)? {
+                // A version was pinned after this compaction was planned:
+                // it must stay readable, so this range is left as it is.
+                continue;
+            }
             let mut target_checksum = 0u64;
             let mut target_committed_ms = 0u64;
             if compaction.snapshot.is_some() {
@@ -119,7 +124,7 @@ pub(super) fn apply_write(
             }
             tx.prepare_cached(
                 "DELETE FROM changes INDEXED BY changes_by_doc \
-                 WHERE cid = ?1 AND doc = ?2 AND seq <= ?3 \
+                 WHERE cid = ?1 AND doc = ?2 AND seq <= ?3 AND seq > ?6 \
                  AND kind IN (?4, ?5)",
             )
             .and_then(|mut s| {
@@ -128,7 +133,8 @@ pub(super) fn apply_write(
                     compaction.doc.as_str(),
                     to_i64(compaction.through).unwrap_or(i64::MAX),
                     ChangeKind::Update.code(),
-                    ChangeKind::Snapshot.code()
+                    ChangeKind::Snapshot.code(),
+                    to_i64(compaction.after).unwrap_or(i64::MAX)
                 ])
             })
             .map_err(|e| sql_error("compacting", e))?;
@@ -163,4 +169,29 @@ pub(super) fn apply_write(
             .map_err(|e| sql_error("updating the schema version", e))?;
     }
     Ok((cid, meta))
+}
+
+/// Whether a pin of the compacted document lies strictly inside its range
+/// (the compaction must then not be applied; see `Compaction`).
+fn pinned_inside(
+    tx: &rusqlite::Transaction<'_>,
+    cid: i64,
+    compaction: &seqsync_engine::Compaction,
+) -> Result<bool, StorageError> {
+    tx.prepare_cached(
+        "SELECT count(*) FROM pins WHERE cid = ?1 AND doc = ?2 AND seq > ?3 AND seq < ?4",
+    )
+    .and_then(|mut s| {
+        s.query_row(
+            params![
+                cid,
+                compaction.doc.as_str(),
+                to_i64(compaction.after).unwrap_or(i64::MAX),
+                to_i64(compaction.through).unwrap_or(i64::MAX)
+            ],
+            |row| row.get::<_, i64>(0),
+        )
+    })
+    .map(|n| n > 0)
+    .map_err(|e| sql_error("checking pins", e))
 }
