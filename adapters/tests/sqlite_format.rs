@@ -212,6 +212,16 @@ fn format_1_store_is_migrated_with_everything_in_it() {
         ),
         (Some("user-42"), 1_700_000_000_123)
     );
+    // Format 5's pins table exists in a migrated store too.
+    let pin = seqsync_engine::Pin {
+        doc: seqsync_engine::DocId::new("d2").unwrap(),
+        name: "as migrated".to_owned(),
+        seq: 4,
+        created_ms: 1,
+        author: None,
+    };
+    storage.put_pin(&name("a"), &pin).unwrap();
+    assert_eq!(storage.pins(&name("a"), None).unwrap(), vec![pin]);
     assert_eq!(
         storage
             .read_document_changes(

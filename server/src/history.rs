@@ -66,11 +66,8 @@ pub(crate) async fn restore(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Write),
     )?;
-    let body = read_body(payload, 4096, &state.limits).await?;
     let request: seqsync_protocol::http::RestoreRequest =
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("expected {{\"seq\": N}}: {e}"))
-        })?;
+        small_json_body(&state, payload, "{\"seq\": N}").await?;
     // A restore ends in a commit: bounded like a push, and recorded like
     // one (origin, author).
     let options = crate::routes::push_options(&req)?;
@@ -108,13 +105,7 @@ pub(crate) async fn pin_version(
         &req,
         &AccessRequest::document(&collection, &doc, Operation::Write),
     )?;
-    let body = read_body(payload, 4096, &state.limits).await?;
-    let request: PinRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!("expected {{\"name\": \"...\"}}: {e}"),
-        )
-    })?;
+    let request: PinRequest = small_json_body(&state, payload, "{\"name\": \"...\"}").await?;
     let author = crate::auth::subject_of(&req);
     let pin = state
         .bounded(
@@ -167,4 +158,19 @@ pub(crate) async fn delete_version(
             format!("document {doc} has no version named {name:?}"),
         )),
     }
+}
+
+/// Largest body of the small JSON requests here (restore, pin).
+const SMALL_BODY_BYTES: u64 = 4096;
+
+/// Reads a small JSON request body as `T`; `invalid_body` naming the
+/// `expected` shape when it is not one.
+async fn small_json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    payload: web::Payload,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let body = read_body(payload, SMALL_BODY_BYTES, &state.limits).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {expected}: {e}")))
 }

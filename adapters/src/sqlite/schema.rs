@@ -84,6 +84,11 @@ CREATE TABLE peers (
     last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (cid, peer)
 ) WITHOUT ROWID;
+";
+
+/// Named versions (format 5): created with the schema, and by the
+/// migration to format 5.
+const PINS_TABLE: &str = "
 CREATE TABLE pins (
     cid INTEGER NOT NULL,
     doc TEXT NOT NULL,
@@ -153,7 +158,7 @@ pub(super) fn check_or_create_schema(conn: &Connection, path: &Path) -> Result<(
         });
     }
     conn.execute_batch(&format!(
-        "BEGIN; {SCHEMA} INSERT INTO seqsync_format (key, value) VALUES ('format', {FORMAT_VERSION}); COMMIT;"
+        "BEGIN; {SCHEMA} {PINS_TABLE} INSERT INTO seqsync_format (key, value) VALUES ('format', {FORMAT_VERSION}); COMMIT;"
     ))
     .map_err(|e| sql_error("creating the schema", e))
 }
@@ -320,18 +325,10 @@ fn migrate_v4_to_v5(conn: &Connection) -> Result<(), StorageError> {
         DROP TABLE changes;
         ALTER TABLE changes_v5 RENAME TO changes;
         CREATE INDEX changes_by_doc ON changes (cid, doc, seq);
-        CREATE TABLE pins (
-            cid INTEGER NOT NULL,
-            doc TEXT NOT NULL,
-            name TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            created_ms INTEGER NOT NULL,
-            author TEXT,
-            PRIMARY KEY (cid, doc, name)
-        ) WITHOUT ROWID;
         UPDATE seqsync_format SET value = 5 WHERE key = 'format';",
     )
     .map_err(failed)?;
+    tx.execute_batch(PINS_TABLE).map_err(failed)?;
     tx.commit().map_err(failed)
 }
 
