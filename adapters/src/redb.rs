@@ -525,7 +525,12 @@ impl Storage for RedbStorage {
             if collection != name.as_str() || doc.is_some_and(|d| d.as_str() != pinned_doc) {
                 break;
             }
-            out.push(decode_pin(pinned_doc, pin_name, value.value())?);
+            out.push(codec::decode_pin(
+                BACKEND,
+                pinned_doc,
+                pin_name,
+                value.value(),
+            )?);
         }
         out.sort_by(|a, b| (&a.doc, a.seq, &a.name).cmp(&(&b.doc, b.seq, &b.name)));
         Ok(out)
@@ -549,7 +554,7 @@ impl Storage for RedbStorage {
             let mut pins = tx.open_table(PINS).map_err(table_error)?;
             pins.insert(
                 (name.as_str(), pin.doc.as_str(), pin.name.as_str()),
-                encode_pin(pin).as_slice(),
+                codec::encode_pin(pin).as_slice(),
             )
             .map_err(storage_error)?;
         }
@@ -649,55 +654,6 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn encode_pin(pin: &Pin) -> Vec<u8> {
-    let author = pin
-        .author
-        .as_deref()
-        .map(str::as_bytes)
-        .filter(|a| a.len() < usize::from(u16::MAX));
-    let mut out = Vec::with_capacity(18 + author.map_or(0, <[u8]>::len));
-    out.extend_from_slice(&pin.seq.to_le_bytes());
-    out.extend_from_slice(&pin.created_ms.to_le_bytes());
-    match author {
-        Some(author) => {
-            out.extend_from_slice(&(author.len() as u16).to_le_bytes());
-            out.extend_from_slice(author);
-        }
-        None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
-    }
-    out
-}
-
-fn decode_pin(doc: &str, name: &str, bytes: &[u8]) -> Result<Pin, StorageError> {
-    let damaged = || corrupt(format!("pin {name:?} of {doc} is damaged"));
-    let number = |at: usize| -> Result<u64, StorageError> {
-        bytes
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .ok_or_else(damaged)
-    };
-    let author_len = bytes
-        .get(16..18)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .ok_or_else(damaged)?;
-    let author = if author_len == u16::MAX {
-        None
-    } else {
-        let text = bytes
-            .get(18..18 + usize::from(author_len))
-            .ok_or_else(damaged)?;
-        Some(String::from_utf8(text.to_vec()).map_err(|_| damaged())?)
-    };
-    Ok(Pin {
-        doc: DocId::new(doc).map_err(|e| corrupt(e.to_string()))?,
-        name: name.to_owned(),
-        seq: number(0)?,
-        created_ms: number(8)?,
-        author,
-    })
-}
-
 /// Whether a pin of the compacted document lies strictly inside its range
 /// (the compaction is then not applied; see `Compaction`).
 fn pinned_inside(
@@ -712,7 +668,7 @@ fn pinned_inside(
         if collection != name || pinned_doc != doc {
             break;
         }
-        let pin = decode_pin(pinned_doc, pin_name, value.value())?;
+        let pin = codec::decode_pin(BACKEND, pinned_doc, pin_name, value.value())?;
         if pin.seq > compaction.after && pin.seq < compaction.through {
             return Ok(true);
         }

@@ -152,12 +152,17 @@ pub(crate) async fn delete_version(
         .await?
     {
         Some(pin) => Ok(HttpResponse::Ok().json(version_json(pin))),
-        None => Err(ApiError::new(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "not_found",
-            format!("document {doc} has no version named {name:?}"),
-        )),
+        None => Err(no_such_version(&doc, &name)),
     }
+}
+
+/// 404 `not_found`: the document has no version of that name.
+pub(crate) fn no_such_version(doc: &str, name: &str) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("document {doc} has no version named {name:?}"),
+    )
 }
 
 /// Largest body of the small JSON requests here (restore, pin).

@@ -368,17 +368,10 @@ async fn document(
                 .version_at_time(&collection, &doc, at_ms)
                 .await?,
         ),
-        (None, Some(name)) => {
-            let pins = state.engine.versions(&collection, &doc).await?;
-            let Some(pin) = pins.into_iter().find(|p| &p.name == name) else {
-                return Err(ApiError::new(
-                    actix_web::http::StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("document {doc} has no version named {name:?}"),
-                ));
-            };
-            Some(pin.seq)
-        }
+        (None, Some(name)) => match state.engine.version(&collection, &doc, name).await? {
+            Some(pin) => Some(pin.seq),
+            None => return Err(crate::history::no_such_version(&doc, name)),
+        },
         (None, None) => query.at,
     };
     // As of a seq: that version, named in a header; else the document now.

@@ -46,33 +46,11 @@ impl Engine {
                         collection: name.to_string(),
                     }));
                 }
-                // The first change, the last one at or before `at`, and the
-                // first one after it.
                 let mut first = None;
-                let mut last_at_or_before = None;
-                let mut next = None;
                 storage.visit_document_changes(&name, &id, &mut |change| {
-                    first.get_or_insert((change.seq, change.kind));
-                    if change.seq > at {
-                        next = Some((change.seq, change.kind));
-                        return ControlFlow::Break(());
-                    }
-                    last_at_or_before = Some(change.seq);
-                    ControlFlow::Continue(())
+                    first = Some((change.seq, change.kind));
+                    ControlFlow::Break(())
                 })?;
-                // Between two pinned versions: a snapshot after `at` folded
-                // changes after the earlier one, some of which may be at or
-                // before `at`; only the pinned seq itself is exact.
-                if let (Some(last), Some((next_seq, ChangeKind::Snapshot))) =
-                    (last_at_or_before, next)
-                {
-                    if last != at {
-                        return Ok(Err(ReadError::HistoryCompacted {
-                            doc: id.to_string(),
-                            earliest_seq: next_seq,
-                        }));
-                    }
-                }
                 match first {
                     None => {
                         return Ok(Err(ReadError::DocumentNotFound {
@@ -99,6 +77,20 @@ impl Engine {
                         doc: id.to_string(),
                     }));
                 };
+                // Between two pinned versions: a snapshot after `at` folded
+                // changes after the earlier version, some of which may be at
+                // or before `at`; only a change exactly at `at` is exact.
+                let next = storage
+                    .read_document_changes(&name, &id, at, 1)?
+                    .and_then(|page| page.changes.into_iter().next());
+                if let Some(snapshot) = next.filter(|c| c.kind == ChangeKind::Snapshot) {
+                    if loaded.last_seq != at {
+                        return Ok(Err(ReadError::HistoryCompacted {
+                            doc: id.to_string(),
+                            earliest_seq: snapshot.seq,
+                        }));
+                    }
+                }
                 if loaded.state.deleted {
                     return Ok(Err(ReadError::DocumentDeleted {
                         doc: id.to_string(),

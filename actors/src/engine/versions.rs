@@ -124,6 +124,20 @@ impl Engine {
             .await?
     }
 
+    /// The document's named version `name`; `None` when it has none of
+    /// that name.
+    ///
+    /// Async; runs on the read pool. Errors: as [`Engine::versions`].
+    pub async fn version(
+        &self,
+        collection: &str,
+        doc: &str,
+        name: &str,
+    ) -> Result<Option<Pin>, ReadError> {
+        let versions = self.versions(collection, doc).await?;
+        Ok(versions.into_iter().find(|p| p.name == name))
+    }
+
     /// Removes the named version `name` and answers it; `None` when the
     /// document has none of that name. Compaction may then fold it away.
     ///
@@ -135,8 +149,7 @@ impl Engine {
         doc: &str,
         name: &str,
     ) -> Result<Option<Pin>, ReadError> {
-        let existing = self.versions(collection, doc).await?;
-        let Some(pin) = existing.into_iter().find(|p| p.name == name) else {
+        let Some(pin) = self.version(collection, doc, name).await? else {
             return Ok(None);
         };
         let collection = CollectionName::new(collection)?;

@@ -154,22 +154,14 @@ impl Follower {
             Err(err) => return Interrupt::Retry(format!("reading the log: {err}")),
         };
         position.head = page.head;
+        // `None` while the collection does not exist yet: its first change
+        // comes through the subscription, and its epoch is read then.
+        position.epoch = page.epoch;
         self.set_lag(position);
-        let Some(epoch) = page.epoch else {
-            // The collection does not exist yet: wait for its first change
-            // (the subscription below sees it).
-            return self.follow_from(position, None, failures).await;
-        };
-        position.epoch = Some(epoch);
-        self.follow_from(position, Some(epoch), failures).await
+        self.follow_from(position, failures).await
     }
 
-    async fn follow_from(
-        &mut self,
-        position: &mut Position,
-        epoch: Option<Epoch>,
-        failures: &mut u32,
-    ) -> Interrupt {
+    async fn follow_from(&mut self, position: &mut Position, failures: &mut u32) -> Interrupt {
         let mut stream =
             match self
                 .engine
@@ -178,7 +170,6 @@ impl Follower {
                 Ok(stream) => stream,
                 Err(err) => return Interrupt::Retry(format!("subscribing: {err}")),
             };
-        let mut epoch = epoch;
         // A change read past a full batch waits here for the next one.
         let mut carried: Option<Change> = None;
         let mut last_heartbeat = Instant::now();
@@ -199,7 +190,7 @@ impl Follower {
                 Err(interrupt) => return interrupt,
             };
             carried = next;
-            let epoch_now = match epoch {
+            let epoch = match position.epoch {
                 Some(epoch) => epoch,
                 // The collection was created after this subscription began:
                 // its epoch is read once.
@@ -209,10 +200,9 @@ impl Follower {
                     .await
                     .map(|page| page.epoch)
                 {
-                    Ok(Some(e)) => {
-                        epoch = Some(e);
-                        position.epoch = Some(e);
-                        e
+                    Ok(Some(epoch)) => {
+                        position.epoch = Some(epoch);
+                        epoch
                     }
                     Ok(None) => return Interrupt::Retry("the collection vanished".to_owned()),
                     Err(err) => return Interrupt::Retry(format!("reading the epoch: {err}")),
@@ -221,7 +211,7 @@ impl Follower {
             self.set_lag(position);
             let last = batch.last().map_or(position.delivered, |c| c.seq);
             if let Err(reason) = self
-                .send(&batch, epoch_now, position.head.max(last), *failures + 1)
+                .send(&batch, epoch, position.head.max(last), *failures + 1)
                 .await
             {
                 return Interrupt::Retry(reason);
